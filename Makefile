@@ -1,0 +1,59 @@
+# The two commands a newcomer needs: `make dev` and `make test`. Everything else is a step of those.
+SHELL := /bin/bash
+PORT ?= 8787
+# Local R2 state for `make dev` (tests use their own temporary directories).
+DEV_STATE ?= .dev-state
+export WRANGLER_SEND_METRICS := false
+export PATH := $(or $(CARGO_HOME),$(HOME)/.cargo)/bin:$(PATH)
+
+WRANGLER := node_modules/.bin/wrangler
+SOURCES := $(shell find src -name '*.rs') Cargo.toml Cargo.lock
+
+.PHONY: setup build dev seed test lint unit e2e smoke dry-run bench clean
+
+## setup: install whatever is missing (idempotent; seconds when everything is present)
+setup:
+	@bash scripts/setup.sh
+
+## build: release bundle in build/ (skipped when newer than every source)
+build: build/index.js
+build/index.js: $(SOURCES)
+	@bash scripts/build.sh
+
+## seed: write the demo database for user `a` into local R2
+seed: setup
+	@cargo run -q --release --example make_db -- demo target/demo.sqlite
+	@$(WRANGLER) r2 object put reel-ballers-users/a/database.sqlite --file target/demo.sqlite \
+		--local --persist-to $(DEV_STATE) >/dev/null
+	@echo "seeded user 'a' in $(DEV_STATE)"
+
+## dev: serve the worker on 127.0.0.1:$(PORT) with local R2 seeded with the demo database
+dev: setup build seed
+	$(WRANGLER) dev --ip 127.0.0.1 --port $(PORT) --persist-to $(DEV_STATE)
+
+## test: every check CI runs
+test: setup lint unit build dry-run e2e
+
+lint:
+	cargo fmt --check
+	cargo clippy --all-targets --locked -- -D warnings
+	cargo clippy --all-targets --locked --target wasm32-unknown-unknown -- -D warnings
+
+unit:
+	cargo test --locked
+
+## dry-run: validate the release bundle as `wrangler deploy` would, and print its size
+dry-run: build
+	@rm -rf target/dry-run
+	@$(WRANGLER) deploy --dry-run --outdir target/dry-run 2>&1 | grep -E "Total Upload|--dry-run|rror"
+
+## e2e: end-to-end tests against the real workerd (each test starts its own wrangler dev)
+e2e: build
+	cargo test --locked --features e2e --test e2e -- --test-threads 2
+
+## smoke: check the JSON contract against BASE_URL (default: a local worker started for it)
+smoke: build
+	@bash scripts/smoke.sh $(BASE_URL)
+
+clean:
+	rm -rf build target/dry-run $(DEV_STATE)

@@ -1,0 +1,111 @@
+//! Request parsing: the route table and the user id, checked before any object is touched.
+
+use crate::error::Error;
+
+/// The user asked for when the request names none (as in the spec).
+pub const DEFAULT_USER: &str = "test";
+/// Longest accepted user id.
+pub const MAX_USER_LEN: usize = 64;
+
+/// A user id that is safe to use as an object-key prefix: `^[A-Za-z0-9_-]{1,64}$`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UserId(String);
+
+impl UserId {
+    /// Validates a decoded `user` query value; `None` (parameter absent) means [`DEFAULT_USER`].
+    pub fn parse(raw: Option<&str>) -> Result<Self, Error> {
+        let Some(raw) = raw else {
+            return Ok(Self(DEFAULT_USER.to_owned()));
+        };
+        let invalid = |reason: String| Err(Error::InvalidUser { reason });
+        if raw.is_empty() {
+            return invalid("the user parameter is empty".into());
+        }
+        if raw.len() > MAX_USER_LEN {
+            return invalid(format!(
+                "the user id is {} bytes long; at most {MAX_USER_LEN} are allowed",
+                raw.len()
+            ));
+        }
+        if let Some(bad) = raw
+            .chars()
+            .find(|c| !(c.is_ascii_alphanumeric() || *c == '_' || *c == '-'))
+        {
+            return invalid(format!(
+                "the user id contains {bad:?}; only letters A-Z a-z, digits, '_' and '-' are allowed"
+            ));
+        }
+        Ok(Self(raw.to_owned()))
+    }
+
+    /// The id itself.
+    #[must_use]
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// The R2 key of this user's database: `<user>/database.sqlite`.
+    #[must_use]
+    pub fn db_key(&self) -> String {
+        format!("{}/database.sqlite", self.0)
+    }
+}
+
+/// What a request asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Route {
+    /// `GET /`: load, query and save the user's database, and report timings.
+    Sync,
+}
+
+/// Maps method and path to a route, or to the 404/405 the client should see.
+pub fn route(method: &str, path: &str) -> Result<Route, Error> {
+    match path {
+        "/" => match method {
+            "GET" => Ok(Route::Sync),
+            other => Err(Error::MethodNotAllowed {
+                method: other.to_owned(),
+                allow: "GET",
+            }),
+        },
+        other => Err(Error::NotFound {
+            path: other.to_owned(),
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Absent means the spec's default user; valid ids map to their key.
+    #[test]
+    fn accepts_valid_ids() {
+        assert_eq!(UserId::parse(None).unwrap().as_str(), "test");
+        let id = UserId::parse(Some("user_A-9")).unwrap();
+        assert_eq!(id.db_key(), "user_A-9/database.sqlite");
+        assert!(UserId::parse(Some(&"x".repeat(64))).is_ok());
+    }
+
+    /// Anything that could escape the user's prefix or is not an id is refused.
+    #[test]
+    fn rejects_unsafe_ids() {
+        let long = "x".repeat(65);
+        let huge = "y".repeat(2000);
+        for bad in [
+            "", "../x", "a/b", "a b", "a\u{0}b", "a\nb", "é", ".", "..", &long, &huge,
+        ] {
+            let err = UserId::parse(Some(bad)).unwrap_err();
+            assert_eq!(err.status(), 400, "{bad:?}");
+            assert_eq!(err.code(), "invalid_user");
+        }
+    }
+
+    /// Only GET / is served; other paths are 404 and other methods 405.
+    #[test]
+    fn routes() {
+        assert_eq!(route("GET", "/").unwrap(), Route::Sync);
+        assert_eq!(route("POST", "/").unwrap_err().status(), 405);
+        assert_eq!(route("GET", "/x").unwrap_err().status(), 404);
+    }
+}

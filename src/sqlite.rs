@@ -1,0 +1,185 @@
+//! SQLite operations on one in-memory database: initialise, load an image, list tables, export.
+//!
+//! The same code runs natively (bundled SQLite) and on wasm32 (sqlite-wasm-rs); only
+//! Cargo.toml chooses the engine.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use rusqlite::serialize::{Data, OwnedData};
+use rusqlite::{Connection, MAIN_DB, ffi};
+
+use crate::error::Error;
+use crate::header::{self, HeaderInfo};
+use crate::store::Body;
+
+static INITIALIZED: AtomicBool = AtomicBool::new(false);
+
+/// Initialises SQLite once per isolate (or process); returns true if this call did the work.
+///
+/// The first in-memory open also registers the memdb VFS and allocates SQLite's global state,
+/// so it is included: this is what a cold request pays before it can load anything.
+pub fn initialize() -> Result<bool, Error> {
+    if INITIALIZED.load(Ordering::Acquire) {
+        return Ok(false);
+    }
+    // SAFETY: sqlite3_initialize is idempotent and has no preconditions.
+    let rc = unsafe { ffi::sqlite3_initialize() };
+    if rc != ffi::SQLITE_OK {
+        return Err(Error::Sqlite(rusqlite::Error::SqliteFailure(
+            ffi::Error::new(rc),
+            Some("sqlite3_initialize failed".into()),
+        )));
+    }
+    Connection::open_in_memory().map_err(Error::Sqlite)?;
+    INITIALIZED.store(true, Ordering::Release);
+    Ok(true)
+}
+
+/// A database loaded from stored bytes.
+#[derive(Debug)]
+pub struct Loaded {
+    /// The in-memory connection that owns the image.
+    pub conn: Connection,
+    /// What the header said.
+    pub header: HeaderInfo,
+}
+
+/// Copies `body` once, straight into SQLite-owned memory, validates it and opens it.
+///
+/// The schema is read before returning, because `sqlite3_deserialize` is lazy: without this,
+/// a damaged file would only fail later, in the query.
+pub fn load<B: Body>(body: &B) -> Result<Loaded, Error> {
+    let len = body.len();
+    if len == 0 {
+        return Err(header::HeaderProblem::Empty.into());
+    }
+    let len64 = u64::try_from(len).map_err(|_| nomem())?;
+    // SAFETY: sqlite3_malloc64 has no preconditions; a null result is handled below.
+    let ptr = unsafe { ffi::sqlite3_malloc64(len64) }.cast::<u8>();
+    let ptr = std::ptr::NonNull::new(ptr).ok_or_else(nomem)?;
+    // SAFETY: `ptr` was just allocated by sqlite3_malloc64 with `len` bytes.
+    let mut data = unsafe { OwnedData::from_raw_nonnull(ptr, len) };
+    body.copy_to(&mut data);
+    let info = header::validate(&data)?;
+    if info.wal_mode {
+        header::clear_wal_mode(&mut data);
+    }
+    let mut conn = Connection::open_in_memory().map_err(Error::Sqlite)?;
+    conn.deserialize(MAIN_DB, data, false).map_err(classify)?;
+    conn.query_row("SELECT count(*) FROM sqlite_master", [], |row| {
+        row.get::<_, i64>(0)
+    })
+    .map_err(classify)?;
+    Ok(Loaded { conn, header: info })
+}
+
+/// A new, empty database (for a user with no stored object).
+pub fn create() -> Result<Connection, Error> {
+    Connection::open_in_memory().map_err(Error::Sqlite)
+}
+
+/// The spec's query: names of all tables, in `sqlite_master` order.
+pub fn list_tables(conn: &Connection) -> Result<Vec<String>, Error> {
+    let mut stmt = conn
+        .prepare("SELECT name FROM sqlite_master WHERE type='table'")
+        .map_err(classify)?;
+    let names = stmt
+        .query_map([], |row| row.get::<_, String>(0))
+        .map_err(classify)?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(classify)?;
+    Ok(names)
+}
+
+/// The database image, without copying when SQLite allows it (memdb images are contiguous).
+pub fn export(conn: &mut Connection) -> Result<Data<'_>, Error> {
+    conn.serialize(MAIN_DB).map_err(Error::Sqlite)
+}
+
+fn nomem() -> Error {
+    Error::Sqlite(rusqlite::Error::SqliteFailure(
+        ffi::Error::new(ffi::SQLITE_NOMEM),
+        Some("cannot allocate memory for the database image".into()),
+    ))
+}
+
+/// Errors that describe the stored data become `CorruptDatabase`; the rest stay internal.
+fn classify(e: rusqlite::Error) -> Error {
+    use rusqlite::ErrorCode as C;
+    match e.sqlite_error_code() {
+        Some(C::DatabaseCorrupt | C::NotADatabase | C::CannotOpen) => Error::CorruptDatabase {
+            detail: e.to_string(),
+        },
+        _ => Error::Sqlite(e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::rc::Rc;
+
+    use super::*;
+
+    fn sample() -> Vec<u8> {
+        let mut conn = Connection::open_in_memory().unwrap();
+        conn.execute_batch(
+            "CREATE TABLE projects(id INTEGER PRIMARY KEY, name TEXT);
+             INSERT INTO projects(name) VALUES ('a'), ('b');
+             CREATE INDEX projects_name ON projects(name);",
+        )
+        .unwrap();
+        export(&mut conn).unwrap().to_vec()
+    }
+
+    /// An exported image loads back with its tables and rows.
+    #[test]
+    fn round_trip() {
+        let bytes: Rc<[u8]> = sample().into();
+        let mut loaded = load(&bytes).unwrap();
+        assert_eq!(list_tables(&loaded.conn).unwrap(), ["projects"]);
+        let rows: i64 = loaded
+            .conn
+            .query_row("SELECT count(*) FROM projects", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(rows, 2);
+        assert_eq!(&*export(&mut loaded.conn).unwrap(), &*bytes);
+    }
+
+    /// A WAL-mode header (as a backend using journal_mode=WAL uploads it) loads, and the
+    /// exported image is marked rollback mode.
+    #[test]
+    fn wal_mode_image_loads() {
+        let mut bytes = sample();
+        bytes[18] = 2;
+        bytes[19] = 2;
+        let bytes: Rc<[u8]> = bytes.into();
+        let mut loaded = load(&bytes).unwrap();
+        assert!(loaded.header.wal_mode);
+        assert_eq!(list_tables(&loaded.conn).unwrap(), ["projects"]);
+        let out = export(&mut loaded.conn).unwrap();
+        assert_eq!((out[18], out[19]), (1, 1));
+    }
+
+    /// Damage past the header is caught at load, as `CorruptDatabase`.
+    #[test]
+    fn corrupt_schema_page_is_rejected() {
+        let mut bytes = sample();
+        // Scribble over page 1's b-tree header, which holds sqlite_master.
+        for b in &mut bytes[100..140] {
+            *b = 0xA5;
+        }
+        let bytes: Rc<[u8]> = bytes.into();
+        let err = load(&bytes).unwrap_err();
+        assert!(matches!(err, Error::CorruptDatabase { .. }), "{err:?}");
+    }
+
+    /// An empty new database exports as a valid one-page image that loads again.
+    #[test]
+    fn new_database_exports_a_valid_image() {
+        let mut conn = create().unwrap();
+        let image: Rc<[u8]> = export(&mut conn).unwrap().to_vec().into();
+        assert_eq!(image.len(), 4096);
+        let loaded = load(&image).unwrap();
+        assert!(list_tables(&loaded.conn).unwrap().is_empty());
+    }
+}
