@@ -32,7 +32,6 @@ pub struct Context<'a, S, C> {
 pub async fn sync<S: ObjectStore, C: Clock>(
     ctx: &Context<'_, S, C>,
     user: &UserId,
-    cold_start: bool,
 ) -> Result<Report, Error> {
     let clock = ctx.clock;
     let key = user.db_key();
@@ -114,7 +113,7 @@ pub async fn sync<S: ObjectStore, C: Clock>(
 
     Ok(Report {
         success: true,
-        cold_start,
+        cold_start: initialized_here,
         delay_analysis: DelayAnalysis {
             load: PhaseDelay::new(load_total_ms, &ctx.thresholds),
             save: PhaseDelay::new(save_total_ms, &ctx.thresholds),
@@ -139,6 +138,7 @@ pub async fn sync<S: ObjectStore, C: Clock>(
             size_bytes,
             tables,
             db_version,
+            loaded_db_version: previous_version.map(|v| v.to_string()),
             new_database,
             converted_from_wal,
         },

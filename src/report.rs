@@ -10,7 +10,8 @@ use crate::delay::{DelayAction, DelayStatus, Thresholds};
 pub struct Report {
     /// Always `true` here; errors use [`crate::error::ErrorBody`].
     pub success: bool,
-    /// True if this was the first request this isolate served.
+    /// True if this request initialised SQLite in this isolate: the first database request a
+    /// fresh isolate serves, the one that pays `wasm_init_ms`.
     pub cold_start: bool,
     /// What the user experienced, classified by the thresholds.
     pub delay_analysis: DelayAnalysis,
@@ -103,6 +104,9 @@ pub struct DbInfo {
     pub tables: Vec<String>,
     /// The `db-version` metadata written with the object.
     pub db_version: String,
+    /// The `db-version` of the object that was loaded (`null` for a new database, or an
+    /// object written without one).
+    pub loaded_db_version: Option<String>,
     /// True if no object existed, so a new empty database was created.
     pub new_database: bool,
     /// True if the stored header said WAL mode; the image written back is rollback mode.

@@ -213,32 +213,23 @@ fn calibrate_clock() {
 #[event(fetch)]
 async fn fetch(req: Request, env: Env, _ctx: WorkerContext) -> Result<Response> {
     console_error_panic_hook::set_once();
-    let cold_start = !SERVED_ONE.swap(true, Ordering::Relaxed);
-    if cold_start {
+    if !SERVED_ONE.swap(true, Ordering::Relaxed) {
         calibrate_clock();
     }
-    match handle(&req, &env, cold_start).await {
+    match handle(&req, &env).await {
         Ok(response) => Ok(response),
         Err(error) => error_response(&error),
     }
 }
 
-async fn handle(
-    req: &Request,
-    env: &Env,
-    cold_start: bool,
-) -> std::result::Result<Response, Error> {
+async fn handle(req: &Request, env: &Env) -> std::result::Result<Response, Error> {
     let method = req.method().to_string();
     match request::route(&method, &req.path())? {
-        Route::Sync => handle_sync(req, env, cold_start).await,
+        Route::Sync => handle_sync(req, env).await,
     }
 }
 
-async fn handle_sync(
-    req: &Request,
-    env: &Env,
-    cold_start: bool,
-) -> std::result::Result<Response, Error> {
+async fn handle_sync(req: &Request, env: &Env) -> std::result::Result<Response, Error> {
     let url = req.url().map_err(internal)?;
     let user_param = url
         .query_pairs()
@@ -254,7 +245,7 @@ async fn handle_sync(
         clock: &JsClock,
         thresholds: Thresholds::default(),
     };
-    let report = pipeline::sync(&ctx, &user, cold_start).await?;
+    let report = pipeline::sync(&ctx, &user).await?;
     json_response(&report, 200)
 }
 

@@ -1,0 +1,309 @@
+//! A real `workerd` (through `wrangler dev`) with a private local R2 directory, started and
+//! stopped by the test that owns it.
+
+use std::fs;
+use std::io::Write as _;
+use std::net::TcpListener;
+use std::os::unix::process::CommandExt as _;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+/// The bucket named in wrangler.toml.
+pub const BUCKET: &str = "reel-ballers-users";
+const STARTUP_TIMEOUT: Duration = Duration::from_secs(180);
+
+static NEXT_ID: AtomicU32 = AtomicU32::new(0);
+
+fn root() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn wrangler() -> Command {
+    let mut cmd = Command::new(root().join("node_modules/.bin/wrangler"));
+    cmd.current_dir(root())
+        .env("WRANGLER_SEND_METRICS", "false")
+        .env("NO_COLOR", "1");
+    cmd
+}
+
+/// A running local worker; dropping it stops its whole process group.
+pub struct LocalWorker {
+    child: Child,
+    /// `http://127.0.0.1:PORT`.
+    pub base: String,
+    state: PathBuf,
+    agent: ureq::Agent,
+}
+
+/// An HTTP answer: status, headers of interest and JSON body.
+#[derive(Debug)]
+pub struct Answer {
+    /// HTTP status.
+    pub status: u16,
+    /// The `Allow` header, if any.
+    pub allow: Option<String>,
+    /// The parsed body.
+    pub json: Value,
+}
+
+impl LocalWorker {
+    /// Seeds local R2 with `objects` (key, bytes) and starts `wrangler dev` on a free port.
+    pub fn start(objects: &[(&str, &[u8])]) -> Self {
+        Self::start_with_vars(objects, &[])
+    }
+
+    /// As [`LocalWorker::start`], with extra `--var NAME:VALUE` settings.
+    pub fn start_with_vars(objects: &[(&str, &[u8])], vars: &[(&str, &str)]) -> Self {
+        let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
+        let state = root()
+            .join("target/e2e-state")
+            .join(format!("{}-{id}", std::process::id()));
+        let _ = fs::remove_dir_all(&state);
+        fs::create_dir_all(&state).expect("create state dir");
+        for (key, bytes) in objects {
+            put_object(&state, key, bytes);
+        }
+        let port = free_port();
+        let log = fs::File::create(state.join("wrangler.log")).expect("create log");
+        let mut cmd = wrangler();
+        cmd.args([
+            "dev",
+            "--ip",
+            "127.0.0.1",
+            "--port",
+            &port.to_string(),
+            "--persist-to",
+        ])
+        .arg(&state)
+        .args([
+            "--show-interactive-dev-session=false",
+            "--log-level",
+            "warn",
+        ]);
+        for (name, value) in vars {
+            cmd.args(["--var", &format!("{name}:{value}")]);
+        }
+        let child = cmd
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log)
+            // Its own process group, so Drop can stop wrangler, workerd and esbuild together.
+            .process_group(0)
+            .spawn()
+            .expect("spawn wrangler dev (run `make setup`)");
+        let agent = ureq::Agent::new_with_config(
+            ureq::Agent::config_builder()
+                .http_status_as_error(false)
+                .timeout_global(Some(Duration::from_secs(120)))
+                .build(),
+        );
+        let mut worker = Self {
+            child,
+            base: format!("http://127.0.0.1:{port}"),
+            state,
+            agent,
+        };
+        worker.wait_ready();
+        worker
+    }
+
+    fn wait_ready(&mut self) {
+        let deadline = Instant::now() + STARTUP_TIMEOUT;
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!(
+                    "wrangler dev exited ({status}) before serving:\n{}",
+                    self.log_tail()
+                );
+            }
+            // Any JSON answer means workerd is serving our bundle; this path touches no object.
+            if let Ok(answer) = self.try_request("GET", "/__ready")
+                && answer.status == 404
+            {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "wrangler dev did not serve within {STARTUP_TIMEOUT:?}:\n{}",
+                self.log_tail()
+            );
+            std::thread::sleep(Duration::from_millis(250));
+        }
+    }
+
+    /// The last lines wrangler printed.
+    pub fn log_tail(&self) -> String {
+        let log = fs::read_to_string(self.state.join("wrangler.log")).unwrap_or_default();
+        let lines: Vec<&str> = log.lines().collect();
+        lines[lines.len().saturating_sub(40)..].join("\n")
+    }
+
+    fn try_request(&self, method: &str, path: &str) -> Result<Answer, ureq::Error> {
+        self.try_request_with(method, path, &[])
+    }
+
+    fn try_request_with(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+    ) -> Result<Answer, ureq::Error> {
+        let url = format!("{}{path}", self.base);
+        let mut req = ureq::http::Request::builder().method(method).uri(&url);
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        let mut response = self.agent.run(req.body(()).expect("request"))?;
+        let status = response.status().as_u16();
+        let allow = response
+            .headers()
+            .get("allow")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        let text = response.body_mut().read_to_string()?;
+        let json = serde_json::from_str(&text).unwrap_or_else(|e| {
+            panic!("{method} {path}: status {status}, body is not JSON ({e}): {text:?}")
+        });
+        Ok(Answer {
+            status,
+            allow,
+            json,
+        })
+    }
+
+    /// Sends a request and parses the JSON answer; panics on transport failure.
+    pub fn request(&self, method: &str, path: &str) -> Answer {
+        self.request_with(method, path, &[])
+    }
+
+    /// As [`LocalWorker::request`], with extra headers.
+    pub fn request_with(&self, method: &str, path: &str, headers: &[(&str, &str)]) -> Answer {
+        self.try_request_with(method, path, headers)
+            .unwrap_or_else(|e| panic!("{method} {path}: {e}\n{}", self.log_tail()))
+    }
+
+    /// `GET path`.
+    pub fn get(&self, path: &str) -> Answer {
+        self.request("GET", path)
+    }
+
+    /// The object's bytes in local R2, read by `wrangler r2 object get`; `None` if missing.
+    pub fn object(&self, key: &str) -> Option<Vec<u8>> {
+        let out = self.state.join(format!(
+            "get-{}.bin",
+            NEXT_ID.fetch_add(1, Ordering::Relaxed)
+        ));
+        let status = wrangler()
+            .args([
+                "r2",
+                "object",
+                "get",
+                &format!("{BUCKET}/{key}"),
+                "--local",
+                "--persist-to",
+            ])
+            .arg(&self.state)
+            .arg("--file")
+            .arg(&out)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .expect("run wrangler r2 object get");
+        let bytes = status
+            .success()
+            .then(|| fs::read(&out).expect("read object"));
+        let _ = fs::remove_file(&out);
+        bytes
+    }
+}
+
+impl Drop for LocalWorker {
+    fn drop(&mut self) {
+        let group = format!("-{}", self.child.id());
+        let _ = Command::new("kill").args(["-TERM", "--", &group]).status();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let _ = Command::new("kill")
+            .args(["-KILL", "--", &group])
+            .stderr(Stdio::null())
+            .status();
+        let _ = self.child.wait();
+        if !std::thread::panicking() {
+            let _ = fs::remove_dir_all(&self.state);
+        }
+    }
+}
+
+fn put_object(state: &Path, key: &str, bytes: &[u8]) {
+    let file = state.join(format!(
+        "seed-{}.bin",
+        NEXT_ID.fetch_add(1, Ordering::Relaxed)
+    ));
+    fs::File::create(&file)
+        .and_then(|mut f| f.write_all(bytes))
+        .expect("write seed file");
+    let output = wrangler()
+        .args([
+            "r2",
+            "object",
+            "put",
+            &format!("{BUCKET}/{key}"),
+            "--local",
+            "--persist-to",
+        ])
+        .arg(state)
+        .arg("--file")
+        .arg(&file)
+        .output()
+        .expect("run wrangler r2 object put");
+    assert!(
+        output.status.success(),
+        "seeding {key} failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let _ = fs::remove_file(&file);
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("find a free loopback port")
+}
+
+/// Opens database bytes with SQLite (natively) and returns each table's row count.
+pub fn row_counts(bytes: &[u8]) -> Vec<(String, i64)> {
+    let body: std::rc::Rc<[u8]> = bytes.into();
+    let loaded =
+        workers_sqlite_poc::sqlite::load(&body).expect("stored object is a valid database");
+    let tables = workers_sqlite_poc::sqlite::list_tables(&loaded.conn).expect("list tables");
+    tables
+        .into_iter()
+        .map(|t| {
+            let n = loaded
+                .conn
+                .query_row(&format!("SELECT count(*) FROM \"{t}\""), [], |r| r.get(0))
+                .expect("count rows");
+            (t, n)
+        })
+        .collect()
+}
+
+/// sha256 of bytes, hex.
+#[allow(dead_code, reason = "used by the data-safety tests")]
+pub fn sha256(bytes: &[u8]) -> String {
+    use sha2::Digest as _;
+    sha2::Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}

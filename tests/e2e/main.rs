@@ -1,0 +1,209 @@
+//! End-to-end tests against the real `workerd` (via `wrangler dev`) and its local R2.
+//!
+//! Run with `make e2e` (needs `make setup` and the release bundle). Each test starts its own
+//! worker with a private persisted R2 directory and stops it when done.
+
+mod harness;
+
+use harness::{LocalWorker, row_counts};
+use serde_json::Value;
+use workers_sqlite_poc::fixtures;
+
+/// Asserts every field of the spec's contract (and our additions) is present with its type.
+fn assert_contract(json: &Value) {
+    let num = |path: &str| {
+        let v = json
+            .pointer(path)
+            .unwrap_or_else(|| panic!("missing {path} in {json}"));
+        assert!(v.is_number(), "{path} is not a number in {json}");
+        v.as_f64().unwrap()
+    };
+    assert_eq!(json["success"], true, "{json}");
+    assert!(json["cold_start"].is_boolean(), "{json}");
+    for phase in ["load", "save"] {
+        let ms = json
+            .pointer(&format!("/delay_analysis/{phase}/ms"))
+            .unwrap();
+        assert!(
+            ms.is_u64(),
+            "delay_analysis.{phase}.ms must be a whole number: {json}"
+        );
+        for field in ["status", "action"] {
+            assert!(json["delay_analysis"][phase][field].is_string(), "{json}");
+        }
+    }
+    for t in ["optimal_ms", "acceptable_ms", "warning_ms", "critical_ms"] {
+        num(&format!("/delay_analysis/thresholds/{t}"));
+    }
+    for f in ["total_ms", "wasm_init_ms", "download_ms", "parse_ms"] {
+        assert!(num(&format!("/timing_breakdown/load/{f}")) >= 0.0);
+    }
+    num("/timing_breakdown/query_ms");
+    for f in ["total_ms", "serialize_ms", "upload_ms"] {
+        assert!(num(&format!("/timing_breakdown/save/{f}")) >= 0.0);
+    }
+    let size_bytes = num("/db_info/size_bytes");
+    let size_kb = num("/db_info/size_kb");
+    assert_eq!(
+        size_kb,
+        (size_bytes / 1024.0 * 100.0).round() / 100.0,
+        "{json}"
+    );
+    assert!(json["db_info"]["tables"].is_array(), "{json}");
+    assert!(json["db_info"]["db_version"].is_string(), "{json}");
+    assert!(json["clock"]["unmeasured"].is_array(), "{json}");
+}
+
+fn tables(json: &Value) -> Vec<String> {
+    serde_json::from_value(json["db_info"]["tables"].clone()).unwrap()
+}
+
+fn version(json: &Value, field: &str) -> Option<u64> {
+    json["db_info"][field]
+        .as_str()
+        .map(|v| v.parse().expect("numeric db-version"))
+}
+
+/// The spec's main scenario: user `a` has a database; the worker lists its tables, writes it
+/// back with a new db-version, and the stored object still opens with every row.
+#[test]
+fn existing_database_round_trips_through_r2() {
+    let demo = fixtures::demo_database().unwrap();
+    let worker = LocalWorker::start(&[("a/database.sqlite", &demo)]);
+
+    let first = worker.get("/?user=a");
+    assert_eq!(first.status, 200, "{}", first.json);
+    assert_contract(&first.json);
+    assert_eq!(first.json["cold_start"], true);
+    assert_eq!(tables(&first.json), ["projects", "raw_clips", "clip_tags"]);
+    assert_eq!(first.json["db_info"]["size_bytes"], demo.len());
+    assert_eq!(first.json["db_info"]["new_database"], false);
+
+    let stored = worker
+        .object("a/database.sqlite")
+        .expect("object still exists");
+    assert_eq!(row_counts(&stored), row_counts(&demo));
+
+    // The version written is the one the next request reads back from R2's metadata.
+    let second = worker.get("/?user=a");
+    assert_eq!(second.json["cold_start"], false);
+    assert_eq!(
+        version(&second.json, "loaded_db_version"),
+        version(&first.json, "db_version")
+    );
+}
+
+/// A user with no object gets a new empty database, which is created in R2 and loads next time.
+#[test]
+fn missing_user_creates_an_empty_database() {
+    let worker = LocalWorker::start(&[]);
+    assert!(worker.object("newcomer/database.sqlite").is_none());
+
+    let first = worker.get("/?user=newcomer");
+    assert_eq!(first.status, 200, "{}", first.json);
+    assert_contract(&first.json);
+    assert_eq!(first.json["db_info"]["new_database"], true);
+    assert!(tables(&first.json).is_empty());
+    assert!(first.json["db_info"]["loaded_db_version"].is_null());
+
+    let stored = worker
+        .object("newcomer/database.sqlite")
+        .expect("object was created");
+    assert!(row_counts(&stored).is_empty());
+
+    let second = worker.get("/?user=newcomer");
+    assert_eq!(second.json["db_info"]["new_database"], false);
+
+    // No user parameter means the spec's default user, `test`.
+    let default_user = worker.get("/");
+    assert_eq!(default_user.status, 200);
+    assert!(worker.object("test/database.sqlite").is_some());
+}
+
+/// Ten sequential requests (the spec's `for i in {1..10}` loop): each reads what the previous
+/// one wrote, versions strictly increase, only the first is a cold start, rows survive.
+#[test]
+fn ten_sequential_requests() {
+    let demo = fixtures::demo_database().unwrap();
+    let worker = LocalWorker::start(&[("a/database.sqlite", &demo)]);
+    let mut previous: Option<u64> = None;
+    for i in 0..10 {
+        let answer = worker.get("/?user=a");
+        assert_eq!(answer.status, 200, "request {i}: {}", answer.json);
+        assert_contract(&answer.json);
+        assert_eq!(answer.json["cold_start"], i == 0, "request {i}");
+        let written = version(&answer.json, "db_version").unwrap();
+        if let Some(prev) = previous {
+            assert_eq!(
+                version(&answer.json, "loaded_db_version"),
+                Some(prev),
+                "request {i}"
+            );
+            assert!(written > prev, "request {i}: {written} <= {prev}");
+        }
+        previous = Some(written);
+    }
+    let stored = worker.object("a/database.sqlite").unwrap();
+    assert_eq!(row_counts(&stored), row_counts(&demo));
+}
+
+/// Requests that are not the documented route are JSON errors that touch no object.
+#[test]
+fn bad_requests_are_json_errors() {
+    let worker = LocalWorker::start(&[]);
+    let cases = [
+        ("GET", "/?user=", 400, "invalid_user"),
+        ("GET", "/?user=..%2Fx", 400, "invalid_user"),
+        ("GET", "/?user=a%2Fb", 400, "invalid_user"),
+        ("GET", "/?user=a%00b", 400, "invalid_user"),
+        (
+            "GET",
+            &format!("/?user={}", "x".repeat(2000)),
+            400,
+            "invalid_user",
+        ),
+        ("GET", "/elsewhere?user=a", 404, "not_found"),
+        ("POST", "/?user=a", 405, "method_not_allowed"),
+        ("DELETE", "/?user=a", 405, "method_not_allowed"),
+    ];
+    for (method, path, status, code) in cases {
+        let answer = worker.request(method, path);
+        assert_eq!(answer.status, status, "{method} {path}: {}", answer.json);
+        assert_eq!(answer.json["success"], false);
+        assert_eq!(answer.json["error"]["code"], code, "{method} {path}");
+        if status == 405 {
+            assert_eq!(answer.allow.as_deref(), Some("GET"));
+        }
+    }
+    for key in [
+        "a/database.sqlite",
+        "x/database.sqlite",
+        "test/database.sqlite",
+    ] {
+        assert!(
+            worker.object(key).is_none(),
+            "{key} was created by a refused request"
+        );
+    }
+}
+
+/// The smoke script, as a user would run it against a deployed worker, passes locally.
+#[test]
+fn smoke_script_passes() {
+    let demo = fixtures::demo_database().unwrap();
+    let worker = LocalWorker::start(&[("a/database.sqlite", &demo)]);
+    let output = std::process::Command::new("bash")
+        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/smoke.sh"))
+        .arg(&worker.base)
+        .env("SMOKE_USER", "a")
+        .env("EXPECT_TABLES", "projects raw_clips clip_tags")
+        .output()
+        .expect("run smoke.sh");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "smoke failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(stdout.contains("0 failed"), "{stdout}");
+}

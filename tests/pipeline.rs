@@ -1,0 +1,245 @@
+//! Scenario tests of the whole pipeline on the host: real SQLite, in-memory object store.
+
+use std::cell::Cell;
+use std::rc::Rc;
+
+use workers_sqlite_poc::clock::{Clock, SystemClock};
+use workers_sqlite_poc::delay::Thresholds;
+use workers_sqlite_poc::error::Error;
+use workers_sqlite_poc::fixtures;
+use workers_sqlite_poc::pipeline::{Context, sync};
+use workers_sqlite_poc::request::UserId;
+use workers_sqlite_poc::sqlite;
+use workers_sqlite_poc::store::{
+    DB_VERSION_KEY, MemoryStore, ObjectStore, PutCondition, PutOutcome, StoreError, StoredObject,
+};
+
+const KEY: &str = "a/database.sqlite";
+
+fn user(id: &str) -> UserId {
+    UserId::parse(Some(id)).unwrap()
+}
+
+fn run<S: ObjectStore, C: Clock>(
+    store: &S,
+    clock: &C,
+    id: &str,
+) -> Result<serde_json::Value, Error> {
+    let ctx = Context {
+        store,
+        clock,
+        thresholds: Thresholds::default(),
+    };
+    pollster::block_on(sync(&ctx, &user(id))).map(|r| serde_json::to_value(r).unwrap())
+}
+
+fn row_counts(bytes: &[u8]) -> Vec<(String, i64)> {
+    let body: Rc<[u8]> = bytes.into();
+    let loaded = sqlite::load(&body).unwrap();
+    sqlite::list_tables(&loaded.conn)
+        .unwrap()
+        .into_iter()
+        .map(|t| {
+            let n = loaded
+                .conn
+                .query_row(&format!("SELECT count(*) FROM \"{t}\""), [], |r| r.get(0))
+                .unwrap();
+            (t, n)
+        })
+        .collect()
+}
+
+fn schema(bytes: &[u8]) -> Vec<String> {
+    let body: Rc<[u8]> = bytes.into();
+    let loaded = sqlite::load(&body).unwrap();
+    let mut stmt = loaded
+        .conn
+        .prepare("SELECT sql FROM sqlite_master ORDER BY name")
+        .unwrap();
+    stmt.query_map([], |r| r.get::<_, Option<String>>(0))
+        .unwrap()
+        .map(|s| s.unwrap().unwrap_or_default())
+        .collect()
+}
+
+/// An existing database: its tables are listed, and what is written back is a valid SQLite
+/// image with the same schema and rows, stamped with an increasing `db-version`.
+#[test]
+fn existing_database_is_listed_and_written_back_intact() {
+    let demo = fixtures::demo_database().unwrap();
+    let store = MemoryStore::new();
+    store.insert(KEY, &demo, &[]);
+    let clock = SystemClock::new();
+
+    let report = run(&store, &clock, "a").unwrap();
+    assert_eq!(
+        report["db_info"]["tables"],
+        serde_json::json!(["projects", "raw_clips", "clip_tags"])
+    );
+    assert_eq!(report["db_info"]["new_database"], false);
+    let stored = store.bytes(KEY).unwrap();
+    assert_eq!(schema(&stored), schema(&demo));
+    assert_eq!(row_counts(&stored), row_counts(&demo));
+    let v1: u64 = store.metadata(KEY).unwrap()[DB_VERSION_KEY]
+        .parse()
+        .unwrap();
+    assert_eq!(report["db_info"]["db_version"], v1.to_string());
+
+    let again = run(&store, &clock, "a").unwrap();
+    let v2: u64 = store.metadata(KEY).unwrap()[DB_VERSION_KEY]
+        .parse()
+        .unwrap();
+    assert!(v2 > v1, "{v2} <= {v1}");
+    assert_eq!(again["db_info"]["loaded_db_version"], v1.to_string());
+}
+
+/// A version from the future (clock skew between writers) still gets a larger successor.
+#[test]
+fn db_version_increases_even_when_the_clock_is_behind() {
+    let store = MemoryStore::new();
+    let future = u64::MAX / 2;
+    store.insert(
+        KEY,
+        &fixtures::demo_database().unwrap(),
+        &[(DB_VERSION_KEY, future.to_string())],
+    );
+    run(&store, &SystemClock::new(), "a").unwrap();
+    let written: u64 = store.metadata(KEY).unwrap()[DB_VERSION_KEY]
+        .parse()
+        .unwrap();
+    assert_eq!(written, future + 1);
+}
+
+/// A missing object means a new, empty database, stored create-only.
+#[test]
+fn missing_object_creates_an_empty_database() {
+    let store = MemoryStore::new();
+    let report = run(&store, &SystemClock::new(), "newcomer").unwrap();
+    assert_eq!(report["db_info"]["new_database"], true);
+    assert_eq!(report["db_info"]["tables"], serde_json::json!([]));
+    assert!(report["db_info"]["loaded_db_version"].is_null());
+    let stored = store.bytes("newcomer/database.sqlite").unwrap();
+    assert!(row_counts(&stored).is_empty());
+    assert_eq!(report["db_info"]["size_bytes"], stored.len());
+}
+
+/// A stored object that is not a database is reported and never written to.
+#[test]
+fn corrupt_object_is_reported_and_left_untouched() {
+    let store = MemoryStore::new();
+    let garbage: Vec<u8> = (0..8192u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    store.insert(KEY, &garbage, &[]);
+    let err = run(&store, &SystemClock::new(), "a").unwrap_err();
+    assert_eq!(err.status(), 422);
+    assert_eq!(err.code(), "corrupt_database");
+    assert_eq!(store.put_count(), 0);
+    assert_eq!(store.bytes(KEY).unwrap(), garbage);
+}
+
+/// A store where another writer changes the object between our get and our put.
+struct RacingStore {
+    inner: MemoryStore,
+    raced: Cell<bool>,
+    rival: Vec<u8>,
+}
+
+impl ObjectStore for RacingStore {
+    type Body = Rc<[u8]>;
+
+    async fn get(&self, key: &str) -> Result<Option<StoredObject<Rc<[u8]>>>, StoreError> {
+        let got = self.inner.get(key).await;
+        if !self.raced.replace(true) {
+            self.inner.insert(key, &self.rival, &[]);
+        }
+        got
+    }
+
+    async fn put(
+        &self,
+        key: &str,
+        bytes: &[u8],
+        metadata: &[(&str, String)],
+        condition: &PutCondition,
+    ) -> Result<PutOutcome, StoreError> {
+        self.inner.put(key, bytes, metadata, condition).await
+    }
+}
+
+/// No lost update: when the object changes after the load, the save is refused with a
+/// conflict and the other writer's version survives.
+#[test]
+fn concurrent_change_is_a_conflict_not_a_lost_update() {
+    let demo = fixtures::demo_database().unwrap();
+    let mut rival_conn = {
+        let body: Rc<[u8]> = demo.clone().into();
+        sqlite::load(&body).unwrap().conn
+    };
+    rival_conn
+        .execute_batch("CREATE TABLE added_by_rival(x)")
+        .unwrap();
+    let rival = sqlite::export(&mut rival_conn).unwrap().to_vec();
+
+    for existing in [true, false] {
+        let store = RacingStore {
+            inner: MemoryStore::new(),
+            raced: Cell::new(false),
+            rival: rival.clone(),
+        };
+        if existing {
+            store.inner.insert(KEY, &demo, &[]);
+        }
+        let err = run(&store, &SystemClock::new(), "a").unwrap_err();
+        assert!(
+            matches!(err, Error::Conflict),
+            "existing={existing}: {err:?}"
+        );
+        assert_eq!(err.status(), 409);
+        assert_eq!(
+            store.inner.bytes(KEY).unwrap(),
+            rival,
+            "existing={existing}"
+        );
+    }
+}
+
+/// A clock that never moves, as deployed Workers' clock during computation.
+struct FrozenClock;
+
+impl Clock for FrozenClock {
+    fn now_ms(&self) -> f64 {
+        1_000.0
+    }
+    fn epoch_ms(&self) -> u64 {
+        1_700_000_000_000
+    }
+    fn resolution_ms(&self) -> f64 {
+        1.0
+    }
+    fn source(&self) -> &'static str {
+        "frozen"
+    }
+    fn advances_during_cpu(&self) -> Option<bool> {
+        Some(false)
+    }
+}
+
+/// With a frozen clock every CPU-only span is flagged as unmeasured instead of passing off
+/// its 0 as a measurement.
+#[test]
+fn frozen_clock_spans_are_flagged_unmeasured() {
+    let store = MemoryStore::new();
+    store.insert(KEY, &fixtures::demo_database().unwrap(), &[]);
+    let report = run(&store, &FrozenClock, "a").unwrap();
+    let unmeasured: Vec<String> =
+        serde_json::from_value(report["clock"]["unmeasured"].clone()).unwrap();
+    for span in ["load.parse_ms", "query_ms", "save.serialize_ms"] {
+        assert!(
+            unmeasured.iter().any(|u| u == span),
+            "{span} not flagged: {unmeasured:?}"
+        );
+    }
+    assert_eq!(report["clock"]["advances_during_cpu"], false);
+    assert_eq!(report["delay_analysis"]["load"]["status"], "optimal");
+}
