@@ -9,7 +9,7 @@ export PATH := $(or $(CARGO_HOME),$(HOME)/.cargo)/bin:$(PATH)
 WRANGLER := node_modules/.bin/wrangler
 SOURCES := $(shell find src -name '*.rs') Cargo.toml Cargo.lock
 
-.PHONY: setup build dev seed test lint unit e2e smoke dry-run bench clean
+.PHONY: setup build dev seed test lint unit unit-wasm e2e smoke dry-run bench clean
 
 ## setup: install whatever is missing (idempotent; seconds when everything is present)
 setup:
@@ -32,7 +32,7 @@ dev: setup build seed
 	$(WRANGLER) dev --ip 127.0.0.1 --port $(PORT) --persist-to $(DEV_STATE)
 
 ## test: every check CI runs
-test: setup lint unit build dry-run e2e
+test: setup lint unit unit-wasm build dry-run e2e
 
 lint:
 	cargo fmt --check
@@ -41,6 +41,10 @@ lint:
 
 unit:
 	cargo test --locked
+
+## unit-wasm: the same unit tests on wasm32, under Node, against the Worker's SQLite build
+unit-wasm:
+	cargo test --locked --lib --target wasm32-unknown-unknown
 
 ## dry-run: validate the release bundle as `wrangler deploy` would, and print its size
 dry-run: build

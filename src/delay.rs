@@ -78,6 +78,9 @@ impl Thresholds {
 
 #[cfg(test)]
 mod tests {
+    #[cfg(all(target_family = "wasm", target_os = "unknown"))]
+    use wasm_bindgen_test::wasm_bindgen_test as test;
+
     use super::*;
 
     /// Every boundary the spec implies lands in the band the spec's `<` comparisons put it in.

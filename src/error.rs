@@ -156,6 +156,9 @@ impl Error {
 
 #[cfg(test)]
 mod tests {
+    #[cfg(all(target_family = "wasm", target_os = "unknown"))]
+    use wasm_bindgen_test::wasm_bindgen_test as test;
+
     use super::*;
 
     /// A 5xx body never leaks the internal message.

@@ -75,10 +75,14 @@ pub fn sized_database(target_bytes: usize, seed: u64) -> Result<Vec<u8>, Error> 
     loop {
         project += 1;
         fill_from(&conn, &mut rng, project, 1, 50, 2048)?;
-        let pages: i64 = conn
-            .query_row("PRAGMA page_count", [], |r| r.get(0))
+        let size: i64 = conn
+            .query_row(
+                "SELECT page_count * page_size FROM pragma_page_count(), pragma_page_size()",
+                [],
+                |r| r.get(0),
+            )
             .map_err(Error::Sqlite)?;
-        let size = usize::try_from(pages).unwrap_or(0) * 4096;
+        let size = usize::try_from(size).unwrap_or(0);
         if size >= target_bytes {
             return Ok(sqlite::export(&mut conn)?.to_vec());
         }
@@ -157,6 +161,9 @@ fn fill_from(
 
 #[cfg(test)]
 mod tests {
+    #[cfg(all(target_family = "wasm", target_os = "unknown"))]
+    use wasm_bindgen_test::wasm_bindgen_test as test;
+
     use std::rc::Rc;
 
     use super::*;

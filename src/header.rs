@@ -150,6 +150,9 @@ pub fn clear_wal_mode(bytes: &mut [u8]) {
 
 #[cfg(test)]
 mod tests {
+    #[cfg(all(target_family = "wasm", target_os = "unknown"))]
+    use wasm_bindgen_test::wasm_bindgen_test as test;
+
     use super::*;
 
     fn header(page_size: u16, pages_in_header: u32, total_pages: usize) -> Vec<u8> {

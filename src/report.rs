@@ -142,6 +142,9 @@ pub fn round_ms(x: f64) -> u64 {
 
 #[cfg(test)]
 mod tests {
+    #[cfg(all(target_family = "wasm", target_os = "unknown"))]
+    use wasm_bindgen_test::wasm_bindgen_test as test;
+
     use super::*;
 
     /// Rounding matches the spec's JavaScript.

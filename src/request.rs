@@ -76,6 +76,9 @@ pub fn route(method: &str, path: &str) -> Result<Route, Error> {
 
 #[cfg(test)]
 mod tests {
+    #[cfg(all(target_family = "wasm", target_os = "unknown"))]
+    use wasm_bindgen_test::wasm_bindgen_test as test;
+
     use super::*;
 
     /// Absent means the spec's default user; valid ids map to their key.

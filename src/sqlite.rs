@@ -116,6 +116,9 @@ fn classify(e: rusqlite::Error) -> Error {
 
 #[cfg(test)]
 mod tests {
+    #[cfg(all(target_family = "wasm", target_os = "unknown"))]
+    use wasm_bindgen_test::wasm_bindgen_test as test;
+
     use std::rc::Rc;
 
     use super::*;
@@ -177,8 +180,12 @@ mod tests {
     #[test]
     fn new_database_exports_a_valid_image() {
         let mut conn = create().unwrap();
+        // The engine's default page size: 4096 natively, 8192 in sqlite-wasm-rs's build.
+        let page_size: u32 = conn
+            .query_row("PRAGMA page_size", [], |r| r.get(0))
+            .unwrap();
         let image: Rc<[u8]> = export(&mut conn).unwrap().to_vec().into();
-        assert_eq!(image.len(), 4096);
+        assert_eq!(image.len(), page_size as usize);
         let loaded = load(&image).unwrap();
         assert!(list_tables(&loaded.conn).unwrap().is_empty());
     }

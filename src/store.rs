@@ -205,6 +205,9 @@ impl ObjectStore for MemoryStore {
 
 #[cfg(test)]
 mod tests {
+    #[cfg(all(target_family = "wasm", target_os = "unknown"))]
+    use wasm_bindgen_test::wasm_bindgen_test as test;
+
     use super::*;
 
     /// The in-memory backend honours the failure contract the pipeline relies on.
