@@ -1,4 +1,6 @@
 //! Scenario tests of the whole pipeline on the host: real SQLite, in-memory object store.
+// Host only: these scenarios time with `SystemClock`; the wasm32 unit tests cover the SQLite parts.
+#![cfg(not(all(target_family = "wasm", target_os = "unknown")))]
 
 use std::cell::Cell;
 use std::rc::Rc;
