@@ -26,6 +26,25 @@ pub enum Error {
         /// The methods the path accepts, for the `Allow` header.
         allow: &'static str,
     },
+    /// No valid bearer token was presented.
+    Unauthorized {
+        /// What was wrong, safe to show.
+        reason: &'static str,
+    },
+    /// No `AUTH_TOKEN` is configured and anonymous access is not enabled.
+    AuthNotConfigured,
+    /// A var or secret has a value the worker cannot use.
+    Misconfigured {
+        /// Which setting and why; logged, not shown.
+        detail: String,
+    },
+    /// The stored database is larger than `MAX_DB_BYTES`; nothing was downloaded.
+    TooLarge {
+        /// The object's size.
+        size_bytes: u64,
+        /// The limit in force.
+        max_bytes: u64,
+    },
     /// The stored object failed header validation.
     CorruptHeader(HeaderProblem),
     /// SQLite rejected the stored object's contents.
@@ -64,6 +83,23 @@ impl std::fmt::Display for Error {
             Self::CorruptHeader(p) => write!(f, "corrupt database: {p}"),
             Self::CorruptDatabase { detail } => write!(f, "corrupt database: {detail}"),
             Self::Conflict => write!(f, "the database changed while this request ran"),
+            Self::Unauthorized { reason } => write!(f, "unauthorized: {reason}"),
+            Self::AuthNotConfigured => write!(
+                f,
+                "access control is not configured: set the AUTH_TOKEN secret \
+                 (`npx wrangler secret put AUTH_TOKEN`), or set the var ALLOW_ANONYMOUS=true \
+                 to serve without authentication"
+            ),
+            Self::Misconfigured { detail } => write!(f, "misconfigured: {detail}"),
+            Self::TooLarge {
+                size_bytes,
+                max_bytes,
+            } => write!(
+                f,
+                "the database is {size_bytes} bytes, over this worker's limit of {max_bytes} \
+                 bytes (MAX_DB_BYTES); archive old data to shrink it, or migrate this user to \
+                 a Durable Object"
+            ),
             Self::Storage(e) => write!(f, "{e}"),
             Self::Sqlite(e) => write!(f, "sqlite: {e}"),
         }
@@ -98,12 +134,15 @@ impl Error {
     pub fn status(&self) -> u16 {
         match self {
             Self::InvalidUser { .. } => 400,
+            Self::Unauthorized { .. } => 401,
             Self::NotFound { .. } => 404,
             Self::MethodNotAllowed { .. } => 405,
             Self::Conflict => 409,
+            Self::TooLarge { .. } => 413,
             Self::CorruptHeader(_) | Self::CorruptDatabase { .. } => 422,
-            Self::Sqlite(_) => 500,
+            Self::Sqlite(_) | Self::Misconfigured { .. } => 500,
             Self::Storage(_) => 502,
+            Self::AuthNotConfigured => 503,
         }
     }
 
@@ -116,6 +155,10 @@ impl Error {
             Self::MethodNotAllowed { .. } => "method_not_allowed",
             Self::CorruptHeader(_) | Self::CorruptDatabase { .. } => "corrupt_database",
             Self::Conflict => "conflict",
+            Self::Unauthorized { .. } => "unauthorized",
+            Self::AuthNotConfigured => "auth_not_configured",
+            Self::Misconfigured { .. } => "misconfigured",
+            Self::TooLarge { .. } => "database_too_large",
             Self::Storage(_) => "storage_error",
             Self::Sqlite(_) => "internal_error",
         }
@@ -129,6 +172,9 @@ impl Error {
                 "the object store failed; nothing was written; try again".to_owned()
             }
             Self::Sqlite(_) => "internal error; nothing was written".to_owned(),
+            Self::Misconfigured { .. } => {
+                "the worker is misconfigured; its log names the setting".to_owned()
+            }
             Self::Conflict => "the database was changed by another request while this one ran; \
                                nothing was written; retry the request"
                 .to_owned(),
@@ -150,7 +196,7 @@ impl Error {
     /// True for errors whose detail must be logged because the client does not see it.
     #[must_use]
     pub fn is_internal(&self) -> bool {
-        self.status() >= 500
+        self.status() >= 500 && !matches!(self, Self::AuthNotConfigured)
     }
 }
 

@@ -3,6 +3,8 @@
 //!
 //! Module map (the platform glue is the last one; everything above it is plain Rust):
 //! - [`request`]: route table and user-id validation.
+//! - [`auth`]: bearer-token access control.
+//! - [`config`]: vars and secrets, parsed and checked.
 //! - [`pipeline`]: load → query → save → report, over a store and a clock.
 //! - [`sqlite`]: SQLite initialise, load an image, list tables, export.
 //! - [`header`]: validation of the 100-byte SQLite header.
@@ -14,7 +16,9 @@
 //! - [`fixtures`]: deterministic demo and benchmark databases.
 //! - `worker_glue` (wasm32 only): R2 and JS-clock backends and the `fetch` entry point.
 
+pub mod auth;
 pub mod clock;
+pub mod config;
 pub mod delay;
 pub mod error;
 pub mod fixtures;

@@ -11,7 +11,7 @@ use crate::report::{
 };
 use crate::request::UserId;
 use crate::sqlite;
-use crate::store::{DB_VERSION_KEY, ObjectStore, PutCondition, PutOutcome};
+use crate::store::{DB_VERSION_KEY, Fetched, ObjectStore, PutCondition, PutOutcome};
 
 /// What the pipeline runs against.
 #[derive(Debug)]
@@ -22,6 +22,8 @@ pub struct Context<'a, S, C> {
     pub clock: &'a C,
     /// Delay thresholds in force.
     pub thresholds: Thresholds,
+    /// Largest object that will be downloaded.
+    pub max_db_bytes: u64,
 }
 
 /// Loads, queries and saves `user`'s database and reports what each step cost.
@@ -41,7 +43,16 @@ pub async fn sync<S: ObjectStore, C: Clock>(
     let wasm_init_ms = clock.now_ms() - load_start;
 
     let download_start = clock.now_ms();
-    let object = ctx.store.get(&key).await?;
+    let object = match ctx.store.get(&key, ctx.max_db_bytes).await? {
+        Fetched::Missing => None,
+        Fetched::TooLarge { size_bytes } => {
+            return Err(Error::TooLarge {
+                size_bytes,
+                max_bytes: ctx.max_db_bytes,
+            });
+        }
+        Fetched::Found(object) => Some(object),
+    };
     let download_ms = clock.now_ms() - download_start;
 
     let parse_start = clock.now_ms();

@@ -1,7 +1,8 @@
 //! The object-store seam: what the pipeline needs from R2, and an in-memory backend for host tests.
 //!
 //! Failure contract, shared by every backend:
-//! - `get` returns `Ok(None)` when the object does not exist, never an error.
+//! - `get` returns [`Fetched::Missing`] when the object does not exist, never an error, and
+//!   [`Fetched::TooLarge`] without reading the body when the object exceeds the limit.
 //! - `put` with a condition that does not hold returns `Ok(PutOutcome::ConditionFailed)` and
 //!   writes nothing.
 //! - Any other failure (network, permissions, runtime) is a [`StoreError`]; the caller must
@@ -24,6 +25,20 @@ pub trait Body {
     }
     /// Copies the whole object into `dst`, whose length is exactly [`Body::len`].
     fn copy_to(&self, dst: &mut [u8]);
+}
+
+/// The result of a `get`.
+#[derive(Debug)]
+pub enum Fetched<B> {
+    /// No object exists under the key.
+    Missing,
+    /// The object is larger than the caller's limit; its body was not read.
+    TooLarge {
+        /// The object's size.
+        size_bytes: u64,
+    },
+    /// The object, with its body.
+    Found(StoredObject<B>),
 }
 
 /// An object read from the store.
@@ -83,8 +98,9 @@ pub trait ObjectStore {
     /// How this backend hands over an object's bytes.
     type Body: Body;
 
-    /// Fetches an object with its metadata and body; `Ok(None)` if it does not exist.
-    async fn get(&self, key: &str) -> Result<Option<StoredObject<Self::Body>>, StoreError>;
+    /// Fetches an object with its metadata and body, unless it is missing or larger than
+    /// `max_bytes`; the size is checked before any of the body is read.
+    async fn get(&self, key: &str, max_bytes: u64) -> Result<Fetched<Self::Body>, StoreError>;
 
     /// Writes `bytes` under `key` with `metadata`, only if `condition` holds.
     async fn put(
@@ -121,6 +137,7 @@ struct MemoryObject {
 pub struct MemoryStore {
     objects: RefCell<HashMap<String, MemoryObject>>,
     generation: RefCell<u64>,
+    gets: RefCell<u64>,
     puts: RefCell<u64>,
 }
 
@@ -163,6 +180,12 @@ impl MemoryStore {
         self.objects.borrow().get(key).map(|o| o.metadata.clone())
     }
 
+    /// How many `get` calls reached this store, for tests of read paths.
+    #[must_use]
+    pub fn get_count(&self) -> u64 {
+        *self.gets.borrow()
+    }
+
     /// How many `put` calls reached this store (successful or not), for tests of write paths.
     #[must_use]
     pub fn put_count(&self) -> u64 {
@@ -173,8 +196,17 @@ impl MemoryStore {
 impl ObjectStore for MemoryStore {
     type Body = Rc<[u8]>;
 
-    async fn get(&self, key: &str) -> Result<Option<StoredObject<Rc<[u8]>>>, StoreError> {
-        Ok(self.objects.borrow().get(key).map(|o| StoredObject {
+    async fn get(&self, key: &str, max_bytes: u64) -> Result<Fetched<Rc<[u8]>>, StoreError> {
+        *self.gets.borrow_mut() += 1;
+        let objects = self.objects.borrow();
+        let Some(o) = objects.get(key) else {
+            return Ok(Fetched::Missing);
+        };
+        let size_bytes = o.bytes.len() as u64;
+        if size_bytes > max_bytes {
+            return Ok(Fetched::TooLarge { size_bytes });
+        }
+        Ok(Fetched::Found(StoredObject {
             etag: o.etag.clone(),
             metadata: o.metadata.clone(),
             body: Rc::clone(&o.bytes),
@@ -215,7 +247,10 @@ mod tests {
     fn memory_store_contract() {
         pollster::block_on(async {
             let store = MemoryStore::new();
-            assert!(store.get("a").await.unwrap().is_none());
+            assert!(matches!(
+                store.get("a", u64::MAX).await.unwrap(),
+                Fetched::Missing
+            ));
 
             let created = store
                 .put("a", b"one", &[], &PutCondition::IfAbsent)
@@ -249,9 +284,15 @@ mod tests {
                 .await
                 .unwrap();
             assert!(matches!(updated, PutOutcome::Stored { .. }));
-            let got = store.get("a").await.unwrap().unwrap();
+            let Fetched::Found(got) = store.get("a", 3).await.unwrap() else {
+                panic!("an object at the limit must be returned")
+            };
             assert_eq!(&*got.body, b"two");
             assert_eq!(got.metadata["k"], "v");
+            assert!(matches!(
+                store.get("a", 2).await.unwrap(),
+                Fetched::TooLarge { size_bytes: 3 }
+            ));
             assert_eq!(store.put_count(), 4);
         });
     }

@@ -8,12 +8,15 @@ use wasm_bindgen::prelude::*;
 use wasm_bindgen_futures::JsFuture;
 use worker::{Context as WorkerContext, Env, Request, Response, Result, console_error, event};
 
+use crate::auth;
 use crate::clock::Clock;
-use crate::delay::Thresholds;
+use crate::config::Config;
 use crate::error::Error;
 use crate::pipeline::{self, Context};
 use crate::request::{self, Route, UserId};
-use crate::store::{Body, ObjectStore, PutCondition, PutOutcome, StoreError, StoredObject};
+use crate::store::{
+    Body, Fetched, ObjectStore, PutCondition, PutOutcome, StoreError, StoredObject,
+};
 
 /// Name of the R2 binding in wrangler.toml.
 const BUCKET_BINDING: &str = "USER_DATA";
@@ -40,6 +43,10 @@ extern "C" {
     type JsObject;
     #[wasm_bindgen(method, getter)]
     fn etag(this: &JsObject) -> String;
+    #[wasm_bindgen(method, getter)]
+    fn size(this: &JsObject) -> f64;
+    #[wasm_bindgen(method, getter)]
+    fn body(this: &JsObject) -> JsValue;
     #[wasm_bindgen(method, getter, js_name = customMetadata)]
     fn custom_metadata(this: &JsObject) -> JsValue;
     #[wasm_bindgen(method, catch, js_name = arrayBuffer)]
@@ -92,22 +99,34 @@ impl ObjectStore for R2Store {
     async fn get(
         &self,
         key: &str,
-    ) -> std::result::Result<Option<StoredObject<JsBody>>, StoreError> {
+        max_bytes: u64,
+    ) -> std::result::Result<Fetched<JsBody>, StoreError> {
         let promise = self.bucket.get(key).map_err(|e| store_error("get", &e))?;
         let value = JsFuture::from(promise)
             .await
             .map_err(|e| store_error("get", &e))?;
         if value.is_null() || value.is_undefined() {
-            return Ok(None);
+            return Ok(Fetched::Missing);
         }
         let object: JsObject = value.unchecked_into();
+        // `get` resolves once the metadata has arrived; the body is still an unread stream,
+        // so an oversize object is refused here without downloading it.
+        // Float-to-int `as` saturates; R2 sizes are whole numbers.
+        let size_bytes = object.size() as u64;
+        if size_bytes > max_bytes {
+            if let Ok(stream) = object.body().dyn_into::<web_sys::ReadableStream>() {
+                // Best effort: an unread stream is released with the request anyway.
+                let _ = stream.cancel();
+            }
+            return Ok(Fetched::TooLarge { size_bytes });
+        }
         let promise = object
             .array_buffer()
             .map_err(|e| store_error("get body", &e))?;
         let buffer = JsFuture::from(promise)
             .await
             .map_err(|e| store_error("get body", &e))?;
-        Ok(Some(StoredObject {
+        Ok(Fetched::Found(StoredObject {
             etag: object.etag(),
             metadata: metadata_map(&object.custom_metadata()),
             body: JsBody(Uint8Array::new(&buffer)),
@@ -223,13 +242,25 @@ async fn fetch(req: Request, env: Env, _ctx: WorkerContext) -> Result<Response> 
 }
 
 async fn handle(req: &Request, env: &Env) -> std::result::Result<Response, Error> {
+    let config = Config::from_lookup(|name| {
+        env.secret(name)
+            .map(|s| s.to_string())
+            .or_else(|_| env.var(name).map(|v| v.to_string()))
+            .ok()
+    })?;
+    let authorization = req.headers().get("Authorization").map_err(internal)?;
+    auth::authorize(&config, authorization.as_deref())?;
     let method = req.method().to_string();
     match request::route(&method, &req.path())? {
-        Route::Sync => handle_sync(req, env).await,
+        Route::Sync => handle_sync(req, env, &config).await,
     }
 }
 
-async fn handle_sync(req: &Request, env: &Env) -> std::result::Result<Response, Error> {
+async fn handle_sync(
+    req: &Request,
+    env: &Env,
+    config: &Config,
+) -> std::result::Result<Response, Error> {
     let url = req.url().map_err(internal)?;
     let user_param = url
         .query_pairs()
@@ -243,7 +274,8 @@ async fn handle_sync(req: &Request, env: &Env) -> std::result::Result<Response, 
     let ctx = Context {
         store: &store,
         clock: &JsClock,
-        thresholds: Thresholds::default(),
+        thresholds: config.thresholds,
+        max_db_bytes: config.max_db_bytes,
     };
     let report = pipeline::sync(&ctx, &user).await?;
     json_response(&report, 200)
@@ -279,8 +311,10 @@ fn error_response(error: &Error) -> Result<Response> {
     }
     let mut response = Response::from_json(&error.body())?.with_status(error.status());
     response.headers_mut().set("Cache-Control", "no-store")?;
-    if let Error::MethodNotAllowed { allow, .. } = error {
-        response.headers_mut().set("Allow", allow)?;
+    match error {
+        Error::MethodNotAllowed { allow, .. } => response.headers_mut().set("Allow", allow)?,
+        Error::Unauthorized { .. } => response.headers_mut().set("WWW-Authenticate", "Bearer")?,
+        _ => {}
     }
     Ok(response)
 }

@@ -13,10 +13,11 @@ use workers_sqlite_poc::pipeline::{Context, sync};
 use workers_sqlite_poc::request::UserId;
 use workers_sqlite_poc::sqlite;
 use workers_sqlite_poc::store::{
-    DB_VERSION_KEY, MemoryStore, ObjectStore, PutCondition, PutOutcome, StoreError, StoredObject,
+    DB_VERSION_KEY, Fetched, MemoryStore, ObjectStore, PutCondition, PutOutcome, StoreError,
 };
 
 const KEY: &str = "a/database.sqlite";
+const MAX_DB_BYTES: u64 = 1024 * 1024;
 
 fn user(id: &str) -> UserId {
     UserId::parse(Some(id)).unwrap()
@@ -31,6 +32,7 @@ fn run<S: ObjectStore, C: Clock>(
         store,
         clock,
         thresholds: Thresholds::default(),
+        max_db_bytes: MAX_DB_BYTES,
     };
     pollster::block_on(sync(&ctx, &user(id))).map(|r| serde_json::to_value(r).unwrap())
 }
@@ -150,8 +152,8 @@ struct RacingStore {
 impl ObjectStore for RacingStore {
     type Body = Rc<[u8]>;
 
-    async fn get(&self, key: &str) -> Result<Option<StoredObject<Rc<[u8]>>>, StoreError> {
-        let got = self.inner.get(key).await;
+    async fn get(&self, key: &str, max_bytes: u64) -> Result<Fetched<Rc<[u8]>>, StoreError> {
+        let got = self.inner.get(key, max_bytes).await;
         if !self.raced.replace(true) {
             self.inner.insert(key, &self.rival, &[]);
         }
@@ -244,4 +246,29 @@ fn frozen_clock_spans_are_flagged_unmeasured() {
     }
     assert_eq!(report["clock"]["advances_during_cpu"], false);
     assert_eq!(report["delay_analysis"]["load"]["status"], "optimal");
+}
+
+/// An object over the size limit is refused with 413 before its body is read, and is not
+/// written; one exactly at the limit loads.
+#[test]
+fn oversize_object_is_refused_without_download() {
+    let store = MemoryStore::new();
+    let big = fixtures::sized_database(MAX_DB_BYTES as usize + 1, 7).unwrap();
+    store.insert(KEY, &big, &[]);
+    let err = run(&store, &SystemClock::new(), "a").unwrap_err();
+    assert_eq!(err.status(), 413);
+    assert_eq!(err.code(), "database_too_large");
+    assert!(err.body().error.message.contains("Durable Object"));
+    assert_eq!(store.put_count(), 0);
+    assert_eq!(store.bytes(KEY).unwrap(), big);
+
+    let exact = fixtures::sized_database(MAX_DB_BYTES as usize / 2, 7).unwrap();
+    let ctx = Context {
+        store: &store,
+        clock: &SystemClock::new(),
+        thresholds: Thresholds::default(),
+        max_db_bytes: exact.len() as u64,
+    };
+    store.insert(KEY, &exact, &[]);
+    assert!(pollster::block_on(sync(&ctx, &user("a"))).is_ok());
 }

@@ -2,7 +2,6 @@
 //! stopped by the test that owns it.
 
 use std::fs;
-use std::io::Write as _;
 use std::net::TcpListener;
 use std::os::unix::process::CommandExt as _;
 use std::path::{Path, PathBuf};
@@ -51,12 +50,13 @@ pub struct Answer {
 }
 
 impl LocalWorker {
-    /// Seeds local R2 with `objects` (key, bytes) and starts `wrangler dev` on a free port.
+    /// Seeds local R2 with `objects` (key, bytes) and starts `wrangler dev` on a free port,
+    /// with anonymous access allowed (as `make dev` does).
     pub fn start(objects: &[(&str, &[u8])]) -> Self {
-        Self::start_with_vars(objects, &[])
+        Self::start_with_vars(objects, &[("ALLOW_ANONYMOUS", "true")])
     }
 
-    /// As [`LocalWorker::start`], with extra `--var NAME:VALUE` settings.
+    /// As [`LocalWorker::start`], with exactly these `--var NAME:VALUE` settings.
     pub fn start_with_vars(objects: &[(&str, &[u8])], vars: &[(&str, &str)]) -> Self {
         let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
         let state = root()
@@ -64,10 +64,9 @@ impl LocalWorker {
             .join(format!("{}-{id}", std::process::id()));
         let _ = fs::remove_dir_all(&state);
         fs::create_dir_all(&state).expect("create state dir");
-        for (key, bytes) in objects {
-            put_object(&state, key, bytes);
-        }
         let port = free_port();
+        // Concurrent instances would otherwise race for the default inspector port.
+        let inspector_port = free_port();
         let log = fs::File::create(state.join("wrangler.log")).expect("create log");
         let mut cmd = wrangler();
         cmd.args([
@@ -108,6 +107,9 @@ impl LocalWorker {
             agent,
         };
         worker.wait_ready();
+        for (key, bytes) in objects {
+            worker.put_object(key, bytes);
+        }
         worker
     }
 
@@ -121,8 +123,9 @@ impl LocalWorker {
                 );
             }
             // Any JSON answer means workerd is serving our bundle; this path touches no object.
+            // 401/503 when access control is on, 404 otherwise.
             if let Ok(answer) = self.try_request("GET", "/__ready")
-                && answer.status == 404
+                && matches!(answer.status, 401 | 404 | 503)
             {
                 return;
             }
@@ -191,33 +194,46 @@ impl LocalWorker {
         self.request("GET", path)
     }
 
-    /// The object's bytes in local R2, read by `wrangler r2 object get`; `None` if missing.
+    fn object_url(&self, key: &str) -> String {
+        // wrangler dev's local explorer API: reads and writes the running instance's R2
+        // in-process, as another writer would (a second process on the same state directory
+        // would race workerd for its SQLite files).
+        format!(
+            "{}/cdn-cgi/explorer/api/r2/buckets/{BUCKET}/objects/{}",
+            self.base,
+            key.replace('/', "%2F")
+        )
+    }
+
+    /// Writes an object into this worker's local R2 unconditionally, as another writer would.
+    pub fn put_object(&self, key: &str, bytes: &[u8]) {
+        let response = self
+            .agent
+            .put(&self.object_url(key))
+            .send(bytes)
+            .unwrap_or_else(|e| panic!("put {key}: {e}"));
+        assert_eq!(response.status().as_u16(), 200, "put {key}");
+    }
+
+    /// The object's bytes in this worker's local R2; `None` if missing.
     pub fn object(&self, key: &str) -> Option<Vec<u8>> {
-        let out = self.state.join(format!(
-            "get-{}.bin",
-            NEXT_ID.fetch_add(1, Ordering::Relaxed)
-        ));
-        let status = wrangler()
-            .args([
-                "r2",
-                "object",
-                "get",
-                &format!("{BUCKET}/{key}"),
-                "--local",
-                "--persist-to",
-            ])
-            .arg(&self.state)
-            .arg("--file")
-            .arg(&out)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .expect("run wrangler r2 object get");
-        let bytes = status
-            .success()
-            .then(|| fs::read(&out).expect("read object"));
-        let _ = fs::remove_file(&out);
-        bytes
+        let mut response = self
+            .agent
+            .get(&self.object_url(key))
+            .call()
+            .unwrap_or_else(|e| panic!("get {key}: {e}"));
+        match response.status().as_u16() {
+            200 => Some(
+                response
+                    .body_mut()
+                    .with_config()
+                    .limit(u64::MAX)
+                    .read_to_vec()
+                    .expect("read object"),
+            ),
+            404 => None,
+            other => panic!("get {key}: status {other}"),
+        }
     }
 }
 
@@ -241,36 +257,6 @@ impl Drop for LocalWorker {
             let _ = fs::remove_dir_all(&self.state);
         }
     }
-}
-
-fn put_object(state: &Path, key: &str, bytes: &[u8]) {
-    let file = state.join(format!(
-        "seed-{}.bin",
-        NEXT_ID.fetch_add(1, Ordering::Relaxed)
-    ));
-    fs::File::create(&file)
-        .and_then(|mut f| f.write_all(bytes))
-        .expect("write seed file");
-    let output = wrangler()
-        .args([
-            "r2",
-            "object",
-            "put",
-            &format!("{BUCKET}/{key}"),
-            "--local",
-            "--persist-to",
-        ])
-        .arg(state)
-        .arg("--file")
-        .arg(&file)
-        .output()
-        .expect("run wrangler r2 object put");
-    assert!(
-        output.status.success(),
-        "seeding {key} failed: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let _ = fs::remove_file(&file);
 }
 
 fn free_port() -> u16 {
@@ -299,7 +285,6 @@ pub fn row_counts(bytes: &[u8]) -> Vec<(String, i64)> {
 }
 
 /// sha256 of bytes, hex.
-#[allow(dead_code, reason = "used by the data-safety tests")]
 pub fn sha256(bytes: &[u8]) -> String {
     use sha2::Digest as _;
     sha2::Sha256::digest(bytes)
