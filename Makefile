@@ -36,7 +36,7 @@ test: setup lint unit unit-wasm build dry-run e2e
 
 lint:
 	cargo fmt --check
-	cargo clippy --all-targets --locked -- -D warnings
+	cargo clippy --all-targets --locked --features e2e -- -D warnings
 	cargo clippy --all-targets --locked --target wasm32-unknown-unknown -- -D warnings
 
 unit:

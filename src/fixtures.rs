@@ -66,7 +66,7 @@ pub fn demo_database() -> Result<Vec<u8>, Error> {
     build(|conn, rng| fill(conn, rng, 3, 24, 256))
 }
 
-/// A database of at least `target_bytes` (within one clip's size above it), seeded by `seed`.
+/// A database of at least `target_bytes` (at most about 32 KB above it), seeded by `seed`.
 pub fn sized_database(target_bytes: usize, seed: u64) -> Result<Vec<u8>, Error> {
     let mut rng = Rng(seed);
     let mut conn = sqlite::create()?;
@@ -74,7 +74,7 @@ pub fn sized_database(target_bytes: usize, seed: u64) -> Result<Vec<u8>, Error> 
     let mut project = 0;
     loop {
         project += 1;
-        fill_from(&conn, &mut rng, project, 1, 50, 2048)?;
+        fill_from(&conn, &mut rng, project, 1, 10, 2048)?;
         let size: i64 = conn
             .query_row(
                 "SELECT page_count * page_size FROM pragma_page_count(), pragma_page_size()",
@@ -191,6 +191,6 @@ mod tests {
     fn sized_database_hits_target() {
         let bytes = sized_database(200 * 1024, 1).unwrap();
         assert!(bytes.len() >= 200 * 1024);
-        assert!(bytes.len() < 400 * 1024, "{}", bytes.len());
+        assert!(bytes.len() < 240 * 1024, "{}", bytes.len());
     }
 }

@@ -159,5 +159,6 @@ pub async fn sync<S: ObjectStore, C: Clock>(
             advances_during_cpu: clock.advances_during_cpu(),
             unmeasured,
         },
+        memory: None,
     })
 }

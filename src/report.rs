@@ -21,6 +21,18 @@ pub struct Report {
     pub db_info: DbInfo,
     /// How far the spans above can be trusted.
     pub clock: ClockInfo,
+    /// Memory of this isolate's wasm instance (only on wasm32).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub memory: Option<MemoryInfo>,
+}
+
+/// `memory`: what the measurement of peak memory per byte of database is built on.
+#[derive(Debug, Clone, Serialize)]
+pub struct MemoryInfo {
+    /// Size of the wasm linear memory after this request. It never shrinks, so it is the
+    /// isolate's high-water mark for SQLite and Rust allocations; JS-side buffers (the R2
+    /// body and the upload copy, one image each) come on top.
+    pub wasm_memory_bytes: u64,
 }
 
 /// `delay_analysis`.

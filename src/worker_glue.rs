@@ -13,6 +13,7 @@ use crate::clock::Clock;
 use crate::config::Config;
 use crate::error::Error;
 use crate::pipeline::{self, Context};
+use crate::report::MemoryInfo;
 use crate::request::{self, Route, UserId};
 use crate::store::{
     Body, Fetched, ObjectStore, PutCondition, PutOutcome, StoreError, StoredObject,
@@ -277,8 +278,20 @@ async fn handle_sync(
         thresholds: config.thresholds,
         max_db_bytes: config.max_db_bytes,
     };
-    let report = pipeline::sync(&ctx, &user).await?;
+    let mut report = pipeline::sync(&ctx, &user).await?;
+    report.memory = Some(MemoryInfo {
+        wasm_memory_bytes: wasm_memory_bytes(),
+    });
     json_response(&report, 200)
+}
+
+/// Current size of this instance's wasm linear memory.
+fn wasm_memory_bytes() -> u64 {
+    wasm_bindgen::memory()
+        .dyn_into::<js_sys::WebAssembly::Memory>()
+        .ok()
+        .and_then(|m| m.buffer().dyn_into::<js_sys::ArrayBuffer>().ok())
+        .map_or(0, |b| u64::from(b.byte_length()))
 }
 
 fn internal(e: worker::Error) -> Error {

@@ -78,6 +78,7 @@ impl LocalWorker {
             "--persist-to",
         ])
         .arg(&state)
+        .args(["--inspector-port", &inspector_port.to_string()])
         .args([
             "--show-interactive-dev-session=false",
             "--log-level",
@@ -136,6 +137,41 @@ impl LocalWorker {
             );
             std::thread::sleep(Duration::from_millis(250));
         }
+    }
+
+    #[allow(dead_code, reason = "used by benches/e2e.rs, which includes this file")]
+    /// Peak and current resident memory (KiB) of this instance's `workerd` processes, read
+    /// from /proc: (VmHWM, VmRSS) summed over the process group.
+    pub fn runtime_memory_kib(&self) -> (u64, u64) {
+        let group = self.child.id();
+        let mut totals = (0, 0);
+        for entry in fs::read_dir("/proc").into_iter().flatten().flatten() {
+            let path = entry.path();
+            let Ok(stat) = fs::read_to_string(path.join("stat")) else {
+                continue;
+            };
+            // comm is parenthesised and may contain spaces; fields after it are plain.
+            let Some((head, rest)) = stat.rsplit_once(") ") else {
+                continue;
+            };
+            let fields: Vec<&str> = rest.split_whitespace().collect();
+            let in_group = fields.get(2).and_then(|g| g.parse::<u32>().ok()) == Some(group);
+            if !in_group || !head.ends_with("(workerd") {
+                continue;
+            }
+            let status = fs::read_to_string(path.join("status")).unwrap_or_default();
+            let kib = |name: &str| {
+                status
+                    .lines()
+                    .find(|l| l.starts_with(name))
+                    .and_then(|l| l.split_whitespace().nth(1))
+                    .and_then(|v| v.parse::<u64>().ok())
+                    .unwrap_or(0)
+            };
+            totals.0 += kib("VmHWM:");
+            totals.1 += kib("VmRSS:");
+        }
+        totals
     }
 
     /// The last lines wrangler printed.

@@ -169,45 +169,41 @@ fn access_control_is_secure_by_default() {
 #[test]
 fn concurrent_writer_changes_are_never_lost() {
     let demo = fixtures::demo_database().unwrap();
-    let worker = Arc::new(LocalWorker::start(&[("shared/database.sqlite", &demo)]));
-    let done = Arc::new(AtomicBool::new(false));
-    let statuses = Arc::new(Mutex::new(BTreeMap::<u16, u32>::new()));
+    let worker = LocalWorker::start(&[("shared/database.sqlite", &demo)]);
+    let done = AtomicBool::new(false);
+    let statuses = Mutex::new(BTreeMap::<u16, u32>::new());
+    let rounds = 6;
 
-    let clients: Vec<_> = (0..4)
-        .map(|_| {
-            let (worker, done, statuses) = (worker.clone(), done.clone(), statuses.clone());
-            std::thread::spawn(move || {
+    std::thread::scope(|scope| {
+        // Stops the clients even if the writer below panics, so the scope can end.
+        let _stop = StopOnDrop(&done);
+        for _ in 0..4 {
+            scope.spawn(|| {
                 let deadline = Instant::now() + Duration::from_secs(120);
                 while !done.load(Ordering::Relaxed) && Instant::now() < deadline {
                     let status = worker.get("/?user=shared").status;
                     *statuses.lock().unwrap().entry(status).or_default() += 1;
                 }
-            })
-        })
-        .collect();
+            });
+        }
+        for round in 0..rounds {
+            let current = worker.object("shared/database.sqlite").unwrap();
+            let body: std::rc::Rc<[u8]> = current.into();
+            let mut conn = workers_sqlite_poc::sqlite::load(&body).unwrap().conn;
+            conn.execute_batch(&format!(
+                "CREATE TABLE writer_{round}(x); INSERT INTO writer_{round} VALUES ({round});"
+            ))
+            .unwrap();
+            let next = workers_sqlite_poc::sqlite::export(&mut conn)
+                .unwrap()
+                .to_vec();
+            worker.put_object("shared/database.sqlite", &next);
+        }
+        // Let the clients run over the last write too.
+        std::thread::sleep(Duration::from_millis(500));
+    });
 
-    let rounds = 6;
-    for round in 0..rounds {
-        let current = worker.object("shared/database.sqlite").unwrap();
-        let body: std::rc::Rc<[u8]> = current.into();
-        let mut conn = workers_sqlite_poc::sqlite::load(&body).unwrap().conn;
-        conn.execute_batch(&format!(
-            "CREATE TABLE writer_{round}(x); INSERT INTO writer_{round} VALUES ({round});"
-        ))
-        .unwrap();
-        let next = workers_sqlite_poc::sqlite::export(&mut conn)
-            .unwrap()
-            .to_vec();
-        worker.put_object("shared/database.sqlite", &next);
-    }
-    // Let the clients run over the last write too.
-    std::thread::sleep(Duration::from_millis(500));
-    done.store(true, Ordering::Relaxed);
-    for c in clients {
-        c.join().unwrap();
-    }
-
-    let statuses = statuses.lock().unwrap().clone();
+    let statuses = statuses.into_inner().unwrap();
     eprintln!("concurrent writer: request statuses {statuses:?}");
     assert!(
         statuses.keys().all(|s| *s == 200 || *s == 409),
@@ -221,6 +217,15 @@ fn concurrent_writer_changes_are_never_lost() {
             tables.contains(&format!("writer_{round}")),
             "writer_{round} lost: {tables:?}"
         );
+    }
+}
+
+/// Sets the flag when dropped, including during a panic.
+struct StopOnDrop<'a>(&'a AtomicBool);
+
+impl Drop for StopOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
     }
 }
 

@@ -1,0 +1,114 @@
+//! Native micro-benchmarks of the CPU side of a request, by database size: load (copy into
+//! SQLite memory, header check, deserialize, schema read), the table query, export, and what a
+//! deeper load check (`PRAGMA quick_check`, `PRAGMA integrity_check`) would add.
+//!
+//! `cargo bench --bench sqlite_ops` (or `make bench`); `-- --quick` for fewer samples.
+//! Prints a table and writes `target/bench/sqlite_ops.json`.
+
+use std::rc::Rc;
+use std::time::Instant;
+
+use workers_sqlite_poc::{fixtures, sqlite};
+
+const SIZES_KB: &[usize] = &[100, 500, 1024, 2048, 5120, 20_480, 51_200];
+
+fn measure(samples: usize, mut f: impl FnMut()) -> Vec<f64> {
+    f(); // warm-up
+    let mut times: Vec<f64> = (0..samples)
+        .map(|_| {
+            let start = Instant::now();
+            f();
+            start.elapsed().as_secs_f64() * 1000.0
+        })
+        .collect();
+    times.sort_by(f64::total_cmp);
+    times
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    let idx = ((sorted.len() - 1) as f64 * p).round() as usize;
+    sorted[idx]
+}
+
+fn main() {
+    let quick = std::env::args().any(|a| a == "--quick");
+    let mut rows = Vec::new();
+    println!(
+        "{:>9} {:>11} | {:>9} {:>9} | {:>9} | {:>9} | {:>11} {:>15} | {:>7}",
+        "size",
+        "bytes",
+        "load p50",
+        "load p95",
+        "query p50",
+        "export p50",
+        "quick_check",
+        "integrity_check",
+        "MB/s"
+    );
+    for &kb in SIZES_KB {
+        let image: Rc<[u8]> = fixtures::sized_database(kb * 1024, kb as u64)
+            .expect("generate database")
+            .into();
+        let samples = if quick {
+            5
+        } else if kb >= 20_480 {
+            10
+        } else {
+            30
+        };
+        let load = measure(samples, || {
+            let loaded = sqlite::load(&image).expect("load");
+            std::hint::black_box(&loaded.conn);
+        });
+        let mut loaded = sqlite::load(&image).expect("load");
+        let query = measure(samples, || {
+            std::hint::black_box(sqlite::list_tables(&loaded.conn).expect("query"));
+        });
+        let export = measure(samples, || {
+            std::hint::black_box(sqlite::export(&mut loaded.conn).expect("export").len());
+        });
+        let check = |pragma: &str| {
+            let conn = &loaded.conn;
+            measure(samples.min(10), || {
+                let ok: String = conn.query_row(pragma, [], |r| r.get(0)).expect("check");
+                assert_eq!(ok, "ok");
+            })
+        };
+        let quick_check = check("PRAGMA quick_check");
+        let integrity = check("PRAGMA integrity_check");
+        let p50 = |v: &[f64]| percentile(v, 0.5);
+        let mb_per_s = image.len() as f64 / 1e6 / (p50(&load) / 1000.0);
+        println!(
+            "{:>7}KB {:>11} | {:>9.3} {:>9.3} | {:>9.3} | {:>10.3} | {:>11.3} {:>15.3} | {:>7.0}",
+            kb,
+            image.len(),
+            p50(&load),
+            percentile(&load, 0.95),
+            p50(&query),
+            p50(&export),
+            p50(&quick_check),
+            p50(&integrity),
+            mb_per_s
+        );
+        rows.push(serde_json::json!({
+            "size_kb": kb,
+            "size_bytes": image.len(),
+            "samples": samples,
+            "load_ms": {"p50": p50(&load), "p95": percentile(&load, 0.95)},
+            "query_ms": {"p50": p50(&query), "p95": percentile(&query, 0.95)},
+            "export_ms": {"p50": p50(&export), "p95": percentile(&export, 0.95)},
+            "quick_check_ms": {"p50": p50(&quick_check)},
+            "integrity_check_ms": {"p50": p50(&integrity)},
+        }));
+    }
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/bench");
+    std::fs::create_dir_all(&dir).expect("create target/bench");
+    let out = dir.join("sqlite_ops.json");
+    let json = serde_json::json!({
+        "bench": "sqlite_ops",
+        "cores": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+        "rows": rows,
+    });
+    std::fs::write(&out, serde_json::to_string_pretty(&json).unwrap()).expect("write json");
+    println!("wrote {}", out.display());
+}
