@@ -60,5 +60,10 @@ e2e: build
 smoke: build
 	@bash scripts/smoke.sh $(BASE_URL)
 
+## bench: native CPU benchmark, then the end-to-end benchmark (URL=https://... for a deployed worker)
+bench: setup build
+	cargo bench --locked --bench sqlite_ops
+	cargo bench --locked --features e2e --bench e2e $(if $(URL),-- --url $(URL))
+
 clean:
 	rm -rf build target/dry-run $(DEV_STATE)
