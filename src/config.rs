@@ -6,6 +6,9 @@ use crate::error::Error;
 /// Default largest database the worker will load: see README "Limits" for the measurement.
 pub const DEFAULT_MAX_DB_BYTES: u64 = 32 * 1024 * 1024;
 
+/// Default budget of the version cache: see README "Limits" for why.
+pub const DEFAULT_CACHE_MAX_BYTES: u64 = 16 * 1024 * 1024;
+
 /// Everything a request needs to know about how the worker is configured.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Config {
@@ -15,6 +18,8 @@ pub struct Config {
     pub allow_anonymous: bool,
     /// `MAX_DB_BYTES`: objects larger than this are refused with 413 before download.
     pub max_db_bytes: u64,
+    /// `CACHE_MAX_BYTES`: budget of the version cache; 0 turns it off.
+    pub cache_max_bytes: u64,
     /// Delay thresholds in force.
     pub thresholds: Thresholds,
 }
@@ -25,6 +30,7 @@ impl Default for Config {
             auth_token: None,
             allow_anonymous: false,
             max_db_bytes: DEFAULT_MAX_DB_BYTES,
+            cache_max_bytes: DEFAULT_CACHE_MAX_BYTES,
             thresholds: Thresholds::default(),
         }
     }
@@ -51,6 +57,12 @@ impl Config {
             config.max_db_bytes = v.trim().parse().ok().filter(|n| *n > 0).ok_or_else(|| {
                 misconfigured("MAX_DB_BYTES", &v, "a positive whole number of bytes")
             })?;
+        }
+        if let Some(v) = lookup("CACHE_MAX_BYTES") {
+            config.cache_max_bytes = v
+                .trim()
+                .parse()
+                .map_err(|_| misconfigured("CACHE_MAX_BYTES", &v, "a whole number of bytes"))?;
         }
         Ok(config)
     }
@@ -88,8 +100,10 @@ mod tests {
             ("AUTH_TOKEN", "s3cret"),
             ("ALLOW_ANONYMOUS", "true"),
             ("MAX_DB_BYTES", "1048576"),
+            ("CACHE_MAX_BYTES", "0"),
         ]))
         .unwrap();
+        assert_eq!(c.cache_max_bytes, 0);
         assert_eq!(c.auth_token.as_deref(), Some("s3cret"));
         assert!(c.allow_anonymous);
         assert_eq!(c.max_db_bytes, 1_048_576);
@@ -108,6 +122,7 @@ mod tests {
             &[("ALLOW_ANONYMOUS", "yes please")][..],
             &[("MAX_DB_BYTES", "32MB")][..],
             &[("MAX_DB_BYTES", "0")][..],
+            &[("CACHE_MAX_BYTES", "-1")][..],
         ] {
             let err = Config::from_lookup(lookup(pairs)).unwrap_err();
             assert_eq!(err.code(), "misconfigured");

@@ -26,6 +26,13 @@ pub enum Error {
         /// The methods the path accepts, for the `Allow` header.
         allow: &'static str,
     },
+    /// A query parameter other than `user` has a value the worker does not accept.
+    InvalidParameter {
+        /// The parameter.
+        name: &'static str,
+        /// What is wrong, safe to show.
+        reason: String,
+    },
     /// No valid bearer token was presented.
     Unauthorized {
         /// What was wrong, safe to show.
@@ -76,6 +83,7 @@ impl std::fmt::Display for Error {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Self::InvalidUser { reason } => write!(f, "invalid user: {reason}"),
+            Self::InvalidParameter { name, reason } => write!(f, "invalid {name}: {reason}"),
             Self::NotFound { path } => write!(f, "no route for {path}"),
             Self::MethodNotAllowed { method, allow } => {
                 write!(f, "method {method} not allowed (allowed: {allow})")
@@ -133,7 +141,7 @@ impl Error {
     #[must_use]
     pub fn status(&self) -> u16 {
         match self {
-            Self::InvalidUser { .. } => 400,
+            Self::InvalidUser { .. } | Self::InvalidParameter { .. } => 400,
             Self::Unauthorized { .. } => 401,
             Self::NotFound { .. } => 404,
             Self::MethodNotAllowed { .. } => 405,
@@ -151,6 +159,7 @@ impl Error {
     pub fn code(&self) -> &'static str {
         match self {
             Self::InvalidUser { .. } => "invalid_user",
+            Self::InvalidParameter { .. } => "invalid_parameter",
             Self::NotFound { .. } => "not_found",
             Self::MethodNotAllowed { .. } => "method_not_allowed",
             Self::CorruptHeader(_) | Self::CorruptDatabase { .. } => "corrupt_database",

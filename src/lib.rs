@@ -6,6 +6,7 @@
 //! - [`auth`]: bearer-token access control.
 //! - [`config`]: vars and secrets, parsed and checked.
 //! - [`pipeline`]: load → query → save → report, over a store and a clock.
+//! - [`cache`]: the version cache of open databases, keyed by object and entity tag.
 //! - [`sqlite`]: SQLite initialise, load an image, list tables, export.
 //! - [`header`]: validation of the 100-byte SQLite header.
 //! - [`store`]: the object-store seam, and [`store::MemoryStore`] for tests and benches.
@@ -17,6 +18,7 @@
 //! - `worker_glue` (wasm32 only): R2 and JS-clock backends and the `fetch` entry point.
 
 pub mod auth;
+pub mod cache;
 pub mod clock;
 pub mod config;
 pub mod delay;

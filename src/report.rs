@@ -4,6 +4,7 @@
 use serde::Serialize;
 
 use crate::delay::{DelayAction, DelayStatus, Thresholds};
+use crate::request::SaveMode;
 
 /// The whole success response.
 #[derive(Debug, Clone, Serialize)]
@@ -19,6 +20,8 @@ pub struct Report {
     pub timing_breakdown: TimingBreakdown,
     /// The database that was written back.
     pub db_info: DbInfo,
+    /// The version cache's part in this request.
+    pub cache: CacheInfo,
     /// How far the spans above can be trusted.
     pub clock: ClockInfo,
     /// Memory of this isolate's wasm instance (only on wasm32).
@@ -114,8 +117,9 @@ pub struct DbInfo {
     pub size_bytes: u64,
     /// Table names, as `SELECT name FROM sqlite_master WHERE type='table'` lists them.
     pub tables: Vec<String>,
-    /// The `db-version` metadata written with the object.
-    pub db_version: String,
+    /// The `db-version` of the stored object after this request: the one just written, or
+    /// the loaded one when the save was skipped (`null` if there is none).
+    pub db_version: Option<String>,
     /// The `db-version` of the object that was loaded (`null` for a new database, or an
     /// object written without one).
     pub loaded_db_version: Option<String>,
@@ -123,6 +127,39 @@ pub struct DbInfo {
     pub new_database: bool,
     /// True if the stored header said WAL mode; the image written back is rollback mode.
     pub converted_from_wal: bool,
+    /// The `save` parameter in force: `always` (default), `auto` or `never`.
+    pub save_mode: SaveMode,
+    /// Whether the database was written back (false when `auto` found no change, or `never`).
+    pub saved: bool,
+}
+
+/// `cache`: whether the version cache saved this request a download and a parse.
+#[derive(Debug, Clone, Serialize)]
+pub struct CacheInfo {
+    /// `hit`: R2 confirmed the cached copy is current (no body downloaded, nothing parsed);
+    /// `miss`: nothing cached for this user; `stale`: cached copy was outdated and replaced;
+    /// `disabled`: `CACHE_MAX_BYTES` is 0.
+    pub status: CacheStatus,
+    /// Databases cached in this isolate after the request.
+    pub entries: usize,
+    /// Their total size.
+    pub bytes: u64,
+    /// The cache's budget (`CACHE_MAX_BYTES`).
+    pub max_bytes: u64,
+}
+
+/// Outcome of the cache lookup.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CacheStatus {
+    /// Cached copy confirmed current.
+    Hit,
+    /// Nothing cached.
+    Miss,
+    /// Cached copy outdated.
+    Stale,
+    /// Cache turned off.
+    Disabled,
 }
 
 /// `clock`: which spans were really measured.

@@ -51,6 +51,34 @@ impl UserId {
     }
 }
 
+/// Whether a request writes the database back (`save` query parameter).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SaveMode {
+    /// Always write back, as the spec does (default).
+    #[default]
+    Always,
+    /// Write back only if the database changed during the request.
+    Auto,
+    /// Never write back.
+    Never,
+}
+
+impl SaveMode {
+    /// Parses the `save` parameter; absent means [`SaveMode::Always`].
+    pub fn parse(raw: Option<&str>) -> Result<Self, Error> {
+        match raw {
+            None | Some("always") => Ok(Self::Always),
+            Some("auto") => Ok(Self::Auto),
+            Some("never") => Ok(Self::Never),
+            Some(other) => Err(Error::InvalidParameter {
+                name: "save",
+                reason: format!("{other:?} is not one of always, auto, never"),
+            }),
+        }
+    }
+}
+
 /// What a request asks for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Route {
@@ -102,6 +130,16 @@ mod tests {
             assert_eq!(err.status(), 400, "{bad:?}");
             assert_eq!(err.code(), "invalid_user");
         }
+    }
+
+    /// The save parameter takes exactly its three values.
+    #[test]
+    fn save_modes() {
+        assert_eq!(SaveMode::parse(None).unwrap(), SaveMode::Always);
+        assert_eq!(SaveMode::parse(Some("auto")).unwrap(), SaveMode::Auto);
+        assert_eq!(SaveMode::parse(Some("never")).unwrap(), SaveMode::Never);
+        let err = SaveMode::parse(Some("sometimes")).unwrap_err();
+        assert_eq!((err.status(), err.code()), (400, "invalid_parameter"));
     }
 
     /// Only GET / is served; other paths are 404 and other methods 405.

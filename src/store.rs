@@ -1,7 +1,8 @@
 //! The object-store seam: what the pipeline needs from R2, and an in-memory backend for host tests.
 //!
 //! Failure contract, shared by every backend:
-//! - `get` returns [`Fetched::Missing`] when the object does not exist, never an error, and
+//! - `get` returns [`Fetched::Missing`] when the object does not exist, never an error;
+//!   [`Fetched::NotModified`] without a body when its etag equals `if_none_match`; and
 //!   [`Fetched::TooLarge`] without reading the body when the object exceeds the limit.
 //! - `put` with a condition that does not hold returns `Ok(PutOutcome::ConditionFailed)` and
 //!   writes nothing.
@@ -32,6 +33,8 @@ pub trait Body {
 pub enum Fetched<B> {
     /// No object exists under the key.
     Missing,
+    /// The object still has the entity tag the caller already holds; no body was sent.
+    NotModified,
     /// The object is larger than the caller's limit; its body was not read.
     TooLarge {
         /// The object's size.
@@ -98,9 +101,15 @@ pub trait ObjectStore {
     /// How this backend hands over an object's bytes.
     type Body: Body;
 
-    /// Fetches an object with its metadata and body, unless it is missing or larger than
-    /// `max_bytes`; the size is checked before any of the body is read.
-    async fn get(&self, key: &str, max_bytes: u64) -> Result<Fetched<Self::Body>, StoreError>;
+    /// Fetches an object with its metadata and body, unless it is missing, unchanged since
+    /// `if_none_match`, or larger than `max_bytes`; the size is checked before any of the body
+    /// is read.
+    async fn get(
+        &self,
+        key: &str,
+        max_bytes: u64,
+        if_none_match: Option<&str>,
+    ) -> Result<Fetched<Self::Body>, StoreError>;
 
     /// Writes `bytes` under `key` with `metadata`, only if `condition` holds.
     async fn put(
@@ -196,12 +205,20 @@ impl MemoryStore {
 impl ObjectStore for MemoryStore {
     type Body = Rc<[u8]>;
 
-    async fn get(&self, key: &str, max_bytes: u64) -> Result<Fetched<Rc<[u8]>>, StoreError> {
+    async fn get(
+        &self,
+        key: &str,
+        max_bytes: u64,
+        if_none_match: Option<&str>,
+    ) -> Result<Fetched<Rc<[u8]>>, StoreError> {
         *self.gets.borrow_mut() += 1;
         let objects = self.objects.borrow();
         let Some(o) = objects.get(key) else {
             return Ok(Fetched::Missing);
         };
+        if if_none_match == Some(o.etag.as_str()) {
+            return Ok(Fetched::NotModified);
+        }
         let size_bytes = o.bytes.len() as u64;
         if size_bytes > max_bytes {
             return Ok(Fetched::TooLarge { size_bytes });
@@ -248,7 +265,7 @@ mod tests {
         pollster::block_on(async {
             let store = MemoryStore::new();
             assert!(matches!(
-                store.get("a", u64::MAX).await.unwrap(),
+                store.get("a", u64::MAX, None).await.unwrap(),
                 Fetched::Missing
             ));
 
@@ -284,13 +301,17 @@ mod tests {
                 .await
                 .unwrap();
             assert!(matches!(updated, PutOutcome::Stored { .. }));
-            let Fetched::Found(got) = store.get("a", 3).await.unwrap() else {
+            let Fetched::Found(got) = store.get("a", 3, Some("stale-etag")).await.unwrap() else {
                 panic!("an object at the limit must be returned")
             };
+            assert!(matches!(
+                store.get("a", 3, Some(&got.etag)).await.unwrap(),
+                Fetched::NotModified
+            ));
             assert_eq!(&*got.body, b"two");
             assert_eq!(got.metadata["k"], "v");
             assert!(matches!(
-                store.get("a", 2).await.unwrap(),
+                store.get("a", 2, None).await.unwrap(),
                 Fetched::TooLarge { size_bytes: 3 }
             ));
             assert_eq!(store.put_count(), 4);

@@ -9,12 +9,13 @@ use wasm_bindgen_futures::JsFuture;
 use worker::{Context as WorkerContext, Env, Request, Response, Result, console_error, event};
 
 use crate::auth;
+use crate::cache::DbCache;
 use crate::clock::Clock;
 use crate::config::Config;
 use crate::error::Error;
 use crate::pipeline::{self, Context};
 use crate::report::MemoryInfo;
-use crate::request::{self, Route, UserId};
+use crate::request::{self, Route, SaveMode, UserId};
 use crate::store::{
     Body, Fetched, ObjectStore, PutCondition, PutOutcome, StoreError, StoredObject,
 };
@@ -23,6 +24,21 @@ use crate::store::{
 const BUCKET_BINDING: &str = "USER_DATA";
 
 static SERVED_ONE: AtomicBool = AtomicBool::new(false);
+
+thread_local! {
+    /// The isolate's version cache, sized by the first request's config (vars are fixed for
+    /// an isolate's lifetime).
+    static CACHE: std::cell::OnceCell<&'static DbCache> = const { std::cell::OnceCell::new() };
+}
+
+/// The isolate's cache, or `None` when `CACHE_MAX_BYTES` is 0.
+fn isolate_cache(max_bytes: u64) -> Option<&'static DbCache> {
+    if max_bytes == 0 {
+        return None;
+    }
+    // Leaked once per isolate: it lives exactly as long as the isolate does.
+    Some(CACHE.with(|c| *c.get_or_init(|| Box::leak(Box::new(DbCache::new(max_bytes))))))
+}
 /// 0 = not calibrated, 1 = the clock advances during CPU work, 2 = it is frozen.
 static CPU_CLOCK: AtomicU8 = AtomicU8::new(0);
 
@@ -31,7 +47,7 @@ extern "C" {
     /// The runtime's `R2Bucket`, bound directly so bodies cross into wasm with a single copy.
     type JsBucket;
     #[wasm_bindgen(method, catch)]
-    fn get(this: &JsBucket, key: &str) -> std::result::Result<Promise, JsValue>;
+    fn get(this: &JsBucket, key: &str, options: &JsValue) -> std::result::Result<Promise, JsValue>;
     #[wasm_bindgen(method, catch)]
     fn put(
         this: &JsBucket,
@@ -101,13 +117,32 @@ impl ObjectStore for R2Store {
         &self,
         key: &str,
         max_bytes: u64,
+        if_none_match: Option<&str>,
     ) -> std::result::Result<Fetched<JsBody>, StoreError> {
-        let promise = self.bucket.get(key).map_err(|e| store_error("get", &e))?;
+        let options = Object::new();
+        if let Some(etag) = if_none_match {
+            let only_if = Object::new();
+            Reflect::set(
+                &only_if,
+                &"etagDoesNotMatch".into(),
+                &JsValue::from_str(etag),
+            )
+            .and_then(|_| Reflect::set(&options, &"onlyIf".into(), &only_if))
+            .map_err(|e| store_error("get", &e))?;
+        }
+        let promise = self
+            .bucket
+            .get(key, &options)
+            .map_err(|e| store_error("get", &e))?;
         let value = JsFuture::from(promise)
             .await
             .map_err(|e| store_error("get", &e))?;
         if value.is_null() || value.is_undefined() {
             return Ok(Fetched::Missing);
+        }
+        // A failed `onlyIf` answers with the object's metadata and no body at all.
+        if if_none_match.is_some() && !Reflect::has(&value, &"body".into()).unwrap_or(true) {
+            return Ok(Fetched::NotModified);
         }
         let object: JsObject = value.unchecked_into();
         // `get` resolves once the metadata has arrived; the body is still an unread stream,
@@ -263,11 +298,13 @@ async fn handle_sync(
     config: &Config,
 ) -> std::result::Result<Response, Error> {
     let url = req.url().map_err(internal)?;
-    let user_param = url
-        .query_pairs()
-        .find(|(k, _)| k == "user")
-        .map(|(_, v)| v.into_owned());
-    let user = UserId::parse(user_param.as_deref())?;
+    let param = |name: &str| {
+        url.query_pairs()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.into_owned())
+    };
+    let user = UserId::parse(param("user").as_deref())?;
+    let save = SaveMode::parse(param("save").as_deref())?;
     let bucket = env.bucket(BUCKET_BINDING).map_err(internal)?;
     let store = R2Store {
         bucket: JsValue::from(bucket).unchecked_into(),
@@ -277,8 +314,9 @@ async fn handle_sync(
         clock: &JsClock,
         thresholds: config.thresholds,
         max_db_bytes: config.max_db_bytes,
+        cache: isolate_cache(config.cache_max_bytes),
     };
-    let mut report = pipeline::sync(&ctx, &user).await?;
+    let mut report = pipeline::sync(&ctx, &user, save).await?;
     report.memory = Some(MemoryInfo {
         wasm_memory_bytes: wasm_memory_bytes(),
     });

@@ -5,12 +5,13 @@
 use std::cell::Cell;
 use std::rc::Rc;
 
+use workers_sqlite_poc::cache::DbCache;
 use workers_sqlite_poc::clock::{Clock, SystemClock};
 use workers_sqlite_poc::delay::Thresholds;
 use workers_sqlite_poc::error::Error;
 use workers_sqlite_poc::fixtures;
 use workers_sqlite_poc::pipeline::{Context, sync};
-use workers_sqlite_poc::request::UserId;
+use workers_sqlite_poc::request::{SaveMode, UserId};
 use workers_sqlite_poc::sqlite;
 use workers_sqlite_poc::store::{
     DB_VERSION_KEY, Fetched, MemoryStore, ObjectStore, PutCondition, PutOutcome, StoreError,
@@ -33,8 +34,10 @@ fn run<S: ObjectStore, C: Clock>(
         clock,
         thresholds: Thresholds::default(),
         max_db_bytes: MAX_DB_BYTES,
+        cache: None,
     };
-    pollster::block_on(sync(&ctx, &user(id))).map(|r| serde_json::to_value(r).unwrap())
+    pollster::block_on(sync(&ctx, &user(id), SaveMode::Always))
+        .map(|r| serde_json::to_value(r).unwrap())
 }
 
 fn row_counts(bytes: &[u8]) -> Vec<(String, i64)> {
@@ -152,8 +155,13 @@ struct RacingStore {
 impl ObjectStore for RacingStore {
     type Body = Rc<[u8]>;
 
-    async fn get(&self, key: &str, max_bytes: u64) -> Result<Fetched<Rc<[u8]>>, StoreError> {
-        let got = self.inner.get(key, max_bytes).await;
+    async fn get(
+        &self,
+        key: &str,
+        max_bytes: u64,
+        if_none_match: Option<&str>,
+    ) -> Result<Fetched<Rc<[u8]>>, StoreError> {
+        let got = self.inner.get(key, max_bytes, if_none_match).await;
         if !self.raced.replace(true) {
             self.inner.insert(key, &self.rival, &[]);
         }
@@ -268,7 +276,142 @@ fn oversize_object_is_refused_without_download() {
         clock: &SystemClock::new(),
         thresholds: Thresholds::default(),
         max_db_bytes: exact.len() as u64,
+        cache: None,
     };
     store.insert(KEY, &exact, &[]);
-    assert!(pollster::block_on(sync(&ctx, &user("a"))).is_ok());
+    assert!(pollster::block_on(sync(&ctx, &user("a"), SaveMode::Always)).is_ok());
+}
+
+fn run_with<S: ObjectStore>(
+    store: &S,
+    cache: Option<&DbCache>,
+    id: &str,
+    save: SaveMode,
+) -> Result<serde_json::Value, Error> {
+    let ctx = Context {
+        store,
+        clock: &SystemClock::new(),
+        thresholds: Thresholds::default(),
+        max_db_bytes: MAX_DB_BYTES,
+        cache,
+    };
+    pollster::block_on(sync(&ctx, &user(id), save)).map(|r| serde_json::to_value(r).unwrap())
+}
+
+/// The version cache: a repeat request is a hit (no body fetched, nothing parsed); a write by
+/// someone else makes the cached copy stale, and the next request sees that write.
+#[test]
+fn version_cache_hits_and_detects_outside_writes() {
+    let store = MemoryStore::new();
+    let demo = fixtures::demo_database().unwrap();
+    store.insert(KEY, &demo, &[]);
+    let cache = DbCache::new(MAX_DB_BYTES);
+
+    let first = run_with(&store, Some(&cache), "a", SaveMode::Always).unwrap();
+    assert_eq!(first["cache"]["status"], "miss");
+    assert_eq!(first["cache"]["entries"], 1);
+    let second = run_with(&store, Some(&cache), "a", SaveMode::Always).unwrap();
+    assert_eq!(second["cache"]["status"], "hit");
+    assert_eq!(
+        second["db_info"]["loaded_db_version"],
+        first["db_info"]["db_version"]
+    );
+    assert_eq!(second["db_info"]["tables"], first["db_info"]["tables"]);
+    assert_eq!(row_counts(&store.bytes(KEY).unwrap()), row_counts(&demo));
+
+    // Another writer adds a table: the cached copy must not be used.
+    let mut rival = {
+        let body: Rc<[u8]> = store.bytes(KEY).unwrap().into();
+        sqlite::load(&body).unwrap().conn
+    };
+    rival
+        .execute_batch("CREATE TABLE added_elsewhere(x)")
+        .unwrap();
+    store.insert(KEY, &sqlite::export(&mut rival).unwrap(), &[]);
+    let third = run_with(&store, Some(&cache), "a", SaveMode::Always).unwrap();
+    assert_eq!(third["cache"]["status"], "stale");
+    assert!(
+        third["db_info"]["tables"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|t| t == "added_elsewhere")
+    );
+    let fourth = run_with(&store, Some(&cache), "a", SaveMode::Always).unwrap();
+    assert_eq!(fourth["cache"]["status"], "hit");
+    assert!(
+        fourth["db_info"]["tables"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|t| t == "added_elsewhere")
+    );
+}
+
+/// The cache never holds more than its budget, evicting least recently used users.
+#[test]
+fn version_cache_stays_within_budget() {
+    let store = MemoryStore::new();
+    let demo = fixtures::demo_database().unwrap();
+    let cache = DbCache::new(3 * demo.len() as u64);
+    for i in 0..6 {
+        store.insert(&format!("u{i}/database.sqlite"), &demo, &[]);
+        let report = run_with(&store, Some(&cache), &format!("u{i}"), SaveMode::Always).unwrap();
+        assert!(report["cache"]["bytes"].as_u64().unwrap() <= cache.max_bytes());
+    }
+    assert_eq!(cache.usage().0, 3);
+    let evicted = run_with(&store, Some(&cache), "u0", SaveMode::Always).unwrap();
+    assert_eq!(evicted["cache"]["status"], "miss");
+    let kept = run_with(&store, Some(&cache), "u5", SaveMode::Always).unwrap();
+    assert_eq!(kept["cache"]["status"], "hit");
+}
+
+/// `save=never` never writes; `save=auto` writes only when the database changed, which this
+/// read-only request never does; `save=always` (the default) always writes.
+#[test]
+fn save_modes_control_the_write() {
+    let store = MemoryStore::new();
+    let demo = fixtures::demo_database().unwrap();
+    store.insert(KEY, &demo, &[(DB_VERSION_KEY, "42".into())]);
+
+    for mode in [SaveMode::Never, SaveMode::Auto] {
+        let report = run_with(&store, None, "a", mode).unwrap();
+        assert_eq!(report["db_info"]["saved"], false, "{mode:?}");
+        assert_eq!(report["db_info"]["db_version"], "42");
+        assert_eq!(report["timing_breakdown"]["save"]["total_ms"], 0.0);
+        assert_eq!(report["db_info"]["size_bytes"], demo.len());
+    }
+    assert_eq!(store.put_count(), 0);
+    let missing = run_with(&store, None, "nobody", SaveMode::Auto).unwrap();
+    assert_eq!(missing["db_info"]["saved"], false);
+    assert!(missing["db_info"]["db_version"].is_null());
+    assert!(store.bytes("nobody/database.sqlite").is_none());
+
+    let always = run_with(&store, None, "a", SaveMode::Always).unwrap();
+    assert_eq!(always["db_info"]["saved"], true);
+    assert_eq!(always["db_info"]["save_mode"], "always");
+    assert_eq!(store.put_count(), 1);
+}
+
+/// A request that hits a conflict leaves nothing in the cache, and the other writer's
+/// version is what the next request loads.
+#[test]
+fn conflict_does_not_poison_the_cache() {
+    let demo = fixtures::demo_database().unwrap();
+    let cache = DbCache::new(MAX_DB_BYTES);
+    let store = MemoryStore::new();
+    store.insert(KEY, &demo, &[]);
+    run_with(&store, Some(&cache), "a", SaveMode::Always).unwrap();
+    assert_eq!(cache.usage().0, 1);
+
+    let racing = RacingStore {
+        inner: store,
+        raced: Cell::new(false),
+        rival: demo.clone(),
+    };
+    let err = run_with(&racing, Some(&cache), "a", SaveMode::Always).unwrap_err();
+    assert!(matches!(err, Error::Conflict), "{err:?}");
+    assert_eq!(cache.usage(), (0, 0));
+    let next = run_with(&racing, Some(&cache), "a", SaveMode::Always).unwrap();
+    assert_eq!(next["cache"]["status"], "miss");
 }

@@ -51,7 +51,11 @@ fn assert_contract(json: &Value) {
         "{json}"
     );
     assert!(json["db_info"]["tables"].is_array(), "{json}");
-    assert!(json["db_info"]["db_version"].is_string(), "{json}");
+    assert!(
+        json["db_info"]["db_version"].is_string() || json["db_info"]["saved"] == false,
+        "{json}"
+    );
+    assert!(json["cache"]["status"].is_string(), "{json}");
     assert!(json["clock"]["unmeasured"].is_array(), "{json}");
 }
 
@@ -207,4 +211,53 @@ fn smoke_script_passes() {
         String::from_utf8_lossy(&output.stderr)
     );
     assert!(stdout.contains("0 failed"), "{stdout}");
+}
+
+/// The version cache in the real runtime: R2's conditional get confirms an unchanged object
+/// without sending it (hit); an outside write is noticed (stale) and its change is served.
+#[test]
+fn version_cache_uses_conditional_gets() {
+    let demo = fixtures::demo_database().unwrap();
+    let worker = LocalWorker::start(&[("a/database.sqlite", &demo)]);
+    assert_eq!(worker.get("/?user=a").json["cache"]["status"], "miss");
+    let hit = worker.get("/?user=a");
+    assert_eq!(hit.json["cache"]["status"], "hit", "{}", hit.json);
+    assert_eq!(tables(&hit.json), ["projects", "raw_clips", "clip_tags"]);
+
+    let body: std::rc::Rc<[u8]> = worker.object("a/database.sqlite").unwrap().into();
+    let mut conn = workers_sqlite_poc::sqlite::load(&body).unwrap().conn;
+    conn.execute_batch("CREATE TABLE added_elsewhere(x)")
+        .unwrap();
+    let changed = workers_sqlite_poc::sqlite::export(&mut conn)
+        .unwrap()
+        .to_vec();
+    worker.put_object("a/database.sqlite", &changed);
+
+    let stale = worker.get("/?user=a");
+    assert_eq!(stale.json["cache"]["status"], "stale", "{}", stale.json);
+    assert!(tables(&stale.json).contains(&"added_elsewhere".to_owned()));
+    assert_eq!(worker.get("/?user=a").json["cache"]["status"], "hit");
+}
+
+/// `save=never` and `save=auto` leave the stored object byte-for-byte alone; a bad value is 400.
+#[test]
+fn save_modes_in_the_runtime() {
+    let demo = fixtures::demo_database().unwrap();
+    let worker = LocalWorker::start(&[("a/database.sqlite", &demo)]);
+    for mode in ["never", "auto"] {
+        let answer = worker.get(&format!("/?user=a&save={mode}"));
+        assert_eq!(answer.status, 200, "{}", answer.json);
+        assert_eq!(answer.json["db_info"]["saved"], false);
+        assert_eq!(answer.json["db_info"]["save_mode"], mode);
+        assert_eq!(
+            worker.object("a/database.sqlite").unwrap(),
+            demo,
+            "save={mode} wrote"
+        );
+    }
+    let bad = worker.get("/?user=a&save=sometimes");
+    assert_eq!(bad.status, 400);
+    assert_eq!(bad.json["error"]["code"], "invalid_parameter");
+    let always = worker.get("/?user=a&save=always");
+    assert_eq!(always.json["db_info"]["saved"], true);
 }

@@ -1,0 +1,143 @@
+//! The version cache: recently used databases kept open in isolate memory, keyed by object key
+//! and valid for one R2 entity tag, so an unchanged database is neither downloaded nor parsed.
+
+use std::cell::RefCell;
+
+use rusqlite::Connection;
+
+/// One cached database: the open connection and the version of the object it equals.
+#[derive(Debug)]
+pub struct Entry {
+    /// Object key.
+    pub key: String,
+    /// Entity tag of the stored object this connection's image equals.
+    pub etag: String,
+    /// That object's `db-version`.
+    pub db_version: Option<u64>,
+    /// The open in-memory database.
+    pub conn: Connection,
+    /// Image size, charged against the cache's budget.
+    pub size_bytes: u64,
+}
+
+/// A least-recently-used cache bounded by the total size of the cached images.
+///
+/// A request *takes* its user's entry (so two concurrent requests never share a connection)
+/// and puts it back only after a successful save or a skipped one.
+#[derive(Debug)]
+pub struct DbCache {
+    max_bytes: u64,
+    inner: RefCell<Inner>,
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    /// Least recently used first.
+    entries: Vec<Entry>,
+    bytes: u64,
+}
+
+impl DbCache {
+    /// A cache holding at most `max_bytes` of images; 0 disables it.
+    #[must_use]
+    pub fn new(max_bytes: u64) -> Self {
+        Self {
+            max_bytes,
+            inner: RefCell::default(),
+        }
+    }
+
+    /// The budget in bytes.
+    #[must_use]
+    pub fn max_bytes(&self) -> u64 {
+        self.max_bytes
+    }
+
+    /// Removes and returns the entry for `key`, if any.
+    pub fn take(&self, key: &str) -> Option<Entry> {
+        let mut inner = self.inner.borrow_mut();
+        let pos = inner.entries.iter().position(|e| e.key == key)?;
+        let entry = inner.entries.remove(pos);
+        inner.bytes -= entry.size_bytes;
+        Some(entry)
+    }
+
+    /// Inserts `entry` as most recently used, evicting least recently used entries to stay
+    /// within budget; an entry larger than the whole budget is not kept.
+    pub fn put(&self, entry: Entry) {
+        if entry.size_bytes > self.max_bytes {
+            return;
+        }
+        let mut inner = self.inner.borrow_mut();
+        if let Some(pos) = inner.entries.iter().position(|e| e.key == entry.key) {
+            let old = inner.entries.remove(pos);
+            inner.bytes -= old.size_bytes;
+        }
+        while inner.bytes + entry.size_bytes > self.max_bytes && !inner.entries.is_empty() {
+            let evicted = inner.entries.remove(0);
+            inner.bytes -= evicted.size_bytes;
+        }
+        inner.bytes += entry.size_bytes;
+        inner.entries.push(entry);
+    }
+
+    /// (entries, bytes) currently held.
+    #[must_use]
+    pub fn usage(&self) -> (usize, u64) {
+        let inner = self.inner.borrow();
+        (inner.entries.len(), inner.bytes)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[cfg(all(target_family = "wasm", target_os = "unknown"))]
+    use wasm_bindgen_test::wasm_bindgen_test as test;
+
+    use super::*;
+
+    fn entry(key: &str, size_bytes: u64) -> Entry {
+        Entry {
+            key: key.into(),
+            etag: format!("etag-{key}"),
+            db_version: None,
+            conn: Connection::open_in_memory().unwrap(),
+            size_bytes,
+        }
+    }
+
+    /// Least recently used entries go first, and the budget is never exceeded.
+    #[test]
+    fn evicts_least_recently_used() {
+        let cache = DbCache::new(100);
+        cache.put(entry("a", 40));
+        cache.put(entry("b", 40));
+        let a = cache.take("a").unwrap();
+        cache.put(a); // a is now most recent
+        cache.put(entry("c", 40)); // evicts b
+        assert!(cache.take("b").is_none());
+        assert_eq!(cache.usage(), (2, 80));
+        assert_eq!(cache.take("a").unwrap().etag, "etag-a");
+        assert_eq!(cache.usage(), (1, 40));
+    }
+
+    /// An entry bigger than the budget, or any entry with a zero budget, is not kept.
+    #[test]
+    fn oversize_and_disabled() {
+        let cache = DbCache::new(100);
+        cache.put(entry("big", 101));
+        assert_eq!(cache.usage(), (0, 0));
+        let off = DbCache::new(0);
+        off.put(entry("a", 1));
+        assert!(off.take("a").is_none());
+    }
+
+    /// Re-inserting a key replaces its old entry instead of double-charging it.
+    #[test]
+    fn replace_same_key() {
+        let cache = DbCache::new(100);
+        cache.put(entry("a", 60));
+        cache.put(entry("a", 50));
+        assert_eq!(cache.usage(), (1, 50));
+    }
+}
