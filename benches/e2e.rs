@@ -69,6 +69,7 @@ fn parse_args() -> Args {
 }
 
 /// One measured request.
+#[derive(Clone)]
 struct Sample {
     client_ms: f64,
     json: Value,
@@ -122,6 +123,9 @@ fn field(sample: &Sample, pointer: &str) -> f64 {
 }
 
 fn stats(mut v: Vec<f64>) -> (f64, f64) {
+    if v.is_empty() {
+        return (f64::NAN, f64::NAN);
+    }
     v.sort_by(f64::total_cmp);
     let at = |p: f64| v[((v.len() - 1) as f64 * p).round() as usize];
     (at(0.5), at(0.95))
@@ -131,13 +135,26 @@ struct SizeResult {
     size_kb: usize,
     size_bytes: usize,
     cold: Sample,
+    /// Warm requests that downloaded and parsed (cache off).
     warm: Vec<Sample>,
+    /// Warm requests served from the version cache.
+    hits: Vec<Sample>,
+    /// Cache hits with `save=auto` (no write back).
+    hits_auto: Vec<Sample>,
+    /// (p50, p95) of a bare get + put of the same bytes, local only.
+    floor_ms: Option<(f64, f64)>,
     peak_memory_kib: Option<(u64, u64)>,
 }
 
 impl SizeResult {
     fn warm_stats(&self, pointer: &str) -> (f64, f64) {
         stats(self.warm.iter().map(|s| field(s, pointer)).collect())
+    }
+    fn hit_stats(&self, pointer: &str) -> (f64, f64) {
+        stats(self.hits.iter().map(|s| field(s, pointer)).collect())
+    }
+    fn hit_client_stats(&self) -> (f64, f64) {
+        stats(self.hits.iter().map(|s| s.client_ms).collect())
     }
     fn wasm_memory_bytes(&self) -> f64 {
         std::iter::once(&self.cold)
@@ -202,41 +219,95 @@ fn main() {
     for &size_kb in &args.sizes_kb {
         let image = fixtures::sized_database(size_kb * 1024, size_kb as u64).expect("generate");
         eprintln!("bench: {size_kb} KB ({} bytes)...", image.len());
-        let result = if let Some(client) = &remote {
-            if args.seed_remote {
-                seed_remote(size_kb, &image);
-            }
-            let (cold, warm) = run_size(client, size_kb, &image, args.requests);
-            SizeResult {
-                size_kb,
-                size_bytes: image.len(),
-                cold,
-                warm,
-                peak_memory_kib: None,
-            }
-        } else {
-            // A fresh worker per size: the first request is a real cold start, and the
-            // runtime's peak memory belongs to this size alone.
-            let worker = harness::LocalWorker::start_with_vars(
-                &[],
-                &[
-                    ("ALLOW_ANONYMOUS", "true"),
-                    ("MAX_DB_BYTES", BENCH_MAX_DB_BYTES),
-                ],
-            );
-            let baseline = worker.runtime_memory_kib().0;
-            worker.put_object(&format!("bench-{size_kb}/database.sqlite"), &image);
-            let client = Client::new(&worker.base);
-            let (cold, warm) = run_size(&client, size_kb, &image, args.requests);
-            let (peak, rss) = worker.runtime_memory_kib();
-            SizeResult {
-                size_kb,
-                size_bytes: image.len(),
-                cold,
-                warm,
-                peak_memory_kib: Some((peak.saturating_sub(baseline), rss)),
-            }
-        };
+        let result =
+            if let Some(client) = &remote {
+                if args.seed_remote {
+                    seed_remote(size_kb, &image);
+                }
+                // A deployed worker runs with its own CACHE_MAX_BYTES: warm requests are hits
+                // when the cache holds this size, and the same samples serve as both series.
+                let (cold, warm) = run_size(client, size_kb, &image, args.requests);
+                let hits = warm
+                    .iter()
+                    .filter(|s| s.json["cache"]["status"] == "hit")
+                    .cloned()
+                    .collect();
+                SizeResult {
+                    size_kb,
+                    size_bytes: image.len(),
+                    cold,
+                    warm,
+                    hits,
+                    hits_auto: Vec::new(),
+                    floor_ms: None,
+                    peak_memory_kib: None,
+                }
+            } else {
+                // A fresh worker per size: the first request is a real cold start, and the
+                // runtime's peak memory belongs to this size alone.
+                // Cache off: every request downloads and parses (the spec's behaviour).
+                let worker = harness::LocalWorker::start_with_vars(
+                    &[],
+                    &[
+                        ("ALLOW_ANONYMOUS", "true"),
+                        ("MAX_DB_BYTES", BENCH_MAX_DB_BYTES),
+                        ("CACHE_MAX_BYTES", "0"),
+                    ],
+                );
+                let baseline = worker.runtime_memory_kib().0;
+                worker.put_object(&format!("bench-{size_kb}/database.sqlite"), &image);
+                let client = Client::new(&worker.base);
+                let (cold, warm) = run_size(&client, size_kb, &image, args.requests);
+                let (peak, rss) = worker.runtime_memory_kib();
+                drop(worker);
+                // Cache on, sized to hold this database: warm requests are version-cache hits.
+                let cached = harness::LocalWorker::start_with_vars(
+                    &[],
+                    &[
+                        ("ALLOW_ANONYMOUS", "true"),
+                        ("MAX_DB_BYTES", BENCH_MAX_DB_BYTES),
+                        ("CACHE_MAX_BYTES", BENCH_MAX_DB_BYTES),
+                    ],
+                );
+                cached.put_object(&format!("bench-{size_kb}/database.sqlite"), &image);
+                let cached_client = Client::new(&cached.base);
+                let (_, hits) = run_size(&cached_client, size_kb, &image, args.requests);
+                // The cheapest request the design allows: cache hit and nothing to write back.
+                let hits_auto: Vec<Sample> = (0..args.requests)
+                    .map(|_| cached_client.sync(&format!("bench-{size_kb}&save=auto")))
+                    .collect();
+                assert!(
+                    hits_auto.iter().all(|h| h.json["cache"]["status"] == "hit"
+                        && h.json["db_info"]["saved"] == false)
+                );
+                // Storage floor: the same get + put of the same bytes through the simulator, with
+                // no worker and no SQLite (wrangler dev's explorer API, timed by the client).
+                let key = format!("bench-{size_kb}/database.sqlite");
+                let floor_ms = stats(
+                    (0..args.requests)
+                        .map(|_| {
+                            let start = Instant::now();
+                            let bytes = cached.object(&key).expect("object exists");
+                            cached.put_object(&key, &bytes);
+                            start.elapsed().as_secs_f64() * 1000.0
+                        })
+                        .collect(),
+                );
+                assert!(
+                    hits.iter().all(|h| h.json["cache"]["status"] == "hit"),
+                    "expected cache hits"
+                );
+                SizeResult {
+                    size_kb,
+                    size_bytes: image.len(),
+                    cold,
+                    warm,
+                    hits,
+                    hits_auto,
+                    floor_ms: Some(floor_ms),
+                    peak_memory_kib: Some((peak.saturating_sub(baseline), rss)),
+                }
+            };
         results.push(result);
     }
     let target = args
@@ -261,6 +332,12 @@ fn main() {
             "rss_after_kib": r.peak_memory_kib.map(|m| m.1),
             "cold": {"client_ms": r.cold.client_ms, "response": r.cold.json},
             "warm": r.warm.iter().map(|s| json!({"client_ms": s.client_ms, "response": s.json})).collect::<Vec<_>>(),
+            "storage_floor_ms": r.floor_ms.map(|(p50, p95)| json!({"p50": p50, "p95": p95})),
+            "cache_hits_save_auto": r.hits_auto.iter().map(|s| json!({"client_ms": s.client_ms, "response": s.json})).collect::<Vec<_>>(),
+            "cache_hits": r.hits.iter().map(|s| json!({"client_ms": s.client_ms, "response": s.json})).collect::<Vec<_>>(),
+            "storage_floor_ms": r.floor_ms.map(|(p50, p95)| json!({"p50": p50, "p95": p95})),
+            "cache_hits_save_auto": r.hits_auto.iter().map(|s| json!({"client_ms": s.client_ms, "response": s.json})).collect::<Vec<_>>(),
+            "cache_hits": r.hits.iter().map(|s| json!({"client_ms": s.client_ms, "response": s.json})).collect::<Vec<_>>(),
         })).collect::<Vec<_>>(),
     });
     std::fs::write(
@@ -283,18 +360,19 @@ fn render_tables(results: &[SizeResult], target: &str, requests: usize) -> Strin
     let mut md = String::new();
     let _ = writeln!(
         md,
-        "Target: {target}; {requests} warm requests per size after 2 warm-ups; a fresh isolate's first request is reported as cold. Times in ms, p50 / p95.\n"
+        "Target: {target}; {requests} warm requests per size after 2 warm-ups; a fresh isolate's first request is reported as cold. Locally each size runs twice: with the version cache off (every request downloads and parses: the plain columns) and on (warm requests are cache hits: the cache-hit columns). Times in ms, p50 / p95.\n"
     );
     let _ = writeln!(
         md,
-        "**1. Network (R2 transfer)**\n\n| DB size | bytes | download p50 | download p95 | upload p50 | upload p95 |\n|---|---|---|---|---|---|"
+        "**1. Network (R2 transfer)**\n\n| DB size | bytes | download p50 | download p95 | cache-hit check p50 | upload p50 | upload p95 |\n|---|---|---|---|---|---|---|"
     );
     for r in results {
         let (d50, d95) = r.warm_stats("/timing_breakdown/load/download_ms");
         let (u50, u95) = r.warm_stats("/timing_breakdown/save/upload_ms");
+        let (h50, _) = r.hit_stats("/timing_breakdown/load/download_ms");
         let _ = writeln!(
             md,
-            "| {} | {} | {d50:.1} | {d95:.1} | {u50:.1} | {u95:.1} |",
+            "| {} | {} | {d50:.1} | {d95:.1} | {h50:.1} | {u50:.1} | {u95:.1} |",
             size_label(r.size_kb),
             r.size_bytes
         );
@@ -317,17 +395,20 @@ fn render_tables(results: &[SizeResult], target: &str, requests: usize) -> Strin
     }
     let _ = writeln!(
         md,
-        "\n**3. Total overhead**\n\n| DB size | load p50 | load p95 | save p50 | save p95 | load status (p50) | save status (p50) | client p50 | client p95 | cold client |\n|---|---|---|---|---|---|---|---|---|---|"
+        "\n**3. Total overhead**\n\n| DB size | load p50 | load p95 | load (cache hit) p50 | save p50 | save p95 | load status (p50) | save status (p50) | client p50 | client p95 | client (cache hit) p50 | client (hit, save=auto) p50 | cold client |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|"
     );
     let t = workers_sqlite_poc::delay::Thresholds::default();
     for r in results {
         let (l50, l95) = r.warm_stats("/timing_breakdown/load/total_ms");
         let (s50, s95) = r.warm_stats("/timing_breakdown/save/total_ms");
         let (c50, c95) = r.client_stats();
+        let (lh50, _) = r.hit_stats("/timing_breakdown/load/total_ms");
+        let (ch50, _) = r.hit_client_stats();
+        let (ca50, _) = stats(r.hits_auto.iter().map(|s| s.client_ms).collect());
         let band = |ms: f64| format!("{:?}", t.classify(ms).0).to_lowercase();
         let _ = writeln!(
             md,
-            "| {} | {l50:.1} | {l95:.1} | {s50:.1} | {s95:.1} | {} | {} | {c50:.1} | {c95:.1} | {:.1} |",
+            "| {} | {l50:.1} | {l95:.1} | {lh50:.1} | {s50:.1} | {s95:.1} | {} | {} | {c50:.1} | {c95:.1} | {ch50:.1} | {ca50:.1} | {:.1} |",
             size_label(r.size_kb),
             band(l50),
             band(s50),
@@ -336,7 +417,19 @@ fn render_tables(results: &[SizeResult], target: &str, requests: usize) -> Strin
     }
     let _ = writeln!(
         md,
-        "\n**4. Memory**\n\nwasm memory is the instance's linear memory after the size's requests (it never shrinks, so it is the high-water mark of SQLite and Rust allocations). The isolate also holds the R2 body and the upload copy in JS (one image each), so its peak is about wasm + 2 x size. The workerd column is the whole local runtime's peak RSS growth, simulated R2 included: an upper bound.\n\n| DB size | wasm memory | wasm / size | est. isolate peak (wasm + 2 x size) | workerd peak RSS growth |\n|---|---|---|---|---|"
+        "\n**4. Storage floor**\n\nThe same R2 get + put of the same bytes without the worker or SQLite (wrangler dev's explorer API, timed by the client; it also carries the body over loopback HTTP both ways, which the worker does not), next to the worker's full round trip with the cache off.\n\n| DB size | bare get+put p50 | bare get+put p95 | worker round trip p50 | worker / floor |\n|---|---|---|---|---|"
+    );
+    for r in results {
+        let (c50, _) = r.client_stats();
+        let line = match r.floor_ms {
+            Some((f50, f95)) => format!("{f50:.1} | {f95:.1} | {c50:.1} | {:.2}", c50 / f50),
+            None => format!("n/a | n/a | {c50:.1} | n/a"),
+        };
+        let _ = writeln!(md, "| {} | {line} |", size_label(r.size_kb));
+    }
+    let _ = writeln!(
+        md,
+        "\n**5. Memory**\n\nwasm memory is the instance's linear memory after the size's requests (it never shrinks, so it is the high-water mark of SQLite and Rust allocations). The isolate also holds the R2 body and the upload copy in JS (one image each), so its peak is about wasm + 2 x size. The workerd column is the whole local runtime's peak RSS growth, simulated R2 included: an upper bound.\n\n| DB size | wasm memory | wasm / size | est. isolate peak (wasm + 2 x size) | workerd peak RSS growth |\n|---|---|---|---|---|"
     );
     for r in results {
         let wasm = r.wasm_memory_bytes();
@@ -385,6 +478,19 @@ fn render_svg(results: &[SizeResult], target: &str) -> String {
                     (
                         r.size_kb as f64,
                         r.warm_stats("/timing_breakdown/save/total_ms").0,
+                    )
+                })
+                .collect(),
+        ),
+        (
+            "load total p50, cache hit",
+            "#2ca02c",
+            results
+                .iter()
+                .map(|r| {
+                    (
+                        r.size_kb as f64,
+                        r.hit_stats("/timing_breakdown/load/total_ms").0,
                     )
                 })
                 .collect(),
