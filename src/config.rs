@@ -2,6 +2,7 @@
 
 use crate::delay::Thresholds;
 use crate::error::Error;
+use crate::trend::TrendSettings;
 
 /// Default largest database the worker will load: see README "Limits" for the measurement.
 pub const DEFAULT_MAX_DB_BYTES: u64 = 32 * 1024 * 1024;
@@ -20,8 +21,10 @@ pub struct Config {
     pub max_db_bytes: u64,
     /// `CACHE_MAX_BYTES`: budget of the version cache; 0 turns it off.
     pub cache_max_bytes: u64,
-    /// Delay thresholds in force.
+    /// Delay thresholds in force (`SYNC_TIME_*_MS`).
     pub thresholds: Thresholds,
+    /// Trend window and ratio (`SYNC_TIME_WINDOW`, `SYNC_TIME_WARNING_RATIO`).
+    pub trend: TrendSettings,
 }
 
 impl Default for Config {
@@ -32,6 +35,7 @@ impl Default for Config {
             max_db_bytes: DEFAULT_MAX_DB_BYTES,
             cache_max_bytes: DEFAULT_CACHE_MAX_BYTES,
             thresholds: Thresholds::default(),
+            trend: TrendSettings::default(),
         }
     }
 }
@@ -63,6 +67,52 @@ impl Config {
                 .trim()
                 .parse()
                 .map_err(|_| misconfigured("CACHE_MAX_BYTES", &v, "a whole number of bytes"))?;
+        }
+        let t = &mut config.thresholds;
+        for (name, field) in [
+            ("SYNC_TIME_OPTIMAL_MS", &mut t.optimal_ms),
+            ("SYNC_TIME_ACCEPTABLE_MS", &mut t.acceptable_ms),
+            ("SYNC_TIME_WARNING_MS", &mut t.warning_ms),
+            ("SYNC_TIME_CRITICAL_MS", &mut t.critical_ms),
+        ] {
+            if let Some(v) = lookup(name) {
+                *field = v
+                    .trim()
+                    .parse()
+                    .map_err(|_| misconfigured(name, &v, "a whole number of milliseconds"))?;
+            }
+        }
+        let t = config.thresholds;
+        if !(t.optimal_ms < t.acceptable_ms
+            && t.acceptable_ms < t.warning_ms
+            && t.warning_ms < t.critical_ms)
+        {
+            return Err(Error::Misconfigured {
+                detail: format!(
+                    "SYNC_TIME_*_MS must increase: optimal {} < acceptable {} < warning {} < critical {}",
+                    t.optimal_ms, t.acceptable_ms, t.warning_ms, t.critical_ms
+                ),
+            });
+        }
+        if let Some(v) = lookup("SYNC_TIME_WINDOW") {
+            config.trend.window = v
+                .trim()
+                .parse()
+                .ok()
+                .filter(|n| (1..=1000).contains(n))
+                .ok_or_else(|| {
+                    misconfigured("SYNC_TIME_WINDOW", &v, "a whole number from 1 to 1000")
+                })?;
+        }
+        if let Some(v) = lookup("SYNC_TIME_WARNING_RATIO") {
+            config.trend.warning_ratio = v
+                .trim()
+                .parse()
+                .ok()
+                .filter(|r: &f64| *r > 0.0 && *r <= 1.0)
+                .ok_or_else(|| {
+                    misconfigured("SYNC_TIME_WARNING_RATIO", &v, "a number in (0, 1]")
+                })?;
         }
         Ok(config)
     }
@@ -115,6 +165,27 @@ mod tests {
         );
     }
 
+    /// Thresholds and trend settings come from vars, with the spec's values as defaults.
+    #[test]
+    fn thresholds_from_vars() {
+        let c = Config::from_lookup(lookup(&[
+            ("SYNC_TIME_OPTIMAL_MS", "50"),
+            ("SYNC_TIME_CRITICAL_MS", "2000"),
+            ("SYNC_TIME_WINDOW", "20"),
+            ("SYNC_TIME_WARNING_RATIO", "0.5"),
+        ]))
+        .unwrap();
+        assert_eq!(
+            (
+                c.thresholds.optimal_ms,
+                c.thresholds.acceptable_ms,
+                c.thresholds.critical_ms
+            ),
+            (50, 300, 2000)
+        );
+        assert_eq!((c.trend.window, c.trend.warning_ratio), (20, 0.5));
+    }
+
     /// A typo in a setting is an error, not a silent default.
     #[test]
     fn rejects_bad_values() {
@@ -123,6 +194,10 @@ mod tests {
             &[("MAX_DB_BYTES", "32MB")][..],
             &[("MAX_DB_BYTES", "0")][..],
             &[("CACHE_MAX_BYTES", "-1")][..],
+            &[("SYNC_TIME_WARNING_MS", "200")][..],
+            &[("SYNC_TIME_CRITICAL_MS", "1s")][..],
+            &[("SYNC_TIME_WINDOW", "0")][..],
+            &[("SYNC_TIME_WARNING_RATIO", "1.5")][..],
         ] {
             let err = Config::from_lookup(lookup(pairs)).unwrap_err();
             assert_eq!(err.code(), "misconfigured");

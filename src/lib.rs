@@ -9,13 +9,16 @@
 //! - [`cache`]: the version cache of open databases, keyed by object and entity tag.
 //! - [`sqlite`]: SQLite initialise, load an image, list tables, export.
 //! - [`header`]: validation of the 100-byte SQLite header.
+//! - [`import`]: planning the copy of a database into a Durable Object (batches, limits).
 //! - [`store`]: the object-store seam, and [`store::MemoryStore`] for tests and benches.
 //! - [`clock`]: the time source seam.
 //! - [`delay`]: the spec's thresholds and status/action classification.
 //! - [`report`]: the response JSON.
+//! - [`trend`]: per-user recent sync times, recommendations and warning log lines.
 //! - [`error`]: the one error type and its HTTP mapping.
 //! - [`fixtures`]: deterministic demo and benchmark databases.
 //! - `worker_glue` (wasm32 only): R2 and JS-clock backends and the `fetch` entry point.
+//! - `durable_glue` (wasm32 only): the per-user SQLite-backed Durable Object and its routes.
 
 pub mod auth;
 pub mod cache;
@@ -25,11 +28,15 @@ pub mod delay;
 pub mod error;
 pub mod fixtures;
 pub mod header;
+pub mod import;
 pub mod pipeline;
 pub mod report;
 pub mod request;
 pub mod sqlite;
 pub mod store;
+pub mod trend;
 
+#[cfg(all(target_family = "wasm", target_os = "unknown"))]
+mod durable_glue;
 #[cfg(all(target_family = "wasm", target_os = "unknown"))]
 mod worker_glue;

@@ -258,6 +258,7 @@ pub async fn sync<S: ObjectStore, C: Clock>(
             advances_during_cpu: clock.advances_during_cpu(),
             unmeasured,
         },
+        trend: None,
         memory: None,
     })
 }

@@ -24,6 +24,10 @@ pub struct Report {
     pub cache: CacheInfo,
     /// How far the spans above can be trusted.
     pub clock: ClockInfo,
+    /// This user's recent sync times in this isolate and what they imply (added by the
+    /// runtime glue, which owns the isolate's trend tracker).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub trend: Option<crate::trend::TrendInfo>,
     /// Memory of this isolate's wasm instance (only on wasm32).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub memory: Option<MemoryInfo>,
@@ -58,6 +62,14 @@ pub struct PhaseDelay {
     pub status: DelayStatus,
     /// What that band asks for.
     pub action: DelayAction,
+}
+
+impl Report {
+    /// The sync time the trend tracks: load total + save total, unrounded as measured.
+    #[must_use]
+    pub fn sync_ms(&self) -> f64 {
+        self.timing_breakdown.load.total_ms + self.timing_breakdown.save.total_ms
+    }
 }
 
 impl PhaseDelay {

@@ -84,21 +84,31 @@ impl SaveMode {
 pub enum Route {
     /// `GET /`: load, query and save the user's database, and report timings.
     Sync,
+    /// `POST /do/import`: copy the user's R2 database into their Durable Object.
+    DoImport,
+    /// `GET /do`: list the user's tables from their Durable Object.
+    DoTables,
 }
 
 /// Maps method and path to a route, or to the 404/405 the client should see.
 pub fn route(method: &str, path: &str) -> Result<Route, Error> {
-    match path {
-        "/" => match method {
-            "GET" => Ok(Route::Sync),
-            other => Err(Error::MethodNotAllowed {
-                method: other.to_owned(),
-                allow: "GET",
-            }),
-        },
-        other => Err(Error::NotFound {
-            path: other.to_owned(),
-        }),
+    let (route, allow) = match path {
+        "/" => (Route::Sync, "GET"),
+        "/do" => (Route::DoTables, "GET"),
+        "/do/import" => (Route::DoImport, "POST"),
+        other => {
+            return Err(Error::NotFound {
+                path: other.to_owned(),
+            });
+        }
+    };
+    if method == allow {
+        Ok(route)
+    } else {
+        Err(Error::MethodNotAllowed {
+            method: method.to_owned(),
+            allow,
+        })
     }
 }
 
@@ -148,5 +158,8 @@ mod tests {
         assert_eq!(route("GET", "/").unwrap(), Route::Sync);
         assert_eq!(route("POST", "/").unwrap_err().status(), 405);
         assert_eq!(route("GET", "/x").unwrap_err().status(), 404);
+        assert_eq!(route("GET", "/do").unwrap(), Route::DoTables);
+        assert_eq!(route("POST", "/do/import").unwrap(), Route::DoImport);
+        assert_eq!(route("GET", "/do/import").unwrap_err().status(), 405);
     }
 }

@@ -6,12 +6,15 @@ use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use js_sys::{Date, Object, Promise, Reflect, Uint8Array};
 use wasm_bindgen::prelude::*;
 use wasm_bindgen_futures::JsFuture;
-use worker::{Context as WorkerContext, Env, Request, Response, Result, console_error, event};
+use worker::{
+    Context as WorkerContext, Env, Request, Response, Result, console_error, console_warn, event,
+};
 
 use crate::auth;
 use crate::cache::DbCache;
 use crate::clock::Clock;
 use crate::config::Config;
+use crate::durable_glue;
 use crate::error::Error;
 use crate::pipeline::{self, Context};
 use crate::report::MemoryInfo;
@@ -19,6 +22,7 @@ use crate::request::{self, Route, SaveMode, UserId};
 use crate::store::{
     Body, Fetched, ObjectStore, PutCondition, PutOutcome, StoreError, StoredObject,
 };
+use crate::trend::{self, Level, Trends};
 
 /// Name of the R2 binding in wrangler.toml.
 const BUCKET_BINDING: &str = "USER_DATA";
@@ -26,6 +30,8 @@ const BUCKET_BINDING: &str = "USER_DATA";
 static SERVED_ONE: AtomicBool = AtomicBool::new(false);
 
 thread_local! {
+    /// Recent sync times per user in this isolate.
+    static TRENDS: Trends = Trends::new();
     /// The isolate's version cache, sized by the first request's config (vars are fixed for
     /// an isolate's lifetime).
     static CACHE: std::cell::OnceCell<&'static DbCache> = const { std::cell::OnceCell::new() };
@@ -71,12 +77,22 @@ extern "C" {
 }
 
 /// R2 behind the [`ObjectStore`] seam.
-struct R2Store {
+pub(crate) struct R2Store {
     bucket: JsBucket,
 }
 
+impl R2Store {
+    /// The `USER_DATA` binding.
+    pub(crate) fn from_env(env: &Env) -> std::result::Result<Self, Error> {
+        let bucket = env.bucket(BUCKET_BINDING).map_err(internal)?;
+        Ok(Self {
+            bucket: JsValue::from(bucket).unchecked_into(),
+        })
+    }
+}
+
 /// An object body still in JS memory; it is copied once, into SQLite's buffer.
-struct JsBody(Uint8Array);
+pub(crate) struct JsBody(Uint8Array);
 
 impl Body for JsBody {
     fn len(&self) -> usize {
@@ -216,7 +232,7 @@ impl ObjectStore for R2Store {
 }
 
 /// `Date.now()`: millisecond resolution; frozen between I/O on deployed Workers.
-struct JsClock;
+pub(crate) struct JsClock;
 
 impl Clock for JsClock {
     fn now_ms(&self) -> f64 {
@@ -278,17 +294,14 @@ async fn fetch(req: Request, env: Env, _ctx: WorkerContext) -> Result<Response> 
 }
 
 async fn handle(req: &Request, env: &Env) -> std::result::Result<Response, Error> {
-    let config = Config::from_lookup(|name| {
-        env.secret(name)
-            .map(|s| s.to_string())
-            .or_else(|_| env.var(name).map(|v| v.to_string()))
-            .ok()
-    })?;
+    let config = load_config(env)?;
     let authorization = req.headers().get("Authorization").map_err(internal)?;
     auth::authorize(&config, authorization.as_deref())?;
     let method = req.method().to_string();
     match request::route(&method, &req.path())? {
         Route::Sync => handle_sync(req, env, &config).await,
+        Route::DoImport => durable_glue::handle_import(req, env).await,
+        Route::DoTables => durable_glue::handle_tables(req, env, &config).await,
     }
 }
 
@@ -305,10 +318,7 @@ async fn handle_sync(
     };
     let user = UserId::parse(param("user").as_deref())?;
     let save = SaveMode::parse(param("save").as_deref())?;
-    let bucket = env.bucket(BUCKET_BINDING).map_err(internal)?;
-    let store = R2Store {
-        bucket: JsValue::from(bucket).unchecked_into(),
-    };
+    let store = R2Store::from_env(env)?;
     let ctx = Context {
         store: &store,
         clock: &JsClock,
@@ -320,7 +330,31 @@ async fn handle_sync(
     report.memory = Some(MemoryInfo {
         wasm_memory_bytes: wasm_memory_bytes(),
     });
+    report.trend = Some(TRENDS.with(|t| {
+        t.record(
+            user.as_str(),
+            report.sync_ms(),
+            &config.thresholds,
+            &config.trend,
+        )
+    }));
+    for (level, line) in trend::log_lines(user.as_str(), &report) {
+        match level {
+            Level::Warning => console_warn!("{line}"),
+            Level::Critical => console_error!("{line}"),
+        }
+    }
     json_response(&report, 200)
+}
+
+/// Vars and secrets of this worker (or Durable Object) environment.
+pub(crate) fn load_config(env: &Env) -> std::result::Result<Config, Error> {
+    Config::from_lookup(|name| {
+        env.secret(name)
+            .map(|s| s.to_string())
+            .or_else(|_| env.var(name).map(|v| v.to_string()))
+            .ok()
+    })
 }
 
 /// Current size of this instance's wasm linear memory.
@@ -332,14 +366,14 @@ fn wasm_memory_bytes() -> u64 {
         .map_or(0, |b| u64::from(b.byte_length()))
 }
 
-fn internal(e: worker::Error) -> Error {
+pub(crate) fn internal(e: worker::Error) -> Error {
     Error::Storage(StoreError {
         operation: "runtime",
         detail: e.to_string(),
     })
 }
 
-fn json_response<T: serde::Serialize>(
+pub(crate) fn json_response<T: serde::Serialize>(
     body: &T,
     status: u16,
 ) -> std::result::Result<Response, Error> {
@@ -353,7 +387,7 @@ fn json_response<T: serde::Serialize>(
     Ok(response)
 }
 
-fn error_response(error: &Error) -> Result<Response> {
+pub(crate) fn error_response(error: &Error) -> Result<Response> {
     if error.is_internal() {
         console_error!(
             "{}",

@@ -415,3 +415,66 @@ fn conflict_does_not_poison_the_cache() {
     let next = run_with(&racing, Some(&cache), "a", SaveMode::Always).unwrap();
     assert_eq!(next["cache"]["status"], "miss");
 }
+
+/// A clock where every reading is 400 ms after the previous one: every phase is critical.
+struct SlowClock(Cell<f64>);
+
+impl Clock for SlowClock {
+    fn now_ms(&self) -> f64 {
+        self.0.set(self.0.get() + 400.0);
+        self.0.get()
+    }
+    fn epoch_ms(&self) -> u64 {
+        1_700_000_000_000
+    }
+    fn resolution_ms(&self) -> f64 {
+        1.0
+    }
+    fn source(&self) -> &'static str {
+        "slow"
+    }
+    fn advances_during_cpu(&self) -> Option<bool> {
+        Some(true)
+    }
+}
+
+/// Slow phases produce one JSON log line each, critical ones recommending archiving or a
+/// Durable Object, and a sustained trend recommends migrating.
+#[test]
+fn slow_syncs_are_logged_and_trended() {
+    use workers_sqlite_poc::trend::{Level, Recommendation, TrendSettings, Trends, log_lines};
+    let store = MemoryStore::new();
+    store.insert(KEY, &fixtures::demo_database().unwrap(), &[]);
+    let clock = SlowClock(Cell::new(0.0));
+    let ctx = Context {
+        store: &store,
+        clock: &clock,
+        thresholds: Thresholds::default(),
+        max_db_bytes: MAX_DB_BYTES,
+        cache: None,
+    };
+    let trends = Trends::new();
+    let mut last = None;
+    for _ in 0..3 {
+        let report = pollster::block_on(sync(&ctx, &user("a"), SaveMode::Always)).unwrap();
+        let lines = log_lines("a", &report);
+        assert_eq!(lines.len(), 2, "{lines:?}");
+        for (level, line) in &lines {
+            assert_eq!(*level, Level::Critical);
+            assert_eq!(line["user"], "a");
+            assert_eq!(line["status"], "critical");
+            assert!(line["ms"].as_u64().unwrap() >= 1000);
+            assert!(line["message"].as_str().unwrap().contains("Durable Object"));
+        }
+        last = Some(trends.record(
+            "a",
+            report.sync_ms(),
+            &ctx.thresholds,
+            &TrendSettings::default(),
+        ));
+    }
+    assert_eq!(
+        last.unwrap().recommendation,
+        Recommendation::MigrateToDurableObject
+    );
+}

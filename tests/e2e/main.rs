@@ -147,6 +147,10 @@ fn ten_sequential_requests() {
             assert!(written > prev, "request {i}: {written} <= {prev}");
         }
         previous = Some(written);
+        let trend = &answer.json["trend"];
+        assert_eq!(trend["window"], 10);
+        assert_eq!(trend["samples_ms"].as_array().unwrap().len(), i + 1);
+        assert_eq!(trend["recommendation"], "none");
     }
     let stored = worker.object("a/database.sqlite").unwrap();
     assert_eq!(row_counts(&stored), row_counts(&demo));
@@ -260,4 +264,110 @@ fn save_modes_in_the_runtime() {
     assert_eq!(bad.json["error"]["code"], "invalid_parameter");
     let always = worker.get("/?user=a&save=always");
     assert_eq!(always.json["db_info"]["saved"], true);
+}
+
+/// Thresholds come from wrangler vars and the JSON echoes the ones in force.
+#[test]
+fn thresholds_are_configurable() {
+    let worker = LocalWorker::start_with_vars(
+        &[],
+        &[
+            ("ALLOW_ANONYMOUS", "true"),
+            ("SYNC_TIME_OPTIMAL_MS", "1"),
+            ("SYNC_TIME_ACCEPTABLE_MS", "2"),
+            ("SYNC_TIME_WARNING_MS", "3"),
+            ("SYNC_TIME_CRITICAL_MS", "4"),
+            ("SYNC_TIME_WINDOW", "5"),
+        ],
+    );
+    let answer = worker.get("/?user=a");
+    assert_eq!(answer.status, 200, "{}", answer.json);
+    assert_eq!(
+        answer.json["delay_analysis"]["thresholds"],
+        serde_json::json!({"optimal_ms": 1, "acceptable_ms": 2, "warning_ms": 3, "critical_ms": 4})
+    );
+    assert_eq!(answer.json["trend"]["window"], 5);
+    let bad = LocalWorker::start_with_vars(
+        &[],
+        &[("ALLOW_ANONYMOUS", "true"), ("SYNC_TIME_WARNING_MS", "1")],
+    );
+    let answer = bad.get("/?user=a");
+    assert_eq!(answer.status, 500);
+    assert_eq!(answer.json["error"]["code"], "misconfigured");
+}
+
+/// The Durable Object alternative: importing a realistic database copies and verifies every
+/// row of every ordinary table (value by value, blobs included), re-importing replaces rather
+/// than duplicates, and `GET /do` lists the same tables as the R2 route.
+#[test]
+fn durable_object_import_round_trips_every_row() {
+    let realistic = fixtures::sized_database(300 * 1024, 21).unwrap();
+    let worker = LocalWorker::start(&[("a/database.sqlite", &realistic)]);
+    let expected = row_counts(&realistic);
+    for attempt in 0..2 {
+        let import = worker.request("POST", "/do/import?user=a");
+        assert_eq!(import.status, 200, "attempt {attempt}: {}", import.json);
+        assert_eq!(import.json["success"], true);
+        let tables = import.json["tables"].as_array().unwrap();
+        assert_eq!(tables.len(), expected.len());
+        for ((name, rows), report) in expected.iter().zip(tables) {
+            assert_eq!(report["name"], name.as_str());
+            assert_eq!(report["rows_source"], *rows);
+            assert_eq!(report["rows_copied"], *rows, "attempt {attempt}: {report}");
+            assert_eq!(report["verified"], true, "{report}");
+        }
+        assert_eq!(
+            import.json["created"],
+            serde_json::json!(["raw_clips_project", "clip_tags_tag"])
+        );
+        assert_eq!(import.json["skipped"], serde_json::json!([]));
+    }
+    let from_do = worker.get("/do?user=a");
+    assert_eq!(from_do.status, 200, "{}", from_do.json);
+    assert_eq!(from_do.json["backend"], "durable_object");
+    let from_r2 = worker.get("/?user=a");
+    assert_eq!(tables(&from_do.json), tables(&from_r2.json));
+    assert!(from_do.json["delay_analysis"]["load"]["ms"].is_u64());
+    assert!(from_do.json["timing_breakdown"]["query_ms"].is_number());
+
+    assert_eq!(worker.request("POST", "/do/import?user=nobody").status, 404);
+    assert_eq!(worker.get("/do/import?user=a").status, 405);
+}
+
+/// Tables the import cannot copy are reported with a reason, never silently dropped.
+#[test]
+fn durable_object_import_reports_what_it_skips() {
+    let body: std::rc::Rc<[u8]> = fixtures::demo_database().unwrap().into();
+    let mut conn = workers_sqlite_poc::sqlite::load(&body).unwrap().conn;
+    conn.execute_batch(
+        "CREATE VIRTUAL TABLE notes USING fts5(body); INSERT INTO notes VALUES ('hello');
+         CREATE TABLE big(n INTEGER); INSERT INTO big VALUES (9007199254740993);",
+    )
+    .unwrap();
+    let image = workers_sqlite_poc::sqlite::export(&mut conn)
+        .unwrap()
+        .to_vec();
+    let worker = LocalWorker::start(&[("v/database.sqlite", &image)]);
+    let import = worker.request("POST", "/do/import?user=v");
+    assert_eq!(import.status, 200, "{}", import.json);
+    let skipped: Vec<String> = import.json["skipped"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["name"].as_str().unwrap().to_owned())
+        .collect();
+    for name in ["notes", "notes_data", "notes_config", "big"] {
+        assert!(
+            skipped.contains(&name.to_owned()),
+            "{name} not reported: {}",
+            import.json
+        );
+    }
+    let copied: Vec<&str> = import.json["tables"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(copied, ["projects", "raw_clips", "clip_tags"]);
 }
