@@ -5,7 +5,7 @@
 //! cargo bench --features e2e --bench e2e                      # local worker it starts itself
 //! cargo bench --features e2e --bench e2e -- --quick           # 3 timed requests per size
 //! cargo bench --features e2e --bench e2e -- --sizes 100,1024  # chosen sizes (KB)
-//! AUTH_TOKEN=... cargo bench --features e2e --bench e2e -- --url https://sqlite-poc.NAME.workers.dev --seed-remote
+//! AUTH_TOKEN=... cargo bench --features e2e --bench e2e -- --url https://sqlite-poc.NAME.workers.dev --seed-remote --durable-object
 //! ```
 //!
 //! Prints the spec's three tables with medians and p95, writes `target/bench/e2e.json` (raw
@@ -29,6 +29,8 @@ const BENCH_MAX_DB_BYTES: &str = "67108864";
 
 struct Args {
     url: Option<String>,
+    /// Against a deployed worker: also import into and query the Durable Object route.
+    durable: bool,
     sizes_kb: Vec<usize>,
     requests: usize,
     seed_remote: bool,
@@ -37,6 +39,7 @@ struct Args {
 fn parse_args() -> Args {
     let mut args = Args {
         url: None,
+        durable: false,
         sizes_kb: DEFAULT_SIZES_KB.to_vec(),
         requests: 10,
         seed_remote: false,
@@ -61,6 +64,7 @@ fn parse_args() -> Args {
                     .collect();
             }
             "--seed-remote" => args.seed_remote = true,
+            "--durable-object" => args.durable = true,
             "--bench" => {}
             other => panic!("unknown argument {other}"),
         }
@@ -96,13 +100,36 @@ impl Client {
     }
 
     fn sync(&self, user: &str) -> Sample {
-        let url = format!("{}/?user={user}", self.base);
-        let mut req = self.agent.get(&url);
+        self.call("GET", &format!("/?user={user}"))
+    }
+
+    /// `POST /do/import` then `requests` timed `GET /do`: (import sample, query samples).
+    fn durable_object(&self, user: &str, requests: usize) -> (Sample, Vec<Sample>) {
+        let import = self.call("POST", &format!("/do/import?user={user}"));
+        assert_eq!(
+            import.json["success"], true,
+            "import {user}: {}",
+            import.json
+        );
+        self.call("GET", &format!("/do?user={user}"));
+        let queries = (0..requests)
+            .map(|_| self.call("GET", &format!("/do?user={user}")))
+            .collect();
+        (import, queries)
+    }
+
+    fn call(&self, method: &str, path: &str) -> Sample {
+        let url = format!("{}{path}", self.base);
+        let mut req = ureq::http::Request::builder().method(method).uri(&url);
         if let Some(t) = &self.token {
-            req = req.header("Authorization", &format!("Bearer {t}"));
+            req = req.header("Authorization", format!("Bearer {t}"));
         }
+        let req = req.body(()).expect("request");
         let start = Instant::now();
-        let mut response = req.call().unwrap_or_else(|e| panic!("GET {url}: {e}"));
+        let mut response = self
+            .agent
+            .run(req)
+            .unwrap_or_else(|e| panic!("{method} {url}: {e}"));
         let text = response.body_mut().read_to_string().expect("read body");
         let client_ms = start.elapsed().as_secs_f64() * 1000.0;
         let status = response.status().as_u16();
@@ -141,6 +168,8 @@ struct SizeResult {
     hits: Vec<Sample>,
     /// Cache hits with `save=auto` (no write back).
     hits_auto: Vec<Sample>,
+    /// The Durable Object route: the import, then timed `GET /do` requests.
+    durable: Option<(Sample, Vec<Sample>)>,
     /// (p50, p95) of a bare get + put of the same bytes, local only.
     floor_ms: Option<(f64, f64)>,
     peak_memory_kib: Option<(u64, u64)>,
@@ -239,6 +268,9 @@ fn main() {
                     warm,
                     hits,
                     hits_auto: Vec::new(),
+                    durable: args
+                        .durable
+                        .then(|| client.durable_object(&format!("bench-{size_kb}"), args.requests)),
                     floor_ms: None,
                     peak_memory_kib: None,
                 }
@@ -259,6 +291,7 @@ fn main() {
                 let client = Client::new(&worker.base);
                 let (cold, warm) = run_size(&client, size_kb, &image, args.requests);
                 let (peak, rss) = worker.runtime_memory_kib();
+                let durable = client.durable_object(&format!("bench-{size_kb}"), args.requests);
                 drop(worker);
                 // Cache on, sized to hold this database: warm requests are version-cache hits.
                 let cached = harness::LocalWorker::start_with_vars(
@@ -304,6 +337,7 @@ fn main() {
                     warm,
                     hits,
                     hits_auto,
+                    durable: Some(durable),
                     floor_ms: Some(floor_ms),
                     peak_memory_kib: Some((peak.saturating_sub(baseline), rss)),
                 }
@@ -332,9 +366,17 @@ fn main() {
             "rss_after_kib": r.peak_memory_kib.map(|m| m.1),
             "cold": {"client_ms": r.cold.client_ms, "response": r.cold.json},
             "warm": r.warm.iter().map(|s| json!({"client_ms": s.client_ms, "response": s.json})).collect::<Vec<_>>(),
+            "durable_object": r.durable.as_ref().map(|(import, queries)| json!({
+                "import": {"client_ms": import.client_ms, "response": import.json},
+                "queries": queries.iter().map(|s| json!({"client_ms": s.client_ms, "response": s.json})).collect::<Vec<_>>(),
+            })),
             "storage_floor_ms": r.floor_ms.map(|(p50, p95)| json!({"p50": p50, "p95": p95})),
             "cache_hits_save_auto": r.hits_auto.iter().map(|s| json!({"client_ms": s.client_ms, "response": s.json})).collect::<Vec<_>>(),
             "cache_hits": r.hits.iter().map(|s| json!({"client_ms": s.client_ms, "response": s.json})).collect::<Vec<_>>(),
+            "durable_object": r.durable.as_ref().map(|(import, queries)| json!({
+                "import": {"client_ms": import.client_ms, "response": import.json},
+                "queries": queries.iter().map(|s| json!({"client_ms": s.client_ms, "response": s.json})).collect::<Vec<_>>(),
+            })),
             "storage_floor_ms": r.floor_ms.map(|(p50, p95)| json!({"p50": p50, "p95": p95})),
             "cache_hits_save_auto": r.hits_auto.iter().map(|s| json!({"client_ms": s.client_ms, "response": s.json})).collect::<Vec<_>>(),
             "cache_hits": r.hits.iter().map(|s| json!({"client_ms": s.client_ms, "response": s.json})).collect::<Vec<_>>(),
@@ -429,7 +471,83 @@ fn render_tables(results: &[SizeResult], target: &str, requests: usize) -> Strin
     }
     let _ = writeln!(
         md,
-        "\n**5. Memory**\n\nwasm memory is the instance's linear memory after the size's requests (it never shrinks, so it is the high-water mark of SQLite and Rust allocations). The isolate also holds the R2 body and the upload copy in JS (one image each), so its peak is about wasm + 2 x size. The workerd column is the whole local runtime's peak RSS growth, simulated R2 included: an upper bound.\n\n| DB size | wasm memory | wasm / size | est. isolate peak (wasm + 2 x size) | workerd peak RSS growth |\n|---|---|---|---|---|"
+        "\n**5. R2 route vs Durable Object route**\n\nThe R2 route moves the whole database on every request (cache off: download + parse + upload; the client's round trip). The Durable Object route (`GET /do`, after a one-off `POST /do/import`) answers the same question from data that already lives in the object: nothing is transferred. Client round trips, ms.\n\n| DB size | R2 route p50 | R2 route p95 | R2 band (load+save p50) | R2 cache hit + save=auto p50 | DO route p50 | DO route p95 | DO band | one-off import |\n|---|---|---|---|---|---|---|---|---|"
+    );
+    let band = |ms: f64| format!("{:?}", t.classify(ms).0).to_lowercase();
+    for r in results {
+        let (c50, c95) = r.client_stats();
+        let sync = r.warm_stats("/timing_breakdown/load/total_ms").0
+            + r.warm_stats("/timing_breakdown/save/total_ms").0;
+        let (ca50, _) = stats(r.hits_auto.iter().map(|s| s.client_ms).collect());
+        let (do_line, do_band) = match &r.durable {
+            Some((import, queries)) => {
+                let (d50, d95) = stats(queries.iter().map(|s| s.client_ms).collect());
+                let load = stats(
+                    queries
+                        .iter()
+                        .map(|s| field(s, "/delay_analysis/load/ms"))
+                        .collect(),
+                )
+                .0;
+                (
+                    format!("{d50:.1} | {d95:.1}"),
+                    format!("{} | {:.0}", band(load), import.client_ms),
+                )
+            }
+            None => ("n/a | n/a".into(), "n/a | n/a".into()),
+        };
+        let _ = writeln!(
+            md,
+            "| {} | {c50:.1} | {c95:.1} | {} | {ca50:.1} | {do_line} | {do_band} |",
+            size_label(r.size_kb),
+            band(sync)
+        );
+    }
+    let _ = writeln!(
+        md,
+        "\n**6. Where each route crosses the thresholds** (first measured size whose p50 sync delay, load + save for R2 and the Durable Object round trip's load for `GET /do`, reaches the threshold)\n\n| threshold | R2 route | Durable Object route |\n|---|---|---|"
+    );
+    for (name, limit) in [
+        ("100 ms (acceptable)", t.optimal_ms),
+        ("300 ms (warning)", t.acceptable_ms),
+        ("500 ms (slow)", t.warning_ms),
+        ("1000 ms (critical)", t.critical_ms),
+    ] {
+        let first = |f: &dyn Fn(&SizeResult) -> Option<f64>| {
+            results
+                .iter()
+                .find(|r| f(r).is_some_and(|ms| ms >= f64::from(limit)))
+                .map_or_else(
+                    || {
+                        format!(
+                            "not reached up to {}",
+                            size_label(results.last().map_or(0, |r| r.size_kb))
+                        )
+                    },
+                    |r| size_label(r.size_kb),
+                )
+        };
+        let r2 = first(&|r| {
+            Some(
+                r.warm_stats("/timing_breakdown/load/total_ms").0
+                    + r.warm_stats("/timing_breakdown/save/total_ms").0,
+            )
+        });
+        let dur = first(&|r| {
+            r.durable.as_ref().map(|(_, q)| {
+                stats(
+                    q.iter()
+                        .map(|s| field(s, "/delay_analysis/load/ms"))
+                        .collect(),
+                )
+                .0
+            })
+        });
+        let _ = writeln!(md, "| {name} | {r2} | {dur} |");
+    }
+    let _ = writeln!(
+        md,
+        "\n**7. Memory**\n\nwasm memory is the instance's linear memory after the size's requests (it never shrinks, so it is the high-water mark of SQLite and Rust allocations). The isolate also holds the R2 body and the upload copy in JS (one image each), so its peak is about wasm + 2 x size. The workerd column is the whole local runtime's peak RSS growth, simulated R2 included: an upper bound.\n\n| DB size | wasm memory | wasm / size | est. isolate peak (wasm + 2 x size) | workerd peak RSS growth |\n|---|---|---|---|---|"
     );
     for r in results {
         let wasm = r.wasm_memory_bytes();

@@ -13,7 +13,7 @@ use worker::{
 use crate::clock::Clock;
 use crate::config::Config;
 use crate::error::Error;
-use crate::import::{self, RowProblem, Skipped};
+use crate::import::{self, Skipped};
 use crate::report::{PhaseDelay, round2};
 use crate::request::UserId;
 use crate::sqlite;
@@ -137,7 +137,7 @@ fn sql_error(context: &str) -> impl Fn(worker::Error) -> Error + '_ {
 fn to_js(v: Value) -> JsValue {
     match v {
         Value::Null => JsValue::NULL,
-        // Range checked by import::batches (|n| <= 2^53 - 1), so the f64 is exact.
+        // Range checked by import::unsafe_integer_column (at most 2^53 - 1), so the f64 is exact.
         Value::Integer(n) => JsValue::from(n as f64),
         Value::Real(f) => JsValue::from(f),
         Value::Text(s) => JsValue::from(s),
@@ -238,21 +238,18 @@ impl UserDb {
                     |r| r.get(0),
                 )
                 .map_err(Error::Sqlite)?;
-            // Rows are read (and checked) before the table is created, so a table that
-            // cannot be copied leaves nothing behind.
-            let batches = match import::batches(&loaded.conn, table)? {
-                Ok(batches) => batches,
-                Err(RowProblem::UnsafeInteger { column }) => {
-                    skipped.push(Skipped {
-                        name: table.name.clone(),
-                        kind: "table".into(),
-                        reason: format!(
-                            "column {column} holds an integer beyond 2^53, which the Durable Object API cannot pass exactly"
-                        ),
-                    });
-                    continue;
-                }
-            };
+            // Checked before the table is created, so a table that cannot be copied leaves
+            // nothing behind.
+            if let Some(column) = import::unsafe_integer_column(&loaded.conn, table)? {
+                skipped.push(Skipped {
+                    name: table.name.clone(),
+                    kind: "table".into(),
+                    reason: format!(
+                        "column {column} holds an integer beyond 2^53, which the Durable Object API cannot pass exactly"
+                    ),
+                });
+                continue;
+            }
             if let Err(e) = sql.exec(&table.create_sql, None) {
                 skipped.push(Skipped {
                     name: table.name.clone(),
@@ -261,11 +258,12 @@ impl UserDb {
                 });
                 continue;
             }
-            for batch in batches {
+            import::for_each_batch(&loaded.conn, table, |batch| {
                 let values = batch.values.into_iter().map(to_js).collect::<Vec<_>>();
                 sql.exec_raw(&batch.sql, values)
-                    .map_err(sql_error("insert rows"))?;
-            }
+                    .map(|_| ())
+                    .map_err(sql_error("insert rows"))
+            })?;
             let rows_copied = count(&sql, &table.name)?;
             let mismatch = if rows_copied == rows_source {
                 first_mismatch(&loaded.conn, &sql, table)?

@@ -188,21 +188,38 @@ pub struct Batch {
     pub rows: usize,
 }
 
-/// Why a table's rows cannot be copied.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum RowProblem {
-    /// An integer outside ±(2^53 − 1): the Durable Object API would silently round it.
-    UnsafeInteger {
-        /// The column holding it.
-        column: String,
-    },
-}
-
-/// Reads all rows of `table` and groups them into batches within the limits.
-pub fn batches(
+/// The first column of `table` holding an integer outside ±(2^53 − 1), which the Durable
+/// Object API (JS numbers) would silently round; checked with SQL, without reading rows out.
+pub fn unsafe_integer_column(
     conn: &Connection,
     table: &TablePlan,
-) -> Result<Result<Vec<Batch>, RowProblem>, Error> {
+) -> Result<Option<String>, Error> {
+    for column in &table.columns {
+        let q = quote(column);
+        let found: bool = conn
+            .query_row(
+                &format!(
+                    "SELECT EXISTS (SELECT 1 FROM {} WHERE typeof({q}) = 'integer' AND ({q} > ?1 OR {q} < -?1))",
+                    quote(&table.name)
+                ),
+                [MAX_SAFE_INTEGER],
+                |r| r.get(0),
+            )
+            .map_err(Error::Sqlite)?;
+        if found {
+            return Ok(Some(column.clone()));
+        }
+    }
+    Ok(None)
+}
+
+/// Streams the rows of `table`, in storage order, as batches within the limits: only one
+/// batch is in memory at a time. Stops at the first error `f` returns.
+pub fn for_each_batch<E: From<Error>>(
+    conn: &Connection,
+    table: &TablePlan,
+    mut f: impl FnMut(Batch) -> Result<(), E>,
+) -> Result<(), E> {
     let ncols = table.columns.len().max(1);
     let rows_per_batch = (MAX_BOUND_PARAMS / ncols).max(1);
     let col_list = table
@@ -211,56 +228,42 @@ pub fn batches(
         .map(|c| quote(c))
         .collect::<Vec<_>>()
         .join(", ");
-    let select = format!("SELECT {col_list} FROM {}", quote(&table.name));
-    let mut stmt = conn.prepare(&select).map_err(Error::Sqlite)?;
+    let mut stmt = conn
+        .prepare(&select_columns(table))
+        .map_err(Error::Sqlite)?;
     let mut rows = stmt.query([]).map_err(Error::Sqlite)?;
     let placeholders = format!("({})", vec!["?"; ncols].join(", "));
-    let mut out = Vec::new();
+    let make = |values: Vec<Value>, count: usize| Batch {
+        sql: format!(
+            "INSERT INTO {} ({col_list}) VALUES {}",
+            quote(&table.name),
+            vec![placeholders.as_str(); count].join(", ")
+        ),
+        values,
+        rows: count,
+    };
     let mut values: Vec<Value> = Vec::new();
-    let mut count = 0;
-    let mut bytes = 0;
-    let flush =
-        |values: &mut Vec<Value>, count: &mut usize, bytes: &mut usize, out: &mut Vec<Batch>| {
-            if *count > 0 {
-                out.push(Batch {
-                    sql: format!(
-                        "INSERT INTO {} ({col_list}) VALUES {}",
-                        quote(&table.name),
-                        vec![placeholders.as_str(); *count].join(", ")
-                    ),
-                    values: std::mem::take(values),
-                    rows: *count,
-                });
-                *count = 0;
-                *bytes = 0;
-            }
-        };
+    let (mut count, mut bytes) = (0, 0);
     while let Some(row) = rows.next().map_err(Error::Sqlite)? {
-        let mut row_bytes = 0;
-        for (i, column) in table.columns.iter().enumerate() {
+        for i in 0..table.columns.len() {
             let v: Value = row.get(i).map_err(Error::Sqlite)?;
-            row_bytes += match &v {
+            bytes += match &v {
                 Value::Text(s) => s.len(),
                 Value::Blob(b) => b.len(),
                 _ => 8,
             };
-            if let Value::Integer(n) = v
-                && !(-MAX_SAFE_INTEGER..=MAX_SAFE_INTEGER).contains(&n)
-            {
-                return Ok(Err(RowProblem::UnsafeInteger {
-                    column: column.clone(),
-                }));
-            }
             values.push(v);
         }
         count += 1;
-        bytes += row_bytes;
         if count == rows_per_batch || bytes >= MAX_STATEMENT_BYTES {
-            flush(&mut values, &mut count, &mut bytes, &mut out);
+            f(make(std::mem::take(&mut values), count))?;
+            (count, bytes) = (0, 0);
         }
     }
-    flush(&mut values, &mut count, &mut bytes, &mut out);
-    Ok(Ok(out))
+    if count > 0 {
+        f(make(values, count))?;
+    }
+    Ok(())
 }
 
 /// Whether a value read back from the Durable Object equals the source value. The SQL API
@@ -366,7 +369,12 @@ mod tests {
                     |r| r.get(0),
                 )
                 .unwrap();
-            let batches = batches(&conn, table).unwrap().unwrap();
+            let mut batches = Vec::new();
+            for_each_batch::<Error>(&conn, table, |b| {
+                batches.push(b);
+                Ok(())
+            })
+            .unwrap();
             assert_eq!(batches.iter().map(|b| b.rows).sum::<usize>() as i64, total);
             for b in &batches {
                 assert!(b.values.len() <= MAX_BOUND_PARAMS);
@@ -399,8 +407,17 @@ mod tests {
         .unwrap();
         let p = plan(&conn).unwrap();
         assert_eq!(
-            batches(&conn, &p.tables[0]).unwrap(),
-            Err(RowProblem::UnsafeInteger { column: "n".into() })
+            unsafe_integer_column(&conn, &p.tables[0])
+                .unwrap()
+                .as_deref(),
+            Some("n")
         );
+        conn.execute_batch("UPDATE big SET n = 9007199254740991")
+            .unwrap();
+        assert_eq!(unsafe_integer_column(&conn, &p.tables[0]).unwrap(), None);
+        let demo = demo();
+        for t in plan(&demo).unwrap().tables {
+            assert_eq!(unsafe_integer_column(&demo, &t).unwrap(), None);
+        }
     }
 }
