@@ -216,12 +216,36 @@ fn concurrent_change_is_a_conflict_not_a_lost_update() {
     }
 }
 
-/// A clock that never moves, as deployed Workers' clock during computation.
-struct FrozenClock;
+/// A test clock: every reading is `step_ms` after the previous one, and it reports whether it
+/// advances during computation as told. Step 0 and `advances: false` is a deployed Worker's
+/// frozen clock; a large step makes every phase slow.
+struct StepClock {
+    now: Cell<f64>,
+    step_ms: f64,
+    advances: bool,
+}
 
-impl Clock for FrozenClock {
+impl StepClock {
+    fn frozen() -> Self {
+        Self {
+            now: Cell::new(1_000.0),
+            step_ms: 0.0,
+            advances: false,
+        }
+    }
+    fn slow() -> Self {
+        Self {
+            now: Cell::new(0.0),
+            step_ms: 400.0,
+            advances: true,
+        }
+    }
+}
+
+impl Clock for StepClock {
     fn now_ms(&self) -> f64 {
-        1_000.0
+        self.now.set(self.now.get() + self.step_ms);
+        self.now.get()
     }
     fn epoch_ms(&self) -> u64 {
         1_700_000_000_000
@@ -230,10 +254,10 @@ impl Clock for FrozenClock {
         1.0
     }
     fn source(&self) -> &'static str {
-        "frozen"
+        "test"
     }
     fn advances_during_cpu(&self) -> Option<bool> {
-        Some(false)
+        Some(self.advances)
     }
 }
 
@@ -243,7 +267,7 @@ impl Clock for FrozenClock {
 fn frozen_clock_spans_are_flagged_unmeasured() {
     let store = MemoryStore::new();
     store.insert(KEY, &fixtures::demo_database().unwrap(), &[]);
-    let report = run(&store, &FrozenClock, "a").unwrap();
+    let report = run(&store, &StepClock::frozen(), "a").unwrap();
     let unmeasured: Vec<String> =
         serde_json::from_value(report["clock"]["unmeasured"].clone()).unwrap();
     for span in ["load.parse_ms", "query_ms", "save.serialize_ms"] {
@@ -416,28 +440,6 @@ fn conflict_does_not_poison_the_cache() {
     assert_eq!(next["cache"]["status"], "miss");
 }
 
-/// A clock where every reading is 400 ms after the previous one: every phase is critical.
-struct SlowClock(Cell<f64>);
-
-impl Clock for SlowClock {
-    fn now_ms(&self) -> f64 {
-        self.0.set(self.0.get() + 400.0);
-        self.0.get()
-    }
-    fn epoch_ms(&self) -> u64 {
-        1_700_000_000_000
-    }
-    fn resolution_ms(&self) -> f64 {
-        1.0
-    }
-    fn source(&self) -> &'static str {
-        "slow"
-    }
-    fn advances_during_cpu(&self) -> Option<bool> {
-        Some(true)
-    }
-}
-
 /// Slow phases produce one JSON log line each, critical ones recommending archiving or a
 /// Durable Object, and a sustained trend recommends migrating.
 #[test]
@@ -445,7 +447,7 @@ fn slow_syncs_are_logged_and_trended() {
     use workers_sqlite_poc::trend::{Level, Recommendation, TrendSettings, Trends, log_lines};
     let store = MemoryStore::new();
     store.insert(KEY, &fixtures::demo_database().unwrap(), &[]);
-    let clock = SlowClock(Cell::new(0.0));
+    let clock = StepClock::slow();
     let ctx = Context {
         store: &store,
         clock: &clock,
