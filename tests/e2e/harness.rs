@@ -123,11 +123,9 @@ impl LocalWorker {
                     self.log_tail()
                 );
             }
-            // Any JSON answer means workerd is serving our bundle; this path touches no object.
-            // 401/503 when access control is on, 404 otherwise.
-            if let Ok(answer) = self.try_request("GET", "/__ready")
-                && matches!(answer.status, 401 | 404 | 503)
-            {
+            // Our worker's JSON error (404, or 401/503/500 when access control or config
+            // refuses) means workerd is serving the bundle; this path touches no object.
+            if self.serves_json() {
                 return;
             }
             assert!(
@@ -174,15 +172,23 @@ impl LocalWorker {
         totals
     }
 
+    fn serves_json(&self) -> bool {
+        let Ok(mut response) = self.agent.get(format!("{}/__ready", self.base)).call() else {
+            return false;
+        };
+        response
+            .body_mut()
+            .read_to_string()
+            .ok()
+            .and_then(|text| serde_json::from_str::<serde_json::Value>(&text).ok())
+            .is_some_and(|json| json["success"] == false && json["error"]["code"].is_string())
+    }
+
     /// The last lines wrangler printed.
     pub fn log_tail(&self) -> String {
         let log = fs::read_to_string(self.state.join("wrangler.log")).unwrap_or_default();
         let lines: Vec<&str> = log.lines().collect();
         lines[lines.len().saturating_sub(40)..].join("\n")
-    }
-
-    fn try_request(&self, method: &str, path: &str) -> Result<Answer, ureq::Error> {
-        self.try_request_with(method, path, &[])
     }
 
     fn try_request_with(
