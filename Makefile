@@ -56,8 +56,8 @@ dry-run: build
 e2e: build
 	cargo test --locked --features e2e --test e2e -- --test-threads 1
 
-## smoke: check the JSON contract against BASE_URL (default: a local worker started for it)
-smoke: build
+## smoke: check the JSON contract against BASE_URL (a running `make dev`, or a deployed worker)
+smoke: setup
 	@bash scripts/smoke.sh $(BASE_URL)
 
 ## bench: native CPU benchmark, then the end-to-end benchmark (URL=https://... for a deployed worker)
