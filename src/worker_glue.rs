@@ -1,4 +1,5 @@
-//! The only module that touches the Workers runtime: R2 and JS-clock backends, and `fetch`.
+//! The Workers runtime side of the worker (with `durable_glue`, the only code that imports
+//! `worker::`): R2 and JS-clock backends, configuration, the `fetch` entry point, responses.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
@@ -28,6 +29,8 @@ use crate::trend::{self, Level, Trends};
 const BUCKET_BINDING: &str = "USER_DATA";
 
 static SERVED_ONE: AtomicBool = AtomicBool::new(false);
+/// 0 = not calibrated, 1 = the clock advances during CPU work, 2 = it is frozen.
+static CPU_CLOCK: AtomicU8 = AtomicU8::new(0);
 
 thread_local! {
     /// Recent sync times per user in this isolate.
@@ -45,8 +48,6 @@ fn isolate_cache(max_bytes: u64) -> Option<&'static DbCache> {
     // Leaked once per isolate: it lives exactly as long as the isolate does.
     Some(CACHE.with(|c| *c.get_or_init(|| Box::leak(Box::new(DbCache::new(max_bytes))))))
 }
-/// 0 = not calibrated, 1 = the clock advances during CPU work, 2 = it is frozen.
-static CPU_CLOCK: AtomicU8 = AtomicU8::new(0);
 
 #[wasm_bindgen]
 extern "C" {
