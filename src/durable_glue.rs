@@ -18,7 +18,9 @@ use crate::report::{PhaseDelay, round2};
 use crate::request::UserId;
 use crate::sqlite;
 use crate::store::{Fetched, ObjectStore, StoreError};
-use crate::worker_glue::{JsClock, R2Store, error_response, internal, json_response, load_config};
+use crate::worker_glue::{
+    JsClock, R2Store, error_response, internal, json_response, load_config, user_of,
+};
 
 /// Name of the Durable Object binding in wrangler.toml.
 const DO_BINDING: &str = "USER_DB";
@@ -37,14 +39,8 @@ impl DurableObject for UserDb {
 
     async fn fetch(&self, req: Request) -> Result<Response> {
         let result = async {
-            let url = req.url().map_err(internal)?;
-            let user = UserId::parse(
-                url.query_pairs()
-                    .find(|(k, _)| k == "user")
-                    .map(|(_, v)| v.into_owned())
-                    .as_deref(),
-            )?;
-            match (req.method(), url.path()) {
+            let user = user_of(&req)?;
+            match (req.method(), req.path().as_str()) {
                 (Method::Post, "/import") => self.import(&user).await,
                 (Method::Get, "/tables") => self.tables(),
                 (_, path) => Err(Error::NotFound { path: path.into() }),
@@ -335,16 +331,6 @@ fn stub_for(env: &Env, user: &UserId) -> std::result::Result<worker::Stub, Error
         .id_from_name(user.as_str())
         .and_then(|id| id.get_stub())
         .map_err(internal)
-}
-
-fn user_of(req: &Request) -> std::result::Result<UserId, Error> {
-    let url = req.url().map_err(internal)?;
-    UserId::parse(
-        url.query_pairs()
-            .find(|(k, _)| k == "user")
-            .map(|(_, v)| v.into_owned())
-            .as_deref(),
-    )
 }
 
 /// `POST /do/import?user=ID`: forwards to the user's Durable Object and returns its report.

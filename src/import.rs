@@ -51,6 +51,15 @@ pub struct ImportPlan {
     pub skipped: Vec<Skipped>,
 }
 
+/// Quoted, comma-separated column names.
+fn column_list(columns: &[String]) -> String {
+    columns
+        .iter()
+        .map(|c| quote(c))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// Quotes an identifier for SQL.
 #[must_use]
 pub fn quote(name: &str) -> String {
@@ -152,10 +161,7 @@ fn storage_order(conn: &Connection, table: &str, create_sql: &str) -> Result<Str
         .map_err(Error::Sqlite)?
         .collect::<Result<Vec<_>, _>>()
         .map_err(Error::Sqlite)?;
-    Ok(format!(
-        "ORDER BY {}",
-        pk.iter().map(|c| quote(c)).collect::<Vec<_>>().join(", ")
-    ))
+    Ok(format!("ORDER BY {}", column_list(&pk)))
 }
 
 fn insertable_columns(conn: &Connection, table: &str) -> Result<Vec<String>, Error> {
@@ -222,12 +228,7 @@ pub fn for_each_batch<E: From<Error>>(
 ) -> Result<(), E> {
     let ncols = table.columns.len().max(1);
     let rows_per_batch = (MAX_BOUND_PARAMS / ncols).max(1);
-    let col_list = table
-        .columns
-        .iter()
-        .map(|c| quote(c))
-        .collect::<Vec<_>>()
-        .join(", ");
+    let col_list = column_list(&table.columns);
     let mut stmt = conn
         .prepare(&select_columns(table))
         .map_err(Error::Sqlite)?;
@@ -284,12 +285,7 @@ pub fn same_value(source: &Value, copied: &Value) -> bool {
 /// The `SELECT` that reads a planned table's insertable columns in storage order.
 #[must_use]
 pub fn select_columns(table: &TablePlan) -> String {
-    let cols = table
-        .columns
-        .iter()
-        .map(|c| quote(c))
-        .collect::<Vec<_>>()
-        .join(", ");
+    let cols = column_list(&table.columns);
     format!(
         "SELECT {cols} FROM {} {}",
         quote(&table.name),

@@ -311,14 +311,8 @@ async fn handle_sync(
     env: &Env,
     config: &Config,
 ) -> std::result::Result<Response, Error> {
-    let url = req.url().map_err(internal)?;
-    let param = |name: &str| {
-        url.query_pairs()
-            .find(|(k, _)| k == name)
-            .map(|(_, v)| v.into_owned())
-    };
-    let user = UserId::parse(param("user").as_deref())?;
-    let save = SaveMode::parse(param("save").as_deref())?;
+    let user = user_of(req)?;
+    let save = SaveMode::parse(query_param(req, "save")?.as_deref())?;
     let store = R2Store::from_env(env)?;
     let ctx = Context {
         store: &store,
@@ -346,6 +340,20 @@ async fn handle_sync(
         }
     }
     json_response(&report, 200)
+}
+
+/// The first value of query parameter `name`, percent-decoded.
+pub(crate) fn query_param(req: &Request, name: &str) -> std::result::Result<Option<String>, Error> {
+    let url = req.url().map_err(internal)?;
+    Ok(url
+        .query_pairs()
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.into_owned()))
+}
+
+/// The validated `user` parameter (absent means the default user).
+pub(crate) fn user_of(req: &Request) -> std::result::Result<UserId, Error> {
+    UserId::parse(query_param(req, "user")?.as_deref())
 }
 
 /// Vars and secrets of this worker (or Durable Object) environment.

@@ -24,20 +24,32 @@ fn user(id: &str) -> UserId {
     UserId::parse(Some(id)).unwrap()
 }
 
+/// The default test context: spec thresholds, `MAX_DB_BYTES`, the given cache.
+fn context<'a, S, C>(store: &'a S, clock: &'a C, cache: Option<&'a DbCache>) -> Context<'a, S, C> {
+    Context {
+        store,
+        clock,
+        thresholds: Thresholds::default(),
+        max_db_bytes: MAX_DB_BYTES,
+        cache,
+    }
+}
+
+/// Runs one request and returns its JSON.
+fn run_in<S: ObjectStore, C: Clock>(
+    ctx: &Context<'_, S, C>,
+    id: &str,
+    save: SaveMode,
+) -> Result<serde_json::Value, Error> {
+    pollster::block_on(sync(ctx, &user(id), save)).map(|r| serde_json::to_value(r).unwrap())
+}
+
 fn run<S: ObjectStore, C: Clock>(
     store: &S,
     clock: &C,
     id: &str,
 ) -> Result<serde_json::Value, Error> {
-    let ctx = Context {
-        store,
-        clock,
-        thresholds: Thresholds::default(),
-        max_db_bytes: MAX_DB_BYTES,
-        cache: None,
-    };
-    pollster::block_on(sync(&ctx, &user(id), SaveMode::Always))
-        .map(|r| serde_json::to_value(r).unwrap())
+    run_in(&context(store, clock, None), id, SaveMode::Always)
 }
 
 fn row_counts(bytes: &[u8]) -> Vec<(String, i64)> {
@@ -295,15 +307,13 @@ fn oversize_object_is_refused_without_download() {
     assert_eq!(store.bytes(KEY).unwrap(), big);
 
     let exact = fixtures::sized_database(MAX_DB_BYTES as usize / 2, 7).unwrap();
+    let clock = SystemClock::new();
     let ctx = Context {
-        store: &store,
-        clock: &SystemClock::new(),
-        thresholds: Thresholds::default(),
         max_db_bytes: exact.len() as u64,
-        cache: None,
+        ..context(&store, &clock, None)
     };
     store.insert(KEY, &exact, &[]);
-    assert!(pollster::block_on(sync(&ctx, &user("a"), SaveMode::Always)).is_ok());
+    assert!(run_in(&ctx, "a", SaveMode::Always).is_ok());
 }
 
 fn run_with<S: ObjectStore>(
@@ -312,14 +322,7 @@ fn run_with<S: ObjectStore>(
     id: &str,
     save: SaveMode,
 ) -> Result<serde_json::Value, Error> {
-    let ctx = Context {
-        store,
-        clock: &SystemClock::new(),
-        thresholds: Thresholds::default(),
-        max_db_bytes: MAX_DB_BYTES,
-        cache,
-    };
-    pollster::block_on(sync(&ctx, &user(id), save)).map(|r| serde_json::to_value(r).unwrap())
+    run_in(&context(store, &SystemClock::new(), cache), id, save)
 }
 
 /// The version cache: a repeat request is a hit (no body fetched, nothing parsed); a write by
@@ -448,13 +451,7 @@ fn slow_syncs_are_logged_and_trended() {
     let store = MemoryStore::new();
     store.insert(KEY, &fixtures::demo_database().unwrap(), &[]);
     let clock = StepClock::slow();
-    let ctx = Context {
-        store: &store,
-        clock: &clock,
-        thresholds: Thresholds::default(),
-        max_db_bytes: MAX_DB_BYTES,
-        cache: None,
-    };
+    let ctx = context(&store, &clock, None);
     let trends = Trends::new();
     let mut last = None;
     for _ in 0..3 {
