@@ -9,7 +9,7 @@ export PATH := $(or $(CARGO_HOME),$(HOME)/.cargo)/bin:$(PATH)
 WRANGLER := node_modules/.bin/wrangler
 SOURCES := $(shell find src -name '*.rs') Cargo.toml Cargo.lock
 
-.PHONY: setup build dev seed test lint unit unit-wasm e2e smoke dry-run bench clean
+.PHONY: setup build dev seed test lint unit unit-wasm e2e smoke dry-run bench token clean
 
 ## setup: install whatever is missing (idempotent; seconds when everything is present)
 setup:
@@ -42,9 +42,9 @@ lint:
 unit:
 	cargo test --locked
 
-## unit-wasm: the same unit tests on wasm32, under Node, against the Worker's SQLite build
+## unit-wasm: the unit tests and the pipeline scenarios on wasm32, under Node, against the Worker's SQLite build
 unit-wasm:
-	cargo test --locked --lib --target wasm32-unknown-unknown
+	cargo test --locked --lib --test pipeline --target wasm32-unknown-unknown
 
 ## dry-run: validate the release bundle as `wrangler deploy` would, and print its size
 dry-run: build
@@ -64,6 +64,11 @@ smoke: setup
 bench: setup build
 	cargo bench --locked --bench sqlite_ops
 	cargo bench --locked --features e2e --bench e2e $(if $(URL),-- --url $(URL))
+
+## token: TOKEN_SECRET=... make token USER=a [TTL=3600] prints a per-user token
+token:
+	@$(if $(filter command line,$(origin USER)),,echo "usage: TOKEN_SECRET=... make token USER=<id> [TTL=3600]" >&2; exit 2)
+	@cargo run -q --release --example token -- $(USER) $(or $(TTL),3600)
 
 clean:
 	rm -rf build target/dry-run $(DEV_STATE)

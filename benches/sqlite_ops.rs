@@ -10,7 +10,8 @@ use std::time::Instant;
 
 use workers_sqlite_poc::{fixtures, sqlite};
 
-const SIZES_KB: &[usize] = &[100, 500, 1024, 2048, 5120, 20_480, 51_200];
+mod common;
+use common::{SIZES_KB, out_dir, percentile};
 
 fn measure(samples: usize, mut f: impl FnMut()) -> Vec<f64> {
     f(); // warm-up
@@ -23,11 +24,6 @@ fn measure(samples: usize, mut f: impl FnMut()) -> Vec<f64> {
         .collect();
     times.sort_by(f64::total_cmp);
     times
-}
-
-fn percentile(sorted: &[f64], p: f64) -> f64 {
-    let idx = ((sorted.len() - 1) as f64 * p).round() as usize;
-    sorted[idx]
 }
 
 fn main() {
@@ -101,9 +97,7 @@ fn main() {
             "integrity_check_ms": {"p50": p50(&integrity)},
         }));
     }
-    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/bench");
-    std::fs::create_dir_all(&dir).expect("create target/bench");
-    let out = dir.join("sqlite_ops.json");
+    let out = out_dir().join("sqlite_ops.json");
     let json = serde_json::json!({
         "bench": "sqlite_ops",
         "cores": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),

@@ -1,6 +1,7 @@
 //! Clocks: a monotonic millisecond reading for spans, and wall time for `db-version`.
 
-/// A source of time for measuring request phases.
+/// A source of time for measuring request phases, and of waiting between retries.
+#[allow(async_fn_in_trait)]
 pub trait Clock {
     /// Milliseconds since an arbitrary origin; only differences are meaningful.
     fn now_ms(&self) -> f64;
@@ -13,6 +14,8 @@ pub trait Clock {
     /// Whether the clock advances while the isolate only computes: `Some(false)` in deployed
     /// Workers, which freeze time between I/O; `None` when not yet known.
     fn advances_during_cpu(&self) -> Option<bool>;
+    /// Waits `ms` milliseconds (a timer in the Workers runtime; a test clock just advances).
+    async fn sleep(&self, ms: u32);
 }
 
 /// The host's clocks (`Instant` and `SystemTime`), for tests and benchmarks.
@@ -63,5 +66,9 @@ impl Clock for SystemClock {
 
     fn advances_during_cpu(&self) -> Option<bool> {
         Some(true)
+    }
+
+    async fn sleep(&self, ms: u32) {
+        std::thread::sleep(std::time::Duration::from_millis(u64::from(ms)));
     }
 }

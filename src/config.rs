@@ -2,6 +2,7 @@
 
 use crate::delay::Thresholds;
 use crate::error::Error;
+use crate::exec::Limits;
 use crate::trend::TrendSettings;
 
 /// Default largest database the worker will load: see README "Limits" for the measurement.
@@ -9,6 +10,17 @@ pub const DEFAULT_MAX_DB_BYTES: u64 = 32 * 1024 * 1024;
 
 /// Default budget of the version cache: see README "Limits" for why.
 pub const DEFAULT_CACHE_MAX_BYTES: u64 = 16 * 1024 * 1024;
+
+/// Default largest request body (`MAX_REQUEST_BYTES`).
+pub const DEFAULT_MAX_REQUEST_BYTES: u64 = 1024 * 1024;
+/// Default most statements per request (`MAX_STATEMENTS`).
+pub const DEFAULT_MAX_STATEMENTS: usize = 100;
+/// Default largest result per request (`MAX_RESULT_BYTES`): well inside the isolate's memory
+/// next to a database at `MAX_DB_BYTES`.
+pub const DEFAULT_MAX_RESULT_BYTES: u64 = 8 * 1024 * 1024;
+/// Default CPU budget per statement (`QUERY_MAX_STEPS`), in SQLite virtual-machine steps:
+/// about a second of CPU natively (see BENCHMARKS.md), far below the Workers CPU limit.
+pub const DEFAULT_QUERY_MAX_STEPS: u64 = 100_000_000;
 
 /// Everything a request needs to know about how the worker is configured.
 #[derive(Debug, Clone, PartialEq)]
@@ -25,6 +37,15 @@ pub struct Config {
     pub thresholds: Thresholds,
     /// Trend window and ratio (`SYNC_TIME_WINDOW`, `SYNC_TIME_WARNING_RATIO`).
     pub trend: TrendSettings,
+    /// Secret that signs per-user tokens (`TOKEN_SECRET`); `None` turns them off.
+    pub token_secret: Option<String>,
+    /// `MAX_REQUEST_BYTES`: largest request body.
+    pub max_request_bytes: u64,
+    /// `MAX_STATEMENTS`, `MAX_RESULT_BYTES`, `QUERY_MAX_STEPS`: the executor's guard rails.
+    pub limits: Limits,
+    /// `SELF_TEST=true`: serve `POST /__self-test/store`, which runs the object-store contract
+    /// against the real R2 binding (the end-to-end suite turns it on; off by default).
+    pub self_test: bool,
 }
 
 impl Default for Config {
@@ -36,8 +57,32 @@ impl Default for Config {
             cache_max_bytes: DEFAULT_CACHE_MAX_BYTES,
             thresholds: Thresholds::default(),
             trend: TrendSettings::default(),
+            token_secret: None,
+            max_request_bytes: DEFAULT_MAX_REQUEST_BYTES,
+            limits: Limits::default(),
+            self_test: false,
         }
     }
+}
+
+fn parse_bool(name: &str, v: &str) -> Result<bool, Error> {
+    match v.trim() {
+        "true" | "1" => Ok(true),
+        "false" | "0" | "" => Ok(false),
+        _ => Err(Error::Misconfigured {
+            detail: format!("{name}={v:?} is not true or false"),
+        }),
+    }
+}
+
+fn parse_positive(name: &str, v: &str) -> Result<u64, Error> {
+    v.trim()
+        .parse()
+        .ok()
+        .filter(|n| *n > 0)
+        .ok_or_else(|| Error::Misconfigured {
+            detail: format!("{name}={v:?} is not a positive whole number"),
+        })
 }
 
 impl Config {
@@ -48,14 +93,27 @@ impl Config {
         };
         let mut config = Self {
             auth_token: lookup("AUTH_TOKEN").filter(|t| !t.is_empty()),
+            token_secret: lookup("TOKEN_SECRET").filter(|t| !t.is_empty()),
             ..Self::default()
         };
         if let Some(v) = lookup("ALLOW_ANONYMOUS") {
-            config.allow_anonymous = match v.trim() {
-                "true" | "1" => true,
-                "false" | "0" | "" => false,
-                _ => return Err(misconfigured("ALLOW_ANONYMOUS", &v, "true or false")),
-            };
+            config.allow_anonymous = parse_bool("ALLOW_ANONYMOUS", &v)?;
+        }
+        if let Some(v) = lookup("SELF_TEST") {
+            config.self_test = parse_bool("SELF_TEST", &v)?;
+        }
+        if let Some(v) = lookup("MAX_REQUEST_BYTES") {
+            config.max_request_bytes = parse_positive("MAX_REQUEST_BYTES", &v)?;
+        }
+        if let Some(v) = lookup("MAX_STATEMENTS") {
+            config.limits.max_statements =
+                usize::try_from(parse_positive("MAX_STATEMENTS", &v)?).unwrap_or(usize::MAX);
+        }
+        if let Some(v) = lookup("MAX_RESULT_BYTES") {
+            config.limits.max_result_bytes = parse_positive("MAX_RESULT_BYTES", &v)?;
+        }
+        if let Some(v) = lookup("QUERY_MAX_STEPS") {
+            config.limits.max_steps = parse_positive("QUERY_MAX_STEPS", &v)?;
         }
         if let Some(v) = lookup("MAX_DB_BYTES") {
             config.max_db_bytes = v.trim().parse().ok().filter(|n| *n > 0).ok_or_else(|| {
@@ -198,6 +256,9 @@ mod tests {
             &[("SYNC_TIME_CRITICAL_MS", "1s")][..],
             &[("SYNC_TIME_WINDOW", "0")][..],
             &[("SYNC_TIME_WARNING_RATIO", "1.5")][..],
+            &[("QUERY_MAX_STEPS", "0")][..],
+            &[("MAX_STATEMENTS", "many")][..],
+            &[("SELF_TEST", "yes")][..],
         ] {
             let err = Config::from_lookup(lookup(pairs)).unwrap_err();
             assert_eq!(err.code(), "misconfigured");

@@ -1,4 +1,5 @@
-//! Delay classification: the spec's `getDelayStatus` thresholds and what each band asks of us.
+//! Delay classification: the spec's `getDelayStatus` thresholds, what each band asks of us,
+//! and the spec's rounding (used by the report and the trend alike).
 
 use serde::Serialize;
 
@@ -41,20 +42,71 @@ pub enum DelayStatus {
     Slow,
     /// At or above `critical_ms`.
     Critical,
+    /// The phase did not run (a skipped save, or a route that has no such phase), so there
+    /// is no delay to grade.
+    NotRun,
 }
 
-/// What the spec says to do about a delay.
+/// What the spec says to do about a delay. Each action is carried out: see `alerts`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum DelayAction {
     /// Nothing to do.
     None,
-    /// Log a warning.
+    /// Log a warning (a `console.warn` JSON line).
     LogWarning,
-    /// Consider archiving old data.
+    /// Consider archiving old data (a `console.warn` JSON line recommending it).
     ConsiderArchiving,
-    /// Show the user a warning and recommend archiving.
+    /// Show the user a warning and recommend archiving (a `console.error` JSON line, and the
+    /// response's `user_warning` text for the app to show).
     ShowUserWarning,
+}
+
+/// One phase's delay: whole milliseconds and its band.
+#[derive(Debug, Clone, Serialize)]
+pub struct PhaseDelay {
+    /// The phase's total, rounded to whole milliseconds (as the spec's `Math.round`).
+    pub ms: u64,
+    /// The band the unrounded total falls in.
+    pub status: DelayStatus,
+    /// What that band asks for.
+    pub action: DelayAction,
+}
+
+impl PhaseDelay {
+    /// Classifies an unrounded total, as the spec does.
+    #[must_use]
+    pub fn new(total_ms: f64, thresholds: &Thresholds) -> Self {
+        let (status, action) = thresholds.classify(total_ms);
+        Self {
+            ms: round_ms(total_ms),
+            status,
+            action,
+        }
+    }
+
+    /// A phase that did not run: 0 ms, graded `not_run`, nothing to do.
+    #[must_use]
+    pub fn not_run() -> Self {
+        Self {
+            ms: 0,
+            status: DelayStatus::NotRun,
+            action: DelayAction::None,
+        }
+    }
+}
+
+/// Rounds to two decimals, as the spec's `Math.round(x * 100) / 100`.
+#[must_use]
+pub fn round2(x: f64) -> f64 {
+    (x * 100.0).round() / 100.0
+}
+
+/// Rounds to whole milliseconds, as the spec's `Math.round(x)`; negatives read 0.
+#[must_use]
+pub fn round_ms(x: f64) -> u64 {
+    // Float-to-int `as` saturates, and NaN maps to 0.
+    x.max(0.0).round() as u64
 }
 
 impl Thresholds {
@@ -106,6 +158,31 @@ mod tests {
         for (ms, status, action) in cases {
             assert_eq!(t.classify(ms), (status, action), "at {ms} ms");
         }
+    }
+
+    /// Rounding matches the spec's JavaScript.
+    #[test]
+    fn rounding() {
+        assert_eq!(round2(52.123), 52.12);
+        assert_eq!(round2(52.125_000_1), 52.13);
+        assert_eq!(round_ms(144.5), 145);
+        assert_eq!(round_ms(144.49), 144);
+        assert_eq!(round_ms(-1.0), 0);
+        assert_eq!(round2(130_560.0 / 1024.0), 127.5);
+    }
+
+    /// The delay is classified on the unrounded value: 99.6 ms shows as 100 but is optimal,
+    /// exactly as the spec's code behaves; a phase that did not run is not graded at all.
+    #[test]
+    fn classifies_unrounded() {
+        let d = PhaseDelay::new(99.6, &Thresholds::default());
+        assert_eq!(d.ms, 100);
+        assert_eq!(d.status, DelayStatus::Optimal);
+        let skipped = serde_json::to_value(PhaseDelay::not_run()).unwrap();
+        assert_eq!(
+            skipped,
+            serde_json::json!({"ms": 0, "status": "not_run", "action": "none"})
+        );
     }
 
     /// The JSON names are the spec's strings.

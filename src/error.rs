@@ -1,4 +1,7 @@
 //! The one error type, and the one place it becomes an HTTP status and JSON body.
+//!
+//! Each variant's name is its `error.code` in snake case, so the code a client sees names the
+//! variant that produced it.
 
 use serde::Serialize;
 
@@ -9,22 +12,10 @@ use crate::store::StoreError;
 #[derive(Debug)]
 #[non_exhaustive]
 pub enum Error {
-    /// The `user` query parameter is not a valid user id.
+    /// The `user` query parameter (or path segment) is not a valid user id.
     InvalidUser {
         /// What is wrong with it, safe to show the client.
         reason: String,
-    },
-    /// No route matches the path.
-    NotFound {
-        /// The path that was asked for.
-        path: String,
-    },
-    /// The path exists but not for this method.
-    MethodNotAllowed {
-        /// The method that was used.
-        method: String,
-        /// The methods the path accepts, for the `Allow` header.
-        allow: &'static str,
     },
     /// A query parameter other than `user` has a value the worker does not accept.
     InvalidParameter {
@@ -33,10 +24,39 @@ pub enum Error {
         /// What is wrong, safe to show.
         reason: String,
     },
+    /// The request body is not what the route accepts.
+    InvalidRequest {
+        /// What is wrong, safe to show.
+        reason: String,
+    },
+    /// No route matches the path.
+    NotFound {
+        /// The path that was asked for.
+        path: String,
+    },
+    /// The user has no data where the route looks for it.
+    UserNotFound {
+        /// The user.
+        user: String,
+        /// Where the route looked (`R2` or `the Durable Object`).
+        place: &'static str,
+    },
+    /// The path exists but not for this method.
+    MethodNotAllowed {
+        /// The method that was used.
+        method: String,
+        /// The methods the path accepts, for the `Allow` header.
+        allow: &'static str,
+    },
     /// No valid bearer token was presented.
     Unauthorized {
         /// What was wrong, safe to show.
-        reason: &'static str,
+        reason: String,
+    },
+    /// A valid token that does not open this user's database.
+    Forbidden {
+        /// What was wrong, safe to show.
+        reason: String,
     },
     /// No `AUTH_TOKEN` is configured and anonymous access is not enabled.
     AuthNotConfigured,
@@ -45,37 +65,101 @@ pub enum Error {
         /// Which setting and why; logged, not shown.
         detail: String,
     },
+    /// The request body is larger than `MAX_REQUEST_BYTES`.
+    RequestTooLarge {
+        /// The body's size.
+        size_bytes: u64,
+        /// The limit in force.
+        max_bytes: u64,
+    },
+    /// The request holds more statements than `MAX_STATEMENTS`.
+    TooManyStatements {
+        /// Statements in the request.
+        count: usize,
+        /// The limit in force.
+        max: usize,
+    },
+    /// The results would be larger than `MAX_RESULT_BYTES`.
+    ResultTooLarge {
+        /// The limit in force.
+        max_bytes: u64,
+    },
+    /// A statement ran past the `QUERY_MAX_STEPS` budget and was interrupted.
+    CpuBudgetExceeded {
+        /// Index of the statement in the request.
+        statement: usize,
+        /// The budget in force, in SQLite virtual-machine steps.
+        max_steps: u64,
+    },
+    /// A statement would escape the user's database or change how it is stored.
+    StatementNotAllowed {
+        /// Index of the statement in the request.
+        statement: usize,
+        /// What it tried, safe to show.
+        reason: String,
+    },
+    /// A statement of the request failed (syntax, constraint, missing table, ...).
+    SqlError {
+        /// Index of the statement in the request.
+        statement: usize,
+        /// SQLite's message.
+        message: String,
+        /// SQLite's primary result code name (`SQLITE_CONSTRAINT`, ...), when SQLite failed.
+        sqlite_code: Option<&'static str>,
+    },
     /// The stored database is larger than `MAX_DB_BYTES`; nothing was downloaded.
-    TooLarge {
+    DatabaseTooLarge {
         /// The object's size.
         size_bytes: u64,
         /// The limit in force.
         max_bytes: u64,
     },
-    /// The stored object failed header validation.
-    CorruptHeader(HeaderProblem),
-    /// SQLite rejected the stored object's contents.
-    CorruptDatabase {
-        /// SQLite's message, safe to show (it describes the user's own data).
+    /// The stored object is not a database SQLite can open.
+    CorruptDatabase(Corruption),
+    /// The object kept changing in the store between our read and our write; nothing was
+    /// written.
+    Conflict {
+        /// How many times the request ran before giving up.
+        attempts: u32,
+    },
+    /// The object store failed (after retries, for the failures that are worth retrying).
+    StorageUnavailable(StoreError),
+    /// The runtime, a binding, a Durable Object or SQLite failed on something the client
+    /// could not have caused.
+    Internal {
+        /// What failed; logged, not shown.
         detail: String,
     },
-    /// The object changed in the store between our read and our write; nothing was written.
-    Conflict,
-    /// The object store failed.
-    Storage(StoreError),
-    /// SQLite failed on a database it had accepted (out of memory, internal error).
-    Sqlite(rusqlite::Error),
+}
+
+/// Why a stored object was refused.
+#[derive(Debug)]
+pub enum Corruption {
+    /// The 100-byte header is wrong.
+    Header(HeaderProblem),
+    /// SQLite found the contents malformed.
+    Contents(String),
 }
 
 impl From<StoreError> for Error {
     fn from(e: StoreError) -> Self {
-        Self::Storage(e)
+        Self::StorageUnavailable(e)
     }
 }
 
 impl From<HeaderProblem> for Error {
     fn from(p: HeaderProblem) -> Self {
-        Self::CorruptHeader(p)
+        Self::CorruptDatabase(Corruption::Header(p))
+    }
+}
+
+/// SQLite failing on a database it had accepted (out of memory, internal error) is internal;
+/// code that runs the client's SQL maps its errors to [`Error::SqlError`] explicitly.
+impl From<rusqlite::Error> for Error {
+    fn from(e: rusqlite::Error) -> Self {
+        Self::Internal {
+            detail: format!("sqlite: {e}"),
+        }
     }
 }
 
@@ -84,14 +168,16 @@ impl std::fmt::Display for Error {
         match self {
             Self::InvalidUser { reason } => write!(f, "invalid user: {reason}"),
             Self::InvalidParameter { name, reason } => write!(f, "invalid {name}: {reason}"),
+            Self::InvalidRequest { reason } => write!(f, "invalid request: {reason}"),
             Self::NotFound { path } => write!(f, "no route for {path}"),
+            Self::UserNotFound { user, place } => {
+                write!(f, "user {user} has no database in {place}")
+            }
             Self::MethodNotAllowed { method, allow } => {
                 write!(f, "method {method} not allowed (allowed: {allow})")
             }
-            Self::CorruptHeader(p) => write!(f, "corrupt database: {p}"),
-            Self::CorruptDatabase { detail } => write!(f, "corrupt database: {detail}"),
-            Self::Conflict => write!(f, "the database changed while this request ran"),
             Self::Unauthorized { reason } => write!(f, "unauthorized: {reason}"),
+            Self::Forbidden { reason } => write!(f, "forbidden: {reason}"),
             Self::AuthNotConfigured => write!(
                 f,
                 "access control is not configured: set the AUTH_TOKEN secret \
@@ -99,7 +185,41 @@ impl std::fmt::Display for Error {
                  to serve without authentication"
             ),
             Self::Misconfigured { detail } => write!(f, "misconfigured: {detail}"),
-            Self::TooLarge {
+            Self::RequestTooLarge {
+                size_bytes,
+                max_bytes,
+            } => write!(
+                f,
+                "the request body is {size_bytes} bytes, over the limit of {max_bytes} \
+                 (MAX_REQUEST_BYTES); split it into several requests"
+            ),
+            Self::TooManyStatements { count, max } => write!(
+                f,
+                "the request holds {count} statements, over the limit of {max} \
+                 (MAX_STATEMENTS); split it into several requests"
+            ),
+            Self::ResultTooLarge { max_bytes } => write!(
+                f,
+                "the results are larger than {max_bytes} bytes (MAX_RESULT_BYTES); \
+                 select fewer rows or columns (LIMIT / OFFSET)"
+            ),
+            Self::CpuBudgetExceeded {
+                statement,
+                max_steps,
+            } => write!(
+                f,
+                "statement {statement} ran past the budget of {max_steps} SQLite steps \
+                 (QUERY_MAX_STEPS) and was interrupted"
+            ),
+            Self::StatementNotAllowed { statement, reason } => {
+                write!(f, "statement {statement} is not allowed: {reason}")
+            }
+            Self::SqlError {
+                statement, message, ..
+            } => {
+                write!(f, "statement {statement} failed: {message}")
+            }
+            Self::DatabaseTooLarge {
                 size_bytes,
                 max_bytes,
             } => write!(
@@ -108,8 +228,17 @@ impl std::fmt::Display for Error {
                  bytes (MAX_DB_BYTES); archive old data to shrink it, or migrate this user to \
                  a Durable Object"
             ),
-            Self::Storage(e) => write!(f, "{e}"),
-            Self::Sqlite(e) => write!(f, "sqlite: {e}"),
+            Self::CorruptDatabase(Corruption::Header(p)) => write!(f, "corrupt database: {p}"),
+            Self::CorruptDatabase(Corruption::Contents(detail)) => {
+                write!(f, "corrupt database: {detail}")
+            }
+            Self::Conflict { attempts } => write!(
+                f,
+                "the database was changed by other requests each of the {attempts} times this \
+                 one ran"
+            ),
+            Self::StorageUnavailable(e) => write!(f, "{e}"),
+            Self::Internal { detail } => write!(f, "internal: {detail}"),
         }
     }
 }
@@ -134,6 +263,12 @@ pub struct ErrorDetail {
     pub message: String,
     /// Whether repeating the same request may succeed.
     pub retryable: bool,
+    /// Index (from 0) of the statement that failed, for errors about one statement.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub statement: Option<usize>,
+    /// SQLite's result code name, for a statement SQLite refused.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sqlite_code: Option<&'static str>,
 }
 
 impl Error {
@@ -141,63 +276,122 @@ impl Error {
     #[must_use]
     pub fn status(&self) -> u16 {
         match self {
-            Self::InvalidUser { .. } | Self::InvalidParameter { .. } => 400,
+            Self::InvalidUser { .. }
+            | Self::InvalidParameter { .. }
+            | Self::InvalidRequest { .. }
+            | Self::SqlError { .. } => 400,
             Self::Unauthorized { .. } => 401,
-            Self::NotFound { .. } => 404,
+            Self::Forbidden { .. } | Self::StatementNotAllowed { .. } => 403,
+            Self::NotFound { .. } | Self::UserNotFound { .. } => 404,
             Self::MethodNotAllowed { .. } => 405,
-            Self::Conflict => 409,
-            Self::TooLarge { .. } => 413,
-            Self::CorruptHeader(_) | Self::CorruptDatabase { .. } => 422,
-            Self::Sqlite(_) | Self::Misconfigured { .. } => 500,
-            Self::Storage(_) => 502,
-            Self::AuthNotConfigured => 503,
+            Self::Conflict { .. } => 409,
+            Self::RequestTooLarge { .. }
+            | Self::TooManyStatements { .. }
+            | Self::DatabaseTooLarge { .. } => 413,
+            Self::CorruptDatabase(_)
+            | Self::ResultTooLarge { .. }
+            | Self::CpuBudgetExceeded { .. } => 422,
+            Self::Internal { .. } | Self::Misconfigured { .. } => 500,
+            Self::AuthNotConfigured | Self::StorageUnavailable(_) => 503,
         }
     }
 
-    /// Stable machine-readable code.
+    /// Stable machine-readable code: the variant's name in snake case.
     #[must_use]
     pub fn code(&self) -> &'static str {
         match self {
             Self::InvalidUser { .. } => "invalid_user",
             Self::InvalidParameter { .. } => "invalid_parameter",
+            Self::InvalidRequest { .. } => "invalid_request",
             Self::NotFound { .. } => "not_found",
+            Self::UserNotFound { .. } => "user_not_found",
             Self::MethodNotAllowed { .. } => "method_not_allowed",
-            Self::CorruptHeader(_) | Self::CorruptDatabase { .. } => "corrupt_database",
-            Self::Conflict => "conflict",
             Self::Unauthorized { .. } => "unauthorized",
+            Self::Forbidden { .. } => "forbidden",
             Self::AuthNotConfigured => "auth_not_configured",
             Self::Misconfigured { .. } => "misconfigured",
-            Self::TooLarge { .. } => "database_too_large",
-            Self::Storage(_) => "storage_error",
-            Self::Sqlite(_) => "internal_error",
+            Self::RequestTooLarge { .. } => "request_too_large",
+            Self::TooManyStatements { .. } => "too_many_statements",
+            Self::ResultTooLarge { .. } => "result_too_large",
+            Self::CpuBudgetExceeded { .. } => "cpu_budget_exceeded",
+            Self::StatementNotAllowed { .. } => "statement_not_allowed",
+            Self::SqlError { .. } => "sql_error",
+            Self::DatabaseTooLarge { .. } => "database_too_large",
+            Self::CorruptDatabase(_) => "corrupt_database",
+            Self::Conflict { .. } => "conflict",
+            Self::StorageUnavailable(_) => "storage_unavailable",
+            Self::Internal { .. } => "internal",
         }
+    }
+
+    /// Seconds a client should wait before retrying, for the `Retry-After` header.
+    #[must_use]
+    pub fn retry_after_s(&self) -> Option<u32> {
+        match self {
+            Self::StorageUnavailable(_) => Some(2),
+            Self::Conflict { .. } => Some(1),
+            _ => None,
+        }
+    }
+
+    /// Whether this error leaves the stored database exactly as it was before the request.
+    /// False only when a write reached the store and its outcome could not be established.
+    #[must_use]
+    pub fn nothing_written(&self) -> bool {
+        !matches!(self, Self::StorageUnavailable(e) if e.write_outcome_unknown)
     }
 
     /// The response body. 5xx bodies carry a fixed message; the detail goes to the log only.
     #[must_use]
     pub fn body(&self) -> ErrorBody {
         let message = match self {
-            Self::Storage(_) => {
-                "the object store failed; nothing was written; try again".to_owned()
+            Self::StorageUnavailable(e) if e.write_outcome_unknown => {
+                "the object store failed while this request's write was in flight, and the \
+                 worker could not find out whether it was stored; read the data back before \
+                 repeating a write that must not happen twice"
+                    .to_owned()
             }
-            Self::Sqlite(_) => "internal error; nothing was written".to_owned(),
+            Self::StorageUnavailable(_) => {
+                "the object store is unavailable; nothing was written; try again".to_owned()
+            }
+            Self::Internal { .. } => {
+                "internal error; the worker's log has the detail; try again".to_owned()
+            }
             Self::Misconfigured { .. } => {
                 "the worker is misconfigured; its log names the setting".to_owned()
             }
-            Self::Conflict => "the database was changed by another request while this one ran; \
-                               nothing was written; retry the request"
-                .to_owned(),
-            Self::CorruptHeader(_) | Self::CorruptDatabase { .. } => format!(
+            Self::Conflict { .. } => format!("{self}; nothing was written; retry the request"),
+            Self::CorruptDatabase(_) => format!(
                 "{self}; the stored object was left unchanged; restore it from a backup or delete it"
             ),
+            Self::SqlError { .. }
+            | Self::StatementNotAllowed { .. }
+            | Self::CpuBudgetExceeded { .. }
+            | Self::ResultTooLarge { .. } => {
+                format!("{self}; the whole request was rolled back and nothing was written")
+            }
             other => other.to_string(),
+        };
+        let statement = match self {
+            Self::SqlError { statement, .. }
+            | Self::StatementNotAllowed { statement, .. }
+            | Self::CpuBudgetExceeded { statement, .. } => Some(*statement),
+            _ => None,
         };
         ErrorBody {
             success: false,
             error: ErrorDetail {
                 code: self.code(),
                 message,
-                retryable: matches!(self, Self::Conflict | Self::Storage(_)),
+                retryable: matches!(
+                    self,
+                    Self::Conflict { .. } | Self::StorageUnavailable(_) | Self::Internal { .. }
+                ),
+                statement,
+                sqlite_code: match self {
+                    Self::SqlError { sqlite_code, .. } => *sqlite_code,
+                    _ => None,
+                },
             },
         }
     }
@@ -215,26 +409,62 @@ mod tests {
     use wasm_bindgen_test::wasm_bindgen_test as test;
 
     use super::*;
+    use crate::store::StoreErrorKind;
 
-    /// A 5xx body never leaks the internal message.
+    fn store_error(unknown: bool) -> Error {
+        Error::StorageUnavailable(StoreError {
+            operation: "put",
+            kind: StoreErrorKind::Transient,
+            detail: "secret internal stack".into(),
+            write_outcome_unknown: unknown,
+        })
+    }
+
+    /// A 5xx body never leaks the internal message, and says "nothing was written" only when
+    /// that is known.
     #[test]
     fn server_errors_hide_details() {
-        let e = Error::Storage(StoreError {
-            operation: "put",
-            detail: "secret internal stack".into(),
-        });
+        let e = store_error(false);
         let body = serde_json::to_string(&e.body()).unwrap();
         assert!(!body.contains("secret"), "{body}");
-        assert_eq!(e.status(), 502);
+        assert!(body.contains("nothing was written"), "{body}");
+        assert_eq!(e.status(), 503);
+        assert_eq!(e.retry_after_s(), Some(2));
         assert!(e.body().error.retryable);
+        let unknown = store_error(true);
+        let body = serde_json::to_string(&unknown.body()).unwrap();
+        assert!(!body.contains("nothing was written"), "{body}");
+        assert!(!unknown.nothing_written());
+        let internal = Error::Internal {
+            detail: "binding USER_DB missing".into(),
+        };
+        assert_eq!((internal.status(), internal.code()), (500, "internal"));
+        assert!(
+            !serde_json::to_string(&internal.body())
+                .unwrap()
+                .contains("USER_DB")
+        );
     }
 
     /// A 4xx body says exactly what was wrong.
     #[test]
     fn client_errors_explain() {
-        let e = Error::CorruptHeader(HeaderProblem::BadMagic);
+        let e = Error::from(HeaderProblem::BadMagic);
         assert_eq!(e.status(), 422);
         assert_eq!(e.code(), "corrupt_database");
         assert!(e.body().error.message.contains("magic"));
+        let missing = Error::UserNotFound {
+            user: "a".into(),
+            place: "the Durable Object",
+        };
+        assert_eq!((missing.status(), missing.code()), (404, "user_not_found"));
+        assert!(missing.body().error.message.contains("Durable Object"));
+        let sql = Error::SqlError {
+            statement: 2,
+            message: "no such table: x".into(),
+            sqlite_code: Some("SQLITE_ERROR"),
+        };
+        assert_eq!(sql.body().error.statement, Some(2));
+        assert!(sql.body().error.message.contains("rolled back"));
     }
 }

@@ -7,23 +7,7 @@ use rusqlite::{Connection, params};
 
 use crate::error::Error;
 use crate::sqlite;
-
-/// Small deterministic generator (SplitMix64): reproducible without a dependency.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-}
+use crate::testing::Rng;
 
 const WORDS: &[&str] = &[
     "goal", "assist", "dribble", "corner", "header", "save", "tackle", "sprint", "pass", "volley",
@@ -68,20 +52,18 @@ pub fn demo_database() -> Result<Vec<u8>, Error> {
 
 /// A database of at least `target_bytes` (at most about 32 KB above it), seeded by `seed`.
 pub fn sized_database(target_bytes: usize, seed: u64) -> Result<Vec<u8>, Error> {
-    let mut rng = Rng(seed);
+    let mut rng = Rng::new(seed);
     let mut conn = sqlite::create()?;
-    conn.execute_batch(SCHEMA).map_err(Error::Sqlite)?;
+    conn.execute_batch(SCHEMA)?;
     let mut project = 0;
     loop {
         project += 1;
         fill_from(&conn, &mut rng, project, 1, 10, 2048)?;
-        let size: i64 = conn
-            .query_row(
-                "SELECT page_count * page_size FROM pragma_page_count(), pragma_page_size()",
-                [],
-                |r| r.get(0),
-            )
-            .map_err(Error::Sqlite)?;
+        let size: i64 = conn.query_row(
+            "SELECT page_count * page_size FROM pragma_page_count(), pragma_page_size()",
+            [],
+            |r| r.get(0),
+        )?;
         let size = usize::try_from(size).unwrap_or(0);
         if size >= target_bytes {
             return Ok(sqlite::export(&mut conn)?.to_vec());
@@ -92,9 +74,9 @@ pub fn sized_database(target_bytes: usize, seed: u64) -> Result<Vec<u8>, Error> 
 fn build(
     fill_fn: impl FnOnce(&Connection, &mut Rng) -> Result<(), Error>,
 ) -> Result<Vec<u8>, Error> {
-    let mut rng = Rng(0x5EED);
+    let mut rng = Rng::new(0x5EED);
     let mut conn = sqlite::create()?;
-    conn.execute_batch(SCHEMA).map_err(Error::Sqlite)?;
+    conn.execute_batch(SCHEMA)?;
     fill_fn(&conn, &mut rng)?;
     Ok(sqlite::export(&mut conn)?.to_vec())
 }
@@ -117,7 +99,7 @@ fn fill_from(
     clips_per_project: i64,
     blob_bytes: usize,
 ) -> Result<(), Error> {
-    let tx = conn.unchecked_transaction().map_err(Error::Sqlite)?;
+    let tx = conn.unchecked_transaction()?;
     for p in first_project..first_project + projects {
         tx.execute(
             "INSERT INTO projects(id, name, created_at, settings) VALUES (?1, ?2, ?3, ?4)",
@@ -127,10 +109,9 @@ fn fill_from(
                 1_700_000_000_000_i64 + p * 86_400_000,
                 format!(r#"{{"fps":{},"resolution":"1080p"}}"#, 24 + rng.below(37))
             ],
-        )
-        .map_err(Error::Sqlite)?;
+        )?;
         for c in 0..clips_per_project {
-            let blob: Vec<u8> = (0..blob_bytes).map(|_| rng.next() as u8).collect();
+            let blob: Vec<u8> = (0..blob_bytes).map(|_| rng.next_u64() as u8).collect();
             tx.execute(
                 "INSERT INTO raw_clips(project_id, filename, duration_ms, notes, thumbnail)
                  VALUES (?1, ?2, ?3, ?4, ?5)",
@@ -141,8 +122,7 @@ fn fill_from(
                     sentence(rng, 12),
                     blob
                 ],
-            )
-            .map_err(Error::Sqlite)?;
+            )?;
             let clip_id = tx.last_insert_rowid();
             for t in 0..1 + rng.below(3) {
                 tx.execute(
@@ -151,12 +131,11 @@ fn fill_from(
                         clip_id,
                         format!("{}{t}", WORDS[rng.below(WORDS.len() as u64) as usize])
                     ],
-                )
-                .map_err(Error::Sqlite)?;
+                )?;
             }
         }
     }
-    tx.commit().map_err(Error::Sqlite)
+    Ok(tx.commit()?)
 }
 
 #[cfg(test)]

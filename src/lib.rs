@@ -1,42 +1,52 @@
 //! A Cloudflare Worker that keeps each user's SQLite database as one object in R2, loads it into
-//! an in-memory SQLite per request, lists its tables, writes it back and reports the delays.
+//! an in-memory SQLite per request, runs the app's queries on it, writes it back when it
+//! changed, and reports the delays the user felt.
 //!
-//! Module map (the platform glue is the last one; everything above it is plain Rust):
-//! - [`request`]: route table and user-id validation.
-//! - [`auth`]: bearer-token access control.
+//! Module map. Everything but `runtime` is plain Rust that host tests drive:
+//! - [`request`]: route table, user ids, save modes.
+//! - [`auth`]: the admin token and signed per-user tokens.
 //! - [`config`]: vars and secrets, parsed and checked.
-//! - [`pipeline`]: load → query → save → report, over a store and a clock.
+//! - [`pipeline`]: the R2 route's steps (load → query → save → report) and retries.
+//! - [`work`]: what the query routes run: a transaction, a libSQL pipeline.
+//! - [`exec`]: the one executor and its guard rails.
+//! - [`hrana`]: the libSQL remote protocol (Hrana over HTTP, JSON).
+//! - [`encoding`]: lossless JSON for SQLite values, base64, `/query` bodies.
 //! - [`cache`]: the version cache of open databases, keyed by object and entity tag.
-//! - [`sqlite`]: SQLite initialise, load an image, list tables, export.
+//! - [`sqlite`]: SQLite initialise, load an image, create, list tables, export.
 //! - [`header`]: validation of the 100-byte SQLite header.
-//! - [`import`]: planning the copy of a database into a Durable Object (batches, limits).
-//! - [`store`]: the object-store seam, and [`store::MemoryStore`] for tests and benches.
-//! - [`clock`]: the time source seam.
-//! - [`delay`]: the spec's thresholds and status/action classification.
-//! - [`report`]: the response JSON.
-//! - [`trend`]: per-user recent sync times, recommendations and warning log lines.
+//! - [`import`]: the copy into a Durable Object, over the [`import::SqlTarget`] trait.
+//! - [`store`]: the object-store seam and its failure contract; [`store::MemoryStore`].
+//! - [`clock`]: the time seam.
+//! - [`delay`]: the spec's thresholds, bands and rounding.
+//! - [`report`]: the response JSON of both routes.
+//! - [`alerts`]: carrying out each band's action (log lines, the user warning).
+//! - [`trend`]: per-user recent sync times and recommendations.
 //! - [`error`]: the one error type and its HTTP mapping.
 //! - [`fixtures`]: deterministic demo and benchmark databases.
-//! - `worker_glue` (wasm32 only): R2 and JS-clock backends and the `fetch` entry point.
-//! - `durable_glue` (wasm32 only): the per-user SQLite-backed Durable Object and its routes.
+//! - [`testing`]: shared test support (seeded RNG, step clock, racing and faulty stores).
+//! - `runtime` (wasm32 only): the only code that touches the Workers runtime.
 
+pub mod alerts;
 pub mod auth;
 pub mod cache;
 pub mod clock;
 pub mod config;
 pub mod delay;
+pub mod encoding;
 pub mod error;
+pub mod exec;
 pub mod fixtures;
 pub mod header;
+pub mod hrana;
 pub mod import;
 pub mod pipeline;
 pub mod report;
 pub mod request;
 pub mod sqlite;
 pub mod store;
+pub mod testing;
 pub mod trend;
+pub mod work;
 
 #[cfg(all(target_family = "wasm", target_os = "unknown"))]
-mod durable_glue;
-#[cfg(all(target_family = "wasm", target_os = "unknown"))]
-mod worker_glue;
+mod runtime;

@@ -1,27 +1,73 @@
-//! One request's work: load the user's database, list its tables, save it back, report.
+//! One request on the R2 route: load the user's database, run the work, save it back if it
+//! should be, report. Each step is its own function with its own tests; [`serve`] strings
+//! them together and re-runs the work when another writer got there first.
 //!
-//! Plain Rust over [`ObjectStore`] and [`Clock`], so host tests drive every step.
+//! Plain Rust over [`ObjectStore`] and [`Clock`], so host tests drive every step and every
+//! failure.
+//!
+//! Invariants: nothing is written unless the load succeeded; every write is conditional on
+//! the object being unchanged since it was read (or still absent), so another writer's change
+//! is never overwritten; a cached database is used only when R2 confirms its entity tag; a
+//! connection returns to the cache only when it equals the stored object.
 
 use rusqlite::Connection;
 
+use crate::alerts;
 use crate::cache::{DbCache, Entry};
 use crate::clock::Clock;
-use crate::delay::Thresholds;
+use crate::delay::{PhaseDelay, Thresholds};
 use crate::error::Error;
 use crate::report::{
-    CacheInfo, CacheStatus, ClockInfo, DbInfo, DelayAnalysis, LoadTiming, PhaseDelay, Report,
-    SaveTiming, TimingBreakdown, round2,
+    Backend, CacheInfo, CacheStatus, ClockInfo, CpuSpan, DbInfo, DelayAnalysis, LoadTiming, Report,
+    SaveTiming, StoredInfo, TimingBreakdown,
 };
 use crate::request::{SaveMode, UserId};
 use crate::sqlite;
-use crate::store::{DB_VERSION_KEY, Fetched, ObjectStore, PutCondition, PutOutcome};
+use crate::store::{
+    DB_VERSION_KEY, Fetched, ObjectStore, PutCondition, PutOutcome, StoreError, StoreErrorKind,
+    WRITE_ID_KEY,
+};
+
+/// How hard the save tries before giving up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RetryPolicy {
+    /// Times the whole request runs when another writer changed the object in between.
+    pub max_attempts: u32,
+    /// Times a store call is repeated after a 429 or 5xx.
+    pub store_retries: u32,
+    /// First wait before repeating a store call; doubled each time.
+    pub base_backoff_ms: u32,
+    /// Longest single wait.
+    pub max_backoff_ms: u32,
+}
+
+impl Default for RetryPolicy {
+    /// 3 runs; 4 repeats waiting 250, 500, 1000, 1000 ms (R2 takes about one write per
+    /// second per key, so the waits straddle its window).
+    fn default() -> Self {
+        Self {
+            max_attempts: 3,
+            store_retries: 4,
+            base_backoff_ms: 250,
+            max_backoff_ms: 1000,
+        }
+    }
+}
+
+impl RetryPolicy {
+    fn backoff_ms(&self, retry: u32) -> u32 {
+        self.base_backoff_ms
+            .saturating_mul(1 << retry.min(16))
+            .min(self.max_backoff_ms)
+    }
+}
 
 /// What the pipeline runs against.
 #[derive(Debug)]
 pub struct Context<'a, S, C> {
     /// Where databases live.
     pub store: &'a S,
-    /// What spans are measured with.
+    /// What spans are measured with, and what waits between retries.
     pub clock: &'a C,
     /// Delay thresholds in force.
     pub thresholds: Thresholds,
@@ -29,246 +75,609 @@ pub struct Context<'a, S, C> {
     pub max_db_bytes: u64,
     /// Databases kept open between requests, if enabled.
     pub cache: Option<&'a DbCache>,
+    /// Retries of store calls and of the whole request.
+    pub retry: RetryPolicy,
+    /// A value unique to this request (random in the worker), so its writes can be told
+    /// apart from everyone else's.
+    pub nonce: u64,
 }
 
-/// The database a request works on, and what it knows about its stored version.
-struct Working {
-    conn: Connection,
+impl<'a, S, C> Context<'a, S, C> {
+    /// A context with the spec's thresholds, no cache, the default retries and size limit.
+    pub fn new(store: &'a S, clock: &'a C) -> Self {
+        Self {
+            store,
+            clock,
+            thresholds: Thresholds::default(),
+            max_db_bytes: crate::config::DEFAULT_MAX_DB_BYTES,
+            cache: None,
+            retry: RetryPolicy::default(),
+            nonce: 0,
+        }
+    }
+}
+
+/// What a request does with the open database. It may run more than once (when another
+/// writer wins the race to save), each time on a fresh copy of the newest version.
+pub trait Work {
+    /// What the work produces besides the report.
+    type Output;
+    /// Runs on the database; any change it commits is saved.
+    fn run(&mut self, conn: &mut Connection) -> Result<Self::Output, Error>;
+}
+
+/// The spec's query, run by every route for `db_info.tables`: nothing more to do.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ListTables;
+
+impl Work for ListTables {
+    type Output = ();
+    fn run(&mut self, _conn: &mut Connection) -> Result<(), Error> {
+        Ok(())
+    }
+}
+
+/// The load step's result: an open database and what is known about its stored version.
+#[derive(Debug)]
+pub struct Loaded {
+    /// The open database.
+    pub conn: Connection,
     /// Entity tag of the stored object this image equals (`None`: no object exists).
-    etag: Option<String>,
-    loaded_version: Option<u64>,
-    converted_from_wal: bool,
-    cache: CacheStatus,
+    pub etag: Option<String>,
+    /// That object's `db-version`.
+    pub version: Option<u64>,
+    /// The stored header said WAL mode (the image is now rollback mode).
+    pub converted_from_wal: bool,
+    /// The version cache's part.
+    pub cache: CacheStatus,
+    /// This request initialised SQLite in this isolate.
+    pub initialized_here: bool,
+    /// SQLite initialisation.
+    pub wasm_init_ms: f64,
+    /// The `get`, body included.
+    pub download_ms: f64,
+    /// Copy, check, deserialize, schema read; `None` when nothing was parsed (cache hit).
+    pub parse_ms: Option<f64>,
+    /// The whole step.
+    pub total_ms: f64,
 }
 
-/// Loads, queries and (depending on `save`) saves `user`'s database, and reports each step.
-///
-/// Invariants: nothing is written unless the load succeeded; the write is conditional on the
-/// object being unchanged since it was read (or still absent), so a concurrent writer's
-/// change is never overwritten: the request fails with [`Error::Conflict`] instead. A cached
-/// database is used only when R2 confirms its entity tag is still current.
-pub async fn sync<S: ObjectStore, C: Clock>(
-    ctx: &Context<'_, S, C>,
-    user: &UserId,
-    save: SaveMode,
-) -> Result<Report, Error> {
-    let clock = ctx.clock;
-    let key = user.db_key();
+/// Repeats `op` after rate limiting and transient failures, waiting as `policy` says.
+async fn with_retries<T, C: Clock, F: AsyncFnMut() -> Result<T, StoreError>>(
+    clock: &C,
+    policy: &RetryPolicy,
+    mut op: F,
+) -> Result<T, StoreError> {
+    let mut retry = 0;
+    loop {
+        match op().await {
+            Err(e) if e.is_retryable() && retry < policy.store_retries => {
+                clock.sleep(policy.backoff_ms(retry)).await;
+                retry += 1;
+            }
+            other => return other,
+        }
+    }
+}
 
-    let load_start = clock.now_ms();
+/// Loads `key`: from the version cache when R2 confirms it is current, otherwise from R2, or
+/// a new empty database when there is no object.
+pub async fn load<S: ObjectStore, C: Clock>(
+    ctx: &Context<'_, S, C>,
+    key: &str,
+) -> Result<Loaded, Error> {
+    let clock = ctx.clock;
+    let start = clock.now_ms();
     let initialized_here = sqlite::initialize()?;
-    let wasm_init_ms = clock.now_ms() - load_start;
+    let wasm_init_ms = clock.now_ms() - start;
 
     // Taken, not borrowed: a concurrent request for the same user loads its own copy.
-    let cached = ctx.cache.and_then(|c| c.take(&key));
+    let cached = ctx.cache.and_then(|c| c.take(key));
     let download_start = clock.now_ms();
-    let fetched = ctx
-        .store
-        .get(
-            &key,
-            ctx.max_db_bytes,
-            cached.as_ref().map(|e| e.etag.as_str()),
-        )
-        .await?;
+    let if_none_match = cached.as_ref().map(|e| e.etag.clone());
+    let fetched = with_retries(clock, &ctx.retry, async || {
+        ctx.store
+            .get(key, ctx.max_db_bytes, if_none_match.as_deref())
+            .await
+    })
+    .await?;
     let download_ms = clock.now_ms() - download_start;
 
     let parse_start = clock.now_ms();
-    let had_entry = cached.is_some();
-    let miss = if had_entry {
-        CacheStatus::Stale
-    } else if ctx.cache.is_some() {
-        CacheStatus::Miss
-    } else {
-        CacheStatus::Disabled
+    let miss = match (&cached, ctx.cache) {
+        (Some(_), _) => CacheStatus::Stale,
+        (None, Some(_)) => CacheStatus::Miss,
+        (None, None) => CacheStatus::Disabled,
     };
-    let working = match (fetched, cached) {
-        (Fetched::NotModified, Some(entry)) => Working {
-            conn: entry.conn,
-            etag: Some(entry.etag),
-            loaded_version: entry.db_version,
-            converted_from_wal: false,
-            cache: CacheStatus::Hit,
-        },
+    let (conn, etag, version, converted_from_wal, cache, parsed) = match (fetched, cached) {
+        (Fetched::NotModified, Some(entry)) => (
+            entry.conn,
+            Some(entry.etag),
+            entry.db_version,
+            false,
+            CacheStatus::Hit,
+            false,
+        ),
         (Fetched::NotModified, None) => {
-            return Err(Error::Storage(crate::store::StoreError {
-                operation: "get",
+            return Err(Error::Internal {
                 detail: "store answered 'not modified' to an unconditional get".into(),
-            }));
+            });
         }
         (Fetched::TooLarge { size_bytes }, _) => {
-            return Err(Error::TooLarge {
+            return Err(Error::DatabaseTooLarge {
                 size_bytes,
                 max_bytes: ctx.max_db_bytes,
             });
         }
-        (Fetched::Missing, _) => Working {
-            conn: sqlite::create()?,
-            etag: None,
-            loaded_version: None,
-            converted_from_wal: false,
-            cache: miss,
-        },
+        (Fetched::Missing, _) => (sqlite::create()?, None, None, false, miss, true),
         (Fetched::Found(object), _) => {
             let loaded = sqlite::load(&object.body)?;
-            // `object` (and the runtime's copy of the body) is dropped at the end of this
-            // arm, before the save allocates, to keep peak memory near one image.
-            Working {
-                conn: loaded.conn,
-                etag: Some(object.etag),
-                loaded_version: object
-                    .metadata
-                    .get(DB_VERSION_KEY)
-                    .and_then(|v| v.parse::<u64>().ok()),
-                converted_from_wal: loaded.header.wal_mode,
-                cache: miss,
-            }
+            let version = object
+                .metadata
+                .get(DB_VERSION_KEY)
+                .and_then(|v| v.parse::<u64>().ok());
+            // `object` (and the runtime's copy of the body) is dropped here, before anything
+            // else allocates, to keep peak memory near one image.
+            (
+                loaded.conn,
+                Some(object.etag),
+                version,
+                loaded.header.wal_mode,
+                miss,
+                true,
+            )
         }
     };
     let parse_ms = clock.now_ms() - parse_start;
-    let load_total_ms = clock.now_ms() - load_start;
-    let Working {
-        mut conn,
+    Ok(Loaded {
+        conn,
         etag,
-        loaded_version,
+        version,
         converted_from_wal,
-        cache: cache_status,
-    } = working;
-    let new_database = etag.is_none();
-    let counter_at_load = change_counter(&mut conn)?;
+        cache,
+        initialized_here,
+        wasm_init_ms,
+        download_ms,
+        parse_ms: parsed.then_some(parse_ms),
+        total_ms: clock.now_ms() - start,
+    })
+}
 
-    let query_start = clock.now_ms();
-    let tables = sqlite::list_tables(&conn)?;
-    let query_ms = clock.now_ms() - query_start;
+/// The query step's result.
+#[derive(Debug)]
+pub struct Queried<T> {
+    /// The loaded database, after the work.
+    pub loaded: Loaded,
+    /// What the work produced.
+    pub output: T,
+    /// The table list after the work.
+    pub tables: Vec<String>,
+    /// Whether the work committed a change.
+    pub changed: bool,
+    /// The work and the table list.
+    pub query_ms: f64,
+}
 
-    let changed = change_counter(&mut conn)? != counter_at_load;
-    let perform_save = match save {
+/// A query step that failed, with the database it ran on.
+#[derive(Debug)]
+pub struct QueryFailed {
+    /// What went wrong.
+    pub error: Error,
+    /// The database, after whatever the work did before failing.
+    pub loaded: Loaded,
+    /// Whether the work committed a change before failing (the libSQL protocol runs
+    /// statements one by one, so a later failure does not undo an earlier commit).
+    pub changed: bool,
+}
+
+/// Runs `work` on the loaded database and lists its tables. On failure the database comes
+/// back with the error, so the caller can keep it cached if it is unchanged.
+pub fn query<C: Clock, W: Work>(
+    clock: &C,
+    mut loaded: Loaded,
+    work: &mut W,
+) -> Result<Queried<W::Output>, Box<QueryFailed>> {
+    let before = match sqlite::change_counter(&mut loaded.conn) {
+        Ok(c) => c,
+        Err(error) => {
+            return Err(Box::new(QueryFailed {
+                error,
+                loaded,
+                changed: true,
+            }));
+        }
+    };
+    let start = clock.now_ms();
+    let result = work
+        .run(&mut loaded.conn)
+        .and_then(|output| Ok((output, sqlite::list_tables(&loaded.conn)?)));
+    let query_ms = clock.now_ms() - start;
+    // An unreadable counter counts as a change: the copy must then not be cached.
+    let changed = !loaded.conn.is_autocommit()
+        || sqlite::change_counter(&mut loaded.conn).map_or(true, |after| after != before);
+    let (output, tables) = match result {
+        Ok(r) => r,
+        Err(error) => {
+            return Err(Box::new(QueryFailed {
+                error,
+                loaded,
+                changed,
+            }));
+        }
+    };
+    Ok(Queried {
+        loaded,
+        output,
+        tables,
+        changed,
+        query_ms,
+    })
+}
+
+/// Whether a save happened, and what it cost.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Saved {
+    /// The image was written.
+    Written {
+        /// The new object's entity tag.
+        etag: String,
+        /// Its `db-version`.
+        version: u64,
+        /// Image size.
+        size_bytes: u64,
+        /// Export.
+        serialize_ms: f64,
+        /// The put, retries and waits included.
+        upload_ms: f64,
+        /// The whole step.
+        total_ms: f64,
+    },
+    /// Nothing to write (mode `never`, or `auto` with no change).
+    Skipped {
+        /// Image size.
+        size_bytes: u64,
+    },
+    /// Another writer changed the object since the load; nothing was written.
+    Conflict,
+}
+
+/// Decides whether to write, and writes conditionally: `If-Match` the loaded etag, or
+/// create-only for a new database. 429s and 5xx are repeated with backoff; a put whose answer
+/// was lost is resolved by reading the object's `write-id` back.
+pub async fn save<S: ObjectStore, C: Clock, T>(
+    ctx: &Context<'_, S, C>,
+    key: &str,
+    queried: &mut Queried<T>,
+    mode: SaveMode,
+) -> Result<Saved, Error> {
+    let clock = ctx.clock;
+    let perform = match mode {
         SaveMode::Always => true,
-        SaveMode::Auto => changed,
+        SaveMode::Auto => queried.changed,
         SaveMode::Never => false,
     };
-
-    let save_start = clock.now_ms();
-    let mut serialize_ms = 0.0;
-    let mut upload_ms = 0.0;
-    let (stored_etag, stored_version, size_bytes) = if perform_save {
-        let image = sqlite::export(&mut conn)?;
-        serialize_ms = clock.now_ms() - save_start;
-        // Strictly increasing even if the wall clock stands still or steps back.
-        let version = clock
-            .epoch_ms()
-            .max(loaded_version.map_or(0, |v| v.saturating_add(1)));
-        let condition = match &etag {
-            Some(etag) => PutCondition::IfMatch(etag.clone()),
-            None => PutCondition::IfAbsent,
-        };
-        let upload_start = clock.now_ms();
-        let outcome = ctx
-            .store
-            .put(
-                &key,
-                &image,
-                &[(DB_VERSION_KEY, version.to_string())],
-                &condition,
-            )
-            .await?;
-        upload_ms = clock.now_ms() - upload_start;
-        let size = image.len() as u64;
-        match outcome {
-            PutOutcome::Stored { etag } => (Some(etag), Some(version), size),
-            PutOutcome::ConditionFailed => return Err(Error::Conflict),
+    let loaded = &mut queried.loaded;
+    if !perform {
+        let size_bytes = sqlite::export(&mut loaded.conn)?.len() as u64;
+        return Ok(Saved::Skipped { size_bytes });
+    }
+    let start = clock.now_ms();
+    let image = sqlite::export(&mut loaded.conn)?;
+    let serialize_ms = clock.now_ms() - start;
+    // Strictly increasing even if the wall clock stands still or steps back.
+    let version = clock
+        .epoch_ms()
+        .max(loaded.version.map_or(0, |v| v.saturating_add(1)));
+    let write_id = format!("{:016x}-{version}", ctx.nonce);
+    let condition = match &loaded.etag {
+        Some(etag) => PutCondition::IfMatch(etag.clone()),
+        None => PutCondition::IfAbsent,
+    };
+    let metadata = [
+        (DB_VERSION_KEY, version.to_string()),
+        (WRITE_ID_KEY, write_id.clone()),
+    ];
+    let upload_start = clock.now_ms();
+    let mut in_doubt = false;
+    let mut retry = 0;
+    let outcome = loop {
+        match ctx.store.put(key, &image, &metadata, &condition).await {
+            Ok(PutOutcome::ConditionFailed) if in_doubt => {
+                // An earlier attempt may have landed; if so the object is ours. If that cannot
+                // be read back, re-running would risk applying the work twice.
+                match resolve(ctx, key, &write_id).await {
+                    Ok(Some(etag)) => break PutOutcome::Stored { etag },
+                    Ok(None) => break PutOutcome::ConditionFailed,
+                    Err(mut e) => {
+                        e.write_outcome_unknown = true;
+                        return Err(Error::StorageUnavailable(e));
+                    }
+                }
+            }
+            Ok(outcome) => break outcome,
+            Err(e) if e.is_retryable() && retry < ctx.retry.store_retries => {
+                in_doubt |= e.kind == StoreErrorKind::Transient;
+                clock.sleep(ctx.retry.backoff_ms(retry)).await;
+                retry += 1;
+            }
+            Err(mut e) => {
+                in_doubt |= e.kind == StoreErrorKind::Transient;
+                if in_doubt {
+                    if let Ok(Some(etag)) = resolve(ctx, key, &write_id).await {
+                        break PutOutcome::Stored { etag };
+                    }
+                    e.write_outcome_unknown = !unchanged(ctx, key, loaded.etag.as_deref()).await;
+                }
+                return Err(Error::StorageUnavailable(e));
+            }
         }
-    } else {
-        let size = sqlite::export(&mut conn)?.len() as u64;
-        (etag, loaded_version, size)
     };
-    let save_total_ms = if perform_save {
-        clock.now_ms() - save_start
-    } else {
-        0.0
-    };
-
-    if let (Some(cache), Some(etag)) = (ctx.cache, stored_etag) {
-        cache.put(Entry {
-            key,
+    let upload_ms = clock.now_ms() - upload_start;
+    let size_bytes = image.len() as u64;
+    Ok(match outcome {
+        PutOutcome::Stored { etag } => Saved::Written {
             etag,
-            db_version: stored_version,
+            version,
+            size_bytes,
+            serialize_ms,
+            upload_ms,
+            total_ms: clock.now_ms() - start,
+        },
+        PutOutcome::ConditionFailed => Saved::Conflict,
+    })
+}
+
+/// The stored object's etag if it carries `write_id`, i.e. if a put of ours landed; an error
+/// if the object cannot be read back.
+async fn resolve<S: ObjectStore, C: Clock>(
+    ctx: &Context<'_, S, C>,
+    key: &str,
+    write_id: &str,
+) -> Result<Option<String>, StoreError> {
+    let head = with_retries(ctx.clock, &ctx.retry, async || ctx.store.head(key).await).await?;
+    Ok(head.and_then(|h| {
+        (h.metadata.get(WRITE_ID_KEY).map(String::as_str) == Some(write_id)).then_some(h.etag)
+    }))
+}
+
+/// Whether the stored object is provably still the loaded version (so nothing of ours landed).
+async fn unchanged<S: ObjectStore, C: Clock>(
+    ctx: &Context<'_, S, C>,
+    key: &str,
+    loaded_etag: Option<&str>,
+) -> bool {
+    match with_retries(ctx.clock, &ctx.retry, async || ctx.store.head(key).await).await {
+        Ok(head) => head.as_ref().map(|h| h.etag.as_str()) == loaded_etag,
+        Err(_) => false,
+    }
+}
+
+/// Everything [`report`] needs from the steps.
+#[derive(Debug)]
+pub struct Steps<'q, T> {
+    /// The query step (holding the load step).
+    pub queried: &'q Queried<T>,
+    /// The save step.
+    pub saved: &'q Saved,
+    /// The save mode in force.
+    pub mode: SaveMode,
+    /// How many times the request ran.
+    pub attempts: u32,
+}
+
+/// Builds the R2 route's report from its steps.
+pub fn report<S, C: Clock, T>(ctx: &Context<'_, S, C>, steps: &Steps<'_, T>) -> Report {
+    let q = steps.queried;
+    let l = &q.loaded;
+    let t = &ctx.thresholds;
+    let (save_delay, save_timing, size_bytes, db_version, saved, serialize) = match steps.saved {
+        Saved::Written {
+            version,
+            size_bytes,
+            serialize_ms,
+            upload_ms,
+            total_ms,
+            ..
+        } => (
+            PhaseDelay::new(*total_ms, t),
+            SaveTiming::new(*total_ms, *serialize_ms, *upload_ms),
+            *size_bytes,
+            Some(*version),
+            true,
+            *serialize_ms,
+        ),
+        Saved::Skipped { size_bytes } => (
+            PhaseDelay::not_run(),
+            SaveTiming::new(0.0, 0.0, 0.0),
+            *size_bytes,
+            l.version,
+            false,
+            0.0,
+        ),
+        Saved::Conflict => (
+            PhaseDelay::not_run(),
+            SaveTiming::new(0.0, 0.0, 0.0),
+            0,
+            l.version,
+            false,
+            0.0,
+        ),
+    };
+    let spans = [
+        CpuSpan {
+            name: "load.wasm_init_ms",
+            ms: l.wasm_init_ms,
+            ran: l.initialized_here,
+        },
+        CpuSpan {
+            name: "load.parse_ms",
+            ms: l.parse_ms.unwrap_or(0.0),
+            ran: l.parse_ms.is_some(),
+        },
+        CpuSpan {
+            name: "query_ms",
+            ms: q.query_ms,
+            ran: true,
+        },
+        CpuSpan {
+            name: "save.serialize_ms",
+            ms: serialize,
+            ran: saved,
+        },
+    ];
+    let (entries, bytes) = ctx.cache.map_or((0, 0), DbCache::usage);
+    let mut report = Report {
+        success: true,
+        route: Backend::R2,
+        cold_start: l.initialized_here,
+        delay_analysis: DelayAnalysis {
+            load: PhaseDelay::new(l.total_ms, t),
+            save: save_delay,
+            thresholds: *t,
+        },
+        timing_breakdown: TimingBreakdown {
+            load: LoadTiming::new(
+                l.total_ms,
+                l.wasm_init_ms,
+                l.download_ms,
+                l.parse_ms.unwrap_or(0.0),
+            ),
+            query_ms: crate::delay::round2(q.query_ms),
+            save: save_timing,
+        },
+        not_applicable: vec![],
+        db_info: DbInfo::new(
+            size_bytes,
+            q.tables.clone(),
+            Some(StoredInfo {
+                db_version: db_version.map(|v| v.to_string()),
+                loaded_db_version: l.version.map(|v| v.to_string()),
+                new_database: l.etag.is_none(),
+                converted_from_wal: l.converted_from_wal,
+                save_mode: steps.mode,
+                saved,
+                attempts: steps.attempts,
+            }),
+        ),
+        results: None,
+        cache: Some(CacheInfo {
+            status: l.cache,
+            entries,
+            bytes,
+            max_bytes: ctx.cache.map_or(0, DbCache::max_bytes),
+        }),
+        clock: ClockInfo::new(ctx.clock, &spans),
+        user_warning: None,
+        trend: None,
+        memory: None,
+    };
+    report.user_warning = alerts::user_warning(&report);
+    report
+}
+
+/// Returns the database to the version cache; only for a copy equal to the stored `etag`.
+fn keep(
+    cache: Option<&DbCache>,
+    key: &str,
+    conn: Connection,
+    etag: String,
+    version: Option<u64>,
+    size_bytes: u64,
+) {
+    if let Some(cache) = cache {
+        cache.put(Entry {
+            key: key.to_owned(),
+            etag,
+            db_version: version,
             conn,
             size_bytes,
         });
     }
-
-    let resolution = clock.resolution_ms();
-    let frozen = clock.advances_during_cpu() == Some(false);
-    let parsed = cache_status != CacheStatus::Hit;
-    let cpu_spans = [
-        ("load.wasm_init_ms", wasm_init_ms, initialized_here),
-        ("load.parse_ms", parse_ms, parsed),
-        ("query_ms", query_ms, true),
-        ("save.serialize_ms", serialize_ms, perform_save),
-    ];
-    let unmeasured = cpu_spans
-        .iter()
-        .filter(|(_, ms, ran)| *ran && (frozen || *ms < resolution))
-        .map(|(name, _, _)| *name)
-        .collect();
-    let (entries, bytes) = ctx.cache.map_or((0, 0), DbCache::usage);
-
-    Ok(Report {
-        success: true,
-        cold_start: initialized_here,
-        delay_analysis: DelayAnalysis {
-            load: PhaseDelay::new(load_total_ms, &ctx.thresholds),
-            save: PhaseDelay::new(save_total_ms, &ctx.thresholds),
-            thresholds: ctx.thresholds,
-        },
-        timing_breakdown: TimingBreakdown {
-            load: LoadTiming {
-                total_ms: round2(load_total_ms),
-                wasm_init_ms: round2(wasm_init_ms),
-                download_ms: round2(download_ms),
-                parse_ms: round2(parse_ms),
-            },
-            query_ms: round2(query_ms),
-            save: SaveTiming {
-                total_ms: round2(save_total_ms),
-                serialize_ms: round2(serialize_ms),
-                upload_ms: round2(upload_ms),
-            },
-        },
-        db_info: DbInfo {
-            size_kb: round2(size_bytes as f64 / 1024.0),
-            size_bytes,
-            tables,
-            db_version: stored_version.map(|v| v.to_string()),
-            loaded_db_version: loaded_version.map(|v| v.to_string()),
-            new_database,
-            converted_from_wal,
-            save_mode: save,
-            saved: perform_save,
-        },
-        cache: CacheInfo {
-            status: cache_status,
-            entries,
-            bytes,
-            max_bytes: ctx.cache.map_or(0, DbCache::max_bytes),
-        },
-        clock: ClockInfo {
-            source: clock.source(),
-            resolution_ms: resolution,
-            advances_during_cpu: clock.advances_during_cpu(),
-            unmeasured,
-        },
-        trend: None,
-        memory: None,
-    })
 }
 
-/// The header's file change counter (bytes 24..28), bumped by every committed write.
-fn change_counter(conn: &mut Connection) -> Result<[u8; 4], Error> {
-    let image = sqlite::export(conn)?;
-    let mut counter = [0; 4];
-    if let Some(bytes) = image.get(24..28) {
-        counter.copy_from_slice(bytes);
+/// Loads, runs `work`, saves as `mode` says and reports, re-running everything on the newest
+/// version when another writer saved first (up to `retry.max_attempts` runs, then
+/// [`Error::Conflict`], with nothing written).
+pub async fn serve<S: ObjectStore, C: Clock, W: Work>(
+    ctx: &Context<'_, S, C>,
+    user: &UserId,
+    mode: SaveMode,
+    work: &mut W,
+) -> Result<(Report, W::Output), Error> {
+    let key = user.db_key();
+    let mut attempts = 0;
+    loop {
+        attempts += 1;
+        let loaded = load(ctx, &key).await?;
+        let mut queried = match query(ctx.clock, loaded, work) {
+            Ok(q) => q,
+            Err(failed) => {
+                let QueryFailed {
+                    error,
+                    mut loaded,
+                    changed,
+                } = *failed;
+                // A request that failed without committing leaves a copy equal to the store.
+                if let (Some(etag), false) = (loaded.etag.take(), changed) {
+                    let size = sqlite::export(&mut loaded.conn).map_or(0, |i| i.len() as u64);
+                    keep(ctx.cache, &key, loaded.conn, etag, loaded.version, size);
+                }
+                return Err(error);
+            }
+        };
+        let saved = save(ctx, &key, &mut queried, mode).await?;
+        if saved == Saved::Conflict {
+            if attempts < ctx.retry.max_attempts {
+                continue;
+            }
+            return Err(Error::Conflict { attempts });
+        }
+        let report = report(
+            ctx,
+            &Steps {
+                queried: &queried,
+                saved: &saved,
+                mode,
+                attempts,
+            },
+        );
+        let Queried {
+            loaded,
+            output,
+            changed,
+            ..
+        } = queried;
+        match saved {
+            Saved::Written {
+                etag,
+                version,
+                size_bytes,
+                ..
+            } => {
+                keep(
+                    ctx.cache,
+                    &key,
+                    loaded.conn,
+                    etag,
+                    Some(version),
+                    size_bytes,
+                );
+            }
+            // Unsaved changes must not outlive the request; an unchanged copy may.
+            Saved::Skipped { size_bytes } if !changed => {
+                if let Some(etag) = loaded.etag {
+                    keep(
+                        ctx.cache,
+                        &key,
+                        loaded.conn,
+                        etag,
+                        loaded.version,
+                        size_bytes,
+                    );
+                }
+            }
+            _ => {}
+        }
+        return Ok((report, output));
     }
-    Ok(counter)
 }

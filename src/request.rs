@@ -80,27 +80,53 @@ impl SaveMode {
 }
 
 /// What a request asks for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Route {
-    /// `GET /`: load, query and save the user's database, and report timings.
+    /// `GET /?user=ID`: load, list tables, save, report (the spec's request).
     Sync,
-    /// `POST /do/import`: copy the user's R2 database into their Durable Object.
+    /// `POST /query?user=ID`: run the body's statements as one transaction.
+    Query,
+    /// `POST /db/<user>/v2/pipeline` (or `v3`): the libSQL remote protocol (Hrana over HTTP).
+    HranaPipeline {
+        /// The user named in the path, not yet validated.
+        user: String,
+    },
+    /// `GET /db/<user>/v2` (or `v3`): the protocol version check; 200 with no body.
+    HranaVersion,
+    /// `POST /do/import?user=ID`: copy the user's R2 database into their Durable Object.
     DoImport,
-    /// `GET /do`: list the user's tables from their Durable Object.
+    /// `GET /do?user=ID`: list the user's tables from their Durable Object.
     DoTables,
+    /// `POST /__self-test/store`: the object-store contract against the real binding (only
+    /// with `SELF_TEST=true`).
+    SelfTest,
+}
+
+/// Paths of the Durable Object's own routes (worker → object, never exposed).
+pub mod durable_paths {
+    /// Copy the user's R2 database in.
+    pub const IMPORT: &str = "/import";
+    /// List tables.
+    pub const TABLES: &str = "/tables";
 }
 
 /// Maps method and path to a route, or to the 404/405 the client should see.
 pub fn route(method: &str, path: &str) -> Result<Route, Error> {
     let (route, allow) = match path {
         "/" => (Route::Sync, "GET"),
+        "/query" => (Route::Query, "POST"),
         "/do" => (Route::DoTables, "GET"),
         "/do/import" => (Route::DoImport, "POST"),
-        other => {
-            return Err(Error::NotFound {
-                path: other.to_owned(),
-            });
-        }
+        "/__self-test/store" => (Route::SelfTest, "POST"),
+        other => match hrana_path(other) {
+            Some((user, true)) => (Route::HranaPipeline { user }, "POST"),
+            Some((_, false)) => (Route::HranaVersion, "GET"),
+            None => {
+                return Err(Error::NotFound {
+                    path: other.to_owned(),
+                });
+            }
+        },
     };
     if method == allow {
         Ok(route)
@@ -110,6 +136,18 @@ pub fn route(method: &str, path: &str) -> Result<Route, Error> {
             allow,
         })
     }
+}
+
+/// `/db/<user>/v2[/pipeline]` and the same for `v3`: (user, is the pipeline).
+fn hrana_path(path: &str) -> Option<(String, bool)> {
+    let rest = path.strip_prefix("/db/")?;
+    let (user, tail) = rest.split_once('/')?;
+    let pipeline = match tail {
+        "v2" | "v3" => false,
+        "v2/pipeline" | "v3/pipeline" => true,
+        _ => return None,
+    };
+    Some((user.to_owned(), pipeline))
 }
 
 #[cfg(test)]
@@ -152,14 +190,34 @@ mod tests {
         assert_eq!((err.status(), err.code()), (400, "invalid_parameter"));
     }
 
-    /// Only GET / is served; other paths are 404 and other methods 405.
+    /// Each route answers its one method; other paths are 404 and other methods 405. The
+    /// libSQL client's probe of `v3-protobuf` is a 404, so it falls back to JSON.
     #[test]
     fn routes() {
         assert_eq!(route("GET", "/").unwrap(), Route::Sync);
         assert_eq!(route("POST", "/").unwrap_err().status(), 405);
         assert_eq!(route("GET", "/x").unwrap_err().status(), 404);
+        assert_eq!(route("POST", "/query").unwrap(), Route::Query);
+        assert_eq!(route("GET", "/query").unwrap_err().status(), 405);
         assert_eq!(route("GET", "/do").unwrap(), Route::DoTables);
         assert_eq!(route("POST", "/do/import").unwrap(), Route::DoImport);
         assert_eq!(route("GET", "/do/import").unwrap_err().status(), 405);
+        assert_eq!(
+            route("POST", "/db/a/v2/pipeline").unwrap(),
+            Route::HranaPipeline { user: "a".into() }
+        );
+        assert_eq!(
+            route("POST", "/db/a/v3/pipeline").unwrap(),
+            Route::HranaPipeline { user: "a".into() }
+        );
+        assert_eq!(route("GET", "/db/a/v2").unwrap(), Route::HranaVersion);
+        assert_eq!(route("GET", "/db/a/v3-protobuf").unwrap_err().status(), 404);
+        assert_eq!(
+            route("POST", "/db/a/v3-protobuf/pipeline")
+                .unwrap_err()
+                .status(),
+            404
+        );
+        assert_eq!(route("POST", "/db/a/v3/cursor").unwrap_err().status(), 404);
     }
 }

@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use rusqlite::serialize::{Data, OwnedData};
 use rusqlite::{Connection, MAIN_DB, ffi};
 
-use crate::error::Error;
+use crate::error::{Corruption, Error};
 use crate::header::{self, HeaderInfo};
 use crate::store::Body;
 
@@ -25,12 +25,11 @@ pub fn initialize() -> Result<bool, Error> {
     // SAFETY: sqlite3_initialize is idempotent and has no preconditions.
     let rc = unsafe { ffi::sqlite3_initialize() };
     if rc != ffi::SQLITE_OK {
-        return Err(Error::Sqlite(rusqlite::Error::SqliteFailure(
-            ffi::Error::new(rc),
-            Some("sqlite3_initialize failed".into()),
-        )));
+        return Err(Error::Internal {
+            detail: format!("sqlite3_initialize failed with code {rc}"),
+        });
     }
-    Connection::open_in_memory().map_err(Error::Sqlite)?;
+    Connection::open_in_memory()?;
     INITIALIZED.store(true, Ordering::Release);
     Ok(true)
 }
@@ -64,7 +63,7 @@ pub fn load<B: Body>(body: &B) -> Result<Loaded, Error> {
     if info.wal_mode {
         header::clear_wal_mode(&mut data);
     }
-    let mut conn = Connection::open_in_memory().map_err(Error::Sqlite)?;
+    let mut conn = Connection::open_in_memory()?;
     conn.deserialize(MAIN_DB, data, false).map_err(classify)?;
     conn.query_row("SELECT count(*) FROM sqlite_master", [], |row| {
         row.get::<_, i64>(0)
@@ -74,8 +73,34 @@ pub fn load<B: Body>(body: &B) -> Result<Loaded, Error> {
 }
 
 /// A new, empty database (for a user with no stored object).
+///
+/// It is a one-page memdb image, like a loaded database, rather than a plain `:memory:` one:
+/// SQLite only bumps the header's change counter (which [`change_counter`] reads to tell
+/// whether a request wrote) on files, and memdb is one; `:memory:` is not. The page comes
+/// from serializing a fresh `:memory:` database, so it is exactly what SQLite writes.
 pub fn create() -> Result<Connection, Error> {
-    Connection::open_in_memory().map_err(Error::Sqlite)
+    let mut blank = Connection::open_in_memory()?;
+    let page = export(&mut blank)?.to_vec();
+    let len = page.len();
+    let len64 = u64::try_from(len).map_err(|_| nomem())?;
+    // SAFETY: sqlite3_malloc64 has no preconditions; a null result is handled below.
+    let ptr = unsafe { ffi::sqlite3_malloc64(len64) }.cast::<u8>();
+    let ptr = std::ptr::NonNull::new(ptr).ok_or_else(nomem)?;
+    // SAFETY: `ptr` was just allocated by sqlite3_malloc64 with `len` bytes.
+    let mut data = unsafe { OwnedData::from_raw_nonnull(ptr, len) };
+    data.copy_from_slice(&page);
+    let mut conn = Connection::open_in_memory()?;
+    conn.deserialize(MAIN_DB, data, false)?;
+    Ok(conn)
+}
+
+/// The header's file change counter (bytes 24..28): SQLite bumps it on every commit that
+/// changed the database, so two equal readings around some work mean it wrote nothing.
+pub fn change_counter(conn: &mut Connection) -> Result<u32, Error> {
+    let image = export(conn)?;
+    Ok(image
+        .get(24..28)
+        .map_or(0, |b| u32::from_be_bytes([b[0], b[1], b[2], b[3]])))
 }
 
 /// The spec's query: names of all tables, in `sqlite_master` order.
@@ -93,24 +118,23 @@ pub fn list_tables(conn: &Connection) -> Result<Vec<String>, Error> {
 
 /// The database image, without copying when SQLite allows it (memdb images are contiguous).
 pub fn export(conn: &mut Connection) -> Result<Data<'_>, Error> {
-    conn.serialize(MAIN_DB).map_err(Error::Sqlite)
+    Ok(conn.serialize(MAIN_DB)?)
 }
 
 fn nomem() -> Error {
-    Error::Sqlite(rusqlite::Error::SqliteFailure(
-        ffi::Error::new(ffi::SQLITE_NOMEM),
-        Some("cannot allocate memory for the database image".into()),
-    ))
+    Error::Internal {
+        detail: "cannot allocate memory for the database image".into(),
+    }
 }
 
 /// Errors that describe the stored data become `CorruptDatabase`; the rest stay internal.
 fn classify(e: rusqlite::Error) -> Error {
     use rusqlite::ErrorCode as C;
     match e.sqlite_error_code() {
-        Some(C::DatabaseCorrupt | C::NotADatabase | C::CannotOpen) => Error::CorruptDatabase {
-            detail: e.to_string(),
-        },
-        _ => Error::Sqlite(e),
+        Some(C::DatabaseCorrupt | C::NotADatabase | C::CannotOpen) => {
+            Error::CorruptDatabase(Corruption::Contents(e.to_string()))
+        }
+        _ => e.into(),
     }
 }
 
@@ -173,20 +197,50 @@ mod tests {
         }
         let bytes: Rc<[u8]> = bytes.into();
         let err = load(&bytes).unwrap_err();
-        assert!(matches!(err, Error::CorruptDatabase { .. }), "{err:?}");
+        assert!(matches!(err, Error::CorruptDatabase(_)), "{err:?}");
     }
 
-    /// An empty new database exports as a valid one-page image that loads again.
+    /// A new database exports as a valid one-page image, and after a write as a valid image
+    /// that loads again.
     #[test]
     fn new_database_exports_a_valid_image() {
         let mut conn = create().unwrap();
+        let empty: Rc<[u8]> = export(&mut conn).unwrap().to_vec().into();
+        assert!(list_tables(&load(&empty).unwrap().conn).unwrap().is_empty());
+        conn.execute_batch("CREATE TABLE t(x); INSERT INTO t VALUES (1);")
+            .unwrap();
         // The engine's default page size: 4096 natively, 8192 in sqlite-wasm-rs's build.
         let page_size: u32 = conn
             .query_row("PRAGMA page_size", [], |r| r.get(0))
             .unwrap();
         let image: Rc<[u8]> = export(&mut conn).unwrap().to_vec().into();
-        assert_eq!(image.len(), page_size as usize);
+        assert_eq!(image.len(), 2 * page_size as usize);
         let loaded = load(&image).unwrap();
-        assert!(list_tables(&loaded.conn).unwrap().is_empty());
+        assert_eq!(list_tables(&loaded.conn).unwrap(), ["t"]);
+    }
+
+    /// Every committed write bumps the change counter, on new and on loaded databases; reads,
+    /// and writes that are rolled back, do not.
+    #[test]
+    fn change_counter_tracks_commits() {
+        let image: Rc<[u8]> = sample().into();
+        for mut conn in [create().unwrap(), load(&image).unwrap().conn] {
+            conn.execute_batch(
+                "CREATE TABLE IF NOT EXISTS projects(id INTEGER PRIMARY KEY, name TEXT)",
+            )
+            .unwrap();
+            let before = change_counter(&mut conn).unwrap();
+            conn.query_row("SELECT count(*) FROM projects", [], |r| r.get::<_, i64>(0))
+                .unwrap();
+            conn.execute_batch("BEGIN; INSERT INTO projects(name) VALUES ('x'); ROLLBACK;")
+                .unwrap();
+            assert_eq!(change_counter(&mut conn).unwrap(), before);
+            conn.execute("INSERT INTO projects(name) VALUES ('y')", [])
+                .unwrap();
+            let after = change_counter(&mut conn).unwrap();
+            assert_ne!(after, before);
+            conn.execute_batch("CREATE TABLE other(x)").unwrap();
+            assert_ne!(change_counter(&mut conn).unwrap(), after);
+        }
     }
 }

@@ -5,10 +5,8 @@ use std::cell::RefCell;
 use std::collections::{HashMap, VecDeque};
 
 use serde::Serialize;
-use serde_json::json;
 
-use crate::delay::{DelayStatus, Thresholds};
-use crate::report::Report;
+use crate::delay::{Thresholds, round_ms, round2};
 
 /// Users tracked per isolate; the least recently seen is forgotten beyond this.
 pub const MAX_TRACKED_USERS: usize = 1000;
@@ -122,64 +120,13 @@ impl Trends {
         };
         TrendInfo {
             window: settings.window,
-            samples_ms: samples
-                .iter()
-                .map(|ms| crate::report::round_ms(*ms))
-                .collect(),
-            slow_share: crate::report::round2(slow_share),
-            critical_share: crate::report::round2(critical_share),
+            samples_ms: samples.iter().map(|ms| round_ms(*ms)).collect(),
+            slow_share: round2(slow_share),
+            critical_share: round2(critical_share),
             warning_ratio: settings.warning_ratio,
             recommendation,
         }
     }
-}
-
-/// Severity of a log line.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Level {
-    /// A phase took `warning_ms` or more.
-    Warning,
-    /// A phase took `critical_ms` or more.
-    Critical,
-}
-
-/// The log lines a report calls for, one JSON object each (for `wrangler tail | jq`): a warning
-/// line per phase at or above `warning_ms`, a critical line (recommending archiving or a
-/// Durable Object) per phase at or above `critical_ms`, as the spec's Python example logs.
-#[must_use]
-pub fn log_lines(user: &str, report: &Report) -> Vec<(Level, serde_json::Value)> {
-    let d = &report.delay_analysis;
-    [("load", &d.load), ("save", &d.save)]
-        .into_iter()
-        .filter_map(|(phase, delay)| {
-            let level = match delay.status {
-                DelayStatus::Critical => Level::Critical,
-                DelayStatus::Slow => Level::Warning,
-                _ => return None,
-            };
-            let message = match level {
-                Level::Critical => format!(
-                    "DATABASE SYNC CRITICAL: {phase} took {}ms (>= {}ms); archive old data or migrate this user to a Durable Object",
-                    delay.ms, d.thresholds.critical_ms
-                ),
-                Level::Warning => format!(
-                    "database sync slow: {phase} took {}ms (>= {}ms), approaching the critical threshold",
-                    delay.ms, d.thresholds.warning_ms
-                ),
-            };
-            Some((
-                level,
-                json!({
-                    "level": if level == Level::Critical { "critical" } else { "warning" },
-                    "user": user,
-                    "phase": phase,
-                    "ms": delay.ms,
-                    "status": delay.status,
-                    "message": message,
-                }),
-            ))
-        })
-        .collect()
 }
 
 #[cfg(test)]

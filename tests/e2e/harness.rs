@@ -45,6 +45,9 @@ pub struct Answer {
     pub status: u16,
     /// The `Allow` header, if any.
     pub allow: Option<String>,
+    /// The `Retry-After` header, if any.
+    #[allow(dead_code, reason = "read by some tests only")]
+    pub retry_after: Option<String>,
     /// The parsed body.
     pub json: Value,
 }
@@ -191,24 +194,29 @@ impl LocalWorker {
         lines[lines.len().saturating_sub(40)..].join("\n")
     }
 
-    fn try_request_with(
+    fn try_send(
         &self,
         method: &str,
         path: &str,
         headers: &[(&str, &str)],
+        body: &[u8],
     ) -> Result<Answer, ureq::Error> {
         let url = format!("{}{path}", self.base);
         let mut req = ureq::http::Request::builder().method(method).uri(&url);
         for (k, v) in headers {
             req = req.header(*k, *v);
         }
-        let mut response = self.agent.run(req.body(()).expect("request"))?;
+        let mut response = self.agent.run(req.body(body.to_vec()).expect("request"))?;
         let status = response.status().as_u16();
-        let allow = response
-            .headers()
-            .get("allow")
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_owned);
+        let header = |name: &str| {
+            response
+                .headers()
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned)
+        };
+        let allow = header("allow");
+        let retry_after = header("retry-after");
         let text = response.body_mut().read_to_string()?;
         let json = serde_json::from_str(&text).unwrap_or_else(|e| {
             panic!("{method} {path}: status {status}, body is not JSON ({e}): {text:?}")
@@ -216,6 +224,7 @@ impl LocalWorker {
         Ok(Answer {
             status,
             allow,
+            retry_after,
             json,
         })
     }
@@ -227,8 +236,26 @@ impl LocalWorker {
 
     /// As [`LocalWorker::request`], with extra headers.
     pub fn request_with(&self, method: &str, path: &str, headers: &[(&str, &str)]) -> Answer {
-        self.try_request_with(method, path, headers)
+        self.send(method, path, headers, b"")
+    }
+
+    /// Sends a request with a body and parses the JSON answer; panics on transport failure.
+    pub fn send(&self, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> Answer {
+        self.try_send(method, path, headers, body)
             .unwrap_or_else(|e| panic!("{method} {path}: {e}\n{}", self.log_tail()))
+    }
+
+    /// `POST path` with a JSON body.
+    #[allow(dead_code, reason = "used by the e2e tests, not the bench")]
+    pub fn post_json(
+        &self,
+        path: &str,
+        body: &serde_json::Value,
+        headers: &[(&str, &str)],
+    ) -> Answer {
+        let mut all = vec![("Content-Type", "application/json")];
+        all.extend_from_slice(headers);
+        self.send("POST", path, &all, body.to_string().as_bytes())
     }
 
     /// `GET path`.
@@ -308,23 +335,8 @@ fn free_port() -> u16 {
         .expect("find a free loopback port")
 }
 
-/// Opens database bytes with SQLite (natively) and returns each table's row count.
-pub fn row_counts(bytes: &[u8]) -> Vec<(String, i64)> {
-    let body: std::rc::Rc<[u8]> = bytes.into();
-    let loaded =
-        workers_sqlite_poc::sqlite::load(&body).expect("stored object is a valid database");
-    let tables = workers_sqlite_poc::sqlite::list_tables(&loaded.conn).expect("list tables");
-    tables
-        .into_iter()
-        .map(|t| {
-            let n = loaded
-                .conn
-                .query_row(&format!("SELECT count(*) FROM \"{t}\""), [], |r| r.get(0))
-                .expect("count rows");
-            (t, n)
-        })
-        .collect()
-}
+#[allow(unused_imports, reason = "the e2e tests use it, the bench does not")]
+pub use workers_sqlite_poc::testing::row_counts;
 
 /// sha256 of bytes, hex.
 pub fn sha256(bytes: &[u8]) -> String {

@@ -4,6 +4,7 @@
 //! worker with a private persisted R2 directory and stops it when done.
 
 mod harness;
+mod query;
 mod safety;
 
 use harness::{LocalWorker, row_counts};
@@ -228,13 +229,10 @@ fn version_cache_uses_conditional_gets() {
     assert_eq!(hit.json["cache"]["status"], "hit", "{}", hit.json);
     assert_eq!(tables(&hit.json), ["projects", "raw_clips", "clip_tags"]);
 
-    let body: std::rc::Rc<[u8]> = worker.object("a/database.sqlite").unwrap().into();
-    let mut conn = workers_sqlite_poc::sqlite::load(&body).unwrap().conn;
-    conn.execute_batch("CREATE TABLE added_elsewhere(x)")
-        .unwrap();
-    let changed = workers_sqlite_poc::sqlite::export(&mut conn)
-        .unwrap()
-        .to_vec();
+    let changed = workers_sqlite_poc::testing::apply_sql(
+        &worker.object("a/database.sqlite").unwrap(),
+        "CREATE TABLE added_elsewhere(x)",
+    );
     worker.put_object("a/database.sqlite", &changed);
 
     let stale = worker.get("/?user=a");
@@ -324,29 +322,41 @@ fn durable_object_import_round_trips_every_row() {
     }
     let from_do = worker.get("/do?user=a");
     assert_eq!(from_do.status, 200, "{}", from_do.json);
-    assert_eq!(from_do.json["backend"], "durable_object");
+    assert_eq!(from_do.json["route"], "durable_object");
     let from_r2 = worker.get("/?user=a");
+    assert_eq!(from_r2.json["route"], "r2");
     assert_eq!(tables(&from_do.json), tables(&from_r2.json));
     assert!(from_do.json["delay_analysis"]["load"]["ms"].is_u64());
     assert!(from_do.json["timing_breakdown"]["query_ms"].is_number());
+    // The same report model: the save that does not exist there is not graded, and the
+    // object's CPU-only query is listed when the clock cannot see it.
+    assert_eq!(from_do.json["delay_analysis"]["save"]["status"], "not_run");
+    assert!(
+        from_do.json["clock"]["unmeasured"].is_array(),
+        "{}",
+        from_do.json
+    );
+    assert!(from_do.json["not_applicable"].is_array());
 
-    assert_eq!(worker.request("POST", "/do/import?user=nobody").status, 404);
+    let missing = worker.request("POST", "/do/import?user=nobody");
+    assert_eq!(
+        (missing.status, missing.json["error"]["code"].as_str()),
+        (404, Some("user_not_found"))
+    );
+    let never = worker.get("/do?user=never-imported");
+    assert_eq!(never.status, 404, "{}", never.json);
+    assert_eq!(never.json["error"]["code"], "user_not_found");
     assert_eq!(worker.get("/do/import?user=a").status, 405);
 }
 
 /// Tables the import cannot copy are reported with a reason, never silently dropped.
 #[test]
 fn durable_object_import_reports_what_it_skips() {
-    let body: std::rc::Rc<[u8]> = fixtures::demo_database().unwrap().into();
-    let mut conn = workers_sqlite_poc::sqlite::load(&body).unwrap().conn;
-    conn.execute_batch(
+    let image = workers_sqlite_poc::testing::apply_sql(
+        &fixtures::demo_database().unwrap(),
         "CREATE VIRTUAL TABLE notes USING fts5(body); INSERT INTO notes VALUES ('hello');
          CREATE TABLE big(n INTEGER); INSERT INTO big VALUES (9007199254740993);",
-    )
-    .unwrap();
-    let image = workers_sqlite_poc::sqlite::export(&mut conn)
-        .unwrap()
-        .to_vec();
+    );
     let worker = LocalWorker::start(&[("v/database.sqlite", &image)]);
     let import = worker.request("POST", "/do/import?user=v");
     assert_eq!(import.status, 200, "{}", import.json);

@@ -7,19 +7,12 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use workers_sqlite_poc::fixtures;
+use workers_sqlite_poc::testing::apply_sql;
 
 use crate::harness::{LocalWorker, row_counts, sha256};
 
 fn noise(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            (x >> 24) as u8
-        })
-        .collect()
+    workers_sqlite_poc::testing::Rng::new(seed).bytes(len)
 }
 
 /// Damaged objects of every kind the issue lists, keyed by user id.
@@ -163,9 +156,10 @@ fn access_control_is_secure_by_default() {
 }
 
 /// Concurrent requests run while another writer keeps adding tables to the same object
-/// (through `wrangler r2 object put`, a separate process on the same local R2). Conditional
-/// puts mean no request ever writes back a copy that predates a writer's change: every table
-/// the writer added is present at the end, and requests answer only 200 or 409.
+/// (through wrangler dev's local explorer API, which writes the running instance's R2 as an
+/// outside writer would). Conditional puts mean no request ever writes back a copy that
+/// predates a writer's change: every table the writer added is present at the end, and
+/// requests answer only 200 or 409.
 #[test]
 fn concurrent_writer_changes_are_never_lost() {
     let demo = fixtures::demo_database().unwrap();
@@ -187,16 +181,12 @@ fn concurrent_writer_changes_are_never_lost() {
             });
         }
         for round in 0..rounds {
-            let current = worker.object("shared/database.sqlite").unwrap();
-            let body: std::rc::Rc<[u8]> = current.into();
-            let mut conn = workers_sqlite_poc::sqlite::load(&body).unwrap().conn;
-            conn.execute_batch(&format!(
-                "CREATE TABLE writer_{round}(x); INSERT INTO writer_{round} VALUES ({round});"
-            ))
-            .unwrap();
-            let next = workers_sqlite_poc::sqlite::export(&mut conn)
-                .unwrap()
-                .to_vec();
+            let next = apply_sql(
+                &worker.object("shared/database.sqlite").unwrap(),
+                &format!(
+                    "CREATE TABLE writer_{round}(x); INSERT INTO writer_{round} VALUES ({round});"
+                ),
+            );
             worker.put_object("shared/database.sqlite", &next);
         }
         // Let the clients run over the last write too.
@@ -256,7 +246,8 @@ fn bounded_mixed_load() {
             std::thread::spawn(move || {
                 for i in (t..total).step_by(concurrency) {
                     let (kind, path) = match i % 4 {
-                        0 => ("valid", format!("/?user=valid{}", i % 4 + (i / 4) % 4)),
+                        // Every fourth request, cycling through the four valid users.
+                        0 => ("valid", format!("/?user=valid{}", (i / 4) % 4)),
                         1 => ("missing", format!("/?user=new-{i}")),
                         2 => (
                             "corrupt",

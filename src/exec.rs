@@ -1,0 +1,727 @@
+//! The one executor: runs the client's statements on an open database with the guard rails
+//! on, for every protocol (`POST /query`'s D1-shaped JSON and the libSQL Hrana pipeline are
+//! thin encoders around it).
+//!
+//! Guard rails, enforced here once:
+//! - an authorizer refuses what would escape the user's database or change how it is stored
+//!   (ATTACH/DETACH, `VACUUM INTO`, `PRAGMA writable_schema`, journal-mode and locking-mode
+//!   changes, `PRAGMA schema_version` writes, `load_extension`), and transaction control where
+//!   the executor owns the transaction;
+//! - a progress handler interrupts a statement past its budget of SQLite virtual-machine steps
+//!   (a CPU budget that works on deployed Workers, whose clock stands still during computation);
+//! - the result size is counted while rows are read, across the whole request.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use rusqlite::hooks::{AuthAction, AuthContext, Authorization};
+use rusqlite::types::Value;
+use rusqlite::{Connection, ErrorCode};
+use serde::Serialize;
+
+use crate::error::{Corruption, Error};
+
+/// How often (in VM steps) the progress handler runs; the budget is counted in these units.
+const PROGRESS_EVERY_STEPS: u64 = 10_000;
+/// Bytes counted per value beyond its payload (type tag, separators), for the result cap.
+const VALUE_OVERHEAD_BYTES: u64 = 8;
+
+/// One statement of a request, with its parameters.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Statement {
+    /// The SQL text: exactly one statement.
+    pub sql: String,
+    /// Positional parameters (`?`, `?NNN`), in order.
+    pub args: Vec<Value>,
+    /// Named parameters (`:name`, `@name`, `$name`); the prefix may be left out.
+    pub named_args: Vec<(String, Value)>,
+}
+
+impl Statement {
+    /// A statement without parameters.
+    #[must_use]
+    pub fn new(sql: impl Into<String>) -> Self {
+        Self {
+            sql: sql.into(),
+            args: Vec::new(),
+            named_args: Vec::new(),
+        }
+    }
+}
+
+/// What one statement returned.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct StatementResult {
+    /// Column names, in order.
+    pub columns: Vec<String>,
+    /// Rows, each with one value per column.
+    #[serde(serialize_with = "crate::encoding::serialize_rows")]
+    pub rows: Vec<Vec<Value>>,
+    /// Rows inserted, updated or deleted by this statement (not counting triggers).
+    pub changes: u64,
+    /// The connection's last inserted rowid after this statement.
+    #[serde(serialize_with = "crate::encoding::serialize_integer")]
+    pub last_insert_rowid: i64,
+}
+
+/// The guard-rail limits of one request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Most statements in one request.
+    pub max_statements: usize,
+    /// Largest total result, in bytes of payload (text and blob bytes, 8 per number).
+    pub max_result_bytes: u64,
+    /// Most SQLite virtual-machine steps one statement may take.
+    pub max_steps: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_statements: crate::config::DEFAULT_MAX_STATEMENTS,
+            max_result_bytes: crate::config::DEFAULT_MAX_RESULT_BYTES,
+            max_steps: crate::config::DEFAULT_QUERY_MAX_STEPS,
+        }
+    }
+}
+
+/// Who owns transaction control while statements run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transactions {
+    /// The executor wraps the whole request in one transaction; the client may not begin,
+    /// commit or roll back (savepoints are fine).
+    Executor,
+    /// The client sends BEGIN/COMMIT itself (the libSQL protocol).
+    Client,
+}
+
+#[derive(Debug, Default)]
+struct GuardState {
+    refusal: Mutex<Option<String>>,
+    ticks: AtomicU64,
+    over_budget: AtomicBool,
+    /// Set while a plain `VACUUM` runs: it attaches a temporary database internally.
+    vacuum: AtomicBool,
+    client_transactions: AtomicBool,
+}
+
+/// An open database with the guard rails installed; dropping it removes them, so a cached
+/// connection serves the next request clean.
+pub struct Executor<'c> {
+    conn: &'c mut Connection,
+    limits: Limits,
+    state: Arc<GuardState>,
+    result_bytes: u64,
+}
+
+impl std::fmt::Debug for Executor<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Executor")
+            .field("limits", &self.limits)
+            .field("result_bytes", &self.result_bytes)
+            .finish_non_exhaustive()
+    }
+}
+
+fn refusal(action: &AuthAction<'_>) -> Option<String> {
+    const LOCKED_PRAGMAS: &[&str] = &[
+        "writable_schema",
+        "journal_mode",
+        "locking_mode",
+        "schema_version",
+    ];
+    match action {
+        AuthAction::Attach { .. } => Some(
+            "ATTACH would reach outside this user's database (and VACUUM INTO writes a copy elsewhere)"
+                .into(),
+        ),
+        AuthAction::Detach { .. } => Some("DETACH is not allowed".into()),
+        AuthAction::Pragma {
+            pragma_name,
+            pragma_value: Some(_),
+        } if LOCKED_PRAGMAS
+            .iter()
+            .any(|p| p.eq_ignore_ascii_case(pragma_name)) =>
+        {
+            Some(format!(
+                "PRAGMA {pragma_name} would change how the database is stored"
+            ))
+        }
+        AuthAction::Function { function_name } if function_name.eq_ignore_ascii_case("load_extension") => {
+            Some("loading extensions is not allowed".into())
+        }
+        _ => None,
+    }
+}
+
+/// The first keyword of `sql` and whether the statement contains `INTO` (for VACUUM INTO).
+fn vacuum_kind(sql: &str) -> Option<bool> {
+    let mut words = sql
+        .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+        .filter(|w| !w.is_empty());
+    let first = words.next()?;
+    first
+        .eq_ignore_ascii_case("vacuum")
+        .then(|| words.any(|w| w.eq_ignore_ascii_case("into")))
+}
+
+impl<'c> Executor<'c> {
+    /// Installs the guard rails on `conn`.
+    pub fn new(
+        conn: &'c mut Connection,
+        limits: Limits,
+        transactions: Transactions,
+    ) -> Result<Self, Error> {
+        let state = Arc::new(GuardState::default());
+        state
+            .client_transactions
+            .store(transactions == Transactions::Client, Ordering::Relaxed);
+        let auth_state = Arc::clone(&state);
+        conn.authorizer(Some(move |ctx: AuthContext<'_>| {
+            if matches!(ctx.action, AuthAction::Attach { filename: "" })
+                && auth_state.vacuum.load(Ordering::Relaxed)
+            {
+                return Authorization::Allow;
+            }
+            let reason = match ctx.action {
+                AuthAction::Transaction { .. }
+                    if !auth_state.client_transactions.load(Ordering::Relaxed) =>
+                {
+                    Some(
+                        "BEGIN, COMMIT and ROLLBACK are not allowed: the whole request already \
+                         runs as one transaction (SAVEPOINT works)"
+                            .into(),
+                    )
+                }
+                ref action => refusal(action),
+            };
+            match reason {
+                Some(reason) => {
+                    if let Ok(mut slot) = auth_state.refusal.lock() {
+                        slot.get_or_insert(reason);
+                    }
+                    Authorization::Deny
+                }
+                None => Authorization::Allow,
+            }
+        }))?;
+        let progress_state = Arc::clone(&state);
+        let max_ticks = limits.max_steps / PROGRESS_EVERY_STEPS;
+        conn.progress_handler(
+            i32::try_from(PROGRESS_EVERY_STEPS).unwrap_or(i32::MAX),
+            Some(move || {
+                let ticks = progress_state.ticks.fetch_add(1, Ordering::Relaxed) + 1;
+                let over = ticks > max_ticks;
+                if over {
+                    progress_state.over_budget.store(true, Ordering::Relaxed);
+                }
+                over
+            }),
+        )?;
+        Ok(Self {
+            conn,
+            limits,
+            state,
+            result_bytes: 0,
+        })
+    }
+
+    /// The connection, for work outside the guard rails' accounting (BEGIN/COMMIT of the
+    /// executor's own transaction, listing tables).
+    pub fn conn(&mut self) -> &mut Connection {
+        self.conn
+    }
+
+    /// Runs the executor's own SQL (its transaction control), bypassing the client rules.
+    pub fn run_own(&mut self, sql: &str) -> Result<(), Error> {
+        let client = self.state.client_transactions.swap(true, Ordering::Relaxed);
+        let result = self.conn.execute_batch(sql);
+        self.state
+            .client_transactions
+            .store(client, Ordering::Relaxed);
+        Ok(result?)
+    }
+
+    fn begin_statement(&self, sql: &str) {
+        self.state.ticks.store(0, Ordering::Relaxed);
+        self.state.over_budget.store(false, Ordering::Relaxed);
+        if let Ok(mut slot) = self.state.refusal.lock() {
+            *slot = None;
+        }
+        self.state
+            .vacuum
+            .store(vacuum_kind(sql) == Some(false), Ordering::Relaxed);
+    }
+
+    /// Maps a failure of statement `index` to what the client should see.
+    fn classify(&self, index: usize, e: &rusqlite::Error) -> Error {
+        if let Some(reason) = self.state.refusal.lock().ok().and_then(|mut r| r.take()) {
+            return Error::StatementNotAllowed {
+                statement: index,
+                reason,
+            };
+        }
+        if self.state.over_budget.load(Ordering::Relaxed) {
+            return Error::CpuBudgetExceeded {
+                statement: index,
+                max_steps: self.limits.max_steps,
+            };
+        }
+        match e.sqlite_error_code() {
+            Some(ErrorCode::DatabaseCorrupt | ErrorCode::NotADatabase) => {
+                Error::CorruptDatabase(Corruption::Contents(e.to_string()))
+            }
+            Some(ErrorCode::OutOfMemory) => Error::Internal {
+                detail: format!("sqlite: {e}"),
+            },
+            _ => Error::SqlError {
+                statement: index,
+                message: sql_message(e),
+                sqlite_code: sqlite_code_name(e),
+            },
+        }
+    }
+
+    /// Runs statement `index` of the request. Returns its rows only if `want_rows`.
+    pub fn execute(
+        &mut self,
+        index: usize,
+        stmt: &Statement,
+        want_rows: bool,
+    ) -> Result<StatementResult, Error> {
+        if vacuum_kind(&stmt.sql) == Some(true) {
+            return Err(Error::StatementNotAllowed {
+                statement: index,
+                reason: "VACUUM INTO writes a copy of the database elsewhere".into(),
+            });
+        }
+        self.begin_statement(&stmt.sql);
+        let total_before = self.conn.total_changes();
+        let result = self.run(index, stmt, want_rows);
+        let mut result = match result {
+            Ok(r) => r,
+            Err(Failure::Sqlite(e)) => return Err(self.classify(index, &e)),
+            Err(Failure::Request(e)) => return Err(e),
+        };
+        // `changes()` is stale after statements that change nothing (DDL, SELECT).
+        if self.conn.total_changes() == total_before {
+            result.changes = 0;
+        }
+        Ok(result)
+    }
+
+    fn run(
+        &mut self,
+        index: usize,
+        stmt: &Statement,
+        want_rows: bool,
+    ) -> Result<StatementResult, Failure> {
+        let conn: &Connection = &*self.conn;
+        let max_bytes = self.limits.max_result_bytes;
+        let used = &mut self.result_bytes;
+        let mut prepared = conn.prepare(&stmt.sql)?;
+        bind(&mut prepared, index, stmt).map_err(Failure::Request)?;
+        let columns: Vec<String> = prepared.column_names().map(str::to_owned).collect();
+        let ncols = columns.len();
+        let mut rows_out = Vec::new();
+        {
+            let mut rows = prepared.raw_query();
+            while let Some(row) = rows.next()? {
+                if !want_rows {
+                    continue;
+                }
+                let mut out = Vec::with_capacity(ncols);
+                for i in 0..ncols {
+                    let value = row.get::<_, Value>(i)?;
+                    // Charged as read, so a huge result stops early instead of filling memory.
+                    charge(used, max_bytes, &value).map_err(Failure::Request)?;
+                    out.push(value);
+                }
+                rows_out.push(out);
+            }
+        }
+        Ok(StatementResult {
+            columns,
+            rows: rows_out,
+            changes: conn.changes(),
+            last_insert_rowid: conn.last_insert_rowid(),
+        })
+    }
+
+    /// Runs a string of several statements without results (the libSQL `sequence`).
+    pub fn execute_sequence(&mut self, index: usize, sql: &str) -> Result<(), Error> {
+        if vacuum_kind(sql) == Some(true) {
+            return Err(Error::StatementNotAllowed {
+                statement: index,
+                reason: "VACUUM INTO writes a copy of the database elsewhere".into(),
+            });
+        }
+        self.begin_statement(sql);
+        self.conn
+            .execute_batch(sql)
+            .map_err(|e| self.classify(index, &e))
+    }
+
+    /// Whether no transaction is open.
+    #[must_use]
+    pub fn is_autocommit(&self) -> bool {
+        self.conn.is_autocommit()
+    }
+
+    /// The guard-rail limits in force.
+    #[must_use]
+    pub fn limits(&self) -> Limits {
+        self.limits
+    }
+}
+
+impl Drop for Executor<'_> {
+    fn drop(&mut self) {
+        // Removing hooks cannot fail in practice; a cached connection keeps them otherwise,
+        // which would only make later requests stricter.
+        let _ = self
+            .conn
+            .authorizer(None::<fn(AuthContext<'_>) -> Authorization>);
+        let _ = self.conn.progress_handler(0, None::<fn() -> bool>);
+    }
+}
+
+enum Failure {
+    Sqlite(rusqlite::Error),
+    Request(Error),
+}
+
+impl From<rusqlite::Error> for Failure {
+    fn from(e: rusqlite::Error) -> Self {
+        Self::Sqlite(e)
+    }
+}
+
+/// Adds `value` to the request's result size; refuses past `max_bytes`.
+fn charge(used: &mut u64, max_bytes: u64, value: &Value) -> Result<(), Error> {
+    *used += VALUE_OVERHEAD_BYTES
+        + match value {
+            Value::Text(s) => s.len() as u64,
+            Value::Blob(b) => b.len() as u64,
+            _ => 0,
+        };
+    if *used > max_bytes {
+        return Err(Error::ResultTooLarge { max_bytes });
+    }
+    Ok(())
+}
+
+/// The name of SQLite's primary result code, as the libSQL protocol reports it.
+#[must_use]
+pub fn sqlite_code_name(e: &rusqlite::Error) -> Option<&'static str> {
+    const NAMES: [&str; 27] = [
+        "SQLITE_OK",
+        "SQLITE_ERROR",
+        "SQLITE_INTERNAL",
+        "SQLITE_PERM",
+        "SQLITE_ABORT",
+        "SQLITE_BUSY",
+        "SQLITE_LOCKED",
+        "SQLITE_NOMEM",
+        "SQLITE_READONLY",
+        "SQLITE_INTERRUPT",
+        "SQLITE_IOERR",
+        "SQLITE_CORRUPT",
+        "SQLITE_NOTFOUND",
+        "SQLITE_FULL",
+        "SQLITE_CANTOPEN",
+        "SQLITE_PROTOCOL",
+        "SQLITE_EMPTY",
+        "SQLITE_SCHEMA",
+        "SQLITE_TOOBIG",
+        "SQLITE_CONSTRAINT",
+        "SQLITE_MISMATCH",
+        "SQLITE_MISUSE",
+        "SQLITE_NOLFS",
+        "SQLITE_AUTH",
+        "SQLITE_FORMAT",
+        "SQLITE_RANGE",
+        "SQLITE_NOTADB",
+    ];
+    let error = match e {
+        rusqlite::Error::SqlInputError { error, .. } => error,
+        other => other.sqlite_error()?,
+    };
+    let code = error.extended_code & 0xff;
+    NAMES.get(usize::try_from(code).ok()?).copied()
+}
+
+/// SQLite's own message, without rusqlite's wrapping where it adds nothing.
+fn sql_message(e: &rusqlite::Error) -> String {
+    match e {
+        rusqlite::Error::SqliteFailure(_, Some(msg))
+        | rusqlite::Error::SqlInputError { msg, .. } => msg.clone(),
+        rusqlite::Error::MultipleStatement => {
+            "the SQL holds more than one statement; send each as its own entry".into()
+        }
+        other => other.to_string(),
+    }
+}
+
+fn bind(
+    prepared: &mut rusqlite::Statement<'_>,
+    index: usize,
+    stmt: &Statement,
+) -> Result<(), Error> {
+    let expected = prepared.parameter_count();
+    let bad = |message: String| Error::SqlError {
+        statement: index,
+        message,
+        sqlite_code: Some("SQLITE_RANGE"),
+    };
+    if stmt.args.len() > expected {
+        return Err(bad(format!(
+            "{} positional parameters given, the statement has {expected}",
+            stmt.args.len()
+        )));
+    }
+    for (i, value) in stmt.args.iter().enumerate() {
+        prepared
+            .raw_bind_parameter(i + 1, value)
+            .map_err(|e| bad(sql_message(&e)))?;
+    }
+    for (name, value) in &stmt.named_args {
+        let found = if name.starts_with([':', '@', '$']) {
+            prepared.parameter_index(name)
+        } else {
+            [":", "@", "$"]
+                .iter()
+                .map(|p| prepared.parameter_index(&format!("{p}{name}")))
+                .find(|r| !matches!(r, Ok(None)))
+                .unwrap_or(Ok(None))
+        }
+        .map_err(|e| bad(sql_message(&e)))?;
+        let Some(i) = found else {
+            return Err(bad(format!(
+                "the statement has no parameter named {name:?}"
+            )));
+        };
+        prepared
+            .raw_bind_parameter(i, value)
+            .map_err(|e| bad(sql_message(&e)))?;
+    }
+    Ok(())
+}
+
+/// Runs `statements` as one transaction: all of them or none. The first failing statement
+/// rolls everything back and is the error.
+pub fn run_transaction(
+    exec: &mut Executor<'_>,
+    statements: &[Statement],
+) -> Result<Vec<StatementResult>, Error> {
+    if statements.len() > exec.limits().max_statements {
+        return Err(Error::TooManyStatements {
+            count: statements.len(),
+            max: exec.limits().max_statements,
+        });
+    }
+    exec.run_own("BEGIN IMMEDIATE")?;
+    let mut results = Vec::with_capacity(statements.len());
+    for (i, stmt) in statements.iter().enumerate() {
+        match exec.execute(i, stmt, true) {
+            Ok(r) => results.push(r),
+            Err(e) => {
+                // Rolling back a transaction SQLite already ended (it does on some errors)
+                // fails harmlessly.
+                if !exec.is_autocommit() {
+                    exec.run_own("ROLLBACK")?;
+                }
+                return Err(e);
+            }
+        }
+    }
+    exec.run_own("COMMIT")?;
+    Ok(results)
+}
+
+#[cfg(test)]
+mod tests {
+    #[cfg(all(target_family = "wasm", target_os = "unknown"))]
+    use wasm_bindgen_test::wasm_bindgen_test as test;
+
+    use super::*;
+    use crate::sqlite;
+
+    fn db() -> Connection {
+        let conn = sqlite::create().unwrap();
+        conn.execute_batch("CREATE TABLE t(id INTEGER PRIMARY KEY, v)")
+            .unwrap();
+        conn
+    }
+
+    fn stmt(sql: &str, args: Vec<Value>) -> Statement {
+        Statement {
+            sql: sql.into(),
+            args,
+            named_args: vec![],
+        }
+    }
+
+    fn run(conn: &mut Connection, statements: &[Statement]) -> Result<Vec<StatementResult>, Error> {
+        let mut exec = Executor::new(conn, Limits::default(), Transactions::Executor)?;
+        run_transaction(&mut exec, statements)
+    }
+
+    fn count(conn: &Connection) -> i64 {
+        conn.query_row("SELECT count(*) FROM t", [], |r| r.get(0))
+            .unwrap()
+    }
+
+    /// Every SQLite value type goes in through parameters and comes back out unchanged.
+    #[test]
+    fn values_round_trip() {
+        let mut conn = db();
+        let values = vec![
+            Value::Null,
+            Value::Integer(i64::MAX),
+            Value::Integer(-9_007_199_254_740_993),
+            Value::Real(0.1),
+            Value::Real(3.0),
+            Value::Text("héllo \u{0} world".into()),
+            Value::Blob(vec![0, 255, 1, 2]),
+        ];
+        let inserts: Vec<Statement> = values
+            .iter()
+            .map(|v| stmt("INSERT INTO t(v) VALUES (?)", vec![v.clone()]))
+            .collect();
+        let results = run(&mut conn, &inserts).unwrap();
+        assert_eq!(results[0].changes, 1);
+        assert_eq!(results[6].last_insert_rowid, 7);
+        let out = run(&mut conn, &[stmt("SELECT v FROM t ORDER BY id", vec![])]).unwrap();
+        assert_eq!(out[0].columns, ["v"]);
+        let got: Vec<Value> = out[0].rows.iter().map(|r| r[0].clone()).collect();
+        assert_eq!(got, values);
+    }
+
+    /// Named parameters bind with or without their prefix; a wrong name is the client's error.
+    #[test]
+    fn named_parameters() {
+        let mut conn = db();
+        let s = Statement {
+            sql: "INSERT INTO t(id, v) VALUES (:id, @v)".into(),
+            args: vec![],
+            named_args: vec![
+                ("id".into(), Value::Integer(5)),
+                ("@v".into(), Value::Text("x".into())),
+            ],
+        };
+        run(&mut conn, &[s]).unwrap();
+        let bad = Statement {
+            sql: "SELECT :a".into(),
+            args: vec![],
+            named_args: vec![("b".into(), Value::Null)],
+        };
+        let err = run(&mut conn, &[bad]).unwrap_err();
+        assert_eq!(err.code(), "sql_error");
+    }
+
+    /// A failing statement rolls back the whole request, and is named by its index.
+    #[test]
+    fn all_or_nothing() {
+        let mut conn = db();
+        let err = run(
+            &mut conn,
+            &[
+                stmt("INSERT INTO t(v) VALUES (1)", vec![]),
+                stmt("INSERT INTO t(v) VALUES (2)", vec![]),
+                stmt("INSERT INTO nope VALUES (3)", vec![]),
+            ],
+        )
+        .unwrap_err();
+        assert!(
+            matches!(err, Error::SqlError { statement: 2, .. }),
+            "{err:?}"
+        );
+        assert!(err.to_string().contains("no such table"), "{err}");
+        assert_eq!(count(&conn), 0);
+        assert!(conn.is_autocommit());
+    }
+
+    /// Each guard rail refuses with its own code, and nothing of the request survives.
+    #[test]
+    fn guard_rails_refuse() {
+        let cases = [
+            ("ATTACH 'other.db' AS o", "statement_not_allowed"),
+            ("DETACH main", "statement_not_allowed"),
+            ("VACUUM INTO 'copy.db'", "statement_not_allowed"),
+            ("PRAGMA writable_schema = ON", "statement_not_allowed"),
+            ("PRAGMA journal_mode = WAL", "statement_not_allowed"),
+            ("PRAGMA schema_version = 99", "statement_not_allowed"),
+            ("SELECT load_extension('x')", "statement_not_allowed"),
+            ("COMMIT", "statement_not_allowed"),
+            ("BEGIN", "statement_not_allowed"),
+            (
+                "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c) SELECT count(*) FROM c",
+                "cpu_budget_exceeded",
+            ),
+        ];
+        for (sql, code) in cases {
+            let mut conn = db();
+            let err = run(
+                &mut conn,
+                &[
+                    stmt("INSERT INTO t(v) VALUES (1)", vec![]),
+                    stmt(sql, vec![]),
+                ],
+            )
+            .unwrap_err();
+            // The Worker's SQLite is built without extension loading: there the function does
+            // not exist at all, which refuses it just as well.
+            let code = if cfg!(target_family = "wasm") && sql.contains("load_extension") {
+                "sql_error"
+            } else {
+                code
+            };
+            assert_eq!(err.code(), code, "{sql}: {err}");
+            assert!(err.status() >= 400 && err.status() < 500, "{sql}");
+            assert_eq!(count(&conn), 0, "{sql}");
+        }
+        // Reading what is refused to write, plain VACUUM and savepoints are fine.
+        let mut conn = db();
+        run(
+            &mut conn,
+            &[
+                stmt("PRAGMA journal_mode", vec![]),
+                stmt("SAVEPOINT s", vec![]),
+                stmt("INSERT INTO t(v) VALUES (1)", vec![]),
+                stmt("RELEASE s", vec![]),
+            ],
+        )
+        .unwrap();
+        run(&mut conn, &[stmt("VACUUM", vec![])]).unwrap_err(); // VACUUM cannot run inside a transaction
+        let mut exec = Executor::new(&mut conn, Limits::default(), Transactions::Client).unwrap();
+        exec.execute(0, &stmt("VACUUM", vec![]), false).unwrap();
+        drop(exec);
+        assert_eq!(count(&conn), 1);
+    }
+
+    /// The statement and result caps are request errors with their own codes.
+    #[test]
+    fn caps() {
+        let mut conn = db();
+        let limits = Limits {
+            max_statements: 2,
+            max_result_bytes: 1000,
+            max_steps: 1_000_000,
+        };
+        let mut exec = Executor::new(&mut conn, limits, Transactions::Executor).unwrap();
+        let three = vec![stmt("SELECT 1", vec![]); 3];
+        assert_eq!(
+            run_transaction(&mut exec, &three).unwrap_err().code(),
+            "too_many_statements"
+        );
+        let big = stmt("SELECT zeroblob(2000)", vec![]);
+        assert_eq!(
+            run_transaction(&mut exec, &[big]).unwrap_err().code(),
+            "result_too_large"
+        );
+        drop(exec);
+        // Hooks are removed afterwards: the connection is unrestricted for the worker itself.
+        conn.execute_batch("PRAGMA journal_mode = MEMORY").unwrap();
+    }
+}

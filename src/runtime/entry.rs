@@ -1,0 +1,280 @@
+//! The worker's `fetch` entry point: authenticate, route, hand the request to the core, and
+//! print what the core decided to log. Every outcome is a JSON response.
+
+use std::cell::OnceCell;
+
+use wasm_bindgen::JsCast;
+use worker::{
+    Context as WorkerContext, Env, Method, Request, RequestInit, Response, Result, event,
+};
+
+use super::http::{
+    ErrorShape, body, error_response, internal, json_response, load_config, user_of,
+};
+use super::js_clock::{self, JsClock};
+use super::r2::R2Store;
+use crate::alerts::{self, Level};
+use crate::auth::{self, Identity};
+use crate::cache::DbCache;
+use crate::clock::Clock;
+use crate::config::Config;
+use crate::error::Error;
+use crate::pipeline::{self, Context, ListTables};
+use crate::report::{DurableTables, MemoryInfo, Report};
+use crate::request::{self, Route, SaveMode, UserId, durable_paths};
+use crate::trend::Trends;
+use crate::work::{Pipeline, Transaction};
+use crate::{encoding, hrana, testing};
+
+/// Name of the Durable Object binding in wrangler.toml.
+const DO_BINDING: &str = "USER_DB";
+
+thread_local! {
+    /// Recent sync times per user in this isolate.
+    static TRENDS: Trends = Trends::new();
+    /// The isolate's version cache, sized by the first request's config (vars are fixed for
+    /// an isolate's lifetime).
+    static CACHE: OnceCell<&'static DbCache> = const { OnceCell::new() };
+}
+
+/// The isolate's cache, or `None` when `CACHE_MAX_BYTES` is 0.
+fn isolate_cache(max_bytes: u64) -> Option<&'static DbCache> {
+    if max_bytes == 0 {
+        return None;
+    }
+    // Leaked once per isolate: it lives exactly as long as the isolate does.
+    Some(CACHE.with(|c| *c.get_or_init(|| Box::leak(Box::new(DbCache::new(max_bytes))))))
+}
+
+/// The Worker's entry point.
+#[event(fetch)]
+async fn fetch(req: Request, env: Env, _ctx: WorkerContext) -> Result<Response> {
+    console_error_panic_hook::set_once();
+    js_clock::calibrate_once();
+    let shape = if req.path().starts_with("/db/") {
+        ErrorShape::Hrana
+    } else {
+        ErrorShape::Plain
+    };
+    match handle(req, &env).await {
+        Ok(response) => Ok(response),
+        Err(error) => error_response(&error, shape),
+    }
+}
+
+async fn handle(mut req: Request, env: &Env) -> std::result::Result<Response, Error> {
+    // The route first: an unknown path is a 404 without credentials (the libSQL client probes
+    // for a protobuf endpoint without sending its token, and must get a 404).
+    let method = req.method().to_string();
+    let route = request::route(&method, &req.path())?;
+    let config = load_config(env)?;
+    let authorization = req.headers().get("Authorization").map_err(internal)?;
+    let identity =
+        auth::authenticate(&config, authorization.as_deref(), JsClock.epoch_ms() / 1000)?;
+    let user = match &route {
+        Route::HranaPipeline { user } => Some(UserId::parse(Some(user))?),
+        Route::HranaVersion | Route::SelfTest => None,
+        _ => Some(user_of(&req)?),
+    };
+    if let Some(user) = &user {
+        identity.may_open(user)?;
+    }
+    match (route, user) {
+        (Route::Sync, Some(user)) => handle_sync(&req, env, &config, &user).await,
+        (Route::Query, Some(user)) => handle_query(&mut req, env, &config, &user).await,
+        (Route::HranaPipeline { .. }, Some(user)) => {
+            handle_pipeline(&mut req, env, &config, &user).await
+        }
+        (Route::HranaVersion, _) => json_response(&serde_json::json!({"protocol": "hrana"}), 200),
+        (Route::DoImport, Some(user)) => forward_import(env, &user).await,
+        (Route::DoTables, Some(user)) => handle_do_tables(env, &config, &user).await,
+        (Route::SelfTest, _) => handle_self_test(env, &config, &identity).await,
+        (route, None) => Err(Error::Internal {
+            detail: format!("route {route:?} reached without a user"),
+        }),
+    }
+}
+
+fn context<'a>(store: &'a R2Store, config: &Config) -> Context<'a, R2Store, JsClock> {
+    Context {
+        thresholds: config.thresholds,
+        max_db_bytes: config.max_db_bytes,
+        cache: isolate_cache(config.cache_max_bytes),
+        nonce: js_clock::nonce(),
+        ..Context::new(store, &JsClock)
+    }
+}
+
+/// Adds what only the runtime knows (memory, this isolate's trend) and prints the log lines
+/// the delay bands call for.
+fn finish(mut report: Report, user: &UserId, config: &Config) -> Report {
+    report.memory = Some(MemoryInfo {
+        wasm_memory_bytes: wasm_memory_bytes(),
+    });
+    report.trend = Some(TRENDS.with(|t| {
+        t.record(
+            user.as_str(),
+            report.sync_ms(),
+            &config.thresholds,
+            &config.trend,
+        )
+    }));
+    for (level, line) in alerts::log_lines(user.as_str(), &report) {
+        match level {
+            Level::Warning => worker::console_warn!("{line}"),
+            Level::Critical => worker::console_error!("{line}"),
+        }
+    }
+    report
+}
+
+/// `GET /?user=ID`: the spec's request.
+async fn handle_sync(
+    req: &Request,
+    env: &Env,
+    config: &Config,
+    user: &UserId,
+) -> std::result::Result<Response, Error> {
+    let save = SaveMode::parse(super::http::query_param(req, "save")?.as_deref())?;
+    let store = R2Store::from_env(env)?;
+    let (report, ()) =
+        pipeline::serve(&context(&store, config), user, save, &mut ListTables).await?;
+    json_response(&finish(report, user, config), 200)
+}
+
+/// `POST /query?user=ID`: the body's statements as one transaction, saved if they changed
+/// the database.
+async fn handle_query(
+    req: &mut Request,
+    env: &Env,
+    config: &Config,
+    user: &UserId,
+) -> std::result::Result<Response, Error> {
+    let bytes = body(req, config.max_request_bytes).await?;
+    let statements = encoding::parse_query_body(&bytes)?;
+    if statements.len() > config.limits.max_statements {
+        return Err(Error::TooManyStatements {
+            count: statements.len(),
+            max: config.limits.max_statements,
+        });
+    }
+    let store = R2Store::from_env(env)?;
+    let mut work = Transaction {
+        statements,
+        limits: config.limits,
+    };
+    let (mut report, results) =
+        pipeline::serve(&context(&store, config), user, SaveMode::Auto, &mut work).await?;
+    report.results = Some(results);
+    json_response(&finish(report, user, config), 200)
+}
+
+/// `POST /db/<user>/v2/pipeline`: the libSQL protocol. The delay report rides along as an
+/// extra top-level field, which clients ignore.
+async fn handle_pipeline(
+    req: &mut Request,
+    env: &Env,
+    config: &Config,
+    user: &UserId,
+) -> std::result::Result<Response, Error> {
+    let bytes = body(req, config.max_request_bytes).await?;
+    let requests = hrana::parse(&bytes, config.limits.max_statements)?;
+    let store = R2Store::from_env(env)?;
+    let mut work = Pipeline {
+        requests,
+        limits: config.limits,
+    };
+    let (report, results) =
+        pipeline::serve(&context(&store, config), user, SaveMode::Auto, &mut work).await?;
+    json_response(
+        &serde_json::json!({
+            "baton": null,
+            "base_url": null,
+            "results": results,
+            "report": finish(report, user, config),
+        }),
+        200,
+    )
+}
+
+fn stub_for(env: &Env, user: &UserId) -> std::result::Result<worker::Stub, Error> {
+    let namespace = env.durable_object(DO_BINDING).map_err(internal)?;
+    namespace
+        .id_from_name(user.as_str())
+        .and_then(|id| id.get_stub())
+        .map_err(internal)
+}
+
+fn durable_url(path: &str, user: &UserId) -> String {
+    format!("https://user-db{path}?user={}", user.as_str())
+}
+
+/// `POST /do/import?user=ID`: forwards to the user's Durable Object and returns its report.
+async fn forward_import(env: &Env, user: &UserId) -> std::result::Result<Response, Error> {
+    let mut init = RequestInit::new();
+    init.with_method(Method::Post);
+    let inner = Request::new_with_init(&durable_url(durable_paths::IMPORT, user), &init)
+        .map_err(internal)?;
+    stub_for(env, user)?
+        .fetch_with_request(inner)
+        .await
+        .map_err(internal)
+}
+
+/// `GET /do?user=ID`: the table list from the user's Durable Object, in the R2 route's report
+/// model. Errors from the object (404 for a user never imported) pass through as they are.
+async fn handle_do_tables(
+    env: &Env,
+    config: &Config,
+    user: &UserId,
+) -> std::result::Result<Response, Error> {
+    let clock = JsClock;
+    let start = clock.now_ms();
+    let mut response = stub_for(env, user)?
+        .fetch_with_str(&durable_url(durable_paths::TABLES, user))
+        .await
+        .map_err(internal)?;
+    if response.status_code() != 200 {
+        return Ok(response);
+    }
+    let inner: DurableTables = response.json().await.map_err(internal)?;
+    let round_trip_ms = clock.now_ms() - start;
+    let mut report = Report::durable_object(&clock, &config.thresholds, round_trip_ms, inner);
+    report.user_warning = alerts::user_warning(&report);
+    json_response(&finish(report, user, config), 200)
+}
+
+/// `POST /__self-test/store`: the object-store contract, run against the real R2 binding.
+/// Off unless `SELF_TEST=true`; admin (or anonymous, locally) only.
+async fn handle_self_test(
+    env: &Env,
+    config: &Config,
+    identity: &Identity,
+) -> std::result::Result<Response, Error> {
+    if !config.self_test {
+        return Err(Error::NotFound {
+            path: "/__self-test/store".into(),
+        });
+    }
+    if let Identity::User(user) = identity {
+        return Err(Error::Forbidden {
+            reason: format!("the self-test needs the admin token, not user {user}'s"),
+        });
+    }
+    let store = R2Store::from_env(env)?;
+    let prefix = format!("__self-test/{:016x}", js_clock::nonce());
+    let result = testing::store_contract(&store, &prefix).await;
+    json_response(
+        &serde_json::json!({"success": result.is_ok(), "backend": "r2", "error": result.err()}),
+        200,
+    )
+}
+
+/// Current size of this instance's wasm linear memory.
+fn wasm_memory_bytes() -> u64 {
+    wasm_bindgen::memory()
+        .dyn_into::<js_sys::WebAssembly::Memory>()
+        .ok()
+        .and_then(|m| m.buffer().dyn_into::<js_sys::ArrayBuffer>().ok())
+        .map_or(0, |b| u64::from(b.byte_length()))
+}

@@ -1,0 +1,667 @@
+//! Shared test support: a seeded generator, a stepping clock, stores that race or fail on
+//! purpose, and helpers that read databases back. Used by the unit tests (host and wasm32),
+//! `tests/`, `benches/` and the worker's store self-test; none of it serves real requests.
+
+use std::cell::{Cell, RefCell};
+use std::collections::VecDeque;
+use std::rc::Rc;
+
+use rusqlite::Connection;
+use rusqlite::types::Value;
+
+use crate::clock::Clock;
+use crate::error::Error;
+use crate::import::SqlTarget;
+use crate::sqlite;
+use crate::store::{
+    Body, Fetched, MemoryStore, ObjectHead, ObjectStore, PutCondition, PutOutcome, StoreError,
+    StoreErrorKind,
+};
+
+/// SplitMix64: small, deterministic and good enough for tests and fixtures; a failing case is
+/// reproduced from its seed.
+#[derive(Debug, Clone)]
+pub struct Rng(u64);
+
+impl Rng {
+    /// A generator for `seed`.
+    #[must_use]
+    pub fn new(seed: u64) -> Self {
+        Self(seed)
+    }
+
+    /// The next 64 random bits.
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    /// A number in `0..n` (`n` > 0).
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next_u64() % n
+    }
+
+    /// An index in `0..n` (`n` > 0).
+    pub fn index(&mut self, n: usize) -> usize {
+        self.below(n as u64) as usize
+    }
+
+    /// `len` random bytes.
+    pub fn bytes(&mut self, len: usize) -> Vec<u8> {
+        (0..len).map(|_| (self.next_u64() >> 24) as u8).collect()
+    }
+}
+
+/// A test clock: every reading is `step_ms` after the previous one; `sleep` advances it.
+/// Step 0 with `advances: false` is a deployed Worker's frozen clock; a large step makes every
+/// phase slow.
+#[derive(Debug)]
+pub struct StepClock {
+    now: Cell<f64>,
+    step_ms: f64,
+    advances: bool,
+    slept_ms: Cell<u64>,
+}
+
+impl StepClock {
+    /// A clock that moves `step_ms` per reading and says it advances during computation.
+    #[must_use]
+    pub fn stepping(step_ms: f64) -> Self {
+        Self {
+            now: Cell::new(0.0),
+            step_ms,
+            advances: true,
+            slept_ms: Cell::new(0),
+        }
+    }
+
+    /// A deployed Worker's clock: it never moves during computation.
+    #[must_use]
+    pub fn frozen() -> Self {
+        Self {
+            advances: false,
+            ..Self::stepping(0.0)
+        }
+    }
+
+    /// Every reading 400 ms after the last: every phase is critical.
+    #[must_use]
+    pub fn slow() -> Self {
+        Self::stepping(400.0)
+    }
+
+    /// Total time waited in `sleep`.
+    #[must_use]
+    pub fn slept_ms(&self) -> u64 {
+        self.slept_ms.get()
+    }
+}
+
+impl Clock for StepClock {
+    fn now_ms(&self) -> f64 {
+        self.now.set(self.now.get() + self.step_ms);
+        self.now.get()
+    }
+    fn epoch_ms(&self) -> u64 {
+        1_700_000_000_000 + self.now.get() as u64
+    }
+    fn resolution_ms(&self) -> f64 {
+        1.0
+    }
+    fn source(&self) -> &'static str {
+        "test"
+    }
+    fn advances_during_cpu(&self) -> Option<bool> {
+        Some(self.advances)
+    }
+    async fn sleep(&self, ms: u32) {
+        self.slept_ms.set(self.slept_ms.get() + u64::from(ms));
+        self.now.set(self.now.get() + f64::from(ms));
+    }
+}
+
+/// A store where another writer replaces the object right after each of our first `races`
+/// reads, so every save that follows them meets a changed object.
+#[derive(Debug)]
+pub struct RacingStore {
+    /// The store underneath.
+    pub inner: MemoryStore,
+    rival: Vec<u8>,
+    races_left: Cell<u32>,
+}
+
+impl RacingStore {
+    /// Races `races` times, each time storing `rival` as the other writer's version.
+    #[must_use]
+    pub fn new(inner: MemoryStore, rival: Vec<u8>, races: u32) -> Self {
+        Self {
+            inner,
+            rival,
+            races_left: Cell::new(races),
+        }
+    }
+}
+
+impl ObjectStore for RacingStore {
+    type Body = Rc<[u8]>;
+
+    async fn get(
+        &self,
+        key: &str,
+        max_bytes: u64,
+        if_none_match: Option<&str>,
+    ) -> Result<Fetched<Rc<[u8]>>, StoreError> {
+        let got = self.inner.get(key, max_bytes, if_none_match).await;
+        if self.races_left.get() > 0 {
+            self.races_left.set(self.races_left.get() - 1);
+            self.inner.insert(key, &self.rival, &[]);
+        }
+        got
+    }
+
+    async fn head(&self, key: &str) -> Result<Option<ObjectHead>, StoreError> {
+        self.inner.head(key).await
+    }
+
+    async fn put(
+        &self,
+        key: &str,
+        bytes: &[u8],
+        metadata: &[(&str, String)],
+        condition: &PutCondition,
+    ) -> Result<PutOutcome, StoreError> {
+        self.inner.put(key, bytes, metadata, condition).await
+    }
+}
+
+/// One planned failure of a [`FaultyStore`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fault {
+    /// The call succeeds.
+    None,
+    /// The call fails with 429 (rate limited) before touching the object.
+    RateLimited,
+    /// The call fails with a 5xx before touching the object.
+    Unavailable,
+    /// A `put` stores its bytes, then the answer is lost (5xx); on other calls, as
+    /// `Unavailable`.
+    LostAnswer,
+    /// The call fails permanently (permissions, bad binding).
+    Permanent,
+}
+
+/// A [`MemoryStore`] that fails calls as a plan says: the n-th call of each kind takes the
+/// n-th planned fault of that kind, and calls past the plan succeed.
+#[derive(Debug, Default)]
+pub struct FaultyStore {
+    /// The store underneath.
+    pub inner: MemoryStore,
+    gets: RefCell<VecDeque<Fault>>,
+    heads: RefCell<VecDeque<Fault>>,
+    puts: RefCell<VecDeque<Fault>>,
+}
+
+impl FaultyStore {
+    /// Wraps `inner` with the given plans for `get`, `head` and `put`.
+    #[must_use]
+    pub fn new(inner: MemoryStore, gets: &[Fault], heads: &[Fault], puts: &[Fault]) -> Self {
+        Self {
+            inner,
+            gets: RefCell::new(gets.iter().copied().collect()),
+            heads: RefCell::new(heads.iter().copied().collect()),
+            puts: RefCell::new(puts.iter().copied().collect()),
+        }
+    }
+}
+
+impl FaultyStore {
+    /// Replaces the plans, for the next request.
+    pub fn replan(&self, gets: &[Fault], heads: &[Fault], puts: &[Fault]) {
+        *self.gets.borrow_mut() = gets.iter().copied().collect();
+        *self.heads.borrow_mut() = heads.iter().copied().collect();
+        *self.puts.borrow_mut() = puts.iter().copied().collect();
+    }
+}
+
+fn planned(plan: &RefCell<VecDeque<Fault>>) -> Fault {
+    plan.borrow_mut().pop_front().unwrap_or(Fault::None)
+}
+
+fn fault_error(operation: &'static str, fault: Fault) -> StoreError {
+    let kind = match fault {
+        Fault::RateLimited => StoreErrorKind::RateLimited,
+        Fault::Permanent => StoreErrorKind::Permanent,
+        _ => StoreErrorKind::Transient,
+    };
+    StoreError::new(operation, kind, format!("injected {fault:?}"))
+}
+
+impl ObjectStore for FaultyStore {
+    type Body = Rc<[u8]>;
+
+    async fn get(
+        &self,
+        key: &str,
+        max_bytes: u64,
+        if_none_match: Option<&str>,
+    ) -> Result<Fetched<Rc<[u8]>>, StoreError> {
+        match planned(&self.gets) {
+            Fault::None => self.inner.get(key, max_bytes, if_none_match).await,
+            fault => Err(fault_error("get", fault)),
+        }
+    }
+
+    async fn head(&self, key: &str) -> Result<Option<ObjectHead>, StoreError> {
+        match planned(&self.heads) {
+            Fault::None => self.inner.head(key).await,
+            fault => Err(fault_error("head", fault)),
+        }
+    }
+
+    async fn put(
+        &self,
+        key: &str,
+        bytes: &[u8],
+        metadata: &[(&str, String)],
+        condition: &PutCondition,
+    ) -> Result<PutOutcome, StoreError> {
+        match planned(&self.puts) {
+            Fault::None => self.inner.put(key, bytes, metadata, condition).await,
+            Fault::LostAnswer => {
+                self.inner.put(key, bytes, metadata, condition).await?;
+                Err(fault_error("put", Fault::LostAnswer))
+            }
+            fault => Err(fault_error("put", fault)),
+        }
+    }
+}
+
+/// Opens database bytes with SQLite.
+///
+/// # Panics
+/// If the bytes are not a loadable database.
+#[must_use]
+pub fn open(bytes: &[u8]) -> Connection {
+    let body: Rc<[u8]> = bytes.into();
+    sqlite::load(&body)
+        .expect("bytes are a loadable database")
+        .conn
+}
+
+/// Each table's name and row count, in `sqlite_master` order.
+///
+/// # Panics
+/// If the bytes are not a loadable database.
+#[must_use]
+pub fn row_counts(bytes: &[u8]) -> Vec<(String, i64)> {
+    let conn = open(bytes);
+    sqlite::list_tables(&conn)
+        .expect("list tables")
+        .into_iter()
+        .map(|t| {
+            let n = conn
+                .query_row(&format!("SELECT count(*) FROM \"{t}\""), [], |r| r.get(0))
+                .expect("count rows");
+            (t, n)
+        })
+        .collect()
+}
+
+/// Loads database bytes, runs `sql` on them and returns the exported image: what another
+/// writer would upload.
+///
+/// # Panics
+/// If the bytes do not load or the SQL fails.
+#[must_use]
+pub fn apply_sql(bytes: &[u8], sql: &str) -> Vec<u8> {
+    let mut conn = open(bytes);
+    conn.execute_batch(sql).expect("apply SQL");
+    sqlite::export(&mut conn).expect("export").to_vec()
+}
+
+fn body_bytes<B: Body>(body: &B) -> Vec<u8> {
+    let mut out = vec![0; body.len()];
+    body.copy_to(&mut out);
+    out
+}
+
+/// The [`ObjectStore`] failure contract, checked against any backend: the memory store in
+/// unit tests (host and wasm32), local R2 through the worker's self-test route end to end.
+/// Uses keys under `prefix`, which must not exist yet.
+///
+/// # Errors
+/// The first way the backend breaks the contract.
+pub async fn store_contract<S: ObjectStore>(store: &S, prefix: &str) -> Result<(), String> {
+    let key = format!("{prefix}/contract-object");
+    let fail = |what: &str| Err(format!("{what} (key {key})"));
+    let err = |e: StoreError| format!("unexpected store error: {e}");
+
+    if !matches!(
+        store.get(&key, u64::MAX, None).await.map_err(err)?,
+        Fetched::Missing
+    ) {
+        return fail("get of a missing key must be Missing");
+    }
+    if store.head(&key).await.map_err(err)?.is_some() {
+        return fail("head of a missing key must be None");
+    }
+    let PutOutcome::Stored { etag: first } = store
+        .put(&key, b"one", &[], &PutCondition::IfAbsent)
+        .await
+        .map_err(err)?
+    else {
+        return fail("create-only put on a missing key must store");
+    };
+    if store
+        .put(&key, b"two", &[], &PutCondition::IfAbsent)
+        .await
+        .map_err(err)?
+        != PutOutcome::ConditionFailed
+    {
+        return fail("create-only put on an existing key must fail its condition");
+    }
+    if store
+        .put(
+            &key,
+            b"two",
+            &[],
+            &PutCondition::IfMatch("stale-etag".into()),
+        )
+        .await
+        .map_err(err)?
+        != PutOutcome::ConditionFailed
+    {
+        return fail("put with a stale etag must fail its condition");
+    }
+    let Fetched::Found(got) = store.get(&key, u64::MAX, None).await.map_err(err)? else {
+        return fail("get of an existing key must find it");
+    };
+    if body_bytes(&got.body) != b"one" || got.etag != first {
+        return fail("failed conditional puts must leave the object unchanged");
+    }
+    let PutOutcome::Stored { etag: second } = store
+        .put(
+            &key,
+            b"two",
+            &[("k", "v".into())],
+            &PutCondition::IfMatch(first.clone()),
+        )
+        .await
+        .map_err(err)?
+    else {
+        return fail("put matching the current etag must store");
+    };
+    if second == first {
+        return fail("new content must get a new etag");
+    }
+    let Fetched::Found(got) = store.get(&key, 3, Some(&first)).await.map_err(err)? else {
+        return fail("get at exactly the size limit, with an outdated etag, must return the body");
+    };
+    if body_bytes(&got.body) != b"two"
+        || got.etag != second
+        || got.metadata.get("k").map(String::as_str) != Some("v")
+    {
+        return fail("get must return the latest body, etag and metadata");
+    }
+    if !matches!(
+        store.get(&key, 3, Some(&second)).await.map_err(err)?,
+        Fetched::NotModified
+    ) {
+        return fail("get with the current etag must be NotModified");
+    }
+    if !matches!(
+        store.get(&key, 2, None).await.map_err(err)?,
+        Fetched::TooLarge { size_bytes: 3 }
+    ) {
+        return fail("get over the size limit must be TooLarge with the object's size");
+    }
+    match store.head(&key).await.map_err(err)? {
+        Some(head)
+            if head.etag == second && head.metadata.get("k").map(String::as_str) == Some("v") =>
+        {
+            Ok(())
+        }
+        other => Err(format!(
+            "head must return the etag and metadata, got {other:?}"
+        )),
+    }
+}
+
+/// An import target that alters every text value starting with `marker` on the way in, as a
+/// faulty adapter would: what the import's verification must catch.
+#[derive(Debug)]
+pub struct LossyTarget<T> {
+    inner: T,
+    marker: &'static str,
+}
+
+impl<T> LossyTarget<T> {
+    /// Wraps `inner`, altering text that starts with `marker`.
+    pub fn new(inner: T, marker: &'static str) -> Self {
+        Self { inner, marker }
+    }
+}
+
+impl<T: SqlTarget> SqlTarget for LossyTarget<T> {
+    fn exec(&self, sql: &str) -> Result<(), String> {
+        self.inner.exec(sql)
+    }
+    fn exec_with(&self, sql: &str, params: Vec<Value>) -> Result<(), String> {
+        let params = params
+            .into_iter()
+            .map(|v| match v {
+                Value::Text(t) if t.starts_with(self.marker) => Value::Text(format!("{t}!")),
+                other => other,
+            })
+            .collect();
+        self.inner.exec_with(sql, params)
+    }
+    fn query(
+        &self,
+        sql: &str,
+        each: &mut dyn FnMut(Vec<Value>) -> Result<(), Error>,
+    ) -> Result<(), Error> {
+        self.inner.query(sql, each)
+    }
+    fn size_bytes(&self) -> u64 {
+        self.inner.size_bytes()
+    }
+    fn exact_integers(&self) -> bool {
+        self.inner.exact_integers()
+    }
+}
+
+/// An import target that passes integers as JS numbers (`f64`), as the Durable Object SQL API
+/// does: integers beyond 2^53 lose precision.
+#[derive(Debug)]
+pub struct JsNumberTarget<T>(pub T);
+
+/// A [`JsNumberTarget`] that wrongly claims integers are exact, to show what verification
+/// does when the unsafe-integer check is bypassed.
+#[derive(Debug)]
+pub struct LyingJsNumberTarget<T>(T);
+
+impl<T> JsNumberTarget<T> {
+    /// The same rounding, but claiming exact integers.
+    pub fn claiming_exact(inner: T) -> LyingJsNumberTarget<T> {
+        LyingJsNumberTarget(inner)
+    }
+}
+
+fn through_f64(params: Vec<Value>) -> Vec<Value> {
+    params
+        .into_iter()
+        .map(|v| match v {
+            // JS numbers hold integers exactly only up to 2^53; a whole number comes back as
+            // an integer.
+            Value::Integer(n) => Value::Integer(n as f64 as i64),
+            other => other,
+        })
+        .collect()
+}
+
+impl<T: SqlTarget> SqlTarget for JsNumberTarget<T> {
+    fn exec(&self, sql: &str) -> Result<(), String> {
+        self.0.exec(sql)
+    }
+    fn exec_with(&self, sql: &str, params: Vec<Value>) -> Result<(), String> {
+        self.0.exec_with(sql, through_f64(params))
+    }
+    fn query(
+        &self,
+        sql: &str,
+        each: &mut dyn FnMut(Vec<Value>) -> Result<(), Error>,
+    ) -> Result<(), Error> {
+        self.0.query(sql, each)
+    }
+    fn size_bytes(&self) -> u64 {
+        self.0.size_bytes()
+    }
+    fn exact_integers(&self) -> bool {
+        false
+    }
+}
+
+impl<T: SqlTarget> SqlTarget for LyingJsNumberTarget<T> {
+    fn exec(&self, sql: &str) -> Result<(), String> {
+        self.0.exec(sql)
+    }
+    fn exec_with(&self, sql: &str, params: Vec<Value>) -> Result<(), String> {
+        self.0.exec_with(sql, through_f64(params))
+    }
+    fn query(
+        &self,
+        sql: &str,
+        each: &mut dyn FnMut(Vec<Value>) -> Result<(), Error>,
+    ) -> Result<(), Error> {
+        self.0.query(sql, each)
+    }
+    fn size_bytes(&self) -> u64 {
+        self.0.size_bytes()
+    }
+    fn exact_integers(&self) -> bool {
+        true
+    }
+}
+
+/// An import target that refuses statements starting with `refuse`, as the Durable Object
+/// refuses modules it does not host.
+#[derive(Debug)]
+pub struct RefusingTarget<T> {
+    /// The target underneath.
+    pub inner: T,
+    /// Statements starting with this are refused.
+    pub refuse: &'static str,
+}
+
+impl<T: SqlTarget> SqlTarget for RefusingTarget<T> {
+    fn exec(&self, sql: &str) -> Result<(), String> {
+        if sql.starts_with(self.refuse) {
+            return Err("not authorized".into());
+        }
+        self.inner.exec(sql)
+    }
+    fn exec_with(&self, sql: &str, params: Vec<Value>) -> Result<(), String> {
+        self.inner.exec_with(sql, params)
+    }
+    fn query(
+        &self,
+        sql: &str,
+        each: &mut dyn FnMut(Vec<Value>) -> Result<(), Error>,
+    ) -> Result<(), Error> {
+        self.inner.query(sql, each)
+    }
+    fn size_bytes(&self) -> u64 {
+        self.inner.size_bytes()
+    }
+    fn exact_integers(&self) -> bool {
+        self.inner.exact_integers()
+    }
+}
+
+/// A body that counts how often its bytes are copied out.
+#[derive(Debug)]
+pub struct CountedBody {
+    bytes: Rc<[u8]>,
+    copies: Rc<Cell<u32>>,
+}
+
+impl Body for CountedBody {
+    fn len(&self) -> usize {
+        self.bytes.len()
+    }
+
+    fn copy_to(&self, dst: &mut [u8]) {
+        self.copies.set(self.copies.get() + 1);
+        dst.copy_from_slice(&self.bytes);
+    }
+}
+
+/// A [`MemoryStore`] whose bodies count their copies, so a test can tell whether a body was
+/// read at all.
+#[derive(Debug, Default)]
+pub struct CountingStore {
+    /// The store underneath.
+    pub inner: MemoryStore,
+    copies: Rc<Cell<u32>>,
+    bodies: Cell<u32>,
+}
+
+impl CountingStore {
+    /// How many times any body's bytes were copied out.
+    #[must_use]
+    pub fn body_copies(&self) -> u32 {
+        self.copies.get()
+    }
+
+    /// How many `get`s returned a body.
+    #[must_use]
+    pub fn bodies_sent(&self) -> u32 {
+        self.bodies.get()
+    }
+}
+
+impl ObjectStore for CountingStore {
+    type Body = CountedBody;
+
+    async fn get(
+        &self,
+        key: &str,
+        max_bytes: u64,
+        if_none_match: Option<&str>,
+    ) -> Result<Fetched<CountedBody>, StoreError> {
+        Ok(match self.inner.get(key, max_bytes, if_none_match).await? {
+            Fetched::Found(o) => {
+                self.bodies.set(self.bodies.get() + 1);
+                Fetched::Found(crate::store::StoredObject {
+                    etag: o.etag,
+                    metadata: o.metadata,
+                    body: CountedBody {
+                        bytes: o.body,
+                        copies: Rc::clone(&self.copies),
+                    },
+                })
+            }
+            Fetched::Missing => Fetched::Missing,
+            Fetched::NotModified => Fetched::NotModified,
+            Fetched::TooLarge { size_bytes } => Fetched::TooLarge { size_bytes },
+        })
+    }
+
+    async fn head(&self, key: &str) -> Result<Option<ObjectHead>, StoreError> {
+        self.inner.head(key).await
+    }
+
+    async fn put(
+        &self,
+        key: &str,
+        bytes: &[u8],
+        metadata: &[(&str, String)],
+        condition: &PutCondition,
+    ) -> Result<PutOutcome, StoreError> {
+        self.inner.put(key, bytes, metadata, condition).await
+    }
+}
