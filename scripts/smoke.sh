@@ -65,6 +65,13 @@ for table in ${EXPECT_TABLES:-}; do
   check "table $table is listed" $? "$(jq -c .db_info.tables "$body" 2>/dev/null)"
 done
 
+status=$(curl -sS -o "$body" -w '%{http_code}' --max-time 60 -X POST "${auth[@]}" \
+  -H 'Content-Type: application/json' -d '{"sql": "SELECT 1 AS one, ? AS big", "params": [{"integer": "9007199254740993"}]}' \
+  "$BASE_URL/query?user=$USER_ID" 2>/dev/null || echo 000)
+check "POST /query runs SQL and returns lossless results" \
+  "$([ "$status" = 200 ] && jq -e '.results[0].rows == [[1, {"integer": "9007199254740993"}]] and .db_info.saved == false' "$body" >/dev/null 2>&1; echo $?)" \
+  "status $status: $(head -c 300 "$body")"
+
 status=$(request GET "/?user=../etc")
 check "an unsafe user id is refused with 400 invalid_user" \
   "$([ "$status" = 400 ] && jq -e '.error.code == "invalid_user"' "$body" >/dev/null 2>&1; echo $?)" "status $status"

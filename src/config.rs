@@ -3,6 +3,7 @@
 use crate::delay::Thresholds;
 use crate::error::Error;
 use crate::exec::Limits;
+pub use crate::exec::{DEFAULT_MAX_RESULT_BYTES, DEFAULT_MAX_STATEMENTS, DEFAULT_QUERY_MAX_STEPS};
 use crate::trend::TrendSettings;
 
 /// Default largest database the worker will load: see README "Limits" for the measurement.
@@ -13,15 +14,6 @@ pub const DEFAULT_CACHE_MAX_BYTES: u64 = 16 * 1024 * 1024;
 
 /// Default largest request body (`MAX_REQUEST_BYTES`).
 pub const DEFAULT_MAX_REQUEST_BYTES: u64 = 1024 * 1024;
-/// Default most statements per request (`MAX_STATEMENTS`).
-pub const DEFAULT_MAX_STATEMENTS: usize = 100;
-/// Default largest result per request (`MAX_RESULT_BYTES`): well inside the isolate's memory
-/// next to a database at `MAX_DB_BYTES`.
-pub const DEFAULT_MAX_RESULT_BYTES: u64 = 8 * 1024 * 1024;
-/// Default CPU budget per statement (`QUERY_MAX_STEPS`), in SQLite virtual-machine steps:
-/// about a second of CPU natively (see BENCHMARKS.md), far below the Workers CPU limit.
-pub const DEFAULT_QUERY_MAX_STEPS: u64 = 100_000_000;
-
 /// Everything a request needs to know about how the worker is configured.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Config {

@@ -18,8 +18,6 @@ use rusqlite::types::Value;
 use serde::ser::{SerializeSeq, Serializer};
 use serde_json::{Map, Value as Json, json};
 
-use crate::error::Error;
-
 /// Largest integer a JSON number is guaranteed to carry exactly (JavaScript's safe range).
 pub const MAX_SAFE_INTEGER: i64 = (1 << 53) - 1;
 
@@ -161,84 +159,6 @@ pub(crate) fn serialize_integer<S: Serializer>(n: &i64, s: S) -> Result<S::Ok, S
     s.serialize_some(&to_json(&Value::Integer(*n)))
 }
 
-/// Positional and named parameters of one statement.
-type Params = (Vec<Value>, Vec<(String, Value)>);
-
-/// Parses a `params` array (positional) or object (named) of `/query`.
-pub(crate) fn params_from_json(statement: usize, params: Option<&Json>) -> Result<Params, Error> {
-    let bad = |reason: String| Error::InvalidRequest {
-        reason: format!("statement {statement}: {reason}"),
-    };
-    match params {
-        None | Some(Json::Null) => Ok((vec![], vec![])),
-        Some(Json::Array(values)) => Ok((
-            values
-                .iter()
-                .enumerate()
-                .map(|(i, v)| from_json(v).map_err(|e| bad(format!("parameter {i}: {e}"))))
-                .collect::<Result<_, _>>()?,
-            vec![],
-        )),
-        Some(Json::Object(named)) => Ok((
-            vec![],
-            named
-                .iter()
-                .map(|(k, v)| {
-                    from_json(v)
-                        .map(|v| (k.clone(), v))
-                        .map_err(|e| bad(format!("parameter {k:?}: {e}")))
-                })
-                .collect::<Result<_, _>>()?,
-        )),
-        Some(_) => Err(bad(
-            "params must be an array (positional) or an object (named)".into(),
-        )),
-    }
-}
-
-/// The body of `POST /query`: one statement or an array of them, D1's shape.
-///
-/// # Errors
-/// [`Error::InvalidRequest`] saying what is wrong.
-pub fn parse_query_body(body: &[u8]) -> Result<Vec<crate::exec::Statement>, Error> {
-    let json: Json = serde_json::from_slice(body).map_err(|e| Error::InvalidRequest {
-        reason: format!("the body is not JSON: {e}"),
-    })?;
-    let items = match json {
-        Json::Array(items) => items,
-        single @ Json::Object(_) => vec![single],
-        _ => {
-            return Err(Error::InvalidRequest {
-                reason: r#"the body must be {"sql": "...", "params": [...]} or an array of those"#
-                    .into(),
-            });
-        }
-    };
-    if items.is_empty() {
-        return Err(Error::InvalidRequest {
-            reason: "the batch holds no statements".into(),
-        });
-    }
-    items
-        .iter()
-        .enumerate()
-        .map(|(i, item)| {
-            let sql =
-                item.get("sql")
-                    .and_then(Json::as_str)
-                    .ok_or_else(|| Error::InvalidRequest {
-                        reason: format!("statement {i} has no \"sql\" string"),
-                    })?;
-            let (args, named_args) = params_from_json(i, item.get("params"))?;
-            Ok(crate::exec::Statement {
-                sql: sql.to_owned(),
-                args,
-                named_args,
-            })
-        })
-        .collect()
-}
-
 #[cfg(test)]
 mod tests {
     #[cfg(all(target_family = "wasm", target_os = "unknown"))]
@@ -308,36 +228,5 @@ mod tests {
             from_json(&big).unwrap(),
             Value::Integer(9_007_199_254_740_993)
         );
-    }
-
-    /// Bodies in D1's shape parse; malformed ones say what is wrong.
-    #[test]
-    fn query_bodies() {
-        let one = parse_query_body(br#"{"sql": "SELECT ?", "params": [1]}"#).unwrap();
-        assert_eq!(one[0].args, [Value::Integer(1)]);
-        let many = parse_query_body(
-            br#"[{"sql": "SELECT 1"}, {"sql": "SELECT :a", "params": {"a": {"blob": "AAE="}}}]"#,
-        )
-        .unwrap();
-        assert_eq!(
-            many[1].named_args,
-            [("a".to_owned(), Value::Blob(vec![0, 1]))]
-        );
-        for bad in [
-            &b"nope"[..],
-            b"[]",
-            b"3",
-            br#"{"params": []}"#,
-            br#"{"sql": "x", "params": [[1]]}"#,
-            br#"{"sql": "x", "params": [{"integer": "1.5"}]}"#,
-        ] {
-            let err = parse_query_body(bad).unwrap_err();
-            assert_eq!(
-                err.code(),
-                "invalid_request",
-                "{}",
-                String::from_utf8_lossy(bad)
-            );
-        }
     }
 }

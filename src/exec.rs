@@ -21,6 +21,15 @@ use serde::Serialize;
 
 use crate::error::{Corruption, Error};
 
+/// Default most statements per request (`MAX_STATEMENTS`).
+pub const DEFAULT_MAX_STATEMENTS: usize = 100;
+/// Default largest result per request (`MAX_RESULT_BYTES`): well inside the isolate's memory
+/// next to a database at `MAX_DB_BYTES`.
+pub const DEFAULT_MAX_RESULT_BYTES: u64 = 8 * 1024 * 1024;
+/// Default CPU budget per statement (`QUERY_MAX_STEPS`), in SQLite virtual-machine steps:
+/// about a second of CPU natively (see BENCHMARKS.md), far below the Workers CPU limit.
+pub const DEFAULT_QUERY_MAX_STEPS: u64 = 100_000_000;
+
 /// How often (in VM steps) the progress handler runs; the budget is counted in these units.
 const PROGRESS_EVERY_STEPS: u64 = 10_000;
 /// Bytes counted per value beyond its payload (type tag, separators), for the result cap.
@@ -78,9 +87,9 @@ pub struct Limits {
 impl Default for Limits {
     fn default() -> Self {
         Self {
-            max_statements: crate::config::DEFAULT_MAX_STATEMENTS,
-            max_result_bytes: crate::config::DEFAULT_MAX_RESULT_BYTES,
-            max_steps: crate::config::DEFAULT_QUERY_MAX_STEPS,
+            max_statements: DEFAULT_MAX_STATEMENTS,
+            max_result_bytes: DEFAULT_MAX_RESULT_BYTES,
+            max_steps: DEFAULT_QUERY_MAX_STEPS,
         }
     }
 }

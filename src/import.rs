@@ -575,6 +575,8 @@ mod tests {
     use super::*;
     use crate::{fixtures, sqlite};
 
+    use rusqlite::types::Value;
+
     fn demo() -> Connection {
         let body: Rc<[u8]> = fixtures::demo_database().unwrap().into();
         sqlite::load(&body).unwrap().conn
@@ -696,7 +698,7 @@ mod tests {
     fn verification_catches_a_lossy_target() {
         let source = demo();
         let target_conn = sqlite::create().unwrap();
-        let lossy = crate::testing::LossyTarget::new(ConnectionTarget(&target_conn), "Project 2");
+        let lossy = LossyTarget::new(ConnectionTarget(&target_conn), "Project 2");
         let report = import_into(&source, &lossy);
         assert!(!report.verified, "{report:?}");
         let projects = report.tables.iter().find(|t| t.name == "projects").unwrap();
@@ -721,7 +723,7 @@ mod tests {
             .execute_batch("CREATE TABLE big(n INTEGER); INSERT INTO big VALUES (9007199254740993); CREATE TABLE small(n); INSERT INTO small VALUES (42);")
             .unwrap();
         let target_conn = sqlite::create().unwrap();
-        let js = crate::testing::JsNumberTarget(ConnectionTarget(&target_conn));
+        let js = JsNumberTarget::new(ConnectionTarget(&target_conn));
         let report = import_into(&source, &js);
         assert!(report.verified);
         assert_eq!(report.skipped.len(), 1, "{:?}", report.skipped);
@@ -739,7 +741,7 @@ mod tests {
         let exact_conn = sqlite::create().unwrap();
         let report = import_into(&source, &ConnectionTarget(&exact_conn));
         assert!(report.verified && report.skipped.is_empty(), "{report:?}");
-        let lying = crate::testing::JsNumberTarget::claiming_exact(ConnectionTarget(&target_conn));
+        let lying = JsNumberTarget::claiming_exact(ConnectionTarget(&target_conn));
         let report = import_into(&source, &lying);
         assert!(!report.verified, "{report:?}");
     }
@@ -761,7 +763,7 @@ mod tests {
             )
             .unwrap();
         let target_conn = sqlite::create().unwrap();
-        let refusing = crate::testing::RefusingTarget {
+        let refusing = RefusingTarget {
             inner: ConnectionTarget(&target_conn),
             refuse: "CREATE TABLE refused",
         };
@@ -814,6 +816,145 @@ mod tests {
         let demo = demo();
         for t in plan(&demo).unwrap().tables {
             assert_eq!(unsafe_integer_column(&demo, &t).unwrap(), None);
+        }
+    }
+
+    // ---- Test doubles of the Durable Object target ----
+
+    /// An import target that alters every text value starting with `marker` on the way in, as a
+    /// faulty adapter would: what the import's verification must catch.
+    #[derive(Debug)]
+    pub struct LossyTarget<T> {
+        inner: T,
+        marker: &'static str,
+    }
+
+    impl<T> LossyTarget<T> {
+        /// Wraps `inner`, altering text that starts with `marker`.
+        pub fn new(inner: T, marker: &'static str) -> Self {
+            Self { inner, marker }
+        }
+    }
+
+    impl<T: SqlTarget> SqlTarget for LossyTarget<T> {
+        fn exec(&self, sql: &str) -> Result<(), String> {
+            self.inner.exec(sql)
+        }
+        fn exec_with(&self, sql: &str, params: Vec<Value>) -> Result<(), String> {
+            let params = params
+                .into_iter()
+                .map(|v| match v {
+                    Value::Text(t) if t.starts_with(self.marker) => Value::Text(format!("{t}!")),
+                    other => other,
+                })
+                .collect();
+            self.inner.exec_with(sql, params)
+        }
+        fn query(
+            &self,
+            sql: &str,
+            each: &mut dyn FnMut(Vec<Value>) -> Result<(), Error>,
+        ) -> Result<(), Error> {
+            self.inner.query(sql, each)
+        }
+        fn size_bytes(&self) -> u64 {
+            self.inner.size_bytes()
+        }
+        fn exact_integers(&self) -> bool {
+            self.inner.exact_integers()
+        }
+    }
+
+    /// An import target that passes integers as JS numbers (`f64`), as the Durable Object SQL
+    /// API does: integers beyond 2^53 lose precision. `claims_exact` makes it wrongly say they
+    /// survive, to show what verification does when the unsafe-integer check is bypassed.
+    #[derive(Debug)]
+    pub struct JsNumberTarget<T> {
+        inner: T,
+        claims_exact: bool,
+    }
+
+    impl<T> JsNumberTarget<T> {
+        /// Honest about its integers.
+        pub fn new(inner: T) -> Self {
+            Self {
+                inner,
+                claims_exact: false,
+            }
+        }
+
+        /// The same rounding, but claiming exact integers.
+        pub fn claiming_exact(inner: T) -> Self {
+            Self {
+                inner,
+                claims_exact: true,
+            }
+        }
+    }
+
+    impl<T: SqlTarget> SqlTarget for JsNumberTarget<T> {
+        fn exec(&self, sql: &str) -> Result<(), String> {
+            self.inner.exec(sql)
+        }
+        fn exec_with(&self, sql: &str, params: Vec<Value>) -> Result<(), String> {
+            let params = params
+                .into_iter()
+                .map(|v| match v {
+                    // JS numbers hold integers exactly only up to 2^53; a whole number comes
+                    // back as an integer.
+                    Value::Integer(n) => Value::Integer(n as f64 as i64),
+                    other => other,
+                })
+                .collect();
+            self.inner.exec_with(sql, params)
+        }
+        fn query(
+            &self,
+            sql: &str,
+            each: &mut dyn FnMut(Vec<Value>) -> Result<(), Error>,
+        ) -> Result<(), Error> {
+            self.inner.query(sql, each)
+        }
+        fn size_bytes(&self) -> u64 {
+            self.inner.size_bytes()
+        }
+        fn exact_integers(&self) -> bool {
+            self.claims_exact
+        }
+    }
+
+    /// An import target that refuses statements starting with `refuse`, as the Durable Object
+    /// refuses modules it does not host.
+    #[derive(Debug)]
+    pub struct RefusingTarget<T> {
+        /// The target underneath.
+        pub inner: T,
+        /// Statements starting with this are refused.
+        pub refuse: &'static str,
+    }
+
+    impl<T: SqlTarget> SqlTarget for RefusingTarget<T> {
+        fn exec(&self, sql: &str) -> Result<(), String> {
+            if sql.starts_with(self.refuse) {
+                return Err("not authorized".into());
+            }
+            self.inner.exec(sql)
+        }
+        fn exec_with(&self, sql: &str, params: Vec<Value>) -> Result<(), String> {
+            self.inner.exec_with(sql, params)
+        }
+        fn query(
+            &self,
+            sql: &str,
+            each: &mut dyn FnMut(Vec<Value>) -> Result<(), Error>,
+        ) -> Result<(), Error> {
+            self.inner.query(sql, each)
+        }
+        fn size_bytes(&self) -> u64 {
+            self.inner.size_bytes()
+        }
+        fn exact_integers(&self) -> bool {
+            self.inner.exact_integers()
         }
     }
 }

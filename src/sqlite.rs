@@ -43,22 +43,46 @@ pub struct Loaded {
     pub header: HeaderInfo,
 }
 
-/// Copies `body` once, straight into SQLite-owned memory, validates it and opens it.
+/// A buffer SQLite will own once opened: the one place a stored image's bytes are copied to.
+pub struct Image(OwnedData);
+
+impl std::fmt::Debug for Image {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Image({} bytes)", self.0.len())
+    }
+}
+
+impl Image {
+    /// A `sqlite3_malloc` buffer of `len` bytes, to be filled by the caller (for example, as a
+    /// body streams in) and then [`open`]ed without another copy.
+    pub fn allocate(len: usize) -> Result<Self, Error> {
+        if len == 0 {
+            return Err(header::HeaderProblem::Empty.into());
+        }
+        let len64 = u64::try_from(len).map_err(|_| nomem())?;
+        // SAFETY: sqlite3_malloc64 has no preconditions; a null result is handled below.
+        let ptr = unsafe { ffi::sqlite3_malloc64(len64) }.cast::<u8>();
+        let ptr = std::ptr::NonNull::new(ptr).ok_or_else(nomem)?;
+        // SAFETY: `ptr` was just allocated by sqlite3_malloc64 with `len` bytes. Its contents
+        // are uninitialised until written, so zero them: a short body then reads as damage,
+        // never as stale memory.
+        unsafe { std::ptr::write_bytes(ptr.as_ptr(), 0, len) };
+        // SAFETY: as above; ownership passes to OwnedData, which frees with sqlite3_free.
+        Ok(Self(unsafe { OwnedData::from_raw_nonnull(ptr, len) }))
+    }
+
+    /// The buffer, to fill.
+    pub fn bytes_mut(&mut self) -> &mut [u8] {
+        &mut self.0
+    }
+}
+
+/// Validates a filled image and opens it; SQLite takes the buffer over without copying.
 ///
 /// The schema is read before returning, because `sqlite3_deserialize` is lazy: without this,
 /// a damaged file would only fail later, in the query.
-pub fn load<B: Body>(body: &B) -> Result<Loaded, Error> {
-    let len = body.len();
-    if len == 0 {
-        return Err(header::HeaderProblem::Empty.into());
-    }
-    let len64 = u64::try_from(len).map_err(|_| nomem())?;
-    // SAFETY: sqlite3_malloc64 has no preconditions; a null result is handled below.
-    let ptr = unsafe { ffi::sqlite3_malloc64(len64) }.cast::<u8>();
-    let ptr = std::ptr::NonNull::new(ptr).ok_or_else(nomem)?;
-    // SAFETY: `ptr` was just allocated by sqlite3_malloc64 with `len` bytes.
-    let mut data = unsafe { OwnedData::from_raw_nonnull(ptr, len) };
-    body.copy_to(&mut data);
+pub fn open(image: Image) -> Result<Loaded, Error> {
+    let mut data = image.0;
     let info = header::validate(&data)?;
     if info.wal_mode {
         header::clear_wal_mode(&mut data);
@@ -70,6 +94,21 @@ pub fn load<B: Body>(body: &B) -> Result<Loaded, Error> {
     })
     .map_err(classify)?;
     Ok(Loaded { conn, header: info })
+}
+
+/// Copies `bytes` into SQLite-owned memory and opens them (for bytes already in memory:
+/// tests, fixtures, benchmarks).
+pub fn load(bytes: &[u8]) -> Result<Loaded, Error> {
+    let mut image = Image::allocate(bytes.len())?;
+    image.bytes_mut().copy_from_slice(bytes);
+    open(image)
+}
+
+/// Streams `body` into a new image (one copy, chunk by chunk as it arrives) and opens it.
+pub async fn load_body<B: Body>(body: B) -> Result<Loaded, Error> {
+    let mut image = Image::allocate(body.len())?;
+    body.read_into(image.bytes_mut()).await?;
+    open(image)
 }
 
 /// A new, empty database (for a user with no stored object).

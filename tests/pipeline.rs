@@ -92,6 +92,15 @@ fn demo_store() -> MemoryStore {
     store
 }
 
+/// The demo database in a store that counts body copies, and an empty cache.
+fn counted_demo() -> (CountingStore, DbCache, StepClock) {
+    let store = CountingStore::default();
+    store
+        .inner
+        .insert(KEY, &fixtures::demo_database().unwrap(), &[]);
+    (store, DbCache::new(MAX_DB_BYTES), clock())
+}
+
 fn projects(bytes: &[u8]) -> i64 {
     open(bytes)
         .query_row("SELECT count(*) FROM projects", [], |r| r.get(0))
@@ -135,12 +144,7 @@ fn load_step_outcomes() {
 /// Load with a cache: a current entry is a hit (no body sent); an outdated one is stale.
 #[test]
 fn load_step_uses_the_cache_only_when_current() {
-    let store = CountingStore::default();
-    store
-        .inner
-        .insert(KEY, &fixtures::demo_database().unwrap(), &[]);
-    let cache = DbCache::new(MAX_DB_BYTES);
-    let clock = clock();
+    let (store, cache, clock) = counted_demo();
     let c = ctx(&store, &clock, Some(&cache));
     get(&c, "a", SaveMode::Never).unwrap();
     assert_eq!(store.bodies_sent(), 1);
@@ -363,6 +367,10 @@ fn version_cache_hits_and_detects_outside_writes() {
     let c = ctx(&store, &clock, Some(&cache));
     let first = get(&c, "a", SaveMode::Always).unwrap();
     assert_eq!(first["cache"]["status"], "miss");
+    assert_eq!(
+        first["cache"]["entries"], 1,
+        "the report shows the cache after the request"
+    );
     let second = get(&c, "a", SaveMode::Always).unwrap();
     assert_eq!(second["cache"]["status"], "hit");
     assert_eq!(
@@ -543,12 +551,7 @@ fn failing_batch_leaves_the_object_byte_identical() {
 /// A read-only batch on a version-cache hit downloads nothing and uploads nothing.
 #[test]
 fn read_only_batch_on_a_cache_hit_transfers_nothing() {
-    let store = CountingStore::default();
-    store
-        .inner
-        .insert(KEY, &fixtures::demo_database().unwrap(), &[]);
-    let cache = DbCache::new(MAX_DB_BYTES);
-    let clock = clock();
+    let (store, cache, clock) = counted_demo();
     let c = ctx(&store, &clock, Some(&cache));
     post(
         &c,

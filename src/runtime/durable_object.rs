@@ -154,8 +154,7 @@ impl UserDb {
         };
         let download_ms = clock.now_ms() - start;
         let parse_start = clock.now_ms();
-        let loaded = sqlite::load(&object.body)?;
-        drop(object);
+        let loaded = sqlite::load_body(object.body).await?;
         let parse_ms = clock.now_ms() - parse_start;
         let copy_start = clock.now_ms();
         let report = import::run(&loaded.conn, &DoTarget(self.state.storage().sql()))?;

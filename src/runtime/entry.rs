@@ -23,8 +23,8 @@ use crate::pipeline::{self, Context, ListTables};
 use crate::report::{DurableTables, MemoryInfo, Report};
 use crate::request::{self, Route, SaveMode, UserId, durable_paths};
 use crate::trend::Trends;
-use crate::work::{Pipeline, Transaction};
-use crate::{encoding, hrana, testing};
+use crate::work::{self, Pipeline, Transaction};
+use crate::{hrana, testing};
 
 /// Name of the Durable Object binding in wrangler.toml.
 const DO_BINDING: &str = "USER_DB";
@@ -142,31 +142,46 @@ async fn handle_sync(
     json_response(&finish(report, user, config), 200)
 }
 
-/// `POST /query?user=ID`: the body's statements as one transaction, saved if they changed
-/// the database.
+/// Runs a query route's work on the R2 route: reads the body, parses it with `parse`, serves
+/// it (saved only if it changed the database) and returns the report with the work's output.
+async fn serve_body<W: pipeline::Work>(
+    req: &mut Request,
+    env: &Env,
+    config: &Config,
+    user: &UserId,
+    parse: impl FnOnce(&[u8]) -> std::result::Result<W, Error>,
+) -> std::result::Result<(Report, W::Output), Error> {
+    let bytes = body(req, config.max_request_bytes).await?;
+    let mut work = parse(&bytes)?;
+    let store = R2Store::from_env(env)?;
+    let (report, output) =
+        pipeline::serve(&context(&store, config), user, SaveMode::Auto, &mut work).await?;
+    Ok((finish(report, user, config), output))
+}
+
+/// `POST /query?user=ID`: the body's statements as one transaction.
 async fn handle_query(
     req: &mut Request,
     env: &Env,
     config: &Config,
     user: &UserId,
 ) -> std::result::Result<Response, Error> {
-    let bytes = body(req, config.max_request_bytes).await?;
-    let statements = encoding::parse_query_body(&bytes)?;
-    if statements.len() > config.limits.max_statements {
-        return Err(Error::TooManyStatements {
-            count: statements.len(),
-            max: config.limits.max_statements,
-        });
-    }
-    let store = R2Store::from_env(env)?;
-    let mut work = Transaction {
-        statements,
-        limits: config.limits,
-    };
-    let (mut report, results) =
-        pipeline::serve(&context(&store, config), user, SaveMode::Auto, &mut work).await?;
+    let (mut report, results) = serve_body(req, env, config, user, |bytes| {
+        let statements = work::parse_query_body(bytes)?;
+        if statements.len() > config.limits.max_statements {
+            return Err(Error::TooManyStatements {
+                count: statements.len(),
+                max: config.limits.max_statements,
+            });
+        }
+        Ok(Transaction {
+            statements,
+            limits: config.limits,
+        })
+    })
+    .await?;
     report.results = Some(results);
-    json_response(&finish(report, user, config), 200)
+    json_response(&report, 200)
 }
 
 /// `POST /db/<user>/v2/pipeline`: the libSQL protocol. The delay report rides along as an
@@ -177,22 +192,15 @@ async fn handle_pipeline(
     config: &Config,
     user: &UserId,
 ) -> std::result::Result<Response, Error> {
-    let bytes = body(req, config.max_request_bytes).await?;
-    let requests = hrana::parse(&bytes, config.limits.max_statements)?;
-    let store = R2Store::from_env(env)?;
-    let mut work = Pipeline {
-        requests,
-        limits: config.limits,
-    };
-    let (report, results) =
-        pipeline::serve(&context(&store, config), user, SaveMode::Auto, &mut work).await?;
+    let (report, results) = serve_body(req, env, config, user, |bytes| {
+        Ok(Pipeline {
+            requests: hrana::parse(bytes, config.limits.max_statements)?,
+            limits: config.limits,
+        })
+    })
+    .await?;
     json_response(
-        &serde_json::json!({
-            "baton": null,
-            "base_url": null,
-            "results": results,
-            "report": finish(report, user, config),
-        }),
+        &serde_json::json!({"baton": null, "base_url": null, "results": results, "report": report}),
         200,
     )
 }

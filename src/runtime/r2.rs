@@ -1,5 +1,6 @@
-//! The R2 binding behind the `ObjectStore` seam, bound with `wasm_bindgen` directly so a body
-//! crosses into wasm with a single copy.
+//! The R2 binding behind the `ObjectStore` seam, bound with `wasm_bindgen` directly so bytes
+//! move in chunks: a body streams straight into SQLite's buffer, and an upload streams out of
+//! wasm memory through a `FixedLengthStream`. No whole copy of a database is ever held in JS.
 
 use std::collections::HashMap;
 
@@ -16,6 +17,8 @@ use crate::store::{
 
 /// Name of the R2 binding in wrangler.toml.
 const BUCKET_BINDING: &str = "USER_DATA";
+/// Bytes copied out of wasm memory per upload chunk: the only JS-side copy, bounded.
+const UPLOAD_CHUNK_BYTES: usize = 1024 * 1024;
 
 #[wasm_bindgen]
 extern "C" {
@@ -29,9 +32,42 @@ extern "C" {
     fn put(
         this: &JsBucket,
         key: &str,
-        value: &Uint8Array,
+        value: &JsValue,
         options: &JsValue,
     ) -> Result<Promise, JsValue>;
+
+    /// A `ReadableStream` (an object body).
+    type JsStream;
+    #[wasm_bindgen(method, catch, js_name = getReader)]
+    fn get_reader(this: &JsStream) -> Result<JsReader, JsValue>;
+    #[wasm_bindgen(method, catch)]
+    fn cancel(this: &JsStream) -> Result<Promise, JsValue>;
+
+    /// Its default reader.
+    type JsReader;
+    #[wasm_bindgen(method, catch)]
+    fn read(this: &JsReader) -> Result<Promise, JsValue>;
+
+    /// The runtime's `FixedLengthStream`: a stream whose length R2 knows up front.
+    type FixedLengthStream;
+    #[wasm_bindgen(constructor, catch)]
+    fn new(length: f64) -> Result<FixedLengthStream, JsValue>;
+    #[wasm_bindgen(method, getter)]
+    fn readable(this: &FixedLengthStream) -> JsValue;
+    #[wasm_bindgen(method, getter)]
+    fn writable(this: &FixedLengthStream) -> JsWritable;
+
+    /// Its writable side.
+    type JsWritable;
+    #[wasm_bindgen(method, catch, js_name = getWriter)]
+    fn get_writer(this: &JsWritable) -> Result<JsWriter, JsValue>;
+
+    /// Its writer.
+    type JsWriter;
+    #[wasm_bindgen(method, catch)]
+    fn write(this: &JsWriter, chunk: &Uint8Array) -> Result<Promise, JsValue>;
+    #[wasm_bindgen(method, catch)]
+    fn close(this: &JsWriter) -> Result<Promise, JsValue>;
 
     /// The runtime's `R2Object` / `R2ObjectBody`.
     type JsObject;
@@ -43,8 +79,6 @@ extern "C" {
     fn body(this: &JsObject) -> JsValue;
     #[wasm_bindgen(method, getter, js_name = customMetadata)]
     fn custom_metadata(this: &JsObject) -> JsValue;
-    #[wasm_bindgen(method, catch, js_name = arrayBuffer)]
-    fn array_buffer(this: &JsObject) -> Result<Promise, JsValue>;
 }
 
 /// R2 behind the [`ObjectStore`] seam.
@@ -62,16 +96,56 @@ impl R2Store {
     }
 }
 
-/// An object body still in JS memory; it is copied once, into SQLite's buffer.
-pub(crate) struct JsBody(Uint8Array);
+/// An object body not yet read: its stream and its size.
+pub(crate) struct JsBody {
+    stream: JsStream,
+    size: usize,
+}
 
 impl Body for JsBody {
     fn len(&self) -> usize {
-        self.0.length() as usize
+        self.size
     }
 
-    fn copy_to(&self, dst: &mut [u8]) {
-        self.0.copy_to(dst);
+    /// Each chunk is copied into `dst` as it arrives, synchronously: the copy makes its view of
+    /// wasm memory and is done with it before the next await, so memory growth by another
+    /// request in the isolate can never detach a view in use.
+    async fn read_into(self, dst: &mut [u8]) -> Result<(), StoreError> {
+        let fail = |e: &JsValue| store_error("get body", e);
+        let reader = self.stream.get_reader().map_err(|e| fail(&e))?;
+        let mut filled = 0;
+        loop {
+            let result = JsFuture::from(reader.read().map_err(|e| fail(&e))?)
+                .await
+                .map_err(|e| fail(&e))?;
+            if Reflect::get(&result, &"done".into())
+                .map_err(|e| fail(&e))?
+                .is_truthy()
+            {
+                break;
+            }
+            let chunk: Uint8Array = Reflect::get(&result, &"value".into())
+                .map_err(|e| fail(&e))?
+                .unchecked_into();
+            let n = chunk.length() as usize;
+            let Some(slot) = dst.get_mut(filled..filled + n) else {
+                return Err(StoreError::new(
+                    "get body",
+                    StoreErrorKind::Transient,
+                    format!("the body ran past its size of {} bytes", dst.len()),
+                ));
+            };
+            chunk.copy_to(slot);
+            filled += n;
+        }
+        if filled != dst.len() {
+            return Err(StoreError::new(
+                "get body",
+                StoreErrorKind::Transient,
+                format!("the body ended after {filled} of {} bytes", dst.len()),
+            ));
+        }
+        Ok(())
     }
 }
 
@@ -149,23 +223,19 @@ impl ObjectStore for R2Store {
         // so an oversize object is refused here without downloading it.
         // Float-to-int `as` saturates; R2 sizes are whole numbers.
         let size_bytes = object.size() as u64;
+        let stream: JsStream = object.body().unchecked_into();
         if size_bytes > max_bytes {
-            if let Ok(stream) = object.body().dyn_into::<web_sys::ReadableStream>() {
-                // Best effort: an unread stream is released with the request anyway.
-                let _ = stream.cancel();
-            }
+            // Best effort: an unread stream is released with the request anyway.
+            let _ = stream.cancel();
             return Ok(Fetched::TooLarge { size_bytes });
         }
-        let promise = object
-            .array_buffer()
-            .map_err(|e| store_error("get body", &e))?;
-        let buffer = JsFuture::from(promise)
-            .await
-            .map_err(|e| store_error("get body", &e))?;
         Ok(Fetched::Found(StoredObject {
             etag: object.etag(),
             metadata: metadata_map(&object.custom_metadata()),
-            body: JsBody(Uint8Array::new(&buffer)),
+            body: JsBody {
+                stream,
+                size: usize::try_from(size_bytes).unwrap_or(usize::MAX),
+            },
         }))
     }
 
@@ -210,15 +280,36 @@ impl ObjectStore for R2Store {
         let options = Object::new();
         Reflect::set(&options, &"customMetadata".into(), &custom).map_err(fail)?;
         Reflect::set(&options, &"onlyIf".into(), &only_if).map_err(fail)?;
-        // One copy, out of wasm memory: a view into it could be detached by memory growth
-        // while the put is in flight.
         let length = u32::try_from(bytes.len()).map_err(|_| {
             StoreError::new("put", StoreErrorKind::Permanent, "object larger than 4 GiB")
         })?;
-        let value = Uint8Array::new_with_length(length);
-        value.copy_from(bytes);
-        let promise = self.bucket.put(key, &value, &options).map_err(fail)?;
-        let stored = JsFuture::from(promise).await.map_err(fail)?;
+        let stream = FixedLengthStream::new(f64::from(length)).map_err(fail)?;
+        let upload = JsFuture::from(
+            self.bucket
+                .put(key, &stream.readable(), &options)
+                .map_err(fail)?,
+        );
+        let writer = stream.writable().get_writer().map_err(fail)?;
+        let mut write_failed = false;
+        for chunk in bytes.chunks(UPLOAD_CHUNK_BYTES) {
+            // Copied out of wasm memory synchronously, one chunk at a time: the view never
+            // lives across an await, so memory growth cannot detach it.
+            let view = Uint8Array::new_with_length(chunk.len() as u32);
+            view.copy_from(chunk);
+            let written = match writer.write(&view) {
+                Ok(promise) => JsFuture::from(promise).await.is_ok(),
+                Err(_) => false,
+            };
+            if !written {
+                // R2 stopped reading (a failed condition, or an error): its answer says which.
+                write_failed = true;
+                break;
+            }
+        }
+        if !write_failed && let Ok(promise) = writer.close() {
+            let _ = JsFuture::from(promise).await;
+        }
+        let stored = upload.await.map_err(fail)?;
         if stored.is_null() || stored.is_undefined() {
             return Ok(PutOutcome::ConditionFailed);
         }
