@@ -7,9 +7,9 @@ export WRANGLER_SEND_METRICS := false
 export PATH := $(or $(CARGO_HOME),$(HOME)/.cargo)/bin:$(PATH)
 
 WRANGLER := node_modules/.bin/wrangler
-SOURCES := $(shell find src -name '*.rs') Cargo.toml Cargo.lock
+SOURCES := $(shell find src -name '*.rs') Cargo.toml Cargo.lock .cargo/config.toml scripts/build.sh
 
-.PHONY: setup build dev seed test lint unit unit-wasm e2e smoke dry-run bench token clean
+.PHONY: setup build dev seed test lint unit unit-wasm bundle-size e2e smoke dry-run bench token clean
 
 ## setup: install whatever is missing (idempotent; seconds when everything is present)
 setup:
@@ -32,7 +32,7 @@ dev: setup build seed
 	$(WRANGLER) dev --ip 127.0.0.1 --port $(PORT) --persist-to $(DEV_STATE) --var ALLOW_ANONYMOUS:true
 
 ## test: every check CI runs
-test: setup lint unit unit-wasm build dry-run e2e
+test: setup lint unit unit-wasm build bundle-size dry-run e2e
 
 lint:
 	cargo fmt --check
@@ -45,6 +45,10 @@ unit:
 ## unit-wasm: the unit tests and the pipeline scenarios on wasm32, under Node, against the Worker's SQLite build
 unit-wasm:
 	cargo test --locked --lib --test pipeline --target wasm32-unknown-unknown
+
+## bundle-size: fail if the gzipped bundle grew past scripts/bundle-budget (a size check, not timing)
+bundle-size: build
+	@bash scripts/bundle_size.sh
 
 ## dry-run: validate the release bundle as `wrangler deploy` would, and print its size
 dry-run: build

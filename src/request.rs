@@ -79,6 +79,43 @@ impl SaveMode {
     }
 }
 
+/// The first value of query parameter `name` in `url`, decoded as a form value (`+` is a
+/// space, `%XX` a byte); `None` if absent. Invalid UTF-8 after decoding is replaced, so it
+/// fails the user-id rule rather than the parser.
+#[must_use]
+pub fn query_param(url: &str, name: &str) -> Option<String> {
+    let query = url.split_once('?')?.1;
+    let query = query.split_once('#').map_or(query, |(q, _)| q);
+    query.split('&').find_map(|pair| {
+        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+        (decode_component(key) == name).then(|| decode_component(value))
+    })
+}
+
+fn decode_component(raw: &str) -> String {
+    let bytes = raw.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'+' => out.push(b' '),
+            b'%' if i + 2 < bytes.len() => {
+                let hex = std::str::from_utf8(&bytes[i + 1..i + 3]).ok();
+                match hex.and_then(|h| u8::from_str_radix(h, 16).ok()) {
+                    Some(b) => {
+                        out.push(b);
+                        i += 2;
+                    }
+                    None => out.push(b'%'),
+                }
+            }
+            b => out.push(b),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
 /// What a request asks for.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Route {
@@ -156,6 +193,36 @@ mod tests {
     use wasm_bindgen_test::wasm_bindgen_test as test;
 
     use super::*;
+
+    /// Query parameters decode as browsers and `url` do: `+` is a space, `%XX` a byte, the
+    /// first occurrence wins, a fragment is not part of the query.
+    #[test]
+    fn query_params() {
+        let url = "https://w.dev/?user=a%2Fb&save=auto&user=second&x=a+b%20c&bad=%zz&end=%4";
+        assert_eq!(query_param(url, "user").as_deref(), Some("a/b"));
+        assert_eq!(query_param(url, "save").as_deref(), Some("auto"));
+        assert_eq!(query_param(url, "x").as_deref(), Some("a b c"));
+        assert_eq!(query_param(url, "bad").as_deref(), Some("%zz"));
+        assert_eq!(query_param(url, "end").as_deref(), Some("%4"));
+        assert_eq!(query_param(url, "missing"), None);
+        assert_eq!(query_param("https://w.dev/", "user"), None);
+        assert_eq!(
+            query_param("https://w.dev/?user=a#user=b", "user").as_deref(),
+            Some("a")
+        );
+        assert_eq!(
+            query_param("https://w.dev/?user", "user").as_deref(),
+            Some("")
+        );
+        assert_eq!(
+            query_param("https://w.dev/?user=%00x", "user").as_deref(),
+            Some("\0x")
+        );
+        assert_eq!(
+            query_param("https://w.dev/?user=%C3%A9", "user").as_deref(),
+            Some("é")
+        );
+    }
 
     /// Absent means the spec's default user; valid ids map to their key.
     #[test]

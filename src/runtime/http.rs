@@ -24,13 +24,10 @@ pub(crate) fn load_config(env: &Env) -> Result<Config, Error> {
     })
 }
 
-/// The first value of query parameter `name`, percent-decoded.
+/// The first value of query parameter `name`, percent-decoded (parsed in the core rather than
+/// with `Request::url`, whose URL parser and its Unicode tables weigh about 100 KB of wasm).
 pub(crate) fn query_param(req: &Request, name: &str) -> Result<Option<String>, Error> {
-    let url = req.url().map_err(internal)?;
-    Ok(url
-        .query_pairs()
-        .find(|(k, _)| k == name)
-        .map(|(_, v)| v.into_owned()))
+    Ok(crate::request::query_param(&req.inner().url(), name))
 }
 
 /// The validated `user` parameter (absent means the default user).
