@@ -16,6 +16,8 @@
 #[path = "../tests/e2e/harness.rs"]
 mod harness;
 
+#[path = "e2e/cold.rs"]
+mod cold;
 #[path = "common/mod.rs"]
 mod common;
 #[path = "e2e/render.rs"]
@@ -42,6 +44,8 @@ struct Args {
     sizes_kb: Vec<usize>,
     requests: usize,
     seed_remote: bool,
+    /// Fresh starts for the cold-start comparison (local only; 0 skips it).
+    cold_starts: usize,
 }
 
 fn parse_args() -> Args {
@@ -51,6 +55,7 @@ fn parse_args() -> Args {
         sizes_kb: common::SIZES_KB.to_vec(),
         requests: 10,
         seed_remote: false,
+        cold_starts: 5,
     };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
@@ -73,6 +78,12 @@ fn parse_args() -> Args {
             }
             "--seed-remote" => args.seed_remote = true,
             "--durable-object" => args.durable = true,
+            "--cold-starts" => {
+                args.cold_starts = it
+                    .next()
+                    .and_then(|n| n.parse().ok())
+                    .expect("--cold-starts N")
+            }
             "--bench" => {}
             other => panic!("unknown argument {other}"),
         }
@@ -190,7 +201,17 @@ fn main() {
         .url
         .clone()
         .unwrap_or_else(|| "local wrangler dev (workerd + simulated R2)".into());
-    let md = render::render_tables(&results, &target, args.requests);
+    let cold = if args.url.is_none() && args.cold_starts > 0 {
+        eprintln!(
+            "bench: cold starts ({} fresh starts per worker)...",
+            args.cold_starts
+        );
+        cold::run(args.cold_starts)
+    } else {
+        Vec::new()
+    };
+    let mut md = render::render_tables(&results, &target, args.requests);
+    md.push_str(&render::render_cold(&cold));
     println!("{md}");
     let dir = common::out_dir();
     std::fs::write(dir.join("e2e.md"), &md).expect("write md");
@@ -217,6 +238,7 @@ fn main() {
             })),
             "writes": r.writes.iter().map(|(name, s)| json!({"kind": name, "samples": samples(s)})).collect::<Vec<_>>(),
         })).collect::<Vec<_>>(),
+        "cold_start": cold.iter().map(cold::ColdStart::to_json).collect::<Vec<_>>(),
     });
     std::fs::write(
         dir.join("e2e.json"),

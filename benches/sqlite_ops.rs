@@ -97,12 +97,44 @@ fn main() {
             "integrity_check_ms": {"p50": p50(&integrity)},
         }));
     }
+    let steps = vm_steps_per_ms();
+    println!(
+        "CPU budget: a runaway statement hits QUERY_MAX_STEPS = {} after {:.0} ms natively ({:.0} VM steps per ms)",
+        workers_sqlite_poc::exec::DEFAULT_QUERY_MAX_STEPS,
+        workers_sqlite_poc::exec::DEFAULT_QUERY_MAX_STEPS as f64 / steps,
+        steps
+    );
     let out = out_dir().join("sqlite_ops.json");
     let json = serde_json::json!({
         "bench": "sqlite_ops",
         "cores": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
         "rows": rows,
+        "vm_steps_per_ms": steps,
     });
     std::fs::write(&out, serde_json::to_string_pretty(&json).unwrap()).expect("write json");
     println!("wrote {}", out.display());
+}
+
+/// How fast SQLite's virtual machine steps natively: a runaway recursive query, interrupted by
+/// the executor's budget, timed. Sets the meaning of `QUERY_MAX_STEPS` in milliseconds.
+fn vm_steps_per_ms() -> f64 {
+    use workers_sqlite_poc::exec::{Executor, Limits, Statement, Transactions};
+    let mut conn = sqlite::create().expect("create");
+    let limits = Limits::default();
+    let mut exec = Executor::new(&mut conn, limits, Transactions::Client).expect("executor");
+    let runaway = Statement::new(
+        "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c) SELECT max(x) FROM c",
+    );
+    let times: Vec<f64> = (0..3)
+        .map(|_| {
+            let start = Instant::now();
+            let err = exec
+                .execute(0, &runaway, true)
+                .expect_err("the budget stops it");
+            assert_eq!(err.code(), "cpu_budget_exceeded");
+            start.elapsed().as_secs_f64() * 1000.0
+        })
+        .collect();
+    let best = times.iter().copied().fold(f64::INFINITY, f64::min);
+    limits.max_steps as f64 / best
 }

@@ -27,8 +27,10 @@ pub const DEFAULT_MAX_STATEMENTS: usize = 100;
 /// next to a database at `MAX_DB_BYTES`.
 pub const DEFAULT_MAX_RESULT_BYTES: u64 = 8 * 1024 * 1024;
 /// Default CPU budget per statement (`QUERY_MAX_STEPS`), in SQLite virtual-machine steps:
-/// about a second of CPU natively (see BENCHMARKS.md), far below the Workers CPU limit.
-pub const DEFAULT_QUERY_MAX_STEPS: u64 = 100_000_000;
+/// measured at about 0.9 s of CPU natively (58,000 steps per ms, `cargo bench --bench
+/// sqlite_ops`), a few times that in wasm: far beyond any app query, well inside the paid
+/// Workers CPU limit.
+pub const DEFAULT_QUERY_MAX_STEPS: u64 = 50_000_000;
 
 /// How often (in VM steps) the progress handler runs; the budget is counted in these units.
 const PROGRESS_EVERY_STEPS: u64 = 10_000;

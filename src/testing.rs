@@ -454,6 +454,7 @@ pub struct CountingStore {
     pub inner: MemoryStore,
     copies: Rc<Cell<u32>>,
     bodies: Cell<u32>,
+    last_put: Cell<Option<(usize, usize)>>,
 }
 
 impl CountingStore {
@@ -467,6 +468,13 @@ impl CountingStore {
     #[must_use]
     pub fn bodies_sent(&self) -> u32 {
         self.bodies.get()
+    }
+
+    /// Address and length of the bytes the last `put` was handed: a test compares them with
+    /// SQLite's own image to prove the worker made no copy of its own.
+    #[must_use]
+    pub fn last_put(&self) -> Option<(usize, usize)> {
+        self.last_put.get()
     }
 }
 
@@ -508,6 +516,8 @@ impl ObjectStore for CountingStore {
         metadata: &[(&str, String)],
         condition: &PutCondition,
     ) -> Result<PutOutcome, StoreError> {
+        self.last_put
+            .set(Some((bytes.as_ptr() as usize, bytes.len())));
         self.inner.put(key, bytes, metadata, condition).await
     }
 }

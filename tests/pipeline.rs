@@ -11,7 +11,6 @@ use workers_sqlite_poc::cache::DbCache;
 use workers_sqlite_poc::clock::Clock;
 use workers_sqlite_poc::error::Error;
 use workers_sqlite_poc::exec::{Limits, Statement, StatementResult};
-use workers_sqlite_poc::fixtures;
 use workers_sqlite_poc::pipeline::{
     self, Context, ListTables, RetryPolicy, Saved, Work, load, query, save, serve,
 };
@@ -23,6 +22,7 @@ use workers_sqlite_poc::testing::{
 };
 use workers_sqlite_poc::trend::{Recommendation, TrendSettings, Trends};
 use workers_sqlite_poc::work::Transaction;
+use workers_sqlite_poc::{fixtures, sqlite};
 
 const KEY: &str = "a/database.sqlite";
 const MAX_DB_BYTES: u64 = 1024 * 1024;
@@ -487,6 +487,31 @@ fn slow_syncs_are_logged_and_trended() {
     assert_eq!(
         last.unwrap().recommendation,
         Recommendation::MigrateToDurableObject
+    );
+}
+
+/// Copies of the database's bytes, counted so that a regression fails here: a cache miss copies
+/// the body once (straight into SQLite's buffer), a cache hit copies nothing, and a save hands
+/// the store SQLite's own image, so the worker's core makes no copy of its own (the R2 adapter
+/// then streams it out in 1 MiB chunks).
+#[test]
+fn copies_per_load_and_save_are_counted() {
+    let (store, cache, clock) = counted_demo();
+    let c = ctx(&store, &clock, Some(&cache));
+    get(&c, "a", SaveMode::Always).unwrap();
+    assert_eq!(
+        store.body_copies(),
+        1,
+        "a miss copies the body exactly once"
+    );
+    get(&c, "a", SaveMode::Always).unwrap();
+    assert_eq!(store.body_copies(), 1, "a hit copies nothing");
+    let mut entry = cache.take(KEY).unwrap();
+    let image = sqlite::export(&mut entry.conn).unwrap();
+    assert_eq!(
+        store.last_put(),
+        Some((image.as_ptr() as usize, image.len())),
+        "the save must hand over SQLite's own image, not a copy"
     );
 }
 

@@ -2,6 +2,7 @@
 
 use std::fmt::Write as _;
 
+use super::cold::ColdStart;
 use super::common::{SIZES_KB, size_label};
 use super::results::{SizeResult, field, stats};
 
@@ -234,22 +235,40 @@ pub fn render_tables(results: &[SizeResult], target: &str, requests: usize) -> S
     }
     let _ = writeln!(
         md,
-        "\n**7. Memory**\n\nwasm memory is the instance's linear memory after the size's requests (it never shrinks, so it is the high-water mark of SQLite and Rust allocations). The isolate also holds the R2 body and the upload copy in JS (one image each), so its peak is about wasm + 2 x size. The workerd column is the whole local runtime's peak RSS growth, simulated R2 included: an upper bound.\n\n| DB size | wasm memory | wasm / size | est. isolate peak (wasm + 2 x size) | workerd peak RSS growth |\n|---|---|---|---|---|"
+        "\n**7. Memory**\n\nwasm memory is the instance's linear memory after the size's requests (it never shrinks, so it is the high-water mark of SQLite and Rust allocations). The body streams straight into SQLite's buffer and the upload streams out in 1 MiB chunks, so the isolate's peak for a request is about wasm + 1 MiB (before: wasm + 2 x size, a whole JS copy of the body and one of the upload). The workerd column is the whole local runtime's peak RSS growth, simulated R2 included: an upper bound.\n\n| DB size | wasm memory | wasm / size | est. isolate peak (wasm + 1 MiB) | before (wasm + 2 x size) | workerd peak RSS growth |\n|---|---|---|---|---|---|"
     );
+    let mb = |b: f64| b / 1_048_576.0;
     for r in results {
         let wasm = r.wasm_memory_bytes();
-        let mb = |b: f64| b / 1_048_576.0;
         let workerd = r
             .peak_memory_kib
             .map(|(d, _)| format!("{:.1} MB", d as f64 / 1024.0))
             .unwrap_or_else(|| "n/a".into());
         let _ = writeln!(
             md,
-            "| {} | {:.1} MB | {:.2} | {:.1} MB | {workerd} |",
+            "| {} | {:.1} MB | {:.2} | {:.1} MB | {:.1} MB | {workerd} |",
             size_label(r.size_kb),
             mb(wasm),
             wasm / r.size_bytes as f64,
+            mb(wasm) + 1.0,
             mb(wasm + 2.0 * r.size_bytes as f64)
+        );
+    }
+    // The defaults, from the measurement: fixed overhead from the smallest size, bytes of wasm
+    // memory per byte of database from the largest.
+    if let (Some(small), Some(large)) = (results.first(), results.last()) {
+        let fixed = mb(small.wasm_memory_bytes() - small.size_bytes as f64);
+        let ratio = large.wasm_memory_bytes() / large.size_bytes as f64;
+        let max_db = 32.0;
+        let cache = 36.0;
+        let result_cap = 8.0;
+        let chunk = 1.0;
+        let js_heap = 8.0;
+        let worst = fixed + js_heap + cache + 2.0 * (ratio * max_db + chunk) + 2.0 * result_cap;
+        let _ = writeln!(
+            md,
+            "\nDefaults within the isolate's 128 MB (from this run: fixed wasm overhead {fixed:.1} MiB, {ratio:.2} bytes of wasm memory per byte of database at {}): a full version cache of {cache:.0} MiB (`CACHE_MAX_BYTES`, so a 20 MiB database stays cached), plus two concurrent cache misses at `MAX_DB_BYTES` = {max_db:.0} MiB each with a 1 MiB upload chunk, plus two results at `MAX_RESULT_BYTES` = {result_cap:.0} MiB, plus {js_heap:.0} MiB of JS heap: {fixed:.1} + {js_heap:.0} + {cache:.0} + 2 x ({ratio:.2} x {max_db:.0} + {chunk:.0}) + 2 x {result_cap:.0} = **{worst:.0} MiB** of 128.",
+            size_label(large.size_kb)
         );
     }
     md
@@ -401,4 +420,35 @@ pub fn render_svg(results: &[SizeResult], target: &str) -> String {
     }
     svg.push_str("</svg>\n");
     svg
+}
+
+/// The cold-start comparison, in Markdown (empty when it did not run).
+pub fn render_cold(cold: &[ColdStart]) -> String {
+    if cold.is_empty() {
+        return String::new();
+    }
+    let mut md = String::new();
+    let _ = writeln!(
+        md,
+        "\n**10. Cold start** (local `wrangler dev`, {} fresh starts per worker, medians in ms). Startup is spawn to \"Ready on\": workerd loads the bundle, which compiles and instantiates the wasm (the same wrangler overhead is in both rows, so the difference is this worker's module). The first request of a fresh isolate pays lazy compilation of the code it runs and, for this worker, SQLite's initialisation.\n\n| worker | startup | first request | warm request | first - warm | SQLite init (in first) |\n|---|---|---|---|---|---|",
+        cold.first().map_or(0, |c| c.first_ms.len())
+    );
+    for c in cold {
+        let med = |v: &[f64]| stats(v.to_vec()).0;
+        let init = if c.sqlite_init_ms.is_empty() {
+            "n/a".to_owned()
+        } else {
+            format!("{:.1}", med(&c.sqlite_init_ms))
+        };
+        let _ = writeln!(
+            md,
+            "| {} | {:.0} | {:.1} | {:.1} | {:.1} | {init} |",
+            c.name,
+            med(&c.startup_ms),
+            med(&c.first_ms),
+            med(&c.warm_ms),
+            med(&c.first_ms) - med(&c.warm_ms)
+        );
+    }
+    md
 }

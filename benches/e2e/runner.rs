@@ -64,6 +64,11 @@ impl Client {
         )
     }
 
+    /// `GET path`, answered 200.
+    pub fn get(&self, path: &str) -> Sample {
+        self.call("GET", path)
+    }
+
     fn call(&self, method: &str, path: &str) -> Sample {
         self.send(method, path, Vec::new())
     }

@@ -61,6 +61,39 @@ impl LocalWorker {
 
     /// As [`LocalWorker::start`], with exactly these `--var NAME:VALUE` settings.
     pub fn start_with_vars(objects: &[(&str, &[u8])], vars: &[(&str, &str)]) -> Self {
+        let mut worker = Self::spawn(None, vars);
+        worker.wait_ready();
+        for (key, bytes) in objects {
+            worker.put_object(key, bytes);
+        }
+        worker
+    }
+
+    /// Starts `wrangler dev` (with `config`, or the project's wrangler.toml) and returns once
+    /// it says it is ready, without sending the worker any request: the next request is the
+    /// first one a fresh isolate serves.
+    #[allow(dead_code, reason = "used by benches/e2e.rs, which includes this file")]
+    pub fn start_fresh(config: Option<&Path>, vars: &[(&str, &str)]) -> Self {
+        let mut worker = Self::spawn(config, vars);
+        let deadline = Instant::now() + STARTUP_TIMEOUT;
+        while !fs::read_to_string(worker.state.join("wrangler.log"))
+            .unwrap_or_default()
+            .contains("Ready on")
+        {
+            if let Ok(Some(status)) = worker.child.try_wait() {
+                panic!("wrangler dev exited ({status}):\n{}", worker.log_tail());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "not ready:\n{}",
+                worker.log_tail()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        worker
+    }
+
+    fn spawn(config: Option<&Path>, vars: &[(&str, &str)]) -> Self {
         let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
         let state = root()
             .join("target/e2e-state")
@@ -81,11 +114,14 @@ impl LocalWorker {
             "--persist-to",
         ])
         .arg(&state)
-        .args(["--inspector-port", &inspector_port.to_string()])
-        .args([
+        .args(["--inspector-port", &inspector_port.to_string()]);
+        if let Some(config) = config {
+            cmd.arg("--config").arg(config);
+        }
+        cmd.args([
             "--show-interactive-dev-session=false",
             "--log-level",
-            "warn",
+            "info",
         ]);
         for (name, value) in vars {
             cmd.args(["--var", &format!("{name}:{value}")]);
@@ -104,17 +140,12 @@ impl LocalWorker {
                 .timeout_global(Some(Duration::from_secs(120)))
                 .build(),
         );
-        let mut worker = Self {
+        Self {
             child,
             base: format!("http://127.0.0.1:{port}"),
             state,
             agent,
-        };
-        worker.wait_ready();
-        for (key, bytes) in objects {
-            worker.put_object(key, bytes);
         }
-        worker
     }
 
     fn wait_ready(&mut self) {
