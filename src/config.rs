@@ -12,7 +12,7 @@ pub const DEFAULT_MAX_DB_BYTES: u64 = 32 * 1024 * 1024;
 /// Default budget of the version cache: enough to keep a 20 MiB database open, while two
 /// concurrent cache misses at `MAX_DB_BYTES` still fit the isolate's 128 MB (the arithmetic
 /// is in BENCHMARKS.md "Memory").
-pub const DEFAULT_CACHE_MAX_BYTES: u64 = 36 * 1024 * 1024;
+pub const DEFAULT_CACHE_MAX_BYTES: u64 = 32 * 1024 * 1024;
 
 /// Default largest request body (`MAX_REQUEST_BYTES`).
 pub const DEFAULT_MAX_REQUEST_BYTES: u64 = 1024 * 1024;

@@ -138,6 +138,70 @@ fn fill_from(
     Ok(tx.commit()?)
 }
 
+/// Databases shaped like what users upload, for the import tests: full-text notes (with their
+/// own content, over another table, and contentless), a GeoPackage-like file with an rtree
+/// spatial index (only where this SQLite has rtree: natively, not in the Worker's trimmed
+/// build), AUTOINCREMENT with its top rows deleted, and a mix of blobs, `WITHOUT ROWID`,
+/// generated columns, views and triggers.
+pub fn real_world() -> Result<Vec<(&'static str, Vec<u8>)>, Error> {
+    let build = |sql: &str| -> Result<Vec<u8>, Error> {
+        let mut conn = sqlite::create()?;
+        conn.execute_batch(sql)?;
+        Ok(sqlite::export(&mut conn)?.to_vec())
+    };
+    let mut out = vec![
+        (
+            "fts5_notes",
+            build(
+                "CREATE TABLE clips(id INTEGER PRIMARY KEY, title TEXT);
+                 INSERT INTO clips VALUES (1, 'keeper save'), (2, 'late winner'), (7, 'corner routine');
+                 CREATE VIRTUAL TABLE notes USING fts5(title, body);
+                 INSERT INTO notes(rowid, title, body) VALUES
+                   (3, 'match report', 'the keeper made a double save'),
+                   (9, 'training', 'corner routines and a volley drill'),
+                   (12, 'derby', 'a late winner from the striker');
+                 CREATE VIRTUAL TABLE clips_fts USING fts5(title, content='clips', content_rowid='id');
+                 INSERT INTO clips_fts(clips_fts) VALUES ('rebuild');
+                 CREATE VIRTUAL TABLE tags_index USING fts5(tag, content='');
+                 INSERT INTO tags_index(rowid, tag) VALUES (1, 'goal');",
+            )?,
+        ),
+        (
+            "autoincrement",
+            build(
+                "CREATE TABLE events(id INTEGER PRIMARY KEY AUTOINCREMENT, what TEXT);
+                 INSERT INTO events(what) VALUES ('a'), ('b'), ('c'), ('d'), ('e'), ('f'), ('g'), ('h'), ('i'), ('j');
+                 DELETE FROM events WHERE id > 7;",
+            )?,
+        ),
+        (
+            "mixed",
+            build(
+                "CREATE TABLE media(id INTEGER PRIMARY KEY, thumb BLOB, bytes INTEGER,
+                                    kb REAL GENERATED ALWAYS AS (bytes / 1024.0) VIRTUAL,
+                                    label TEXT GENERATED ALWAYS AS (upper(substr(hex(thumb), 1, 4))) STORED);
+                 INSERT INTO media(thumb, bytes) VALUES (x'00ff10', 2048), (zeroblob(3000), 4096), (NULL, 0);
+                 CREATE TABLE ratings(clip INTEGER, who TEXT, stars INTEGER, PRIMARY KEY (clip, who)) WITHOUT ROWID;
+                 INSERT INTO ratings VALUES (1, 'ann', 5), (1, 'bo', 3), (2, 'ann', 4);
+                 CREATE TABLE audit(n INTEGER PRIMARY KEY, what TEXT);
+                 CREATE VIEW good AS SELECT clip, avg(stars) AS avg_stars FROM ratings GROUP BY clip HAVING avg_stars >= 4;
+                 CREATE TRIGGER rated AFTER INSERT ON ratings BEGIN INSERT INTO audit(what) VALUES ('rated ' || new.clip); END;",
+            )?,
+        ),
+    ];
+    let spatial = "CREATE TABLE features(fid INTEGER PRIMARY KEY, name TEXT, geom BLOB);
+         INSERT INTO features VALUES (1, 'pitch A', x'47500001'), (2, 'pitch B', x'47500002');
+         CREATE VIRTUAL TABLE rtree_features_geom USING rtree(id, minx, maxx, miny, maxy);
+         INSERT INTO rtree_features_geom VALUES (1, 0, 10, 0, 5), (2, 20, 30, 0, 5);";
+    match build(spatial) {
+        Ok(bytes) => out.push(("geopackage", bytes)),
+        // This SQLite was built without rtree (the Worker's trimmed build).
+        Err(e) if e.to_string().contains("no such module") => {}
+        Err(e) => return Err(e),
+    }
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     #[cfg(all(target_family = "wasm", target_os = "unknown"))]

@@ -42,6 +42,9 @@ pub trait SqlTarget {
     /// Whether integers beyond 2^53 survive the trip (the Durable Object API passes JS
     /// numbers, so they do not there).
     fn exact_integers(&self) -> bool;
+    /// Whether the target hosts virtual tables of `module` (lower case). Durable Object
+    /// SQLite hosts fts5 only; it refuses rtree, geopoly, fts3 and fts4.
+    fn hosts_module(&self, module: &str) -> bool;
 }
 
 /// A rusqlite connection as an import target: what host and wasm32 tests import into.
@@ -87,6 +90,27 @@ impl SqlTarget for ConnectionTarget<'_> {
     fn exact_integers(&self) -> bool {
         true
     }
+
+    fn hosts_module(&self, _module: &str) -> bool {
+        // Whatever this SQLite was built with; a module it lacks fails its CREATE, which the
+        // import reports.
+        true
+    }
+}
+
+/// An AUTOINCREMENT counter's outcome in an import.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct CounterReport {
+    /// The table.
+    pub table: String,
+    /// Its counter in the source (`sqlite_sequence.seq`): the largest id ever handed out,
+    /// which can be above the largest id still present.
+    pub seq: i64,
+    /// Whether the target now holds the same counter.
+    pub kept: bool,
+    /// Why not, if not.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
 }
 
 /// A table's outcome in an import.
@@ -114,6 +138,8 @@ pub struct ImportReport {
     pub created: Vec<String>,
     /// What was not copied, with reasons.
     pub skipped: Vec<Skipped>,
+    /// AUTOINCREMENT counters, and whether each was kept.
+    pub counters: Vec<CounterReport>,
     /// True if every copied table verified.
     pub verified: bool,
     /// The target's size after the import.
@@ -217,6 +243,48 @@ fn first_mismatch(
     Ok(mismatch)
 }
 
+/// Sets `table`'s AUTOINCREMENT counter in the target to `seq` and reads it back.
+fn keep_counter(target: &impl SqlTarget, table: &str, seq: i64) -> Result<CounterReport, Error> {
+    let name = Value::Text(table.to_owned());
+    let written = target
+        .exec_with(
+            "DELETE FROM sqlite_sequence WHERE name = ?",
+            vec![name.clone()],
+        )
+        .and_then(|()| {
+            target.exec_with(
+                "INSERT INTO sqlite_sequence(name, seq) VALUES (?, ?)",
+                vec![name, Value::Integer(seq)],
+            )
+        });
+    let mut stored = None;
+    if written.is_ok() {
+        target.query(
+            &format!(
+                "SELECT seq FROM sqlite_sequence WHERE name = '{}'",
+                table.replace('\'', "''")
+            ),
+            &mut |row| {
+                if let Some(Value::Integer(n)) = row.first() {
+                    stored = Some(*n);
+                }
+                Ok(())
+            },
+        )?;
+    }
+    let reason = match (&written, stored) {
+        (Err(e), _) => Some(format!("the target refused to set it: {e}")),
+        (Ok(()), Some(n)) if n == seq => None,
+        (Ok(()), other) => Some(format!("read back {other:?} instead of {seq}")),
+    };
+    Ok(CounterReport {
+        table: table.to_owned(),
+        seq,
+        kept: reason.is_none(),
+        reason,
+    })
+}
+
 /// Copies `source` into `target`, replacing an earlier import: drops what is there, creates
 /// each table the target can host, copies its rows in bounded batches, reads every row back
 /// and compares it, then creates indexes, views and triggers. Everything not copied is in
@@ -248,6 +316,16 @@ pub fn run(source: &Connection, target: &impl SqlTarget) -> Result<ImportReport,
                 reason: format!(
                     "column {column} holds an integer beyond 2^53, which the Durable Object API cannot pass exactly"
                 ),
+            });
+            continue;
+        }
+        if let Some(module) = &table.module
+            && !target.hosts_module(module)
+        {
+            skipped.push(Skipped {
+                name: table.name.clone(),
+                kind: "table".into(),
+                reason: unhosted_consequence(module),
             });
             continue;
         }
@@ -291,11 +369,56 @@ pub fn run(source: &Connection, target: &impl SqlTarget) -> Result<ImportReport,
             }),
         }
     }
+    for (name, module, create) in &plan.rebuilds {
+        let outcome = if target.hosts_module(module) {
+            target.exec(create).and_then(|()| {
+                target.exec(&format!(
+                    "INSERT INTO {}({}) VALUES ('rebuild')",
+                    quote(name),
+                    quote(name)
+                ))
+            })
+        } else {
+            Err(unhosted_consequence(module))
+        };
+        match outcome {
+            Ok(()) => created.push(name.clone()),
+            Err(e) => skipped.push(Skipped {
+                name: name.clone(),
+                kind: "table".into(),
+                reason: format!("full-text index over another table could not be rebuilt: {e}"),
+            }),
+        }
+    }
+    for (name, module, create) in &plan.contentless {
+        let reason = if !target.hosts_module(module) {
+            unhosted_consequence(module)
+        } else if let Err(e) = target.exec(create) {
+            format!("the target refused its CREATE statement: {e}")
+        } else {
+            "contentless full-text index: it stores no text to copy, so it was created empty; \
+             re-insert its documents to index them again"
+                .into()
+        };
+        skipped.push(Skipped {
+            name: name.clone(),
+            kind: "table".into(),
+            reason,
+        });
+    }
+    let copied: Vec<&str> = tables.iter().map(|t| t.name.as_str()).collect();
+    let counters = plan
+        .sequences
+        .iter()
+        .filter(|(table, _)| copied.contains(&table.as_str()))
+        .map(|(table, seq)| keep_counter(target, table, *seq))
+        .collect::<Result<Vec<_>, _>>()?;
     Ok(ImportReport {
         verified: tables.iter().all(|t| t.verified),
         tables,
         created,
         skipped,
+        counters,
         target_size_bytes: target.size_bytes(),
     })
 }
@@ -312,6 +435,8 @@ pub struct TablePlan {
     /// `ORDER BY` clause giving the table's storage order (rowid, or the primary key of a
     /// `WITHOUT ROWID` table), so copy and verification never depend on the query planner.
     pub order_by: String,
+    /// For a virtual table, its module (lower case); its rows are copied through the module.
+    pub module: Option<String>,
 }
 
 /// Something that will not be copied, reported instead of silently skipped.
@@ -334,6 +459,60 @@ pub struct ImportPlan {
     pub others: Vec<(String, String, String)>,
     /// What is left out, with reasons.
     pub skipped: Vec<Skipped>,
+    /// Full-text tables whose content lives in another table: created after the rows, then
+    /// rebuilt from that table: (name, module, sql).
+    pub rebuilds: Vec<(String, String, String)>,
+    /// Full-text tables that store no content: created, empty (nothing to copy them from).
+    pub contentless: Vec<(String, String, String)>,
+    /// AUTOINCREMENT counters of the source: (table, seq).
+    pub sequences: Vec<(String, i64)>,
+}
+
+/// How a full-text table keeps its text (its `content=` option).
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Content {
+    /// In its own shadow table: the rows can be read and copied.
+    Own,
+    /// In another table (`content=other`): rebuilt from that table.
+    External,
+    /// Nowhere (`content=''`): only the index exists.
+    None,
+}
+
+/// The module of a `CREATE VIRTUAL TABLE` statement, lower case, and where a full-text table
+/// keeps its text.
+fn virtual_module(sql: &str) -> Option<(String, Content)> {
+    let upper = sql.to_ascii_uppercase();
+    let at = upper.find(" USING ")? + " USING ".len();
+    let rest = sql[at..].trim_start();
+    let module: String = rest
+        .chars()
+        .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+        .collect::<String>()
+        .to_ascii_lowercase();
+    let args = rest[module.len()..].to_ascii_lowercase().replace(' ', "");
+    let content = match args.find("content=") {
+        Some(i) => {
+            let value = &args[i + "content=".len()..];
+            if value.starts_with("''") || value.starts_with("\"\"") {
+                Content::None
+            } else {
+                Content::External
+            }
+        }
+        None => Content::Own,
+    };
+    Some((module, content))
+}
+
+/// What a target that does not host `module` loses, for the report.
+fn unhosted_consequence(module: &str) -> String {
+    match module {
+        "rtree" | "rtree_i32" => "spatial index not available in the target (module rtree); the geometry rows it indexes are kept in their own table, so spatial queries must scan them".into(),
+        "geopoly" => "polygon index not available in the target (module geopoly); its shapes are not copied".into(),
+        "fts3" | "fts4" => format!("full-text table not available in the target (module {module}); its text is not copied: recreate it with fts5, which the target hosts"),
+        other => format!("virtual table module {other} is not available in the target; not copied"),
+    }
 }
 
 /// Quoted, comma-separated column names.
@@ -358,17 +537,16 @@ pub fn plan(conn: &Connection) -> Result<ImportPlan, Error> {
         stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
             .collect::<Result<_, _>>()?
     };
-    let virtual_tables: Vec<String> = rows
+    let virtual_tables: Vec<(String, String)> = rows
         .iter()
-        .filter(|(kind, _, sql)| {
-            kind == "table"
-                && sql.as_deref().is_some_and(|s| {
-                    s.trim_start()
-                        .to_ascii_uppercase()
-                        .starts_with("CREATE VIRTUAL TABLE")
-                })
+        .filter(|(kind, _, _)| kind == "table")
+        .filter_map(|(_, name, sql)| {
+            let sql = sql.as_deref()?;
+            sql.trim_start()
+                .to_ascii_uppercase()
+                .starts_with("CREATE VIRTUAL TABLE")
+                .then(|| virtual_module(sql).map(|(m, _)| (name.clone(), m)))?
         })
-        .map(|(_, name, _)| name.clone())
         .collect();
     let mut plan = ImportPlan::default();
     for (kind, name, sql) in rows {
@@ -377,16 +555,23 @@ pub fn plan(conn: &Connection) -> Result<ImportPlan, Error> {
             kind: kind.clone(),
             reason,
         };
+        if name == "sqlite_sequence" {
+            // Its rows become `counters`: the target keeps its own table, set from these.
+            let mut stmt = conn.prepare("SELECT name, seq FROM sqlite_sequence ORDER BY rowid")?;
+            plan.sequences = stmt
+                .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+                .collect::<Result<_, _>>()?;
+            continue;
+        }
         if name.starts_with("sqlite_") {
-            // sqlite_sequence and sqlite_stat* are SQLite's own; the target maintains its own.
             if kind == "table" {
                 plan.skipped.push(skip(
-                    "internal SQLite table; the target maintains its own".into(),
+                    "SQLite statistics table; ANALYZE in the target rebuilds it".into(),
                 ));
             }
             continue;
         }
-        if name.starts_with("_cf_") {
+        if is_reserved(&name) {
             plan.skipped
                 .push(skip("name reserved by Durable Object storage".into()));
             continue;
@@ -394,18 +579,50 @@ pub fn plan(conn: &Connection) -> Result<ImportPlan, Error> {
         let Some(sql) = sql else {
             continue; // automatic indexes (UNIQUE / PRIMARY KEY) come with their table
         };
-        if virtual_tables.contains(&name) {
-            plan.skipped.push(skip(
-                "virtual table: its module and content cannot be copied row by row".into(),
-            ));
+        if let Some((owner, module)) = virtual_tables
+            .iter()
+            .find(|(v, _)| name != *v && name.starts_with(&format!("{v}_")))
+        {
+            plan.skipped.push(skip(format!(
+                "shadow table of virtual table {owner} (module {module}); the module rebuilds it"
+            )));
             continue;
         }
-        if let Some(owner) = virtual_tables
-            .iter()
-            .find(|v| name.starts_with(&format!("{v}_")))
-        {
-            plan.skipped
-                .push(skip(format!("shadow table of virtual table {owner}")));
+        if let Some((_, module)) = virtual_tables.iter().find(|(v, _)| *v == name) {
+            let content = virtual_module(&sql).map_or(Content::Own, |(_, c)| c);
+            let full_text = module.starts_with("fts");
+            match content {
+                Content::External if full_text => {
+                    plan.rebuilds.push((name, module.clone(), sql));
+                }
+                Content::None if full_text => {
+                    plan.contentless.push((name, module.clone(), sql));
+                }
+                _ => {
+                    // Full-text rowids are what the app's other tables refer to: copy them.
+                    let mut columns = if full_text {
+                        vec!["rowid".to_owned()]
+                    } else {
+                        vec![]
+                    };
+                    match visible_columns(conn, &name) {
+                        Ok(visible) => columns.extend(visible),
+                        // This SQLite lacks the module (the Worker's build has no rtree), so
+                        // the table cannot be read here: what the target loses is the same.
+                        Err(_) => {
+                            plan.skipped.push(skip(unhosted_consequence(module)));
+                            continue;
+                        }
+                    }
+                    plan.tables.push(TablePlan {
+                        name,
+                        create_sql: sql,
+                        columns,
+                        order_by: "ORDER BY rowid".into(),
+                        module: Some(module.clone()),
+                    });
+                }
+            }
             continue;
         }
         if kind == "table" {
@@ -416,12 +633,22 @@ pub fn plan(conn: &Connection) -> Result<ImportPlan, Error> {
                 create_sql: sql,
                 columns,
                 order_by,
+                module: None,
             });
         } else {
             plan.others.push((kind, name, sql));
         }
     }
     Ok(plan)
+}
+
+/// A virtual table's declared columns (`pragma_table_info` leaves out its hidden ones).
+fn visible_columns(conn: &Connection, table: &str) -> Result<Vec<String>, Error> {
+    let mut stmt = conn.prepare("SELECT name FROM pragma_table_info(?1)")?;
+    let cols = stmt
+        .query_map([table], |r| r.get::<_, String>(0))?
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(cols)
 }
 
 fn storage_order(conn: &Connection, table: &str, create_sql: &str) -> Result<String, Error> {
@@ -611,9 +838,15 @@ mod tests {
         .unwrap();
         let p = plan(&conn).unwrap();
         let skipped: Vec<&str> = p.skipped.iter().map(|s| s.name.as_str()).collect();
-        assert!(skipped.contains(&"notes"), "{skipped:?}");
         assert!(skipped.contains(&"notes_data"), "{skipped:?}");
-        assert!(skipped.contains(&"sqlite_sequence"), "{skipped:?}");
+        assert!(
+            !skipped.contains(&"notes"),
+            "fts5 tables are copied: {skipped:?}"
+        );
+        assert_eq!(p.sequences, [("seq".to_owned(), 1)]);
+        let notes = p.tables.iter().find(|t| t.name == "notes").unwrap();
+        assert_eq!(notes.columns, ["rowid", "body"]);
+        assert_eq!(notes.module.as_deref(), Some("fts5"));
         let seq = p.tables.iter().find(|t| t.name == "seq").unwrap();
         assert_eq!(seq.columns, ["id", "x"]);
         assert_eq!(seq.order_by, "ORDER BY rowid");
@@ -746,9 +979,9 @@ mod tests {
         assert!(!report.verified, "{report:?}");
     }
 
-    /// What cannot be copied is reported, never silently dropped: virtual tables and their
-    /// shadow tables, SQLite's own tables, names the Durable Object reserves, and tables whose
-    /// CREATE the target refuses.
+    /// What cannot be copied is reported, never silently dropped: shadow tables (their module
+    /// rebuilds them), names the Durable Object reserves, and tables whose CREATE the target
+    /// refuses.
     #[test]
     fn skipped_tables_are_reported() {
         let source = demo();
@@ -773,13 +1006,7 @@ mod tests {
             .iter()
             .map(|s| (s.name.as_str(), s.reason.as_str()))
             .collect();
-        for name in [
-            "notes",
-            "notes_data",
-            "sqlite_sequence",
-            "_cf_mine",
-            "refused",
-        ] {
+        for name in ["notes_data", "_cf_mine", "refused"] {
             assert!(
                 skipped.iter().any(|(n, _)| *n == name),
                 "{name}: {skipped:?}"
@@ -793,6 +1020,133 @@ mod tests {
                 .any(|t| t.name == "seq" && t.rows_copied == 1)
         );
         assert!(!report.tables.iter().any(|t| t.name == "refused"));
+        // The full-text table itself is copied through its module, with its rows, and the
+        // AUTOINCREMENT counter comes along.
+        assert!(
+            report
+                .tables
+                .iter()
+                .any(|t| t.name == "notes" && t.rows_copied == 1 && t.verified)
+        );
+        assert_eq!(report.counters.len(), 1);
+        assert!(report.counters[0].kept, "{:?}", report.counters);
+    }
+
+    fn one_value(conn: &Connection, sql: &str) -> Value {
+        conn.query_row(sql, [], |r| r.get(0)).unwrap()
+    }
+
+    /// Real-world-shaped files imported into a real SQLite target: every table verified,
+    /// full-text search answers the same in the copy, AUTOINCREMENT counters survive deleted
+    /// top rows, generated columns, views and triggers work, and what is lost is reported.
+    #[test]
+    fn real_world_files_import_losslessly() {
+        for (name, bytes) in fixtures::real_world().unwrap() {
+            let source = sqlite::load(&bytes).unwrap().conn;
+            let target_conn = sqlite::create().unwrap();
+            let report = import_into(&source, &ConnectionTarget(&target_conn));
+            assert!(report.verified, "{name}: {report:?}");
+            assert!(
+                report.counters.iter().all(|c| c.kept),
+                "{name}: {:?}",
+                report.counters
+            );
+            let same = |sql: &str| {
+                assert_eq!(
+                    one_value(&source, sql),
+                    one_value(&target_conn, sql),
+                    "{name}: {sql}"
+                )
+            };
+            match name {
+                "fts5_notes" => {
+                    same(
+                        "SELECT group_concat(rowid) FROM notes WHERE notes MATCH 'keeper OR corner'",
+                    );
+                    same(
+                        "SELECT group_concat(rowid) FROM clips_fts WHERE clips_fts MATCH 'winner'",
+                    );
+                    let contentless = report
+                        .skipped
+                        .iter()
+                        .find(|s| s.name == "tags_index")
+                        .unwrap();
+                    assert!(
+                        contentless.reason.contains("contentless"),
+                        "{contentless:?}"
+                    );
+                }
+                "autoincrement" => {
+                    same("SELECT seq FROM sqlite_sequence WHERE name = 'events'");
+                    target_conn
+                        .execute("INSERT INTO events(what) VALUES ('next')", [])
+                        .unwrap();
+                    assert_eq!(
+                        one_value(&target_conn, "SELECT max(id) FROM events"),
+                        Value::Integer(11)
+                    );
+                }
+                "mixed" => {
+                    same("SELECT group_concat(kb || label, ',') FROM media");
+                    same("SELECT group_concat(clip) FROM good");
+                    target_conn
+                        .execute("INSERT INTO ratings VALUES (3, 'cy', 2)", [])
+                        .unwrap();
+                    assert_eq!(
+                        one_value(&target_conn, "SELECT what FROM audit"),
+                        Value::Text("rated 3".into())
+                    );
+                    assert_eq!(report.created.len(), 2, "{:?}", report.created);
+                }
+                "geopackage" => {
+                    same("SELECT group_concat(id) FROM rtree_features_geom WHERE minx >= 15");
+                }
+                other => panic!("unexpected fixture {other}"),
+            }
+        }
+    }
+
+    /// The same files into a target that hosts only fts5 and passes JS numbers, as a Durable
+    /// Object does: full-text tables come across; an rtree index is reported with its module
+    /// and consequence while the geometry rows it indexes are kept.
+    #[test]
+    fn durable_object_like_target_reports_unhostable_modules() {
+        for (name, bytes) in fixtures::real_world().unwrap() {
+            let source = sqlite::load(&bytes).unwrap().conn;
+            let target_conn = sqlite::create().unwrap();
+            let report = import_into(
+                &source,
+                &JsNumberTarget::new(ConnectionTarget(&target_conn)),
+            );
+            assert!(report.verified, "{name}: {report:?}");
+            if name == "fts5_notes" {
+                assert!(
+                    report
+                        .tables
+                        .iter()
+                        .any(|t| t.name == "notes" && t.verified)
+                );
+                assert!(report.created.contains(&"clips_fts".to_owned()));
+            }
+            if name == "geopackage" {
+                let rtree = report
+                    .skipped
+                    .iter()
+                    .find(|s| s.name == "rtree_features_geom")
+                    .unwrap();
+                assert!(rtree.reason.contains("module rtree"), "{rtree:?}");
+                assert!(
+                    rtree.reason.contains("geometry rows it indexes are kept"),
+                    "{rtree:?}"
+                );
+                assert!(
+                    report
+                        .tables
+                        .iter()
+                        .any(|t| t.name == "features" && t.rows_copied == 2)
+                );
+            }
+        }
     }
 
     /// Integers a JS number cannot hold exactly stop the table's copy with a reason.
@@ -863,6 +1217,9 @@ mod tests {
         fn exact_integers(&self) -> bool {
             self.inner.exact_integers()
         }
+        fn hosts_module(&self, module: &str) -> bool {
+            self.inner.hosts_module(module)
+        }
     }
 
     /// An import target that passes integers as JS numbers (`f64`), as the Durable Object SQL
@@ -921,6 +1278,10 @@ mod tests {
         fn exact_integers(&self) -> bool {
             self.claims_exact
         }
+        fn hosts_module(&self, module: &str) -> bool {
+            // As the Durable Object: full-text search yes, spatial and older FTS no.
+            module == "fts5" && self.inner.hosts_module(module)
+        }
     }
 
     /// An import target that refuses statements starting with `refuse`, as the Durable Object
@@ -955,6 +1316,9 @@ mod tests {
         }
         fn exact_integers(&self) -> bool {
             self.inner.exact_integers()
+        }
+        fn hosts_module(&self, module: &str) -> bool {
+            self.inner.hosts_module(module)
         }
     }
 }

@@ -260,7 +260,7 @@ pub fn render_tables(results: &[SizeResult], target: &str, requests: usize) -> S
         let fixed = mb(small.wasm_memory_bytes() - small.size_bytes as f64);
         let ratio = large.wasm_memory_bytes() / large.size_bytes as f64;
         let max_db = 32.0;
-        let cache = 36.0;
+        let cache = 32.0;
         let result_cap = 8.0;
         let chunk = 1.0;
         let js_heap = 8.0;

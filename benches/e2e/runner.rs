@@ -154,7 +154,7 @@ pub fn write_kinds() -> Vec<(&'static str, Value)> {
         ),
         (
             "update 1% of rows",
-            json!({"sql": "UPDATE raw_clips SET notes = notes || '.' WHERE id % 100 = 0"}),
+            json!({"sql": "UPDATE raw_clips SET notes = notes || '.' WHERE id % 100 = 1"}),
         ),
         (
             "read-only batch, cache hit",

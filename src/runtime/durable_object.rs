@@ -113,6 +113,11 @@ impl SqlTarget for DoTarget {
     fn exact_integers(&self) -> bool {
         false
     }
+
+    fn hosts_module(&self, module: &str) -> bool {
+        // Durable Object SQLite answers SQLITE_AUTH for rtree, geopoly, fts3 and fts4.
+        module == "fts5"
+    }
 }
 
 fn user_tables(target: &DoTarget) -> std::result::Result<Vec<String>, Error> {
@@ -167,6 +172,7 @@ impl UserDb {
                 "tables": report.tables,
                 "created": report.created,
                 "skipped": report.skipped,
+                "counters": report.counters,
                 "timing_breakdown": {
                     "download_ms": round2(download_ms),
                     "parse_ms": round2(parse_ms),

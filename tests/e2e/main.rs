@@ -350,7 +350,8 @@ fn durable_object_import_round_trips_every_row() {
     assert_eq!(worker.get("/do/import?user=a").status, 405);
 }
 
-/// Tables the import cannot copy are reported with a reason, never silently dropped.
+/// Tables the import cannot copy are reported with a reason, never silently dropped; a
+/// full-text (FTS5) table is recreated in the Durable Object and refilled with its rows.
 #[test]
 fn durable_object_import_reports_what_it_skips() {
     let image = workers_sqlite_poc::testing::apply_sql(
@@ -367,7 +368,7 @@ fn durable_object_import_reports_what_it_skips() {
         .iter()
         .map(|s| s["name"].as_str().unwrap().to_owned())
         .collect();
-    for name in ["notes", "notes_data", "notes_config", "big"] {
+    for name in ["notes_data", "notes_config", "big"] {
         assert!(
             skipped.contains(&name.to_owned()),
             "{name} not reported: {}",
@@ -380,5 +381,72 @@ fn durable_object_import_reports_what_it_skips() {
         .iter()
         .map(|t| t["name"].as_str().unwrap())
         .collect();
-    assert_eq!(copied, ["projects", "raw_clips", "clip_tags"]);
+    // Durable Object SQLite hosts FTS5: the full-text table comes across with its rows.
+    assert_eq!(copied, ["projects", "raw_clips", "clip_tags", "notes"]);
+    assert_eq!(import.json["success"], true, "{}", import.json);
+}
+
+/// Real-world-shaped files through the real Durable Object: full-text notes (own content,
+/// external content rebuilt, contentless reported), AUTOINCREMENT counters after deleted top
+/// rows, blobs, `WITHOUT ROWID`, generated columns, views and triggers, and a GeoPackage whose
+/// rtree index the object cannot host (reported with module and consequence; rows kept).
+#[test]
+fn durable_object_imports_real_world_files() {
+    let files = fixtures::real_world().unwrap();
+    let seeds: Vec<(String, &[u8])> = files
+        .iter()
+        .map(|(name, bytes)| {
+            (
+                format!("{}/database.sqlite", name.replace('_', "-")),
+                bytes.as_slice(),
+            )
+        })
+        .collect();
+    let seeds: Vec<(&str, &[u8])> = seeds.iter().map(|(k, b)| (k.as_str(), *b)).collect();
+    let worker = LocalWorker::start(&seeds);
+    for (name, _) in &files {
+        let user = name.replace('_', "-");
+        let import = worker.request("POST", &format!("/do/import?user={user}"));
+        eprintln!("{name}: {}", import.json);
+        assert_eq!(import.status, 200, "{name}: {}", import.json);
+        assert_eq!(import.json["success"], true, "{name}");
+        let skipped = import.json["skipped"].as_array().unwrap();
+        let reason = |table: &str| {
+            skipped
+                .iter()
+                .find(|s| s["name"] == table)
+                .map(|s| s["reason"].as_str().unwrap().to_owned())
+        };
+        match name.as_ref() {
+            "fts5_notes" => {
+                assert!(
+                    import.json["created"]
+                        .as_array()
+                        .unwrap()
+                        .iter()
+                        .any(|c| c == "clips_fts")
+                );
+                assert!(reason("tags_index").unwrap().contains("contentless"));
+            }
+            "autoincrement" => {
+                let counters = import.json["counters"].as_array().unwrap();
+                assert_eq!(counters.len(), 1, "{}", import.json);
+                assert_eq!(counters[0]["seq"], 10);
+                // Kept, or reported exactly with the reason the object gave.
+                assert!(
+                    counters[0]["kept"] == true || counters[0]["reason"].is_string(),
+                    "{}",
+                    import.json
+                );
+            }
+            "geopackage" => {
+                let why = reason("rtree_features_geom").unwrap();
+                assert!(
+                    why.contains("module rtree") && why.contains("kept"),
+                    "{why}"
+                );
+            }
+            _ => {}
+        }
+    }
 }
