@@ -417,7 +417,7 @@ fn durable_object_imports_real_world_files() {
                 .find(|s| s["name"] == table)
                 .map(|s| s["reason"].as_str().unwrap().to_owned())
         };
-        match name.as_ref() {
+        match *name {
             "fts5_notes" => {
                 assert!(
                     import.json["created"]
