@@ -46,6 +46,10 @@ struct Args {
     seed_remote: bool,
     /// Fresh starts for the cold-start comparison (local only; 0 skips it).
     cold_starts: usize,
+    /// Only the cold-start comparison.
+    cold_only: bool,
+    /// Another build's wrangler.toml to add to the cold-start comparison (a "before").
+    cold_before: Option<String>,
 }
 
 fn parse_args() -> Args {
@@ -56,6 +60,8 @@ fn parse_args() -> Args {
         requests: 10,
         seed_remote: false,
         cold_starts: 5,
+        cold_only: false,
+        cold_before: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
@@ -78,6 +84,8 @@ fn parse_args() -> Args {
             }
             "--seed-remote" => args.seed_remote = true,
             "--durable-object" => args.durable = true,
+            "--cold-only" => args.cold_only = true,
+            "--cold-before" => args.cold_before = it.next(),
             "--cold-starts" => {
                 args.cold_starts = it
                     .next()
@@ -95,7 +103,8 @@ fn main() {
     let args = parse_args();
     let mut results = Vec::new();
     let remote = args.url.as_deref().map(Client::new);
-    for &size_kb in &args.sizes_kb {
+    let sizes: &[usize] = if args.cold_only { &[] } else { &args.sizes_kb };
+    for &size_kb in sizes {
         let image = fixtures::sized_database(size_kb * 1024, size_kb as u64).expect("generate");
         eprintln!("bench: {size_kb} KB ({} bytes)...", image.len());
         let result =
@@ -206,10 +215,24 @@ fn main() {
             "bench: cold starts ({} fresh starts per worker)...",
             args.cold_starts
         );
-        cold::run(args.cold_starts)
+        cold::run(args.cold_starts, args.cold_before.as_deref())
     } else {
         Vec::new()
     };
+    if args.cold_only {
+        let md = render::render_cold(&cold);
+        println!("{md}");
+        let dir = common::out_dir();
+        std::fs::write(dir.join("cold.md"), &md).expect("write md");
+        let raw = json!({"bench": "cold", "cold_start": cold.iter().map(cold::ColdStart::to_json).collect::<Vec<_>>()});
+        std::fs::write(
+            dir.join("cold.json"),
+            serde_json::to_string_pretty(&raw).unwrap(),
+        )
+        .expect("write json");
+        eprintln!("wrote target/bench/cold.{{md,json}}");
+        return;
+    }
     let mut md = render::render_tables(&results, &target, args.requests);
     md.push_str(&render::render_cold(&cold));
     println!("{md}");

@@ -931,7 +931,10 @@ mod tests {
     fn verification_catches_a_lossy_target() {
         let source = demo();
         let target_conn = sqlite::create().unwrap();
-        let lossy = LossyTarget::new(ConnectionTarget(&target_conn), "Project 2");
+        let lossy = DoubleTarget {
+            alter_text: Some("Project 2"),
+            ..DoubleTarget::new(ConnectionTarget(&target_conn))
+        };
         let report = import_into(&source, &lossy);
         assert!(!report.verified, "{report:?}");
         let projects = report.tables.iter().find(|t| t.name == "projects").unwrap();
@@ -956,7 +959,7 @@ mod tests {
             .execute_batch("CREATE TABLE big(n INTEGER); INSERT INTO big VALUES (9007199254740993); CREATE TABLE small(n); INSERT INTO small VALUES (42);")
             .unwrap();
         let target_conn = sqlite::create().unwrap();
-        let js = JsNumberTarget::new(ConnectionTarget(&target_conn));
+        let js = DoubleTarget::durable_object(ConnectionTarget(&target_conn));
         let report = import_into(&source, &js);
         assert!(report.verified);
         assert_eq!(report.skipped.len(), 1, "{:?}", report.skipped);
@@ -974,7 +977,10 @@ mod tests {
         let exact_conn = sqlite::create().unwrap();
         let report = import_into(&source, &ConnectionTarget(&exact_conn));
         assert!(report.verified && report.skipped.is_empty(), "{report:?}");
-        let lying = JsNumberTarget::claiming_exact(ConnectionTarget(&target_conn));
+        let lying = DoubleTarget {
+            js_numbers: true,
+            ..DoubleTarget::new(ConnectionTarget(&target_conn))
+        };
         let report = import_into(&source, &lying);
         assert!(!report.verified, "{report:?}");
     }
@@ -996,9 +1002,9 @@ mod tests {
             )
             .unwrap();
         let target_conn = sqlite::create().unwrap();
-        let refusing = RefusingTarget {
-            inner: ConnectionTarget(&target_conn),
-            refuse: "CREATE TABLE refused",
+        let refusing = DoubleTarget {
+            refuse: Some("CREATE TABLE refused"),
+            ..DoubleTarget::new(ConnectionTarget(&target_conn))
         };
         let report = import_into(&source, &refusing);
         let skipped: Vec<(&str, &str)> = report
@@ -1116,7 +1122,7 @@ mod tests {
             let target_conn = sqlite::create().unwrap();
             let report = import_into(
                 &source,
-                &JsNumberTarget::new(ConnectionTarget(&target_conn)),
+                &DoubleTarget::durable_object(ConnectionTarget(&target_conn)),
             );
             assert!(report.verified, "{name}: {report:?}");
             if name == "fts5_notes" {
@@ -1173,135 +1179,69 @@ mod tests {
         }
     }
 
-    // ---- Test doubles of the Durable Object target ----
+    // ---- A test double of the Durable Object target ----
 
-    /// An import target that alters every text value starting with `marker` on the way in, as a
-    /// faulty adapter would: what the import's verification must catch.
+    /// An import target wrapping a real one, with the Durable Object's ways switched on one
+    /// by one: passing integers as JS numbers (`f64`), hosting only fts5, refusing some
+    /// statements, and (as a fault) altering text on the way in.
     #[derive(Debug)]
-    pub struct LossyTarget<T> {
+    pub struct DoubleTarget<T> {
         inner: T,
-        marker: &'static str,
-    }
-
-    impl<T> LossyTarget<T> {
-        /// Wraps `inner`, altering text that starts with `marker`.
-        pub fn new(inner: T, marker: &'static str) -> Self {
-            Self { inner, marker }
-        }
-    }
-
-    impl<T: SqlTarget> SqlTarget for LossyTarget<T> {
-        fn exec(&self, sql: &str) -> Result<(), String> {
-            self.inner.exec(sql)
-        }
-        fn exec_with(&self, sql: &str, params: Vec<Value>) -> Result<(), String> {
-            let params = params
-                .into_iter()
-                .map(|v| match v {
-                    Value::Text(t) if t.starts_with(self.marker) => Value::Text(format!("{t}!")),
-                    other => other,
-                })
-                .collect();
-            self.inner.exec_with(sql, params)
-        }
-        fn query(
-            &self,
-            sql: &str,
-            each: &mut dyn FnMut(Vec<Value>) -> Result<(), Error>,
-        ) -> Result<(), Error> {
-            self.inner.query(sql, each)
-        }
-        fn size_bytes(&self) -> u64 {
-            self.inner.size_bytes()
-        }
-        fn exact_integers(&self) -> bool {
-            self.inner.exact_integers()
-        }
-        fn hosts_module(&self, module: &str) -> bool {
-            self.inner.hosts_module(module)
-        }
-    }
-
-    /// An import target that passes integers as JS numbers (`f64`), as the Durable Object SQL
-    /// API does: integers beyond 2^53 lose precision. `claims_exact` makes it wrongly say they
-    /// survive, to show what verification does when the unsafe-integer check is bypassed.
-    #[derive(Debug)]
-    pub struct JsNumberTarget<T> {
-        inner: T,
+        /// Integers go through `f64`, as JS numbers do: beyond 2^53 they lose precision.
+        js_numbers: bool,
+        /// What `exact_integers` claims (a lying target shows what verification catches).
         claims_exact: bool,
+        /// Hosts only fts5, as Durable Object SQLite does.
+        only_fts5: bool,
+        /// Statements starting with this are refused ("not authorized").
+        refuse: Option<&'static str>,
+        /// Text values starting with this are altered on the way in.
+        alter_text: Option<&'static str>,
     }
 
-    impl<T> JsNumberTarget<T> {
-        /// Honest about its integers.
+    impl<T> DoubleTarget<T> {
+        /// A faithful wrapper; switch behaviours on with the fields below.
         pub fn new(inner: T) -> Self {
             Self {
                 inner,
-                claims_exact: false,
-            }
-        }
-
-        /// The same rounding, but claiming exact integers.
-        pub fn claiming_exact(inner: T) -> Self {
-            Self {
-                inner,
+                js_numbers: false,
                 claims_exact: true,
+                only_fts5: false,
+                refuse: None,
+                alter_text: None,
+            }
+        }
+
+        /// As the Durable Object: JS numbers, honest about them, fts5 only.
+        pub fn durable_object(inner: T) -> Self {
+            Self {
+                js_numbers: true,
+                claims_exact: false,
+                only_fts5: true,
+                ..Self::new(inner)
             }
         }
     }
 
-    impl<T: SqlTarget> SqlTarget for JsNumberTarget<T> {
+    impl<T: SqlTarget> SqlTarget for DoubleTarget<T> {
         fn exec(&self, sql: &str) -> Result<(), String> {
-            self.inner.exec(sql)
-        }
-        fn exec_with(&self, sql: &str, params: Vec<Value>) -> Result<(), String> {
-            let params = params
-                .into_iter()
-                .map(|v| match v {
-                    // JS numbers hold integers exactly only up to 2^53; a whole number comes
-                    // back as an integer.
-                    Value::Integer(n) => Value::Integer(n as f64 as i64),
-                    other => other,
-                })
-                .collect();
-            self.inner.exec_with(sql, params)
-        }
-        fn query(
-            &self,
-            sql: &str,
-            each: &mut dyn FnMut(Vec<Value>) -> Result<(), Error>,
-        ) -> Result<(), Error> {
-            self.inner.query(sql, each)
-        }
-        fn size_bytes(&self) -> u64 {
-            self.inner.size_bytes()
-        }
-        fn exact_integers(&self) -> bool {
-            self.claims_exact
-        }
-        fn hosts_module(&self, module: &str) -> bool {
-            // As the Durable Object: full-text search yes, spatial and older FTS no.
-            module == "fts5" && self.inner.hosts_module(module)
-        }
-    }
-
-    /// An import target that refuses statements starting with `refuse`, as the Durable Object
-    /// refuses modules it does not host.
-    #[derive(Debug)]
-    pub struct RefusingTarget<T> {
-        /// The target underneath.
-        pub inner: T,
-        /// Statements starting with this are refused.
-        pub refuse: &'static str,
-    }
-
-    impl<T: SqlTarget> SqlTarget for RefusingTarget<T> {
-        fn exec(&self, sql: &str) -> Result<(), String> {
-            if sql.starts_with(self.refuse) {
+            if self.refuse.is_some_and(|r| sql.starts_with(r)) {
                 return Err("not authorized".into());
             }
             self.inner.exec(sql)
         }
         fn exec_with(&self, sql: &str, params: Vec<Value>) -> Result<(), String> {
+            let params = params
+                .into_iter()
+                .map(|v| match v {
+                    // A whole number comes back from a JS number as an integer.
+                    Value::Integer(n) if self.js_numbers => Value::Integer(n as f64 as i64),
+                    Value::Text(t) if self.alter_text.is_some_and(|m| t.starts_with(m)) => {
+                        Value::Text(format!("{t}!"))
+                    }
+                    other => other,
+                })
+                .collect();
             self.inner.exec_with(sql, params)
         }
         fn query(
@@ -1315,10 +1255,10 @@ mod tests {
             self.inner.size_bytes()
         }
         fn exact_integers(&self) -> bool {
-            self.inner.exact_integers()
+            self.claims_exact && self.inner.exact_integers()
         }
         fn hosts_module(&self, module: &str) -> bool {
-            self.inner.hosts_module(module)
+            (!self.only_fts5 || module == "fts5") && self.inner.hosts_module(module)
         }
     }
 }

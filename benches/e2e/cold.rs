@@ -89,20 +89,28 @@ fn measure(name: &'static str, config: Option<PathBuf>, path: &str, starts: usiz
     result
 }
 
-/// This worker and the minimal JS worker, `starts` fresh starts each.
-pub fn run(starts: usize) -> Vec<ColdStart> {
-    vec![
-        measure(
-            "this worker (GET /?save=never, new user)",
-            None,
+/// This worker and the minimal JS worker, `starts` fresh starts each; with `before`, also
+/// another build of this worker (its wrangler.toml), for a before/after comparison.
+pub fn run(starts: usize, before: Option<&str>) -> Vec<ColdStart> {
+    let mut out = vec![measure(
+        "this worker (GET /?save=never, new user)",
+        None,
+        "/?user=cold&save=never",
+        starts,
+    )];
+    if let Some(config) = before {
+        out.push(measure(
+            "before: the same request, previous bundle",
+            Some(PathBuf::from(config)),
             "/?user=cold&save=never",
             starts,
-        ),
-        measure(
-            "minimal JS worker (returns JSON)",
-            Some(minimal_worker()),
-            "/",
-            starts,
-        ),
-    ]
+        ));
+    }
+    out.push(measure(
+        "minimal JS worker (returns JSON)",
+        Some(minimal_worker()),
+        "/",
+        starts,
+    ));
+    out
 }
