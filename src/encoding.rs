@@ -154,6 +154,29 @@ pub(crate) fn serialize_rows<S: Serializer>(rows: &[Vec<Value>], s: S) -> Result
     seq.end()
 }
 
+/// Reads rows written by [`serialize_rows`] (the Durable Object route sends results to the
+/// worker this way).
+pub(crate) fn deserialize_rows<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<Vec<Vec<Value>>, D::Error> {
+    let rows: Vec<Vec<Json>> = serde::Deserialize::deserialize(d)?;
+    rows.iter()
+        .map(|row| row.iter().map(from_json).collect::<Result<Vec<_>, _>>())
+        .collect::<Result<_, _>>()
+        .map_err(serde::de::Error::custom)
+}
+
+/// Reads an integer written by [`serialize_integer`].
+pub(crate) fn deserialize_integer<'de, D: serde::Deserializer<'de>>(d: D) -> Result<i64, D::Error> {
+    let json: Json = serde::Deserialize::deserialize(d)?;
+    match from_json(&json).map_err(serde::de::Error::custom)? {
+        Value::Integer(n) => Ok(n),
+        other => Err(serde::de::Error::custom(format!(
+            "{other:?} is not an integer"
+        ))),
+    }
+}
+
 /// Serialises an integer with [`to_json`] (a number, or `{"integer": ...}` beyond 2^53).
 pub(crate) fn serialize_integer<S: Serializer>(n: &i64, s: S) -> Result<S::Ok, S::Error> {
     s.serialize_some(&to_json(&Value::Integer(*n)))

@@ -17,7 +17,7 @@ use std::sync::{Arc, Mutex};
 use rusqlite::hooks::{AuthAction, AuthContext, Authorization};
 use rusqlite::types::Value;
 use rusqlite::{Connection, ErrorCode};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::error::{Corruption, Error};
 
@@ -61,17 +61,23 @@ impl Statement {
 }
 
 /// What one statement returned.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct StatementResult {
     /// Column names, in order.
     pub columns: Vec<String>,
     /// Rows, each with one value per column.
-    #[serde(serialize_with = "crate::encoding::serialize_rows")]
+    #[serde(
+        serialize_with = "crate::encoding::serialize_rows",
+        deserialize_with = "crate::encoding::deserialize_rows"
+    )]
     pub rows: Vec<Vec<Value>>,
     /// Rows inserted, updated or deleted by this statement (not counting triggers).
     pub changes: u64,
     /// The connection's last inserted rowid after this statement.
-    #[serde(serialize_with = "crate::encoding::serialize_integer")]
+    #[serde(
+        serialize_with = "crate::encoding::serialize_integer",
+        deserialize_with = "crate::encoding::deserialize_integer"
+    )]
     pub last_insert_rowid: i64,
 }
 
@@ -409,7 +415,7 @@ impl From<rusqlite::Error> for Failure {
 }
 
 /// Adds `value` to the request's result size; refuses past `max_bytes`.
-fn charge(used: &mut u64, max_bytes: u64, value: &Value) -> Result<(), Error> {
+pub fn charge(used: &mut u64, max_bytes: u64, value: &Value) -> Result<(), Error> {
     *used += VALUE_OVERHEAD_BYTES
         + match value {
             Value::Text(s) => s.len() as u64,

@@ -231,7 +231,8 @@ impl Report {
     }
 }
 
-/// What the Durable Object answers the worker for the table list (the wire between them).
+/// What the Durable Object answers the worker (the wire between them): its tables, and the
+/// results of the statements it ran, if any.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct DurableTables {
     /// User tables, in creation order.
@@ -240,6 +241,9 @@ pub struct DurableTables {
     pub query_ms: f64,
     /// The object's database size.
     pub size_bytes: u64,
+    /// One entry per statement, for `POST /do/query`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub results: Option<Vec<StatementResult>>,
 }
 
 /// The timing fields the Durable Object route has no counterpart for.
@@ -278,7 +282,7 @@ impl Report {
             },
             not_applicable: DURABLE_NOT_APPLICABLE.to_vec(),
             db_info: DbInfo::new(inner.size_bytes, inner.tables, None),
-            results: None,
+            results: inner.results,
             cache: None,
             clock: ClockInfo::new(
                 clock,
@@ -379,6 +383,7 @@ mod tests {
             tables: vec!["projects".into()],
             query_ms: 0.0,
             size_bytes: 8192,
+            results: None,
         };
         let r = Report::durable_object(&StepClock::frozen(), &Thresholds::default(), 12.0, inner);
         let json = serde_json::to_value(&r).unwrap();

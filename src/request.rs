@@ -134,6 +134,8 @@ pub enum Route {
     DoImport,
     /// `GET /do?user=ID`: list the user's tables from their Durable Object.
     DoTables,
+    /// `POST /do/query?user=ID`: the `/query` body, run in the user's Durable Object.
+    DoQuery,
     /// `POST /__self-test/store`: the object-store contract against the real binding (only
     /// with `SELF_TEST=true`).
     SelfTest,
@@ -145,6 +147,8 @@ pub mod durable_paths {
     pub const IMPORT: &str = "/import";
     /// List tables.
     pub const TABLES: &str = "/tables";
+    /// Run a `/query` body as one transaction.
+    pub const QUERY: &str = "/query";
 }
 
 /// Maps method and path to a route, or to the 404/405 the client should see.
@@ -154,6 +158,7 @@ pub fn route(method: &str, path: &str) -> Result<Route, Error> {
         "/query" => (Route::Query, "POST"),
         "/do" => (Route::DoTables, "GET"),
         "/do/import" => (Route::DoImport, "POST"),
+        "/do/query" => (Route::DoQuery, "POST"),
         "/__self-test/store" => (Route::SelfTest, "POST"),
         other => match hrana_path(other) {
             Some((user, true)) => (Route::HranaPipeline { user }, "POST"),

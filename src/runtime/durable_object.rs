@@ -10,12 +10,20 @@ use worker::{
     durable_object,
 };
 
-use super::http::{ErrorShape, error_response, json_response, load_config, user_of};
+use std::cell::RefCell;
+use std::rc::Rc;
+
+use js_sys::{Function, Reflect};
+use wasm_bindgen::JsCast;
+use wasm_bindgen::closure::Closure;
+
+use super::http::{ErrorShape, body, error_response, json_response, load_config, user_of};
 use super::js_clock::JsClock;
 use super::r2::R2Store;
 use crate::clock::Clock;
 use crate::delay::round2;
 use crate::error::Error;
+use crate::exec::{Limits, Statement, StatementResult};
 use crate::import::{self, SqlTarget};
 use crate::report::DurableTables;
 use crate::request::{UserId, durable_paths};
@@ -26,19 +34,30 @@ use crate::store::{Fetched, ObjectStore};
 #[durable_object]
 pub struct UserDb {
     state: State,
+    /// The same state as a JS object, for `storage.transactionSync`, which workers-rs does not
+    /// wrap.
+    js_state: JsValue,
     env: Env,
 }
 
 impl DurableObject for UserDb {
     fn new(state: State, env: Env) -> Self {
-        Self { state, env }
+        let raw = state._inner();
+        let js_state = JsValue::from(raw.clone());
+        Self {
+            state: State::from(raw),
+            js_state,
+            env,
+        }
     }
 
     async fn fetch(&self, req: Request) -> Result<Response> {
+        let mut req = req;
         let result = async {
             let user = user_of(&req)?;
             match (req.method(), req.path().as_str()) {
                 (Method::Post, durable_paths::IMPORT) => self.import(&user).await,
+                (Method::Post, durable_paths::QUERY) => self.query(&mut req).await,
                 (Method::Get, durable_paths::TABLES) => self.tables(&user),
                 (_, path) => Err(Error::NotFound { path: path.into() }),
             }
@@ -50,6 +69,15 @@ impl DurableObject for UserDb {
 
 /// The Durable Object's SQL storage as an import target.
 struct DoTarget(SqlStorage);
+
+/// What the statements of one `/query` came to inside the transaction.
+type Outcome = std::result::Result<Vec<StatementResult>, Error>;
+
+fn js_internal(e: JsValue) -> Error {
+    Error::Internal {
+        detail: format!("durable object runtime: {e:?}"),
+    }
+}
 
 fn from_do(v: SqlStorageValue) -> Value {
     match v {
@@ -120,6 +148,126 @@ impl SqlTarget for DoTarget {
     }
 }
 
+/// A failure of the Durable Object's SQL on statement `index`: its `SQLITE_AUTH` refusals
+/// (ATTACH, BEGIN, modules it does not host) are the guard rails' `statement_not_allowed`; the
+/// rest are the statement's own errors, as on the R2 route.
+fn statement_error(index: usize, e: &worker::Error) -> Error {
+    let message = e.to_string();
+    let code = message
+        .rsplit(|c: char| !(c.is_ascii_uppercase() || c == '_'))
+        .find(|w| w.starts_with("SQLITE_"))
+        .map(|w| w.to_owned());
+    if code.as_deref() == Some("SQLITE_AUTH") || message.contains("not authorized") {
+        return Error::StatementNotAllowed {
+            statement: index,
+            reason: format!("the Durable Object refused it: {message}"),
+        };
+    }
+    let sqlite_code = match code.as_deref() {
+        Some("SQLITE_CONSTRAINT") => Some("SQLITE_CONSTRAINT"),
+        Some("SQLITE_MISMATCH") => Some("SQLITE_MISMATCH"),
+        Some("SQLITE_RANGE") => Some("SQLITE_RANGE"),
+        _ => Some("SQLITE_ERROR"),
+    };
+    Error::SqlError {
+        statement: index,
+        message,
+        sqlite_code,
+    }
+}
+
+/// A parameter for the Durable Object's SQL API, which passes numbers as JS numbers.
+fn param_to_js(index: usize, v: &Value) -> std::result::Result<JsValue, Error> {
+    if let Value::Integer(n) = v
+        && n.unsigned_abs() > crate::encoding::MAX_SAFE_INTEGER as u64
+    {
+        return Err(Error::InvalidRequest {
+            reason: format!(
+                "statement {index}: the integer {n} is beyond 2^53, which the Durable Object SQL API cannot pass exactly; send it as text"
+            ),
+        });
+    }
+    Ok(to_js(v.clone()))
+}
+
+/// One statement through the Durable Object's SQL API, with the `/query` semantics.
+fn run_statement(
+    sql: &SqlStorage,
+    index: usize,
+    stmt: &Statement,
+    limits: &Limits,
+    result_bytes: &mut u64,
+) -> std::result::Result<StatementResult, Error> {
+    if !stmt.named_args.is_empty() {
+        return Err(Error::InvalidRequest {
+            reason: format!(
+                "statement {index}: the Durable Object route binds positional parameters only (?); send params as an array"
+            ),
+        });
+    }
+    let total = |sql: &SqlStorage| -> std::result::Result<i64, Error> {
+        let mut n = 0;
+        for row in sql
+            .exec("SELECT total_changes()", None)
+            .map_err(|e| statement_error(index, &e))?
+            .raw()
+        {
+            if let Some(SqlStorageValue::Integer(v)) = row
+                .map_err(|e| statement_error(index, &e))?
+                .into_iter()
+                .next()
+            {
+                n = v;
+            }
+        }
+        Ok(n)
+    };
+    let before = total(sql)?;
+    let params = stmt
+        .args
+        .iter()
+        .map(|v| param_to_js(index, v))
+        .collect::<std::result::Result<Vec<_>, _>>()?;
+    let cursor = sql
+        .exec_raw(&stmt.sql, params)
+        .map_err(|e| statement_error(index, &e))?;
+    let columns = cursor.column_names();
+    let mut rows = Vec::new();
+    for row in cursor.raw() {
+        let row: Vec<Value> = row
+            .map_err(|e| statement_error(index, &e))?
+            .into_iter()
+            .map(from_do)
+            .collect();
+        for v in &row {
+            crate::exec::charge(result_bytes, limits.max_result_bytes, v)?;
+        }
+        rows.push(row);
+    }
+    let after = total(sql)?;
+    let (mut changes, mut last_insert_rowid) = (0, 0);
+    for row in sql
+        .exec("SELECT changes(), last_insert_rowid()", None)
+        .map_err(|e| statement_error(index, &e))?
+        .raw()
+    {
+        let row = row.map_err(|e| statement_error(index, &e))?;
+        if let [SqlStorageValue::Integer(c), SqlStorageValue::Integer(r)] = row.as_slice() {
+            (changes, last_insert_rowid) = (*c, *r);
+        }
+    }
+    Ok(StatementResult {
+        columns,
+        rows,
+        changes: if after == before {
+            0
+        } else {
+            u64::try_from(changes).unwrap_or(0)
+        },
+        last_insert_rowid,
+    })
+}
+
 fn user_tables(target: &DoTarget) -> std::result::Result<Vec<String>, Error> {
     let mut names = Vec::new();
     target.query(
@@ -137,6 +285,67 @@ fn user_tables(target: &DoTarget) -> std::result::Result<Vec<String>, Error> {
 }
 
 impl UserDb {
+    /// `POST /query` inside the object: the `/query` body as one transaction
+    /// (`storage.transactionSync`: a statement that fails rolls every one back).
+    async fn query(&self, req: &mut Request) -> std::result::Result<Response, Error> {
+        let config = load_config(&self.env)?;
+        let bytes = body(req, config.max_request_bytes).await?;
+        let statements = crate::work::parse_query_body(&bytes)?;
+        if statements.len() > config.limits.max_statements {
+            return Err(Error::TooManyStatements {
+                count: statements.len(),
+                max: config.limits.max_statements,
+            });
+        }
+        let clock = JsClock;
+        let sql = self.state.storage().sql();
+        let outcome: Rc<RefCell<Option<Outcome>>> = Rc::new(RefCell::new(None));
+        let start = clock.now_ms();
+        {
+            let (outcome, sql, limits) = (Rc::clone(&outcome), sql.clone(), config.limits);
+            let run = Closure::once(move || -> std::result::Result<JsValue, JsValue> {
+                let mut result_bytes = 0;
+                let result = statements
+                    .iter()
+                    .enumerate()
+                    .map(|(i, s)| run_statement(&sql, i, s, &limits, &mut result_bytes))
+                    .collect::<std::result::Result<Vec<_>, _>>();
+                let failed = result.is_err();
+                *outcome.borrow_mut() = Some(result);
+                // Throwing is how transactionSync is told to roll back.
+                if failed {
+                    Err(JsValue::from_str("rolled back"))
+                } else {
+                    Ok(JsValue::NULL)
+                }
+            });
+            let storage = Reflect::get(&self.js_state, &"storage".into()).map_err(js_internal)?;
+            let transaction: Function = Reflect::get(&storage, &"transactionSync".into())
+                .map_err(js_internal)?
+                .dyn_into()
+                .map_err(js_internal)?;
+            // Its own error (the throw above) is already in `outcome`.
+            let _ = transaction.call1(&storage, run.as_ref());
+        }
+        let query_ms = clock.now_ms() - start;
+        let results = outcome
+            .borrow_mut()
+            .take()
+            .ok_or_else(|| Error::Internal {
+                detail: "transactionSync did not run the statements".into(),
+            })??;
+        let target = DoTarget(sql);
+        json_response(
+            &DurableTables {
+                tables: user_tables(&target)?,
+                query_ms,
+                size_bytes: target.size_bytes(),
+                results: Some(results),
+            },
+            200,
+        )
+    }
+
     async fn import(&self, user: &UserId) -> std::result::Result<Response, Error> {
         let clock = JsClock;
         let config = load_config(&self.env)?;
@@ -202,6 +411,7 @@ impl UserDb {
                 tables,
                 query_ms,
                 size_bytes: target.size_bytes(),
+                results: None,
             },
             200,
         )

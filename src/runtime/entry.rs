@@ -87,7 +87,11 @@ async fn handle(mut req: Request, env: &Env) -> std::result::Result<Response, Er
         }
         (Route::HranaVersion, _) => json_response(&serde_json::json!({"protocol": "hrana"}), 200),
         (Route::DoImport, Some(user)) => forward_import(env, &user).await,
-        (Route::DoTables, Some(user)) => handle_do_tables(env, &config, &user).await,
+        (Route::DoTables, Some(user)) => handle_do(env, &config, &user, None).await,
+        (Route::DoQuery, Some(user)) => {
+            let bytes = body(&mut req, config.max_request_bytes).await?;
+            handle_do(env, &config, &user, Some(bytes)).await
+        }
         (Route::SelfTest, _) => handle_self_test(env, &config, &identity).await,
         (route, None) => Err(Error::Internal {
             detail: format!("route {route:?} reached without a user"),
@@ -229,19 +233,32 @@ async fn forward_import(env: &Env, user: &UserId) -> std::result::Result<Respons
         .map_err(internal)
 }
 
-/// `GET /do?user=ID`: the table list from the user's Durable Object, in the R2 route's report
-/// model. Errors from the object (404 for a user never imported) pass through as they are.
-async fn handle_do_tables(
+/// `GET /do?user=ID` (the table list) and `POST /do/query?user=ID` (the `/query` body, run in
+/// the object as one transaction), in the R2 route's report model. Errors from the object (404
+/// for a user never imported, a statement's 400) pass through as they are.
+async fn handle_do(
     env: &Env,
     config: &Config,
     user: &UserId,
+    query: Option<Vec<u8>>,
 ) -> std::result::Result<Response, Error> {
     let clock = JsClock;
     let start = clock.now_ms();
-    let mut response = stub_for(env, user)?
-        .fetch_with_str(&durable_url(durable_paths::TABLES, user))
-        .await
-        .map_err(internal)?;
+    let stub = stub_for(env, user)?;
+    let mut response = match query {
+        None => stub
+            .fetch_with_str(&durable_url(durable_paths::TABLES, user))
+            .await
+            .map_err(internal)?,
+        Some(bytes) => {
+            let mut init = RequestInit::new();
+            init.with_method(Method::Post)
+                .with_body(Some(js_sys::Uint8Array::from(bytes.as_slice()).into()));
+            let inner = Request::new_with_init(&durable_url(durable_paths::QUERY, user), &init)
+                .map_err(internal)?;
+            stub.fetch_with_request(inner).await.map_err(internal)?
+        }
+    };
     if response.status_code() != 200 {
         return Ok(response);
     }

@@ -363,3 +363,84 @@ fn object_store_contract_holds_for_local_r2() {
     let off = LocalWorker::start(&[]);
     assert_eq!(off.request("POST", "/__self-test/store").status, 404);
 }
+
+/// The same `/query` bodies on both routes: `POST /query` (R2) and `POST /do/query` (the
+/// user's Durable Object, after an import) answer with the same results encoding and report
+/// shape; each request is one transaction in the object too (a failing statement rolls back
+/// the ones before it), and the object's refusals are the same guard-rail errors.
+#[test]
+fn both_query_routes_answer_alike() {
+    let demo = fixtures::demo_database().unwrap();
+    let worker = LocalWorker::start(&[("a/database.sqlite", &demo)]);
+    assert_eq!(worker.request("POST", "/do/import?user=a").status, 200);
+    let write = json!([
+        {"sql": "CREATE TABLE IF NOT EXISTS notes(id INTEGER PRIMARY KEY, body TEXT, data BLOB, score REAL)"},
+        {"sql": "INSERT INTO notes(body, data, score) VALUES (?, ?, ?)", "params": ["first", {"blob": "AAEC"}, 2.5]},
+    ]);
+    let read = json!([
+        {"sql": "SELECT id, body, data, score FROM notes ORDER BY id"},
+        {"sql": "SELECT count(*) AS n FROM raw_clips"},
+    ]);
+    let mut answers = Vec::new();
+    for route in ["/query", "/do/query"] {
+        let w = worker.post_json(&format!("{route}?user=a"), &write, &[]);
+        assert_eq!(w.status, 200, "{route}: {}", w.json);
+        assert_eq!(w.json["results"][1]["changes"], 1, "{route}: {}", w.json);
+        assert_eq!(w.json["results"][1]["last_insert_rowid"], 1, "{route}");
+        let r = worker.post_json(&format!("{route}?user=a"), &read, &[]);
+        assert_eq!(r.status, 200, "{route}: {}", r.json);
+        for field in [
+            "success",
+            "delay_analysis",
+            "timing_breakdown",
+            "db_info",
+            "clock",
+        ] {
+            assert!(r.json.get(field).is_some(), "{route} lacks {field}");
+        }
+        answers.push((r.json["route"].clone(), r.json["results"].clone()));
+    }
+    assert_eq!(answers[0].0, "r2");
+    assert_eq!(answers[1].0, "durable_object");
+    assert_eq!(
+        answers[0].1, answers[1].1,
+        "the two routes answered differently"
+    );
+
+    // All or nothing in the object too.
+    let failing = json!([
+        {"sql": "INSERT INTO notes(body) VALUES ('lost')"},
+        {"sql": "INSERT INTO no_such_table VALUES (1)"},
+    ]);
+    let answer = worker.post_json("/do/query?user=a", &failing, &[]);
+    assert_eq!(answer.status, 400, "{}", answer.json);
+    assert_eq!(answer.json["error"]["code"], "sql_error");
+    assert_eq!(answer.json["error"]["statement"], 1);
+    let count = worker.post_json(
+        "/do/query?user=a",
+        &json!({"sql": "SELECT count(*) FROM notes"}),
+        &[],
+    );
+    assert_eq!(
+        count.json["results"][0]["rows"],
+        json!([[1]]),
+        "{}",
+        count.json
+    );
+
+    let attach = worker.post_json("/do/query?user=a", &json!({"sql": "ATTACH 'x' AS y"}), &[]);
+    assert_eq!(attach.status, 403, "{}", attach.json);
+    assert_eq!(attach.json["error"]["code"], "statement_not_allowed");
+    let big = worker.post_json(
+        "/do/query?user=a",
+        &json!({"sql": "SELECT ?", "params": [{"integer": "9007199254740993"}]}),
+        &[],
+    );
+    assert_eq!(big.status, 400, "{}", big.json);
+    assert!(
+        big.json["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("2^53")
+    );
+}
