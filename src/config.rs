@@ -40,6 +40,9 @@ pub struct Config {
     /// `SELF_TEST=true`: serve `POST /__self-test/store`, which runs the object-store contract
     /// against the real R2 binding (the end-to-end suite turns it on; off by default).
     pub self_test: bool,
+    /// `AUTO_MIGRATE=true`: a user whose trend recommends `migrate_to_durable_object` is moved
+    /// to their Durable Object at their next request. Off by default.
+    pub auto_migrate: bool,
 }
 
 impl Default for Config {
@@ -55,6 +58,7 @@ impl Default for Config {
             max_request_bytes: DEFAULT_MAX_REQUEST_BYTES,
             limits: Limits::default(),
             self_test: false,
+            auto_migrate: false,
         }
     }
 }
@@ -92,6 +96,9 @@ impl Config {
         };
         if let Some(v) = lookup("ALLOW_ANONYMOUS") {
             config.allow_anonymous = parse_bool("ALLOW_ANONYMOUS", &v)?;
+        }
+        if let Some(v) = lookup("AUTO_MIGRATE") {
+            config.auto_migrate = parse_bool("AUTO_MIGRATE", &v)?;
         }
         if let Some(v) = lookup("SELF_TEST") {
             config.self_test = parse_bool("SELF_TEST", &v)?;

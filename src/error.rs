@@ -122,6 +122,12 @@ pub enum Error {
         /// How many times the request ran before giving up.
         attempts: u32,
     },
+    /// The user's database is being moved between R2 and their Durable Object; nothing was
+    /// written.
+    Migrating,
+    /// The user is served by their Durable Object (the worker forwards the request there;
+    /// routes it cannot forward answer this).
+    ServedByDurableObject,
     /// The object store failed (after retries, for the failures that are worth retrying).
     StorageUnavailable(StoreError),
     /// The runtime, a binding, a Durable Object or SQLite failed on something the client
@@ -237,6 +243,17 @@ impl std::fmt::Display for Error {
                 "the database was changed by other requests each of the {attempts} times this \
                  one ran"
             ),
+            Self::Migrating => write!(
+                f,
+                "this user's database is being moved between R2 and a Durable Object; nothing \
+                 was written; retry in a moment"
+            ),
+            Self::ServedByDurableObject => write!(
+                f,
+                "this user's database lives in a Durable Object: use POST /query or GET / \
+                 (forwarded there); the libSQL endpoint needs the R2 route \
+                 (POST /migrate?to=r2)"
+            ),
             Self::StorageUnavailable(e) => write!(f, "{e}"),
             Self::Internal { detail } => write!(f, "internal: {detail}"),
         }
@@ -284,7 +301,7 @@ impl Error {
             Self::Forbidden { .. } | Self::StatementNotAllowed { .. } => 403,
             Self::NotFound { .. } | Self::UserNotFound { .. } => 404,
             Self::MethodNotAllowed { .. } => 405,
-            Self::Conflict { .. } => 409,
+            Self::Conflict { .. } | Self::ServedByDurableObject => 409,
             Self::RequestTooLarge { .. }
             | Self::TooManyStatements { .. }
             | Self::DatabaseTooLarge { .. } => 413,
@@ -292,7 +309,7 @@ impl Error {
             | Self::ResultTooLarge { .. }
             | Self::CpuBudgetExceeded { .. } => 422,
             Self::Internal { .. } | Self::Misconfigured { .. } => 500,
-            Self::AuthNotConfigured | Self::StorageUnavailable(_) => 503,
+            Self::AuthNotConfigured | Self::StorageUnavailable(_) | Self::Migrating => 503,
         }
     }
 
@@ -320,6 +337,8 @@ impl Error {
             Self::CorruptDatabase(_) => "corrupt_database",
             Self::Conflict { .. } => "conflict",
             Self::StorageUnavailable(_) => "storage_unavailable",
+            Self::Migrating => "migrating",
+            Self::ServedByDurableObject => "served_by_durable_object",
             Self::Internal { .. } => "internal",
         }
     }
@@ -329,7 +348,7 @@ impl Error {
     pub fn retry_after_s(&self) -> Option<u32> {
         match self {
             Self::StorageUnavailable(_) => Some(2),
-            Self::Conflict { .. } => Some(1),
+            Self::Conflict { .. } | Self::Migrating => Some(1),
             _ => None,
         }
     }
@@ -385,7 +404,10 @@ impl Error {
                 message,
                 retryable: matches!(
                     self,
-                    Self::Conflict { .. } | Self::StorageUnavailable(_) | Self::Internal { .. }
+                    Self::Conflict { .. }
+                        | Self::StorageUnavailable(_)
+                        | Self::Internal { .. }
+                        | Self::Migrating
                 ),
                 statement,
                 sqlite_code: match self {
@@ -399,7 +421,7 @@ impl Error {
     /// True for errors whose detail must be logged because the client does not see it.
     #[must_use]
     pub fn is_internal(&self) -> bool {
-        self.status() >= 500 && !matches!(self, Self::AuthNotConfigured)
+        self.status() >= 500 && !matches!(self, Self::AuthNotConfigured | Self::Migrating)
     }
 }
 

@@ -14,7 +14,8 @@
 //! - [`cache`]: the version cache of open databases, keyed by object and entity tag.
 //! - [`sqlite`]: SQLite initialise, load an image, create, list tables, export.
 //! - [`header`]: validation of the 100-byte SQLite header.
-//! - [`import`]: the copy into a Durable Object, over the [`import::SqlTarget`] trait.
+//! - [`import`]: the copy into a Durable Object (and back out), over [`import::SqlTarget`].
+//! - [`migrate`]: moving a user between R2 and their Durable Object, with nothing lost.
 //! - [`store`]: the object-store seam and its failure contract; [`store::MemoryStore`].
 //! - [`clock`]: the time seam.
 //! - [`delay`]: the spec's thresholds, bands and rounding.
@@ -39,6 +40,7 @@ pub mod fixtures;
 pub mod header;
 pub mod hrana;
 pub mod import;
+pub mod migrate;
 pub mod pipeline;
 pub mod report;
 pub mod request;

@@ -24,7 +24,7 @@ use crate::report::{
 use crate::request::{SaveMode, UserId};
 use crate::sqlite;
 use crate::store::{
-    Body, DB_VERSION_KEY, Fetched, ObjectStore, PutCondition, PutOutcome, StoreError,
+    Body, DB_VERSION_KEY, Fetched, ObjectStore, PutCondition, PutOutcome, ROUTE_KEY, StoreError,
     StoreErrorKind, WRITE_ID_KEY,
 };
 
@@ -143,7 +143,7 @@ pub struct Loaded {
 }
 
 /// Repeats `op` after rate limiting and transient failures, waiting as `policy` says.
-async fn with_retries<T, C: Clock, F: AsyncFnMut() -> Result<T, StoreError>>(
+pub(crate) async fn with_retries<T, C: Clock, F: AsyncFnMut() -> Result<T, StoreError>>(
     clock: &C,
     policy: &RetryPolicy,
     mut op: F,
@@ -157,6 +157,15 @@ async fn with_retries<T, C: Clock, F: AsyncFnMut() -> Result<T, StoreError>>(
             }
             other => return other,
         }
+    }
+}
+
+/// Whether the stored object says its user is served elsewhere right now.
+fn check_route(metadata: &std::collections::HashMap<String, String>) -> Result<(), Error> {
+    match metadata.get(ROUTE_KEY).map(String::as_str) {
+        Some("moving") => Err(Error::Migrating),
+        Some("durable_object") => Err(Error::ServedByDurableObject),
+        _ => Ok(()),
     }
 }
 
@@ -196,15 +205,28 @@ pub async fn load<S: ObjectStore, C: Clock>(
         (None, None) => CacheStatus::Disabled,
     };
     let (conn, etag, version, converted_from_wal, cache, parsed) = match (fetched, cached) {
-        (Fetched::NotModified, Some(entry)) => (
-            entry.conn,
-            Some(entry.etag),
-            entry.db_version,
-            false,
-            CacheStatus::Hit,
-            false,
-        ),
-        (Fetched::NotModified, None) => {
+        (Fetched::NotModified { metadata }, Some(entry)) => {
+            if let Err(e) = check_route(&metadata) {
+                // The copy is still current; keep it, so the next check is as cheap.
+                let size = entry.size_bytes;
+                if let Some(cache) = ctx.cache {
+                    cache.put(Entry {
+                        size_bytes: size,
+                        ..entry
+                    });
+                }
+                return Err(e);
+            }
+            (
+                entry.conn,
+                Some(entry.etag),
+                entry.db_version,
+                false,
+                CacheStatus::Hit,
+                false,
+            )
+        }
+        (Fetched::NotModified { .. }, None) => {
             return Err(Error::Internal {
                 detail: "store answered 'not modified' to an unconditional get".into(),
             });
@@ -217,6 +239,8 @@ pub async fn load<S: ObjectStore, C: Clock>(
         }
         (Fetched::Missing, _) => (sqlite::create()?, None, None, false, miss, true),
         (Fetched::Found(object), _) => {
+            // Checked before the body is read: a moved user's body is never downloaded.
+            check_route(&object.metadata)?;
             let version = object
                 .metadata
                 .get(DB_VERSION_KEY)

@@ -136,6 +136,10 @@ pub enum Route {
     DoTables,
     /// `POST /do/query?user=ID`: the `/query` body, run in the user's Durable Object.
     DoQuery,
+    /// `POST /do/export?user=ID`: write the Durable Object's database back to R2.
+    DoExport,
+    /// `POST /migrate?user=ID&to=durable_object|r2`: move the user.
+    Migrate,
     /// `POST /__self-test/store`: the object-store contract against the real binding (only
     /// with `SELF_TEST=true`).
     SelfTest,
@@ -149,6 +153,8 @@ pub mod durable_paths {
     pub const TABLES: &str = "/tables";
     /// Run a `/query` body as one transaction.
     pub const QUERY: &str = "/query";
+    /// Export into R2 as one SQLite file, and hand the user back to R2.
+    pub const EXPORT: &str = "/export";
 }
 
 /// Maps method and path to a route, or to the 404/405 the client should see.
@@ -159,6 +165,8 @@ pub fn route(method: &str, path: &str) -> Result<Route, Error> {
         "/do" => (Route::DoTables, "GET"),
         "/do/import" => (Route::DoImport, "POST"),
         "/do/query" => (Route::DoQuery, "POST"),
+        "/do/export" => (Route::DoExport, "POST"),
+        "/migrate" => (Route::Migrate, "POST"),
         "/__self-test/store" => (Route::SelfTest, "POST"),
         other => match hrana_path(other) {
             Some((user, true)) => (Route::HranaPipeline { user }, "POST"),

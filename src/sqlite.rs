@@ -75,6 +75,12 @@ impl Image {
     pub fn bytes_mut(&mut self) -> &mut [u8] {
         &mut self.0
     }
+
+    /// The bytes, once filled.
+    #[must_use]
+    pub fn bytes(&self) -> &[u8] {
+        &self.0
+    }
 }
 
 /// Validates a filled image and opens it; SQLite takes the buffer over without copying.

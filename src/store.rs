@@ -38,8 +38,12 @@ pub trait Body {
 pub enum Fetched<B> {
     /// No object exists under the key.
     Missing,
-    /// The object still has the entity tag the caller already holds; no body was sent.
-    NotModified,
+    /// The object still has the entity tag the caller already holds; no body was sent, only
+    /// its custom metadata.
+    NotModified {
+        /// The object's custom metadata.
+        metadata: HashMap<String, String>,
+    },
     /// The object is larger than the caller's limit; its body was not read.
     TooLarge {
         /// The object's size.
@@ -89,6 +93,11 @@ pub enum PutOutcome {
     /// The condition did not hold, so nothing was written.
     ConditionFailed,
 }
+
+/// Custom metadata key saying where the user is served while it is set: `moving` during a
+/// migration (writes are refused, retryable) and `durable_object` after one (requests go to
+/// the user's Durable Object). Absent: R2.
+pub const ROUTE_KEY: &str = "route";
 
 /// Custom metadata key carrying a unique id per write attempt, so a writer whose `put` failed
 /// in flight can tell whether the stored object is its own.
@@ -279,7 +288,9 @@ impl ObjectStore for MemoryStore {
             return Ok(Fetched::Missing);
         };
         if if_none_match == Some(o.etag.as_str()) {
-            return Ok(Fetched::NotModified);
+            return Ok(Fetched::NotModified {
+                metadata: o.metadata.clone(),
+            });
         }
         let size_bytes = o.bytes.len() as u64;
         if size_bytes > max_bytes {

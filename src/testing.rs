@@ -405,7 +405,7 @@ pub async fn store_contract<S: ObjectStore>(store: &S, prefix: &str) -> Result<(
     }
     if !matches!(
         store.get(&key, 3, Some(&second)).await.map_err(err)?,
-        Fetched::NotModified
+        Fetched::NotModified { .. }
     ) {
         return fail("get with the current etag must be NotModified");
     }
@@ -500,7 +500,7 @@ impl ObjectStore for CountingStore {
                 })
             }
             Fetched::Missing => Fetched::Missing,
-            Fetched::NotModified => Fetched::NotModified,
+            Fetched::NotModified { metadata } => Fetched::NotModified { metadata },
             Fetched::TooLarge { size_bytes } => Fetched::TooLarge { size_bytes },
         })
     }

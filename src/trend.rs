@@ -67,6 +67,8 @@ pub struct Trends {
     /// user → (last seen counter, recent sync times).
     users: RefCell<HashMap<String, (u64, VecDeque<f64>)>>,
     clock: RefCell<u64>,
+    /// user → the recommendation of their latest trend.
+    last: RefCell<HashMap<String, Recommendation>>,
 }
 
 impl Trends {
@@ -74,6 +76,23 @@ impl Trends {
     #[must_use]
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// The recommendation of `user`'s latest trend (`None` for a user not seen), for
+    /// `AUTO_MIGRATE`, which acts on it at the user's next request.
+    #[must_use]
+    pub fn recommendation(&self, user: &str) -> Recommendation {
+        self.last
+            .borrow()
+            .get(user)
+            .copied()
+            .unwrap_or(Recommendation::None)
+    }
+
+    /// Forgets `user`'s trend (after a move, the old delays no longer describe them).
+    pub fn forget(&self, user: &str) {
+        self.users.borrow_mut().remove(user);
+        self.last.borrow_mut().remove(user);
     }
 
     /// Records `sync_ms` for `user` and returns the trend including it.
@@ -118,6 +137,9 @@ impl Trends {
         } else {
             Recommendation::None
         };
+        self.last
+            .borrow_mut()
+            .insert(user.to_owned(), recommendation);
         TrendInfo {
             window: settings.window,
             samples_ms: samples.iter().map(|ms| round_ms(*ms)).collect(),
@@ -161,6 +183,12 @@ mod tests {
         let info = trends.record("a", 50.0, &t, &s);
         assert_eq!(info.samples_ms.len(), 10);
         assert_eq!(info.recommendation, Recommendation::MigrateToDurableObject);
+        assert_eq!(
+            trends.recommendation("a"),
+            Recommendation::MigrateToDurableObject
+        );
+        trends.forget("a");
+        assert_eq!(trends.recommendation("a"), Recommendation::None);
         // Other users are independent.
         assert_eq!(trends.record("b", 50.0, &t, &s).samples_ms, [50]);
     }

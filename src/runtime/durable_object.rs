@@ -58,6 +58,7 @@ impl DurableObject for UserDb {
             match (req.method(), req.path().as_str()) {
                 (Method::Post, durable_paths::IMPORT) => self.import(&user).await,
                 (Method::Post, durable_paths::QUERY) => self.query(&mut req).await,
+                (Method::Post, durable_paths::EXPORT) => self.export(&user).await,
                 (Method::Get, durable_paths::TABLES) => self.tables(&user),
                 (_, path) => Err(Error::NotFound { path: path.into() }),
             }
@@ -284,10 +285,94 @@ fn user_tables(target: &DoTarget) -> std::result::Result<Vec<String>, Error> {
     Ok(names)
 }
 
+/// Keys in the object's own key-value storage that say whether it serves queries.
+const FROZEN_KEY: &str = "frozen";
+const ACTIVE_KEY: &str = "active";
+
 impl UserDb {
+    async fn flag(&self, key: &str) -> std::result::Result<Option<bool>, Error> {
+        self.state
+            .storage()
+            .get::<bool>(key)
+            .await
+            .map_err(super::http::internal)
+    }
+
+    async fn set_flag(&self, key: &str, value: bool) -> std::result::Result<(), Error> {
+        self.state
+            .storage()
+            .put(key, value)
+            .await
+            .map_err(super::http::internal)
+    }
+
+    /// Queries are refused (retryable) while an export runs, and after one: R2 serves the user
+    /// then, and a request that was routed here before the move must go there instead.
+    async fn check_serving(&self) -> std::result::Result<(), Error> {
+        if self.flag(FROZEN_KEY).await? == Some(true) || self.flag(ACTIVE_KEY).await? == Some(false)
+        {
+            return Err(Error::Migrating);
+        }
+        Ok(())
+    }
+
+    /// `POST /export` inside the object: freeze, write one SQLite file to R2 (conditional, with
+    /// a newer `db-version`, clearing `route`), and stop serving queries.
+    async fn export(&self, user: &UserId) -> std::result::Result<Response, Error> {
+        let clock = JsClock;
+        let start = clock.now_ms();
+        let config = load_config(&self.env)?;
+        self.set_flag(FROZEN_KEY, true).await?;
+        let result = async {
+            let target = DoTarget(self.state.storage().sql());
+            if user_tables(&target)?.is_empty() {
+                return Err(Error::UserNotFound {
+                    user: user.as_str().to_owned(),
+                    place: "the Durable Object (import it first: POST /do/import)",
+                });
+            }
+            let mut conn = sqlite::create()?;
+            let report = import::export_into(&target, &conn)?;
+            if !report.verified {
+                return Err(Error::Internal {
+                    detail: format!("export did not verify: {report:?}"),
+                });
+            }
+            let image = sqlite::export(&mut conn)?;
+            let store = R2Store::from_env(&self.env)?;
+            let ctx = crate::pipeline::Context {
+                max_db_bytes: config.max_db_bytes,
+                nonce: super::js_clock::nonce(),
+                ..crate::pipeline::Context::new(&store, &clock)
+            };
+            let (etag, version) = crate::migrate::publish_export(&ctx, user, &image).await?;
+            Ok((report, etag, version, image.len()))
+        }
+        .await;
+        if result.is_ok() {
+            self.set_flag(ACTIVE_KEY, false).await?;
+        }
+        self.set_flag(FROZEN_KEY, false).await?;
+        let (report, etag, version, size) = result?;
+        json_response(
+            &serde_json::json!({
+                "success": true,
+                "route": "r2",
+                "user": user.as_str(),
+                "tables": report.tables,
+                "created": report.created,
+                "counters": report.counters,
+                "r2_object": {"etag": etag, "db_version": version.to_string(), "size_bytes": size},
+                "timing_breakdown": {"total_ms": round2(clock.now_ms() - start)},
+            }),
+            200,
+        )
+    }
+
     /// `POST /query` inside the object: the `/query` body as one transaction
     /// (`storage.transactionSync`: a statement that fails rolls every one back).
     async fn query(&self, req: &mut Request) -> std::result::Result<Response, Error> {
+        self.check_serving().await?;
         let config = load_config(&self.env)?;
         let bytes = body(req, config.max_request_bytes).await?;
         let statements = crate::work::parse_query_body(&bytes)?;
@@ -353,7 +438,7 @@ impl UserDb {
         let store = R2Store::from_env(&self.env)?;
         let object = match store.get(&user.db_key(), config.max_db_bytes, None).await? {
             Fetched::Found(object) => object,
-            Fetched::Missing | Fetched::NotModified => {
+            Fetched::Missing | Fetched::NotModified { .. } => {
                 return Err(Error::UserNotFound {
                     user: user.as_str().to_owned(),
                     place: "R2",
@@ -372,6 +457,10 @@ impl UserDb {
         let parse_ms = clock.now_ms() - parse_start;
         let copy_start = clock.now_ms();
         let report = import::run(&loaded.conn, &DoTarget(self.state.storage().sql()))?;
+        if report.verified {
+            self.set_flag(ACTIVE_KEY, true).await?;
+            self.set_flag(FROZEN_KEY, false).await?;
+        }
         let copy_ms = clock.now_ms() - copy_start;
         json_response(
             &serde_json::json!({

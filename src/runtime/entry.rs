@@ -22,7 +22,7 @@ use crate::error::Error;
 use crate::pipeline::{self, Context, ListTables};
 use crate::report::{DurableTables, MemoryInfo, Report};
 use crate::request::{self, Route, SaveMode, UserId, durable_paths};
-use crate::trend::Trends;
+use crate::trend::{Recommendation, Trends};
 use crate::work::{self, Pipeline, Transaction};
 use crate::{hrana, testing};
 
@@ -79,6 +79,9 @@ async fn handle(mut req: Request, env: &Env) -> std::result::Result<Response, Er
     if let Some(user) = &user {
         identity.may_open(user)?;
     }
+    if let (Some(user), true) = (&user, matches!(route, Route::Sync | Route::Query)) {
+        auto_migrate(env, &config, user).await;
+    }
     match (route, user) {
         (Route::Sync, Some(user)) => handle_sync(&req, env, &config, &user).await,
         (Route::Query, Some(user)) => handle_query(&mut req, env, &config, &user).await,
@@ -86,7 +89,12 @@ async fn handle(mut req: Request, env: &Env) -> std::result::Result<Response, Er
             handle_pipeline(&mut req, env, &config, &user).await
         }
         (Route::HranaVersion, _) => json_response(&serde_json::json!({"protocol": "hrana"}), 200),
-        (Route::DoImport, Some(user)) => forward_import(env, &user).await,
+        (Route::DoImport, Some(user)) => forward_post(env, &user, durable_paths::IMPORT).await,
+        (Route::DoExport, Some(user)) => forward_post(env, &user, durable_paths::EXPORT).await,
+        (Route::Migrate, Some(user)) => {
+            let to = super::http::query_param(&req, "to")?;
+            handle_migrate(env, &config, &user, to.as_deref()).await
+        }
         (Route::DoTables, Some(user)) => handle_do(env, &config, &user, None).await,
         (Route::DoQuery, Some(user)) => {
             let bytes = body(&mut req, config.max_request_bytes).await?;
@@ -141,22 +149,23 @@ async fn handle_sync(
 ) -> std::result::Result<Response, Error> {
     let save = SaveMode::parse(super::http::query_param(req, "save")?.as_deref())?;
     let store = R2Store::from_env(env)?;
-    let (report, ()) =
-        pipeline::serve(&context(&store, config), user, save, &mut ListTables).await?;
-    json_response(&finish(report, user, config), 200)
+    match pipeline::serve(&context(&store, config), user, save, &mut ListTables).await {
+        Ok((report, ())) => json_response(&finish(report, user, config), 200),
+        Err(Error::ServedByDurableObject) => handle_do(env, config, user, None).await,
+        Err(e) => Err(e),
+    }
 }
 
-/// Runs a query route's work on the R2 route: reads the body, parses it with `parse`, serves
-/// it (saved only if it changed the database) and returns the report with the work's output.
+/// Runs a query route's work on the R2 route: parses the body with `parse`, serves it (saved
+/// only if it changed the database) and returns the report with the work's output.
 async fn serve_body<W: pipeline::Work>(
-    req: &mut Request,
+    bytes: &[u8],
     env: &Env,
     config: &Config,
     user: &UserId,
     parse: impl FnOnce(&[u8]) -> std::result::Result<W, Error>,
 ) -> std::result::Result<(Report, W::Output), Error> {
-    let bytes = body(req, config.max_request_bytes).await?;
-    let mut work = parse(&bytes)?;
+    let mut work = parse(bytes)?;
     let store = R2Store::from_env(env)?;
     let (report, output) =
         pipeline::serve(&context(&store, config), user, SaveMode::Auto, &mut work).await?;
@@ -170,7 +179,8 @@ async fn handle_query(
     config: &Config,
     user: &UserId,
 ) -> std::result::Result<Response, Error> {
-    let (mut report, results) = serve_body(req, env, config, user, |bytes| {
+    let bytes = body(req, config.max_request_bytes).await?;
+    let served = serve_body(&bytes, env, config, user, |bytes| {
         let statements = work::parse_query_body(bytes)?;
         if statements.len() > config.limits.max_statements {
             return Err(Error::TooManyStatements {
@@ -183,9 +193,16 @@ async fn handle_query(
             limits: config.limits,
         })
     })
-    .await?;
-    report.results = Some(results);
-    json_response(&report, 200)
+    .await;
+    match served {
+        Ok((mut report, results)) => {
+            report.results = Some(results);
+            json_response(&report, 200)
+        }
+        // The user lives in their Durable Object: the same body runs there.
+        Err(Error::ServedByDurableObject) => handle_do(env, config, user, Some(bytes)).await,
+        Err(e) => Err(e),
+    }
 }
 
 /// `POST /db/<user>/v2/pipeline`: the libSQL protocol. The delay report rides along as an
@@ -196,7 +213,8 @@ async fn handle_pipeline(
     config: &Config,
     user: &UserId,
 ) -> std::result::Result<Response, Error> {
-    let (report, results) = serve_body(req, env, config, user, |bytes| {
+    let bytes = body(req, config.max_request_bytes).await?;
+    let (report, results) = serve_body(&bytes, env, config, user, |bytes| {
         Ok(Pipeline {
             requests: hrana::parse(bytes, config.limits.max_statements)?,
             limits: config.limits,
@@ -221,16 +239,77 @@ fn durable_url(path: &str, user: &UserId) -> String {
     format!("https://user-db{path}?user={}", user.as_str())
 }
 
-/// `POST /do/import?user=ID`: forwards to the user's Durable Object and returns its report.
-async fn forward_import(env: &Env, user: &UserId) -> std::result::Result<Response, Error> {
+/// `POST /do/import` and `POST /do/export`: forwards to the user's Durable Object's `path` and
+/// returns its answer.
+async fn forward_post(
+    env: &Env,
+    user: &UserId,
+    path: &str,
+) -> std::result::Result<Response, Error> {
     let mut init = RequestInit::new();
     init.with_method(Method::Post);
-    let inner = Request::new_with_init(&durable_url(durable_paths::IMPORT, user), &init)
-        .map_err(internal)?;
+    let inner = Request::new_with_init(&durable_url(path, user), &init).map_err(internal)?;
     stub_for(env, user)?
         .fetch_with_request(inner)
         .await
         .map_err(internal)
+}
+
+/// With `AUTO_MIGRATE=true`, moves a user whose trend recommends it before serving them; the
+/// request is then served by the Durable Object. A failed move is logged and the user stays.
+async fn auto_migrate(env: &Env, config: &Config, user: &UserId) {
+    if !config.auto_migrate
+        || TRENDS.with(|t| t.recommendation(user.as_str()))
+            != Recommendation::MigrateToDurableObject
+    {
+        return;
+    }
+    let outcome = handle_migrate(env, config, user, Some("durable_object")).await;
+    TRENDS.with(|t| t.forget(user.as_str()));
+    let line = serde_json::json!({
+        "level": "warning",
+        "user": user.as_str(),
+        "action": "migrate_to_durable_object",
+        "message": match &outcome {
+            Ok(_) => "AUTO_MIGRATE moved this user to their Durable Object".to_owned(),
+            Err(e) => format!("AUTO_MIGRATE could not move this user: {e}"),
+        },
+    });
+    worker::console_warn!("{line}");
+}
+
+/// `POST /migrate?user=ID&to=durable_object|r2`: moves the user (see `crate::migrate`).
+async fn handle_migrate(
+    env: &Env,
+    config: &Config,
+    user: &UserId,
+    to: Option<&str>,
+) -> std::result::Result<Response, Error> {
+    match to {
+        Some("durable_object") => {
+            let store = R2Store::from_env(env)?;
+            let moved =
+                crate::migrate::to_durable_object(&context(&store, config), user, async || {
+                    let mut response = forward_post(env, user, durable_paths::IMPORT).await?;
+                    let status = response.status_code();
+                    let json: serde_json::Value = response.json().await.map_err(internal)?;
+                    if status == 200 && json["success"] == true {
+                        Ok(json)
+                    } else {
+                        Err(Error::Internal {
+                            detail: format!("the import answered {status}: {json}"),
+                        })
+                    }
+                })
+                .await?;
+            json_response(&serde_json::json!({"success": true, "moved": moved}), 200)
+        }
+        Some("r2") => forward_post(env, user, durable_paths::EXPORT).await,
+        other => Err(Error::InvalidParameter {
+            name: "to",
+            reason: format!("{other:?} is not durable_object or r2"),
+        }),
+    }
 }
 
 /// `GET /do?user=ID` (the table list) and `POST /do/query?user=ID` (the `/query` body, run in

@@ -216,7 +216,10 @@ impl ObjectStore for R2Store {
         }
         // A failed `onlyIf` answers with the object's metadata and no body at all.
         if if_none_match.is_some() && !Reflect::has(&value, &"body".into()).unwrap_or(true) {
-            return Ok(Fetched::NotModified);
+            let object: JsObject = value.unchecked_into();
+            return Ok(Fetched::NotModified {
+                metadata: metadata_map(&object.custom_metadata()),
+            });
         }
         let object: JsObject = value.unchecked_into();
         // `get` resolves once the metadata has arrived; the body is still an unread stream,

@@ -5,6 +5,7 @@
 
 mod harness;
 mod memory;
+mod migrate;
 mod query;
 mod safety;
 
