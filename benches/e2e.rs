@@ -33,7 +33,7 @@ use serde_json::json;
 use workers_sqlite_poc::fixtures;
 
 use results::{SizeResult, sample_json, stats};
-use runner::{Client, Sample, run_size, run_writes, seed_remote};
+use runner::{Client, Sample, run_mix, run_size, run_writes, seed_remote};
 /// Above the largest benchmarked size, so the benchmark measures rather than refuses.
 const BENCH_MAX_DB_BYTES: &str = "67108864";
 
@@ -107,103 +107,114 @@ fn main() {
     for &size_kb in sizes {
         let image = fixtures::sized_database(size_kb * 1024, size_kb as u64).expect("generate");
         eprintln!("bench: {size_kb} KB ({} bytes)...", image.len());
-        let result =
-            if let Some(client) = &remote {
-                if args.seed_remote {
-                    seed_remote(size_kb, &image);
-                }
-                // A deployed worker runs with its own CACHE_MAX_BYTES: warm requests are hits
-                // when the cache holds this size, and the same samples serve as both series.
-                let (cold, warm) = run_size(client, size_kb, &image, args.requests);
-                let hits = warm
+        let result = if let Some(client) = &remote {
+            if args.seed_remote {
+                seed_remote(size_kb, &image);
+            }
+            // A deployed worker runs with its own CACHE_MAX_BYTES: warm requests are hits
+            // when the cache holds this size, and the same samples serve as both series.
+            let (cold, warm) = run_size(client, size_kb, &image, args.requests);
+            let hits = warm
+                .iter()
+                .filter(|s| s.json["cache"]["status"] == "hit")
+                .cloned()
+                .collect();
+            SizeResult {
+                size_kb,
+                size_bytes: image.len(),
+                cold,
+                warm,
+                hits,
+                hits_auto: Vec::new(),
+                durable: args
+                    .durable
+                    .then(|| client.durable_object(&format!("bench-{size_kb}"), args.requests)),
+                floor_ms: None,
+                peak_memory_kib: None,
+                writes: run_writes(client, "/query", &format!("bench-{size_kb}"), args.requests),
+                do_writes: Vec::new(),
+                mix: (Vec::new(), Vec::new()),
+            }
+        } else {
+            // A fresh worker per size: the first request is a real cold start, and the
+            // runtime's peak memory belongs to this size alone.
+            // Cache off: every request downloads and parses (the spec's behaviour).
+            let worker = harness::LocalWorker::start_with_vars(
+                &[],
+                &[
+                    ("ALLOW_ANONYMOUS", "true"),
+                    ("MAX_DB_BYTES", BENCH_MAX_DB_BYTES),
+                    ("CACHE_MAX_BYTES", "0"),
+                ],
+            );
+            let baseline = worker.runtime_memory_kib().0;
+            worker.put_object(&format!("bench-{size_kb}/database.sqlite"), &image);
+            let client = Client::new(&worker.base);
+            let (cold, warm) = run_size(&client, size_kb, &image, args.requests);
+            let (peak, rss) = worker.runtime_memory_kib();
+            let durable = client.durable_object(&format!("bench-{size_kb}"), args.requests);
+            // The same write requests and the 90/10 mix in the Durable Object.
+            let do_user = format!("bench-{size_kb}");
+            let do_writes = run_writes(&client, "/do/query", &do_user, args.requests);
+            let mix_do = run_mix(&client, "/do/query", &do_user, 10 * args.requests);
+            drop(worker);
+            // Cache on, sized to hold this database: warm requests are version-cache hits.
+            let cached = harness::LocalWorker::start_with_vars(
+                &[],
+                &[
+                    ("ALLOW_ANONYMOUS", "true"),
+                    ("MAX_DB_BYTES", BENCH_MAX_DB_BYTES),
+                    ("CACHE_MAX_BYTES", BENCH_MAX_DB_BYTES),
+                ],
+            );
+            cached.put_object(&format!("bench-{size_kb}/database.sqlite"), &image);
+            let cached_client = Client::new(&cached.base);
+            let (_, hits) = run_size(&cached_client, size_kb, &image, args.requests);
+            // The cheapest request the design allows: cache hit and nothing to write back.
+            let hits_auto: Vec<Sample> = (0..args.requests)
+                .map(|_| cached_client.sync(&format!("bench-{size_kb}&save=auto")))
+                .collect();
+            assert!(
+                hits_auto
                     .iter()
-                    .filter(|s| s.json["cache"]["status"] == "hit")
-                    .cloned()
-                    .collect();
-                SizeResult {
-                    size_kb,
-                    size_bytes: image.len(),
-                    cold,
-                    warm,
-                    hits,
-                    hits_auto: Vec::new(),
-                    durable: args
-                        .durable
-                        .then(|| client.durable_object(&format!("bench-{size_kb}"), args.requests)),
-                    floor_ms: None,
-                    peak_memory_kib: None,
-                    writes: run_writes(client, &format!("bench-{size_kb}"), args.requests),
-                }
-            } else {
-                // A fresh worker per size: the first request is a real cold start, and the
-                // runtime's peak memory belongs to this size alone.
-                // Cache off: every request downloads and parses (the spec's behaviour).
-                let worker = harness::LocalWorker::start_with_vars(
-                    &[],
-                    &[
-                        ("ALLOW_ANONYMOUS", "true"),
-                        ("MAX_DB_BYTES", BENCH_MAX_DB_BYTES),
-                        ("CACHE_MAX_BYTES", "0"),
-                    ],
-                );
-                let baseline = worker.runtime_memory_kib().0;
-                worker.put_object(&format!("bench-{size_kb}/database.sqlite"), &image);
-                let client = Client::new(&worker.base);
-                let (cold, warm) = run_size(&client, size_kb, &image, args.requests);
-                let (peak, rss) = worker.runtime_memory_kib();
-                let durable = client.durable_object(&format!("bench-{size_kb}"), args.requests);
-                drop(worker);
-                // Cache on, sized to hold this database: warm requests are version-cache hits.
-                let cached = harness::LocalWorker::start_with_vars(
-                    &[],
-                    &[
-                        ("ALLOW_ANONYMOUS", "true"),
-                        ("MAX_DB_BYTES", BENCH_MAX_DB_BYTES),
-                        ("CACHE_MAX_BYTES", BENCH_MAX_DB_BYTES),
-                    ],
-                );
-                cached.put_object(&format!("bench-{size_kb}/database.sqlite"), &image);
-                let cached_client = Client::new(&cached.base);
-                let (_, hits) = run_size(&cached_client, size_kb, &image, args.requests);
-                // The cheapest request the design allows: cache hit and nothing to write back.
-                let hits_auto: Vec<Sample> = (0..args.requests)
-                    .map(|_| cached_client.sync(&format!("bench-{size_kb}&save=auto")))
-                    .collect();
-                assert!(
-                    hits_auto.iter().all(|h| h.json["cache"]["status"] == "hit"
+                    .all(|h| h.json["cache"]["status"] == "hit"
                         && h.json["db_info"]["saved"] == false)
-                );
-                // Storage floor: the same get + put of the same bytes through the simulator, with
-                // no worker and no SQLite (wrangler dev's explorer API, timed by the client).
-                let key = format!("bench-{size_kb}/database.sqlite");
-                let floor_ms = stats(
-                    (0..args.requests)
-                        .map(|_| {
-                            let start = Instant::now();
-                            let bytes = cached.object(&key).expect("object exists");
-                            cached.put_object(&key, &bytes);
-                            start.elapsed().as_secs_f64() * 1000.0
-                        })
-                        .collect(),
-                );
-                assert!(
-                    hits.iter().all(|h| h.json["cache"]["status"] == "hit"),
-                    "expected cache hits"
-                );
-                let writes = run_writes(&cached_client, &format!("bench-{size_kb}"), args.requests);
-                SizeResult {
-                    size_kb,
-                    size_bytes: image.len(),
-                    cold,
-                    warm,
-                    hits,
-                    hits_auto,
-                    durable: Some(durable),
-                    floor_ms: Some(floor_ms),
-                    peak_memory_kib: Some((peak.saturating_sub(baseline), rss)),
-                    writes,
-                }
-            };
+            );
+            // Storage floor: the same get + put of the same bytes through the simulator, with
+            // no worker and no SQLite (wrangler dev's explorer API, timed by the client).
+            let key = format!("bench-{size_kb}/database.sqlite");
+            let floor_ms = stats(
+                (0..args.requests)
+                    .map(|_| {
+                        let start = Instant::now();
+                        let bytes = cached.object(&key).expect("object exists");
+                        cached.put_object(&key, &bytes);
+                        start.elapsed().as_secs_f64() * 1000.0
+                    })
+                    .collect(),
+            );
+            assert!(
+                hits.iter().all(|h| h.json["cache"]["status"] == "hit"),
+                "expected cache hits"
+            );
+            let user = format!("bench-{size_kb}");
+            let writes = run_writes(&cached_client, "/query", &user, args.requests);
+            let mix_r2 = run_mix(&cached_client, "/query", &user, 10 * args.requests);
+            SizeResult {
+                size_kb,
+                size_bytes: image.len(),
+                cold,
+                warm,
+                hits,
+                hits_auto,
+                durable: Some(durable),
+                floor_ms: Some(floor_ms),
+                peak_memory_kib: Some((peak.saturating_sub(baseline), rss)),
+                writes,
+                do_writes,
+                mix: (mix_r2, mix_do),
+            }
+        };
         results.push(result);
     }
     let target = args
@@ -260,6 +271,8 @@ fn main() {
                 "queries": samples(queries),
             })),
             "writes": r.writes.iter().map(|(name, s)| json!({"kind": name, "samples": samples(s)})).collect::<Vec<_>>(),
+            "durable_object_writes": r.do_writes.iter().map(|(name, s)| json!({"kind": name, "samples": samples(s)})).collect::<Vec<_>>(),
+            "mix_90_10": {"r2": samples(&r.mix.0), "durable_object": samples(&r.mix.1)},
         })).collect::<Vec<_>>(),
         "cold_start": cold.iter().map(cold::ColdStart::to_json).collect::<Vec<_>>(),
     });

@@ -235,6 +235,74 @@ pub fn render_tables(results: &[SizeResult], target: &str, requests: usize) -> S
     }
     let _ = writeln!(
         md,
+        "\n**11. Both routes, the same requests** (client round trip p50 ms; R2 with the version cache on, the Durable Object after an import; the 90/10 mix is {} requests, every tenth a one-row insert, p50 / mean)\n\n| DB size | read: R2 | read: DO | insert 1 row: R2 | insert 1 row: DO | insert 100 rows: R2 | insert 100 rows: DO | update 1%: R2 | update 1%: DO | mix: R2 | mix: DO |\n|---|---|---|---|---|---|---|---|---|---|---|",
+        results.first().map_or(0, |r| r.mix.0.len())
+    );
+    let p50 = |v: &[super::runner::Sample]| stats(v.iter().map(|x| x.client_ms).collect()).0;
+    let mean = |v: &[super::runner::Sample]| {
+        v.iter().map(|x| x.client_ms).sum::<f64>() / v.len().max(1) as f64
+    };
+    let kind = |w: &[(&'static str, Vec<super::runner::Sample>)], name: &str| {
+        w.iter()
+            .find(|(n, _)| *n == name)
+            .map_or(f64::NAN, |(_, s)| p50(s))
+    };
+    for r in results {
+        let _ = writeln!(
+            md,
+            "| {} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} / {:.1} | {:.1} / {:.1} |",
+            size_label(r.size_kb),
+            kind(&r.writes, "read-only batch, cache hit"),
+            kind(&r.do_writes, "read-only batch, cache hit"),
+            kind(&r.writes, "insert 1 row"),
+            kind(&r.do_writes, "insert 1 row"),
+            kind(&r.writes, "insert 100 rows"),
+            kind(&r.do_writes, "insert 100 rows"),
+            kind(&r.writes, "update 1% of rows"),
+            kind(&r.do_writes, "update 1% of rows"),
+            p50(&r.mix.0),
+            mean(&r.mix.0),
+            p50(&r.mix.1),
+            mean(&r.mix.1),
+        );
+    }
+    let _ = writeln!(
+        md,
+        "\n**12. Where each route crosses the thresholds, by request kind** (first measured size whose client round trip reaches the threshold: p50 for reads and writes, the mean for the mix, since one request in ten is a write)\n\n| threshold | reads: R2 | reads: DO | 1-row writes: R2 | 1-row writes: DO | mix: R2 | mix: DO |\n|---|---|---|---|---|---|---|"
+    );
+    for (name, limit) in [
+        ("100 ms", t.optimal_ms),
+        ("300 ms", t.acceptable_ms),
+        ("500 ms", t.warning_ms),
+        ("1000 ms", t.critical_ms),
+    ] {
+        let first = |f: &dyn Fn(&SizeResult) -> f64| {
+            results
+                .iter()
+                .find(|r| f(r) >= f64::from(limit))
+                .map_or_else(
+                    || {
+                        format!(
+                            "not reached up to {}",
+                            size_label(results.last().map_or(0, |r| r.size_kb))
+                        )
+                    },
+                    |r| size_label(r.size_kb),
+                )
+        };
+        let _ = writeln!(
+            md,
+            "| {name} | {} | {} | {} | {} | {} | {} |",
+            first(&|r| kind(&r.writes, "read-only batch, cache hit")),
+            first(&|r| kind(&r.do_writes, "read-only batch, cache hit")),
+            first(&|r| kind(&r.writes, "insert 1 row")),
+            first(&|r| kind(&r.do_writes, "insert 1 row")),
+            first(&|r| mean(&r.mix.0)),
+            first(&|r| mean(&r.mix.1)),
+        );
+    }
+    let _ = writeln!(
+        md,
         "\n**7. Memory**\n\nwasm memory is the instance's linear memory after the size's requests (it never shrinks, so it is the high-water mark of SQLite and Rust allocations). The body streams straight into SQLite's buffer and the upload streams out in 1 MiB chunks, so the isolate's peak for a request is about wasm + 1 MiB (before: wasm + 2 x size, a whole JS copy of the body and one of the upload). The workerd column is the whole local runtime's peak RSS growth, simulated R2 included: an upper bound.\n\n| DB size | wasm memory | wasm / size | est. isolate peak (wasm + 1 MiB) | before (wasm + 2 x size) | workerd peak RSS growth |\n|---|---|---|---|---|---|"
     );
     let mb = |b: f64| b / 1_048_576.0;

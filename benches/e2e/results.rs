@@ -38,6 +38,10 @@ pub struct SizeResult {
     pub peak_memory_kib: Option<(u64, u64)>,
     /// Write requests by kind (`POST /query`), on the cache-on worker.
     pub writes: Vec<(&'static str, Vec<Sample>)>,
+    /// The same write requests through `POST /do/query`.
+    pub do_writes: Vec<(&'static str, Vec<Sample>)>,
+    /// The 90/10 read/write mix: (R2 with the cache on, Durable Object).
+    pub mix: (Vec<Sample>, Vec<Sample>),
 }
 
 impl SizeResult {

@@ -55,11 +55,11 @@ impl Client {
         (import, queries)
     }
 
-    /// `POST /query?user=...` with a JSON body.
-    pub fn query(&self, user: &str, body: &Value) -> Sample {
+    /// `POST {path}?user=...` with a JSON body (`/query` or `/do/query`).
+    pub fn query_at(&self, path: &str, user: &str, body: &Value) -> Sample {
         self.send(
             "POST",
-            &format!("/query?user={user}"),
+            &format!("{path}?user={user}"),
             body.to_string().into_bytes(),
         )
     }
@@ -163,22 +163,38 @@ pub fn write_kinds() -> Vec<(&'static str, Value)> {
     ]
 }
 
-/// `requests` timed requests of each write kind (after one warm-up each).
+/// `requests` timed requests of each write kind (after one warm-up each), through `path`
+/// (`/query` on R2, `/do/query` on the Durable Object).
 pub fn run_writes(
     client: &Client,
+    path: &str,
     user: &str,
     requests: usize,
 ) -> Vec<(&'static str, Vec<Sample>)> {
     write_kinds()
         .into_iter()
         .map(|(name, body)| {
-            client.query(user, &body);
-            let samples: Vec<Sample> = (0..requests).map(|_| client.query(user, &body)).collect();
+            client.query_at(path, user, &body);
+            let samples: Vec<Sample> = (0..requests)
+                .map(|_| client.query_at(path, user, &body))
+                .collect();
             let writes = name != "read-only batch, cache hit";
             for s in &samples {
-                assert_eq!(s.json["db_info"]["saved"], writes, "{name}: {}", s.json);
+                if s.json["route"] == "r2" {
+                    assert_eq!(s.json["db_info"]["saved"], writes, "{name}: {}", s.json);
+                }
             }
             (name, samples)
         })
+        .collect()
+}
+
+/// A 90 %-read / 10 %-write mix through `path`: `requests` requests, every tenth a one-row
+/// insert, the rest a read (`SELECT count(*)` and ten projects).
+pub fn run_mix(client: &Client, path: &str, user: &str, requests: usize) -> Vec<Sample> {
+    let kinds = write_kinds();
+    let (read, write) = (&kinds[3].1, &kinds[0].1);
+    (0..requests)
+        .map(|i| client.query_at(path, user, if i % 10 == 9 { write } else { read }))
         .collect()
 }
