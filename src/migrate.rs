@@ -69,6 +69,26 @@ async fn put<S: ObjectStore, C: Clock>(
     }
 }
 
+/// The object a user must already have in R2 (to move it, or to import it into their Durable
+/// Object): 404 `user_not_found` if missing, 413 if over `max_db_bytes`.
+pub fn existing<B>(
+    fetched: Fetched<B>,
+    user: &UserId,
+    max_db_bytes: u64,
+) -> Result<crate::store::StoredObject<B>, Error> {
+    match fetched {
+        Fetched::Found(object) => Ok(object),
+        Fetched::Missing | Fetched::NotModified { .. } => Err(Error::UserNotFound {
+            user: user.as_str().to_owned(),
+            place: "R2",
+        }),
+        Fetched::TooLarge { size_bytes } => Err(Error::DatabaseTooLarge {
+            size_bytes,
+            max_bytes: max_db_bytes,
+        }),
+    }
+}
+
 /// Times a move tries to freeze the object before giving up to its writers.
 const FREEZE_ATTEMPTS: u32 = 20;
 
@@ -94,25 +114,11 @@ async fn freeze<S: ObjectStore, C: Clock>(
     user: &UserId,
 ) -> Result<(Image, Option<String>, String, String), Error> {
     let key = user.db_key();
-    let object = match with_retries(ctx.clock, &ctx.retry, async || {
+    let object = with_retries(ctx.clock, &ctx.retry, async || {
         ctx.store.get(&key, ctx.max_db_bytes, None).await
     })
-    .await?
-    {
-        Fetched::Found(object) => object,
-        Fetched::Missing | Fetched::NotModified { .. } => {
-            return Err(Error::UserNotFound {
-                user: user.as_str().to_owned(),
-                place: "R2",
-            });
-        }
-        Fetched::TooLarge { size_bytes } => {
-            return Err(Error::DatabaseTooLarge {
-                size_bytes,
-                max_bytes: ctx.max_db_bytes,
-            });
-        }
-    };
+    .await?;
+    let object = existing(object, user, ctx.max_db_bytes)?;
     match object.metadata.get(ROUTE_KEY).map(String::as_str) {
         Some("moving") => return Err(Error::Migrating),
         Some("durable_object") => return Err(Error::ServedByDurableObject),

@@ -6,6 +6,22 @@ use super::cold::ColdStart;
 use super::common::{SIZES_KB, size_label};
 use super::results::{SizeResult, field, stats};
 
+/// The first measured size whose figure (`f`, NaN when not measured) reaches `limit` ms.
+fn first_reaching(results: &[SizeResult], limit: u32, f: &dyn Fn(&SizeResult) -> f64) -> String {
+    results
+        .iter()
+        .find(|r| f(r) >= f64::from(limit))
+        .map_or_else(
+            || {
+                format!(
+                    "not reached up to {}",
+                    size_label(results.last().map_or(0, |r| r.size_kb))
+                )
+            },
+            |r| size_label(r.size_kb),
+        )
+}
+
 /// The spec's tables and the comparisons, in Markdown.
 pub fn render_tables(results: &[SizeResult], target: &str, requests: usize) -> String {
     let mut md = String::new();
@@ -123,18 +139,7 @@ pub fn render_tables(results: &[SizeResult], target: &str, requests: usize) -> S
         ("1000 ms (critical)", t.critical_ms),
     ] {
         let first = |f: &dyn Fn(&SizeResult) -> Option<f64>| {
-            results
-                .iter()
-                .find(|r| f(r).is_some_and(|ms| ms >= f64::from(limit)))
-                .map_or_else(
-                    || {
-                        format!(
-                            "not reached up to {}",
-                            size_label(results.last().map_or(0, |r| r.size_kb))
-                        )
-                    },
-                    |r| size_label(r.size_kb),
-                )
+            first_reaching(results, limit, &|r| f(r).unwrap_or(f64::NAN))
         };
         let r2 = first(&|r| {
             Some(
@@ -206,23 +211,14 @@ pub fn render_tables(results: &[SizeResult], target: &str, requests: usize) -> S
         ("1000 ms", t.critical_ms),
     ] {
         let first = |kind: &str| {
-            results
-                .iter()
-                .find(|r| {
-                    r.writes.iter().any(|(n, s)| {
-                        *n == kind
-                            && stats(s.iter().map(|x| x.client_ms).collect()).0 >= f64::from(limit)
+            first_reaching(results, limit, &|r| {
+                r.writes
+                    .iter()
+                    .find(|(n, _)| *n == kind)
+                    .map_or(f64::NAN, |(_, s)| {
+                        stats(s.iter().map(|x| x.client_ms).collect()).0
                     })
-                })
-                .map_or_else(
-                    || {
-                        format!(
-                            "not reached up to {}",
-                            size_label(results.last().map_or(0, |r| r.size_kb))
-                        )
-                    },
-                    |r| size_label(r.size_kb),
-                )
+            })
         };
         let _ = writeln!(
             md,
@@ -276,20 +272,7 @@ pub fn render_tables(results: &[SizeResult], target: &str, requests: usize) -> S
         ("500 ms", t.warning_ms),
         ("1000 ms", t.critical_ms),
     ] {
-        let first = |f: &dyn Fn(&SizeResult) -> f64| {
-            results
-                .iter()
-                .find(|r| f(r) >= f64::from(limit))
-                .map_or_else(
-                    || {
-                        format!(
-                            "not reached up to {}",
-                            size_label(results.last().map_or(0, |r| r.size_kb))
-                        )
-                    },
-                    |r| size_label(r.size_kb),
-                )
-        };
+        let first = |f: &dyn Fn(&SizeResult) -> f64| first_reaching(results, limit, f);
         let _ = writeln!(
             md,
             "| {name} | {} | {} | {} | {} | {} | {} |",

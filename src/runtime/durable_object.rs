@@ -28,7 +28,7 @@ use crate::import::{self, SqlTarget};
 use crate::report::DurableTables;
 use crate::request::{UserId, durable_paths};
 use crate::sqlite;
-use crate::store::{Fetched, ObjectStore};
+use crate::store::ObjectStore;
 
 /// One user's database as a SQLite-backed Durable Object.
 #[durable_object]
@@ -436,21 +436,11 @@ impl UserDb {
         let config = load_config(&self.env)?;
         let start = clock.now_ms();
         let store = R2Store::from_env(&self.env)?;
-        let object = match store.get(&user.db_key(), config.max_db_bytes, None).await? {
-            Fetched::Found(object) => object,
-            Fetched::Missing | Fetched::NotModified { .. } => {
-                return Err(Error::UserNotFound {
-                    user: user.as_str().to_owned(),
-                    place: "R2",
-                });
-            }
-            Fetched::TooLarge { size_bytes } => {
-                return Err(Error::DatabaseTooLarge {
-                    size_bytes,
-                    max_bytes: config.max_db_bytes,
-                });
-            }
-        };
+        let object = crate::migrate::existing(
+            store.get(&user.db_key(), config.max_db_bytes, None).await?,
+            user,
+            config.max_db_bytes,
+        )?;
         let download_ms = clock.now_ms() - start;
         let parse_start = clock.now_ms();
         let loaded = sqlite::load_body(object.body).await?;

@@ -154,3 +154,42 @@ fn a_moved_user_is_served_by_the_durable_object() {
     let never = worker.request("POST", "/do/export?user=never-imported");
     assert_eq!(never.status, 404, "{}", never.json);
 }
+
+/// `AUTO_MIGRATE=true`: once a user's trend recommends `migrate_to_durable_object` (here the
+/// thresholds are set so low that every sync is critical), their next request moves them and
+/// is served by the Durable Object; with the var off (the default) nothing moves.
+#[test]
+fn auto_migrate_moves_a_user_whose_trend_says_so() {
+    let demo = fixtures::demo_database().unwrap();
+    let low = [
+        ("SYNC_TIME_OPTIMAL_MS", "0"),
+        ("SYNC_TIME_ACCEPTABLE_MS", "1"),
+        ("SYNC_TIME_WARNING_MS", "2"),
+        ("SYNC_TIME_CRITICAL_MS", "3"),
+    ];
+    let mut on = vec![("ALLOW_ANONYMOUS", "true"), ("AUTO_MIGRATE", "true")];
+    on.extend(low);
+    let worker = LocalWorker::start_with_vars(&[("auto/database.sqlite", &demo)], &on);
+    let mut routes = Vec::new();
+    for _ in 0..5 {
+        let answer = worker.get("/?user=auto");
+        assert_eq!(answer.status, 200, "{}", answer.json);
+        routes.push(answer.json["route"].as_str().unwrap().to_owned());
+    }
+    eprintln!("AUTO_MIGRATE routes: {routes:?}");
+    assert_eq!(routes[0], "r2");
+    assert_eq!(routes.last().unwrap(), "durable_object", "{routes:?}");
+    let stored = worker.object("auto/database.sqlite").unwrap();
+    assert_eq!(
+        row_counts(&stored),
+        row_counts(&demo),
+        "the R2 object is kept"
+    );
+
+    let mut off = vec![("ALLOW_ANONYMOUS", "true")];
+    off.extend(low);
+    let worker = LocalWorker::start_with_vars(&[("auto/database.sqlite", &demo)], &off);
+    for _ in 0..5 {
+        assert_eq!(worker.get("/?user=auto").json["route"], "r2");
+    }
+}
