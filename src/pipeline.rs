@@ -666,7 +666,7 @@ pub async fn serve<S: ObjectStore, C: Clock, W: Work>(
             }
             return Err(Error::Conflict { attempts });
         }
-        let report = report(
+        let mut report = report(
             ctx,
             &Steps {
                 queried: &queried,
@@ -712,7 +712,6 @@ pub async fn serve<S: ObjectStore, C: Clock, W: Work>(
             }
             _ => {}
         }
-        let mut report = report;
         if let (Some(info), Some(cache)) = (report.cache.as_mut(), ctx.cache) {
             // After the copy went back: the cache as the next request finds it.
             (info.entries, info.bytes) = cache.usage();
