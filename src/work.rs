@@ -82,11 +82,12 @@ fn params_from_json(statement: usize, params: Option<&Json>) -> Result<Params, E
     }
 }
 
-/// The body of `POST /query`: one statement or an array of them, D1's shape.
+/// The body of `POST /query` (on either route): one statement or an array of them, D1's
+/// shape, at most `max_statements` of them.
 ///
 /// # Errors
-/// [`Error::InvalidRequest`] saying what is wrong.
-pub fn parse_query_body(body: &[u8]) -> Result<Vec<Statement>, Error> {
+/// [`Error::InvalidRequest`] saying what is wrong, or [`Error::TooManyStatements`].
+pub fn parse_query_body(body: &[u8], max_statements: usize) -> Result<Vec<Statement>, Error> {
     let json: Json = serde_json::from_slice(body).map_err(|e| Error::InvalidRequest {
         reason: format!("the body is not JSON: {e}"),
     })?;
@@ -103,6 +104,12 @@ pub fn parse_query_body(body: &[u8]) -> Result<Vec<Statement>, Error> {
     if items.is_empty() {
         return Err(Error::InvalidRequest {
             reason: "the batch holds no statements".into(),
+        });
+    }
+    if items.len() > max_statements {
+        return Err(Error::TooManyStatements {
+            count: items.len(),
+            max: max_statements,
         });
     }
     items
@@ -135,12 +142,16 @@ mod tests {
     /// Bodies in D1's shape parse; malformed ones say what is wrong.
     #[test]
     fn query_bodies() {
-        let one = parse_query_body(br#"{"sql": "SELECT ?", "params": [1]}"#).unwrap();
+        let one = parse_query_body(br#"{"sql": "SELECT ?", "params": [1]}"#, 100).unwrap();
         assert_eq!(one[0].args, [Value::Integer(1)]);
         let many = parse_query_body(
             br#"[{"sql": "SELECT 1"}, {"sql": "SELECT :a", "params": {"a": {"blob": "AAE="}}}]"#,
+            100,
         )
         .unwrap();
+        let err =
+            parse_query_body(br#"[{"sql": "SELECT 1"}, {"sql": "SELECT 2"}]"#, 1).unwrap_err();
+        assert_eq!((err.status(), err.code()), (413, "too_many_statements"));
         assert_eq!(
             many[1].named_args,
             [("a".to_owned(), Value::Blob(vec![0, 1]))]
@@ -153,7 +164,7 @@ mod tests {
             br#"{"sql": "x", "params": [[1]]}"#,
             br#"{"sql": "x", "params": [{"integer": "1.5"}]}"#,
         ] {
-            let err = parse_query_body(bad).unwrap_err();
+            let err = parse_query_body(bad, 100).unwrap_err();
             assert_eq!(
                 err.code(),
                 "invalid_request",

@@ -191,13 +191,40 @@ fn param_to_js(index: usize, v: &Value) -> std::result::Result<JsValue, Error> {
     Ok(to_js(v.clone()))
 }
 
+/// The connection's change counters: (total changes so far, changes by the last statement,
+/// last inserted rowid), read in one query.
+fn counters(sql: &SqlStorage, index: usize) -> std::result::Result<[i64; 3], Error> {
+    let mut out = [0; 3];
+    for row in sql
+        .exec(
+            "SELECT total_changes(), changes(), last_insert_rowid()",
+            None,
+        )
+        .map_err(|e| statement_error(index, &e))?
+        .raw()
+    {
+        if let [
+            SqlStorageValue::Integer(t),
+            SqlStorageValue::Integer(c),
+            SqlStorageValue::Integer(r),
+        ] = row.map_err(|e| statement_error(index, &e))?.as_slice()
+        {
+            out = [*t, *c, *r];
+        }
+    }
+    Ok(out)
+}
+
 /// One statement through the Durable Object's SQL API, with the `/query` semantics.
+/// `total_changes` is the connection's total before the statement, and after it on return,
+/// so a batch reads the counters once per statement.
 fn run_statement(
     sql: &SqlStorage,
     index: usize,
     stmt: &Statement,
     limits: &Limits,
     result_bytes: &mut u64,
+    total_changes: &mut i64,
 ) -> std::result::Result<StatementResult, Error> {
     if !stmt.named_args.is_empty() {
         return Err(Error::InvalidRequest {
@@ -206,24 +233,6 @@ fn run_statement(
             ),
         });
     }
-    let total = |sql: &SqlStorage| -> std::result::Result<i64, Error> {
-        let mut n = 0;
-        for row in sql
-            .exec("SELECT total_changes()", None)
-            .map_err(|e| statement_error(index, &e))?
-            .raw()
-        {
-            if let Some(SqlStorageValue::Integer(v)) = row
-                .map_err(|e| statement_error(index, &e))?
-                .into_iter()
-                .next()
-            {
-                n = v;
-            }
-        }
-        Ok(n)
-    };
-    let before = total(sql)?;
     let params = stmt
         .args
         .iter()
@@ -245,25 +254,17 @@ fn run_statement(
         }
         rows.push(row);
     }
-    let after = total(sql)?;
-    let (mut changes, mut last_insert_rowid) = (0, 0);
-    for row in sql
-        .exec("SELECT changes(), last_insert_rowid()", None)
-        .map_err(|e| statement_error(index, &e))?
-        .raw()
-    {
-        let row = row.map_err(|e| statement_error(index, &e))?;
-        if let [SqlStorageValue::Integer(c), SqlStorageValue::Integer(r)] = row.as_slice() {
-            (changes, last_insert_rowid) = (*c, *r);
-        }
-    }
+    let [total, changes, last_insert_rowid] = counters(sql, index)?;
+    // `changes()` is stale after statements that change nothing (DDL, SELECT).
+    let changed = total != *total_changes;
+    *total_changes = total;
     Ok(StatementResult {
         columns,
         rows,
-        changes: if after == before {
-            0
-        } else {
+        changes: if changed {
             u64::try_from(changes).unwrap_or(0)
+        } else {
+            0
         },
         last_insert_rowid,
     })
@@ -375,13 +376,7 @@ impl UserDb {
         self.check_serving().await?;
         let config = load_config(&self.env)?;
         let bytes = body(req, config.max_request_bytes).await?;
-        let statements = crate::work::parse_query_body(&bytes)?;
-        if statements.len() > config.limits.max_statements {
-            return Err(Error::TooManyStatements {
-                count: statements.len(),
-                max: config.limits.max_statements,
-            });
-        }
+        let statements = crate::work::parse_query_body(&bytes, config.limits.max_statements)?;
         let clock = JsClock;
         let sql = self.state.storage().sql();
         let outcome: Rc<RefCell<Option<Outcome>>> = Rc::new(RefCell::new(None));
@@ -390,11 +385,15 @@ impl UserDb {
             let (outcome, sql, limits) = (Rc::clone(&outcome), sql.clone(), config.limits);
             let run = Closure::once(move || -> std::result::Result<JsValue, JsValue> {
                 let mut result_bytes = 0;
-                let result = statements
-                    .iter()
-                    .enumerate()
-                    .map(|(i, s)| run_statement(&sql, i, s, &limits, &mut result_bytes))
-                    .collect::<std::result::Result<Vec<_>, _>>();
+                let result = counters(&sql, 0).and_then(|[mut total, _, _]| {
+                    statements
+                        .iter()
+                        .enumerate()
+                        .map(|(i, s)| {
+                            run_statement(&sql, i, s, &limits, &mut result_bytes, &mut total)
+                        })
+                        .collect::<std::result::Result<Vec<_>, _>>()
+                });
                 let failed = result.is_err();
                 *outcome.borrow_mut() = Some(result);
                 // Throwing is how transactionSync is told to roll back.

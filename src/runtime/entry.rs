@@ -181,15 +181,8 @@ async fn handle_query(
 ) -> std::result::Result<Response, Error> {
     let bytes = body(req, config.max_request_bytes).await?;
     let served = serve_body(&bytes, env, config, user, |bytes| {
-        let statements = work::parse_query_body(bytes)?;
-        if statements.len() > config.limits.max_statements {
-            return Err(Error::TooManyStatements {
-                count: statements.len(),
-                max: config.limits.max_statements,
-            });
-        }
         Ok(Transaction {
-            statements,
+            statements: work::parse_query_body(bytes, config.limits.max_statements)?,
             limits: config.limits,
         })
     })
