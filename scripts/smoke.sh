@@ -3,7 +3,8 @@
 # tests' worker, or a deployed workers.dev URL.
 #
 #   scripts/smoke.sh BASE_URL            e.g. http://127.0.0.1:8787 or https://sqlite-poc.NAME.workers.dev
-#   SMOKE_USER=a   user whose database is loaded and written back (default: smoke-test; created if missing)
+#   SMOKE_USER=a   user whose database is loaded, written back, and moved to its Durable Object
+#                  and back (default: smoke-test; created if missing)
 #   EXPECT_TABLES="projects raw_clips"   tables that must be listed for SMOKE_USER (default: none)
 #   AUTH_TOKEN=... sent as "Authorization: Bearer ..." when set
 set -uo pipefail
@@ -23,6 +24,10 @@ auth=()
 body=$(mktemp); trap 'rm -f "$body"' EXIT
 request() { # request METHOD PATH -> prints status, body in $body
   curl -sS -o "$body" -w '%{http_code}' --max-time 60 -X "$1" "${auth[@]}" "$BASE_URL$2" 2>/dev/null || echo 000
+}
+post() { # post PATH JSON -> prints status, body in $body
+  curl -sS -o "$body" -w '%{http_code}' --max-time 60 -X POST "${auth[@]}" \
+    -H 'Content-Type: application/json' -d "$2" "$BASE_URL$1" 2>/dev/null || echo 000
 }
 
 status=$(request GET "/?user=$USER_ID")
@@ -65,11 +70,26 @@ for table in ${EXPECT_TABLES:-}; do
   check "table $table is listed" $? "$(jq -c .db_info.tables "$body" 2>/dev/null)"
 done
 
-status=$(curl -sS -o "$body" -w '%{http_code}' --max-time 60 -X POST "${auth[@]}" \
-  -H 'Content-Type: application/json' -d '{"sql": "SELECT 1 AS one, ? AS big", "params": [{"integer": "9007199254740993"}]}' \
-  "$BASE_URL/query?user=$USER_ID" 2>/dev/null || echo 000)
+status=$(post "/query?user=$USER_ID" '{"sql": "SELECT 1 AS one, ? AS big", "params": [{"integer": "9007199254740993"}]}')
 check "POST /query runs SQL and returns lossless results" \
   "$([ "$status" = 200 ] && jq -e '.results[0].rows == [[1, {"integer": "9007199254740993"}]] and .db_info.saved == false' "$body" >/dev/null 2>&1; echo $?)" \
+  "status $status: $(head -c 300 "$body")"
+
+status=$(post "/db/$USER_ID/v2/pipeline" '{"requests": [{"type": "execute", "stmt": {"sql": "SELECT 1"}}, {"type": "close"}]}')
+check "the libSQL pipeline answers (stateless: baton null)" \
+  "$([ "$status" = 200 ] && jq -e '.baton == null and .results[0].response.result.rows[0][0].value == "1"' "$body" >/dev/null 2>&1; echo $?)" \
+  "status $status: $(head -c 300 "$body")"
+
+status=$(post "/migrate?user=$USER_ID&to=durable_object" '')
+check "POST /migrate moves the user to their Durable Object" \
+  "$([ "$status" = 200 ] && jq -e '.moved.route == "durable_object"' "$body" >/dev/null 2>&1; echo $?)" \
+  "status $status: $(head -c 300 "$body")"
+status=$(request GET "/?user=$USER_ID")
+check "a moved user is served by the Durable Object" \
+  "$([ "$status" = 200 ] && jq -e '.route == "durable_object"' "$body" >/dev/null 2>&1; echo $?)" "status $status"
+status=$(post "/migrate?user=$USER_ID&to=r2" '')
+check "POST /migrate moves the user back to R2" \
+  "$([ "$status" = 200 ] && jq -e '.route == "r2"' "$body" >/dev/null 2>&1; echo $?)" \
   "status $status: $(head -c 300 "$body")"
 
 status=$(request GET "/?user=../etc")

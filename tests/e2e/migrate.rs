@@ -10,7 +10,7 @@ use serde_json::json;
 use workers_sqlite_poc::fixtures;
 use workers_sqlite_poc::testing::{open, row_counts};
 
-use crate::harness::LocalWorker;
+use crate::harness::{LocalWorker, sha256};
 
 /// Three clients insert into one user while the user moves to their Durable Object and back.
 /// Every acknowledged insert is in the final R2 object exactly once, the demo tables keep
@@ -133,8 +133,15 @@ fn a_moved_user_is_served_by_the_durable_object() {
     );
     assert_eq!(hrana.status, 409, "{}", hrana.json);
     assert_eq!(hrana.json["error"]["code"], "served_by_durable_object");
+    // Refusals leave the stored object byte-identical.
     let again = worker.request("POST", "/migrate?user=m&to=durable_object");
     assert_eq!(again.status, 409);
+    let bad_target = worker.request("POST", "/migrate?user=m&to=elsewhere");
+    assert_eq!(bad_target.status, 400);
+    assert_eq!(
+        sha256(&worker.object("m/database.sqlite").unwrap()),
+        sha256(&demo)
+    );
     let back = worker.request("POST", "/do/export?user=m");
     assert_eq!(back.status, 200, "{}", back.json);
     let stored = worker.object("m/database.sqlite").unwrap();
