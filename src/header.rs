@@ -136,6 +136,22 @@ pub fn validate(bytes: &[u8]) -> Result<HeaderInfo, HeaderProblem> {
     })
 }
 
+/// The page size a header declares, if it is a valid one.
+#[must_use]
+pub fn page_size(bytes: &[u8]) -> Option<u32> {
+    let raw = u16::from_be_bytes([*bytes.get(16)?, *bytes.get(17)?]);
+    let page_size: u32 = if raw == 1 { 65536 } else { u32::from(raw) };
+    ((512..=65536).contains(&page_size) && page_size.is_power_of_two()).then_some(page_size)
+}
+
+/// The header's file change counter (bytes 24..28), which SQLite bumps on every commit.
+#[must_use]
+pub fn change_counter(bytes: &[u8]) -> u32 {
+    bytes
+        .get(24..28)
+        .map_or(0, |b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
+}
+
 /// Rewrites the format version bytes to rollback-journal mode (1, 1).
 ///
 /// An in-memory database cannot use WAL, so SQLite refuses to open a WAL-mode image from

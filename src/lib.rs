@@ -33,6 +33,7 @@ pub mod cache;
 pub mod clock;
 pub mod config;
 pub mod delay;
+pub mod delta;
 pub mod encoding;
 pub mod error;
 pub mod exec;
@@ -48,6 +49,7 @@ pub mod sqlite;
 pub mod store;
 pub mod testing;
 pub mod trend;
+pub mod vfs;
 pub mod work;
 
 #[cfg(all(target_family = "wasm", target_os = "unknown"))]

@@ -3,14 +3,15 @@
 //! The same code runs natively (bundled SQLite) and on wasm32 (sqlite-wasm-rs); only
 //! Cargo.toml chooses the engine.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
-use rusqlite::serialize::{Data, OwnedData};
-use rusqlite::{Connection, MAIN_DB, ffi};
+use rusqlite::serialize::Data;
+use rusqlite::{Connection, MAIN_DB, OpenFlags, ffi};
 
 use crate::error::{Corruption, Error};
 use crate::header::{self, HeaderInfo};
 use crate::store::Body;
+use crate::vfs;
 
 static INITIALIZED: AtomicBool = AtomicBool::new(false);
 
@@ -30,6 +31,9 @@ pub fn initialize() -> Result<bool, Error> {
         });
     }
     Connection::open_in_memory()?;
+    vfs::register().map_err(|rc| Error::Internal {
+        detail: format!("registering the page VFS failed with code {rc}"),
+    })?;
     INITIALIZED.store(true, Ordering::Release);
     Ok(true)
 }
@@ -43,8 +47,9 @@ pub struct Loaded {
     pub header: HeaderInfo,
 }
 
-/// A buffer SQLite will own once opened: the one place a stored image's bytes are copied to.
-pub struct Image(OwnedData);
+/// A buffer that becomes a database file once opened: the one place a stored image's bytes
+/// are copied to.
+pub struct Image(Vec<u8>);
 
 impl std::fmt::Debug for Image {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -53,22 +58,17 @@ impl std::fmt::Debug for Image {
 }
 
 impl Image {
-    /// A `sqlite3_malloc` buffer of `len` bytes, to be filled by the caller (for example, as a
-    /// body streams in) and then [`open`]ed without another copy.
+    /// A zeroed buffer of `len` bytes, to be filled by the caller (for example, as a body
+    /// streams in) and then [`open`]ed without another copy. Zeroed, so a short body reads as
+    /// damage, never as stale memory.
     pub fn allocate(len: usize) -> Result<Self, Error> {
         if len == 0 {
             return Err(header::HeaderProblem::Empty.into());
         }
-        let len64 = u64::try_from(len).map_err(|_| nomem())?;
-        // SAFETY: sqlite3_malloc64 has no preconditions; a null result is handled below.
-        let ptr = unsafe { ffi::sqlite3_malloc64(len64) }.cast::<u8>();
-        let ptr = std::ptr::NonNull::new(ptr).ok_or_else(nomem)?;
-        // SAFETY: `ptr` was just allocated by sqlite3_malloc64 with `len` bytes. Its contents
-        // are uninitialised until written, so zero them: a short body then reads as damage,
-        // never as stale memory.
-        unsafe { std::ptr::write_bytes(ptr.as_ptr(), 0, len) };
-        // SAFETY: as above; ownership passes to OwnedData, which frees with sqlite3_free.
-        Ok(Self(unsafe { OwnedData::from_raw_nonnull(ptr, len) }))
+        let mut data = Vec::new();
+        data.try_reserve_exact(len).map_err(|_| nomem())?;
+        data.resize(len, 0);
+        Ok(Self(data))
     }
 
     /// The buffer, to fill.
@@ -81,20 +81,24 @@ impl Image {
     pub fn bytes(&self) -> &[u8] {
         &self.0
     }
+
+    /// The buffer itself, for patches that change its length (applying a delta).
+    pub fn vec_mut(&mut self) -> &mut Vec<u8> {
+        &mut self.0
+    }
 }
 
-/// Validates a filled image and opens it; SQLite takes the buffer over without copying.
+/// Validates a filled image and opens it in the page-recording VFS ([`crate::vfs`]), which
+/// takes the buffer over without copying.
 ///
-/// The schema is read before returning, because `sqlite3_deserialize` is lazy: without this,
-/// a damaged file would only fail later, in the query.
+/// The schema is read before returning, so a damaged file fails here, not in the query.
 pub fn open(image: Image) -> Result<Loaded, Error> {
     let mut data = image.0;
     let info = header::validate(&data)?;
     if info.wal_mode {
         header::clear_wal_mode(&mut data);
     }
-    let mut conn = Connection::open_in_memory()?;
-    conn.deserialize(MAIN_DB, data, false).map_err(classify)?;
+    let conn = open_file(data)?;
     conn.query_row("SELECT count(*) FROM sqlite_master", [], |row| {
         row.get::<_, i64>(0)
     })
@@ -102,8 +106,29 @@ pub fn open(image: Image) -> Result<Loaded, Error> {
     Ok(Loaded { conn, header: info })
 }
 
-/// Copies `bytes` into SQLite-owned memory and opens them (for bytes already in memory:
-/// tests, fixtures, benchmarks).
+/// Opens `data` as a database file in the page-recording VFS. Rollback journals are kept in
+/// the pager's memory; nothing but the main file goes through the VFS.
+fn open_file(data: Vec<u8>) -> Result<Connection, Error> {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    initialize()?;
+    let name = format!("/db-{}", NEXT.fetch_add(1, Ordering::Relaxed));
+    vfs::stage(&name, data);
+    let opened = Connection::open_with_flags_and_vfs(
+        &name,
+        OpenFlags::SQLITE_OPEN_READ_WRITE
+            | OpenFlags::SQLITE_OPEN_CREATE
+            | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        vfs::NAME,
+    );
+    vfs::unstage(&name);
+    let conn = opened.map_err(classify)?;
+    conn.pragma_update(None, "journal_mode", "MEMORY")
+        .map_err(classify)?;
+    Ok(conn)
+}
+
+/// Copies `bytes` into a new image and opens it (for bytes already in memory: tests,
+/// fixtures, benchmarks).
 pub fn load(bytes: &[u8]) -> Result<Loaded, Error> {
     let mut image = Image::allocate(bytes.len())?;
     image.bytes_mut().copy_from_slice(bytes);
@@ -119,33 +144,97 @@ pub async fn load_body<B: Body>(body: B) -> Result<Loaded, Error> {
 
 /// A new, empty database (for a user with no stored object).
 ///
-/// It is a one-page memdb image, like a loaded database, rather than a plain `:memory:` one:
-/// SQLite only bumps the header's change counter (which [`change_counter`] reads to tell
-/// whether a request wrote) on files, and memdb is one; `:memory:` is not. The page comes
-/// from serializing a fresh `:memory:` database, so it is exactly what SQLite writes.
+/// It is a one-page image, like a loaded database: saving it before any write stores a valid
+/// SQLite file, not zero bytes. The page comes from serializing a fresh `:memory:` database,
+/// so it is exactly what SQLite writes.
 pub fn create() -> Result<Connection, Error> {
     let mut blank = Connection::open_in_memory()?;
-    let page = export(&mut blank)?.to_vec();
-    let len = page.len();
-    let len64 = u64::try_from(len).map_err(|_| nomem())?;
-    // SAFETY: sqlite3_malloc64 has no preconditions; a null result is handled below.
-    let ptr = unsafe { ffi::sqlite3_malloc64(len64) }.cast::<u8>();
-    let ptr = std::ptr::NonNull::new(ptr).ok_or_else(nomem)?;
-    // SAFETY: `ptr` was just allocated by sqlite3_malloc64 with `len` bytes.
-    let mut data = unsafe { OwnedData::from_raw_nonnull(ptr, len) };
-    data.copy_from_slice(&page);
-    let mut conn = Connection::open_in_memory()?;
-    conn.deserialize(MAIN_DB, data, false)?;
-    Ok(conn)
+    let page = blank.serialize(MAIN_DB)?.to_vec();
+    Ok(open_file(page)?)
+}
+
+/// The image of a connection opened by this module, borrowed; or a serialized copy for any
+/// other connection (plain `:memory:` ones).
+pub enum ImageRef<'a> {
+    /// The page-recording VFS's buffer itself.
+    Borrowed(&'a [u8]),
+    /// What `sqlite3_serialize` returned.
+    Serialized(Data<'a>),
+}
+
+impl std::ops::Deref for ImageRef<'_> {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        match self {
+            Self::Borrowed(b) => b,
+            Self::Serialized(d) => d,
+        }
+    }
+}
+
+/// The file state behind `conn`, if it was opened by this module.
+fn file_state(conn: &mut Connection) -> Option<&mut vfs::FileState> {
+    // SAFETY: `conn` is borrowed mutably for the result's lifetime, so no statement of its
+    // runs while the state is used, and the connection outlives the borrow.
+    unsafe { vfs::main_file(conn.handle()) }
+}
+
+/// The changes since the record was last cleared: the page size, the changed pages (0-based,
+/// within the current file), and the file's length.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Changes {
+    /// Page size read from the header now.
+    pub page_size: u32,
+    /// 0-based indexes of pages written, each below `len / page_size`.
+    pub pages: Vec<u32>,
+    /// The file's length now.
+    pub len: u64,
+}
+
+/// What was written since the last [`clear_changes`]; `None` for a connection this module did
+/// not open (its writes are not recorded).
+pub fn changes(conn: &mut Connection) -> Option<Changes> {
+    let state = file_state(conn)?;
+    let page_size = header::page_size(&state.data)?;
+    let len = state.data.len() as u64;
+    let pages_in_file = len / u64::from(page_size);
+    let per_page = u64::from(page_size) / vfs::SECTOR;
+    let mut pages: Vec<u32> = Vec::new();
+    for sector in &state.dirty {
+        let page = sector / per_page;
+        if page >= pages_in_file {
+            break;
+        }
+        let page = u32::try_from(page).ok()?;
+        if pages.last() != Some(&page) {
+            pages.push(page);
+        }
+    }
+    Some(Changes {
+        page_size,
+        pages,
+        len,
+    })
+}
+
+/// Forgets the write record (after the changes were stored, or on a fresh load).
+pub fn clear_changes(conn: &mut Connection) {
+    if let Some(state) = file_state(conn) {
+        state.dirty.clear();
+    }
+}
+
+/// Runs `patch` on the file's bytes (to apply stored changes to a cached copy); the pager
+/// notices because every commit changes the header's change counter, which SQLite compares at
+/// the start of each transaction (and drops its page cache when it moved). Not recorded.
+pub fn patch<T>(conn: &mut Connection, patch: impl FnOnce(&mut Vec<u8>) -> T) -> Option<T> {
+    file_state(conn).map(|state| patch(&mut state.data))
 }
 
 /// The header's file change counter (bytes 24..28): SQLite bumps it on every commit that
 /// changed the database, so two equal readings around some work mean it wrote nothing.
 pub fn change_counter(conn: &mut Connection) -> Result<u32, Error> {
-    let image = export(conn)?;
-    Ok(image
-        .get(24..28)
-        .map_or(0, |b| u32::from_be_bytes([b[0], b[1], b[2], b[3]])))
+    Ok(header::change_counter(&export(conn)?))
 }
 
 /// The spec's query: names of all tables, in `sqlite_master` order.
@@ -161,9 +250,16 @@ pub fn list_tables(conn: &Connection) -> Result<Vec<String>, Error> {
     Ok(names)
 }
 
-/// The database image, without copying when SQLite allows it (memdb images are contiguous).
-pub fn export(conn: &mut Connection) -> Result<Data<'_>, Error> {
-    Ok(conn.serialize(MAIN_DB)?)
+/// The database image: the VFS's own buffer, or a serialized copy for a connection this
+/// module did not open.
+pub fn export(conn: &mut Connection) -> Result<ImageRef<'_>, Error> {
+    // Checked first with a throwaway borrow: the borrow checker cannot see that the two
+    // branches below never overlap.
+    if file_state(conn).is_some() {
+        let state = file_state(conn).ok_or_else(nomem)?;
+        return Ok(ImageRef::Borrowed(&state.data));
+    }
+    Ok(ImageRef::Serialized(conn.serialize(MAIN_DB)?))
 }
 
 fn nomem() -> Error {
