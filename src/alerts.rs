@@ -119,6 +119,7 @@ mod tests {
             user_warning: None,
             trend: None,
             memory: None,
+            storage: None,
         }
     }
 

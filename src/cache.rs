@@ -1,5 +1,5 @@
 //! The version cache: recently used databases kept open in isolate memory, keyed by object key
-//! and valid for one R2 entity tag, so an unchanged database is neither downloaded nor parsed.
+//! and valid for one stored state (an etag, or a manifest and its etag), so an unchanged database is neither downloaded nor parsed.
 
 use std::cell::RefCell;
 
@@ -10,8 +10,8 @@ use rusqlite::Connection;
 pub struct Entry {
     /// Object key.
     pub key: String,
-    /// Entity tag of the stored object this connection's image equals.
-    pub etag: String,
+    /// What R2 holds that this connection's image equals.
+    pub stored: crate::layout::Stored,
     /// That object's `db-version`.
     pub db_version: Option<u64>,
     /// The open in-memory database.
@@ -99,7 +99,10 @@ mod tests {
     fn entry(key: &str, size_bytes: u64) -> Entry {
         Entry {
             key: key.into(),
-            etag: format!("etag-{key}"),
+            stored: crate::layout::Stored::Single {
+                etag: format!("etag-{key}"),
+                retired_manifest: None,
+            },
             db_version: None,
             conn: Connection::open_in_memory().unwrap(),
             size_bytes,
@@ -117,7 +120,10 @@ mod tests {
         cache.put(entry("c", 40)); // evicts b
         assert!(cache.take("b").is_none());
         assert_eq!(cache.usage(), (2, 80));
-        assert_eq!(cache.take("a").unwrap().etag, "etag-a");
+        assert!(matches!(
+            cache.take("a").unwrap().stored,
+            crate::layout::Stored::Single { etag, .. } if etag == "etag-a"
+        ));
         assert_eq!(cache.usage(), (1, 40));
     }
 

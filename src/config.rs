@@ -43,6 +43,10 @@ pub struct Config {
     /// `AUTO_MIGRATE=true`: a user whose trend recommends `migrate_to_durable_object` is moved
     /// to their Durable Object at their next request. Off by default.
     pub auto_migrate: bool,
+    /// `LAYOUT`: `single` (default) or `incremental`; how writes are stored.
+    pub layout: crate::layout::Layout,
+    /// `COMPACT_AFTER_DELTAS`, `SWEEP_GRACE_MS`: when deltas are folded, when orphans go.
+    pub compaction: crate::layout::CompactionPolicy,
 }
 
 impl Default for Config {
@@ -59,6 +63,8 @@ impl Default for Config {
             limits: Limits::default(),
             self_test: false,
             auto_migrate: false,
+            layout: crate::layout::Layout::default(),
+            compaction: crate::layout::CompactionPolicy::default(),
         }
     }
 }
@@ -99,6 +105,20 @@ impl Config {
         }
         if let Some(v) = lookup("AUTO_MIGRATE") {
             config.auto_migrate = parse_bool("AUTO_MIGRATE", &v)?;
+        }
+        if let Some(v) = lookup("LAYOUT") {
+            config.layout = crate::layout::Layout::parse(&v)
+                .ok_or_else(|| misconfigured("LAYOUT", &v, "single or incremental"))?;
+        }
+        if let Some(v) = lookup("COMPACT_AFTER_DELTAS") {
+            config.compaction.max_deltas =
+                usize::try_from(parse_positive("COMPACT_AFTER_DELTAS", &v)?).unwrap_or(usize::MAX);
+        }
+        if let Some(v) = lookup("SWEEP_GRACE_MS") {
+            config.compaction.sweep_grace_ms = v
+                .trim()
+                .parse()
+                .map_err(|_| misconfigured("SWEEP_GRACE_MS", &v, "a whole number of ms"))?;
         }
         if let Some(v) = lookup("SELF_TEST") {
             config.self_test = parse_bool("SELF_TEST", &v)?;

@@ -41,6 +41,7 @@ pub mod fixtures;
 pub mod header;
 pub mod hrana;
 pub mod import;
+pub mod layout;
 pub mod migrate;
 pub mod pipeline;
 pub mod report;

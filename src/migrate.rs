@@ -114,6 +114,19 @@ async fn freeze<S: ObjectStore, C: Clock>(
     user: &UserId,
 ) -> Result<(Image, Option<String>, String, String), Error> {
     let key = user.db_key();
+    // A user in the incremental layout is folded into one complete, frozen database.sqlite
+    // (and their manifest retired) first; writers then meet the freeze either way.
+    if let Some(mut frozen) = crate::layout::freeze_for_move(ctx, user).await? {
+        let bytes = crate::sqlite::export(&mut frozen.conn)?;
+        let mut image = Image::allocate(bytes.len())?;
+        image.bytes_mut().copy_from_slice(&bytes);
+        return Ok((
+            image,
+            frozen.version.map(|v| v.to_string()),
+            frozen.etag,
+            frozen.write_id,
+        ));
+    }
     let object = with_retries(ctx.clock, &ctx.retry, async || {
         ctx.store.get(&key, ctx.max_db_bytes, None).await
     })

@@ -17,15 +17,16 @@ use crate::cache::{DbCache, Entry};
 use crate::clock::Clock;
 use crate::delay::{PhaseDelay, Thresholds};
 use crate::error::Error;
+use crate::header;
+use crate::layout::{self, AtLoad, CompactionPolicy, Layout, OutsideReplacement, Stored};
 use crate::report::{
     Backend, CacheInfo, CacheStatus, ClockInfo, CpuSpan, DbInfo, DelayAnalysis, LoadTiming, Report,
-    SaveTiming, StoredInfo, TimingBreakdown,
+    SaveTiming, StorageInfo, StoredInfo, TimingBreakdown,
 };
 use crate::request::{SaveMode, UserId};
 use crate::sqlite;
 use crate::store::{
-    Body, DB_VERSION_KEY, Fetched, ObjectStore, PutCondition, PutOutcome, ROUTE_KEY, StoreError,
-    StoreErrorKind, WRITE_ID_KEY,
+    DB_VERSION_KEY, ObjectStore, PutCondition, PutOutcome, StoreError, StoreErrorKind, WRITE_ID_KEY,
 };
 
 /// How hard the save tries before giving up.
@@ -63,7 +64,7 @@ impl RetryPolicy {
 }
 
 /// What the pipeline runs against.
-#[derive(Debug)]
+#[derive(Debug, Clone, Copy)]
 pub struct Context<'a, S, C> {
     /// Where databases live.
     pub store: &'a S,
@@ -80,6 +81,10 @@ pub struct Context<'a, S, C> {
     /// A value unique to this request (random in the worker), so its writes can be told
     /// apart from everyone else's.
     pub nonce: u64,
+    /// How writes are stored (`LAYOUT`).
+    pub layout: Layout,
+    /// When deltas are folded into a new base, and how old an orphan must be to be swept.
+    pub compaction: CompactionPolicy,
 }
 
 impl<'a, S, C> Context<'a, S, C> {
@@ -93,6 +98,8 @@ impl<'a, S, C> Context<'a, S, C> {
             cache: None,
             retry: RetryPolicy::default(),
             nonce: 0,
+            layout: Layout::Single,
+            compaction: CompactionPolicy::default(),
         }
     }
 }
@@ -122,9 +129,11 @@ impl Work for ListTables {
 pub struct Loaded {
     /// The open database.
     pub conn: Connection,
-    /// Entity tag of the stored object this image equals (`None`: no object exists).
-    pub etag: Option<String>,
-    /// That object's `db-version`.
+    /// What R2 holds that this image equals (a new database, one object, or a manifest).
+    pub stored: Stored,
+    /// Etag of the `database.sqlite` the image was built from, when it was read.
+    pub base_etag: Option<String>,
+    /// That state's `db-version`.
     pub version: Option<u64>,
     /// The stored header said WAL mode (the image is now rollback mode).
     pub converted_from_wal: bool,
@@ -140,6 +149,28 @@ pub struct Loaded {
     pub parse_ms: Option<f64>,
     /// The whole step.
     pub total_ms: f64,
+    /// Deltas fetched and applied (incremental layout).
+    pub deltas_applied: u32,
+    /// The image's page size, change counter and length at load: what a delta builds on.
+    pub page_size: u32,
+    /// See `page_size`.
+    pub change_counter: u32,
+    /// See `page_size`.
+    pub len: u64,
+    /// `database.sqlite` was found replaced from outside and adopted (see
+    /// [`layout::OUTSIDE_RULE`]).
+    pub outside: Option<OutsideReplacement>,
+}
+
+impl Loaded {
+    /// Entity tag of the object the next write is conditional on (`None`: nothing stored).
+    #[must_use]
+    pub fn etag(&self) -> Option<&str> {
+        match &self.stored {
+            Stored::New => None,
+            Stored::Single { etag, .. } | Stored::Incremental { etag, .. } => Some(etag),
+        }
+    }
 }
 
 /// Repeats `op` after rate limiting and transient failures, waiting as `policy` says.
@@ -160,25 +191,12 @@ pub(crate) async fn with_retries<T, C: Clock, F: AsyncFnMut() -> Result<T, Store
     }
 }
 
-/// Whether the stored object says its user is served elsewhere right now.
-fn check_route(metadata: &std::collections::HashMap<String, String>) -> Result<(), Error> {
-    match metadata.get(ROUTE_KEY).map(String::as_str) {
-        Some("moving") => Err(Error::Migrating),
-        Some("durable_object") => Err(Error::ServedByDurableObject),
-        _ => Ok(()),
-    }
-}
-
-/// A body that failed mid-stream is a store failure like any other.
-fn with_body_errors(result: Result<(), StoreError>) -> Result<(), Error> {
-    result.map_err(Error::StorageUnavailable)
-}
-
-/// Loads `key`: from the version cache when R2 confirms it is current, otherwise from R2, or
-/// a new empty database when there is no object.
+/// Loads `user`'s database, whatever its layout: from the version cache when R2 confirms it
+/// is current (fetching only the deltas it lacks), otherwise from R2, or a new empty database
+/// when nothing is stored.
 pub async fn load<S: ObjectStore, C: Clock>(
     ctx: &Context<'_, S, C>,
-    key: &str,
+    user: &UserId,
 ) -> Result<Loaded, Error> {
     let clock = ctx.clock;
     let start = clock.now_ms();
@@ -186,94 +204,38 @@ pub async fn load<S: ObjectStore, C: Clock>(
     let wasm_init_ms = clock.now_ms() - start;
 
     // Taken, not borrowed: a concurrent request for the same user loads its own copy.
-    let cached = ctx.cache.and_then(|c| c.take(key));
-    let download_start = clock.now_ms();
-    let if_none_match = cached.as_ref().map(|e| e.etag.clone());
-    let fetched = with_retries(clock, &ctx.retry, async || {
-        ctx.store
-            .get(key, ctx.max_db_bytes, if_none_match.as_deref())
-            .await
-    })
-    .await?;
-    let download_ms = clock.now_ms() - download_start;
-
-    let parse_start = clock.now_ms();
-    let mut body_read_ms = 0.0;
-    let miss = match (&cached, ctx.cache) {
-        (Some(_), _) => CacheStatus::Stale,
-        (None, Some(_)) => CacheStatus::Miss,
-        (None, None) => CacheStatus::Disabled,
+    let cached = ctx.cache.and_then(|c| c.take(&user.db_key()));
+    let fetch_start = clock.now_ms();
+    let mut built = layout::load(ctx, user, cached).await?;
+    let fetch_ms = clock.now_ms() - fetch_start;
+    let (page_size, change_counter, len) = {
+        let image = sqlite::export(&mut built.conn)?;
+        (
+            header::page_size(&image).unwrap_or(0),
+            header::change_counter(&image),
+            image.len() as u64,
+        )
     };
-    let (conn, etag, version, converted_from_wal, cache, parsed) = match (fetched, cached) {
-        (Fetched::NotModified { metadata }, Some(entry)) => {
-            if let Err(e) = check_route(&metadata) {
-                // The copy is still current; keep it, so the next check is as cheap.
-                let size = entry.size_bytes;
-                if let Some(cache) = ctx.cache {
-                    cache.put(Entry {
-                        size_bytes: size,
-                        ..entry
-                    });
-                }
-                return Err(e);
-            }
-            (
-                entry.conn,
-                Some(entry.etag),
-                entry.db_version,
-                false,
-                CacheStatus::Hit,
-                false,
-            )
-        }
-        (Fetched::NotModified { .. }, None) => {
-            return Err(Error::Internal {
-                detail: "store answered 'not modified' to an unconditional get".into(),
-            });
-        }
-        (Fetched::TooLarge { size_bytes }, _) => {
-            return Err(Error::DatabaseTooLarge {
-                size_bytes,
-                max_bytes: ctx.max_db_bytes,
-            });
-        }
-        (Fetched::Missing, _) => (sqlite::create()?, None, None, false, miss, true),
-        (Fetched::Found(object), _) => {
-            // Checked before the body is read: a moved user's body is never downloaded.
-            check_route(&object.metadata)?;
-            let version = object
-                .metadata
-                .get(DB_VERSION_KEY)
-                .and_then(|v| v.parse::<u64>().ok());
-            // The body streams straight into SQLite's buffer: one copy, no whole copy in JS.
-            // Reading it is network time, so it counts as download, not parse.
-            let mut image = sqlite::Image::allocate(object.body.len())?;
-            let read_start = clock.now_ms();
-            with_body_errors(object.body.read_into(image.bytes_mut()).await)?;
-            body_read_ms = clock.now_ms() - read_start;
-            let loaded = sqlite::open(image)?;
-            (
-                loaded.conn,
-                Some(object.etag),
-                version,
-                loaded.header.wal_mode,
-                miss,
-                true,
-            )
-        }
-    };
-    let parse_ms = clock.now_ms() - parse_start - body_read_ms;
+    // Network (requests, bodies) versus CPU (applying deltas, opening the image).
+    let download_ms = (fetch_ms - built.parse_ms).max(0.0);
+    let parse_ms = built.parsed.then_some(built.parse_ms);
     Ok(Loaded {
-        conn,
-        etag,
-        version,
-        converted_from_wal,
-        cache,
+        conn: built.conn,
+        stored: built.stored,
+        base_etag: built.base_etag,
+        version: built.version,
+        converted_from_wal: built.converted_from_wal,
+        cache: built.cache,
         initialized_here,
         wasm_init_ms,
-        download_ms: download_ms + body_read_ms,
-        parse_ms: parsed.then_some(parse_ms),
+        download_ms,
+        parse_ms,
         total_ms: clock.now_ms() - start,
+        deltas_applied: built.deltas_applied,
+        page_size,
+        change_counter,
+        len,
+        outside: built.outside,
     })
 }
 
@@ -348,20 +310,39 @@ pub fn query<C: Clock, W: Work>(
     })
 }
 
+/// What should follow a write, off the request's critical path (`ctx.waitUntil`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FollowUp {
+    /// Nothing.
+    None,
+    /// The deltas passed a threshold: fold them into a new base ([`layout::compact`]).
+    Compact,
+    /// `LAYOUT=single` but the user has a manifest: fold and retire it, so the user is one
+    /// object again.
+    Retire,
+}
+
 /// Whether a save happened, and what it cost.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Saved {
-    /// The image was written.
+    /// The changes were committed.
     Written {
-        /// The new object's entity tag.
-        etag: String,
+        /// What R2 holds now.
+        stored: Stored,
         /// Its `db-version`.
         version: u64,
         /// Image size.
         size_bytes: u64,
-        /// Export.
+        /// Bytes uploaded (the image, or a delta and the manifest).
+        bytes_uploaded: u64,
+        /// Objects written.
+        objects_written: u32,
+        /// What should run after the response.
+        follow_up: FollowUp,
+        /// Export, or encoding the delta.
         serialize_ms: f64,
-        /// The put, retries and waits included.
+        /// The puts, retries and waits included.
         upload_ms: f64,
         /// The whole step.
         total_ms: f64,
@@ -375,12 +356,17 @@ pub enum Saved {
     Conflict,
 }
 
-/// Decides whether to write, and writes conditionally: `If-Match` the loaded etag, or
-/// create-only for a new database. 429s and 5xx are repeated with backoff; a put whose answer
-/// was lost is resolved by reading the object's `write-id` back.
+/// Decides whether to write, and writes conditionally, in the user's layout:
+/// - one object (`database.sqlite`, `If-Match` the loaded etag or create-only) for a new
+///   user, or a single-layout user under `LAYOUT=single`;
+/// - a delta and the manifest ([`layout::commit`]) for a user with a manifest, or any stored
+///   user under `LAYOUT=incremental` (upgrading them on this first write).
+///
+/// 429s and 5xx are repeated with backoff; a put whose answer was lost is resolved by reading
+/// the object's `write-id` back.
 pub async fn save<S: ObjectStore, C: Clock, T>(
     ctx: &Context<'_, S, C>,
-    key: &str,
+    user: &UserId,
     queried: &mut Queried<T>,
     mode: SaveMode,
 ) -> Result<Saved, Error> {
@@ -396,39 +382,126 @@ pub async fn save<S: ObjectStore, C: Clock, T>(
         return Ok(Saved::Skipped { size_bytes });
     }
     let start = clock.now_ms();
-    let image = sqlite::export(&mut loaded.conn)?;
-    let serialize_ms = clock.now_ms() - start;
     // Strictly increasing even if the wall clock stands still or steps back.
     let version = clock
         .epoch_ms()
         .max(loaded.version.map_or(0, |v| v.saturating_add(1)));
     let write_id = format!("{:016x}-{version}", ctx.nonce);
-    let condition = match &loaded.etag {
-        Some(etag) => PutCondition::IfMatch(etag.clone()),
-        None => PutCondition::IfAbsent,
+    let incremental = match (&loaded.stored, ctx.layout) {
+        (Stored::Incremental { .. }, _) | (Stored::Single { .. }, Layout::Incremental) => true,
+        (Stored::New | Stored::Single { .. }, Layout::Single) | (Stored::New, _) => false,
+    };
+    if incremental {
+        let at_load = AtLoad {
+            stored: &loaded.stored,
+            page_size: loaded.page_size,
+            change_counter: loaded.change_counter,
+            len: loaded.len,
+        };
+        let committed =
+            layout::commit(ctx, user, &mut loaded.conn, &at_load, version, &write_id).await?;
+        let Some(c) = committed else {
+            return Ok(Saved::Conflict);
+        };
+        let size_bytes = sqlite::export(&mut loaded.conn)?.len() as u64;
+        let follow_up = match ctx.layout {
+            Layout::Single => FollowUp::Retire,
+            Layout::Incremental if c.compact_due => FollowUp::Compact,
+            Layout::Incremental => FollowUp::None,
+        };
+        let total_ms = clock.now_ms() - start;
+        return Ok(Saved::Written {
+            stored: c.stored,
+            version,
+            size_bytes,
+            bytes_uploaded: c.bytes_uploaded,
+            objects_written: c.objects_written,
+            follow_up,
+            serialize_ms: c.encode_ms,
+            upload_ms: (total_ms - c.encode_ms).max(0.0),
+            total_ms,
+        });
+    }
+    let image = sqlite::export(&mut loaded.conn)?;
+    let serialize_ms = clock.now_ms() - start;
+    let condition = match loaded.stored {
+        Stored::Single { ref etag, .. } => PutCondition::IfMatch(etag.clone()),
+        _ => PutCondition::IfAbsent,
+    };
+    let retired_manifest = match &loaded.stored {
+        Stored::Single {
+            retired_manifest, ..
+        } => retired_manifest.clone(),
+        _ => None,
     };
     let metadata = [
         (DB_VERSION_KEY, version.to_string()),
         (WRITE_ID_KEY, write_id.clone()),
     ];
     let upload_start = clock.now_ms();
+    let outcome = conditional_put(
+        ctx,
+        &user.db_key(),
+        &image,
+        &metadata,
+        &condition,
+        &write_id,
+    )
+    .await?;
+    let upload_ms = clock.now_ms() - upload_start;
+    let size_bytes = image.len() as u64;
+    Ok(match outcome {
+        PutOutcome::Stored { etag } => Saved::Written {
+            stored: Stored::Single {
+                etag,
+                retired_manifest,
+            },
+            version,
+            size_bytes,
+            bytes_uploaded: size_bytes,
+            objects_written: 1,
+            follow_up: FollowUp::None,
+            serialize_ms,
+            upload_ms,
+            total_ms: clock.now_ms() - start,
+        },
+        PutOutcome::ConditionFailed => Saved::Conflict,
+    })
+}
+
+/// A commit point's put: `bytes` under `key` if `condition` holds. 429s and 5xx are repeated
+/// with backoff; when an attempt's answer was lost, the object's `write-id` tells whether it
+/// landed. An error whose outcome cannot be established says so (`write_outcome_unknown`).
+pub(crate) async fn conditional_put<S: ObjectStore, C: Clock>(
+    ctx: &Context<'_, S, C>,
+    key: &str,
+    bytes: &[u8],
+    metadata: &[(&str, String)],
+    condition: &PutCondition,
+    write_id: &str,
+) -> Result<PutOutcome, Error> {
+    let clock = ctx.clock;
+    let expected = match condition {
+        PutCondition::IfMatch(etag) => Some(etag.as_str()),
+        PutCondition::IfAbsent => None,
+    };
     let mut in_doubt = false;
     let mut retry = 0;
-    let outcome = loop {
-        match ctx.store.put(key, &image, &metadata, &condition).await {
+    loop {
+        match ctx.store.put(key, bytes, metadata, condition).await {
             Ok(PutOutcome::ConditionFailed) if in_doubt => {
                 // An earlier attempt may have landed; if so the object is ours. If that cannot
                 // be read back, re-running would risk applying the work twice.
-                match resolve(ctx, key, &write_id).await {
-                    Ok(Some(etag)) => break PutOutcome::Stored { etag },
-                    Ok(None) => break PutOutcome::ConditionFailed,
+                return match resolve(ctx, key, write_id).await {
+                    Ok(Some(etag)) => Ok(PutOutcome::Stored { etag }),
+                    Ok(None) => Ok(PutOutcome::ConditionFailed),
                     Err(mut e) => {
                         e.write_outcome_unknown = true;
-                        return Err(Error::StorageUnavailable(e));
+                        Err(Error::StorageUnavailable(e))
                     }
-                }
+                };
             }
-            Ok(outcome) => break outcome,
+            Ok(outcome) => return Ok(outcome),
             Err(e) if e.is_retryable() && retry < ctx.retry.store_retries => {
                 in_doubt |= e.kind == StoreErrorKind::Transient;
                 clock.sleep(ctx.retry.backoff_ms(retry)).await;
@@ -437,28 +510,15 @@ pub async fn save<S: ObjectStore, C: Clock, T>(
             Err(mut e) => {
                 in_doubt |= e.kind == StoreErrorKind::Transient;
                 if in_doubt {
-                    if let Ok(Some(etag)) = resolve(ctx, key, &write_id).await {
-                        break PutOutcome::Stored { etag };
+                    if let Ok(Some(etag)) = resolve(ctx, key, write_id).await {
+                        return Ok(PutOutcome::Stored { etag });
                     }
-                    e.write_outcome_unknown = !unchanged(ctx, key, loaded.etag.as_deref()).await;
+                    e.write_outcome_unknown = !unchanged(ctx, key, expected).await;
                 }
                 return Err(Error::StorageUnavailable(e));
             }
         }
-    };
-    let upload_ms = clock.now_ms() - upload_start;
-    let size_bytes = image.len() as u64;
-    Ok(match outcome {
-        PutOutcome::Stored { etag } => Saved::Written {
-            etag,
-            version,
-            size_bytes,
-            serialize_ms,
-            upload_ms,
-            total_ms: clock.now_ms() - start,
-        },
-        PutOutcome::ConditionFailed => Saved::Conflict,
-    })
+    }
 }
 
 /// The stored object's etag if it carries `write_id`, i.e. if a put of ours landed; an error
@@ -586,7 +646,7 @@ pub fn report<S, C: Clock, T>(ctx: &Context<'_, S, C>, steps: &Steps<'_, T>) -> 
             Some(StoredInfo {
                 db_version: db_version.map(|v| v.to_string()),
                 loaded_db_version: l.version.map(|v| v.to_string()),
-                new_database: l.etag.is_none(),
+                new_database: matches!(l.stored, Stored::New),
                 converted_from_wal: l.converted_from_wal,
                 save_mode: steps.mode,
                 saved,
@@ -604,29 +664,88 @@ pub fn report<S, C: Clock, T>(ctx: &Context<'_, S, C>, steps: &Steps<'_, T>) -> 
         user_warning: None,
         trend: None,
         memory: None,
+        storage: Some(storage_info(l, steps.saved)),
     };
     report.user_warning = alerts::user_warning(&report);
     report
 }
 
-/// Returns the database to the version cache; only for a copy equal to the stored `etag`.
+/// The report's `storage` part: layout, what the save uploaded, what the load applied.
+fn storage_info(l: &Loaded, saved: &Saved) -> StorageInfo {
+    let (stored, bytes_uploaded, objects_written, follow_up) = match saved {
+        Saved::Written {
+            stored,
+            bytes_uploaded,
+            objects_written,
+            follow_up,
+            ..
+        } => (stored, *bytes_uploaded, *objects_written, *follow_up),
+        _ => (&l.stored, 0, 0, FollowUp::None),
+    };
+    let (deltas, manifest_seq) = match stored {
+        Stored::Incremental { manifest, .. } => (manifest.deltas.len(), Some(manifest.seq)),
+        _ => (0, None),
+    };
+    StorageInfo {
+        layout: stored.layout(),
+        bytes_uploaded,
+        objects_written,
+        deltas_applied: l.deltas_applied,
+        deltas_pending: deltas,
+        manifest_seq,
+        follow_up: serde_json::to_value(follow_up)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_owned))
+            .unwrap_or_default(),
+        outside_replacement: l.outside.clone(),
+    }
+}
+
+/// Returns the database to the version cache; only for a copy equal to `stored`.
 fn keep(
     cache: Option<&DbCache>,
-    key: &str,
-    conn: Connection,
-    etag: String,
+    user: &UserId,
+    mut conn: Connection,
+    stored: Stored,
     version: Option<u64>,
     size_bytes: u64,
 ) {
-    if let Some(cache) = cache {
+    if let (Some(cache), false) = (cache, matches!(stored, Stored::New)) {
+        // The copy equals what is stored: nothing is pending in it.
+        sqlite::clear_changes(&mut conn);
         cache.put(Entry {
-            key: key.to_owned(),
-            etag,
+            key: user.db_key(),
+            stored,
             db_version: version,
             conn,
             size_bytes,
         });
     }
+}
+
+/// Returns a connection equal to `stored` to the version cache (after an export streamed it).
+pub fn keep_connection(
+    cache: Option<&DbCache>,
+    user: &UserId,
+    mut conn: Connection,
+    stored: Stored,
+    version: Option<u64>,
+) {
+    let size = sqlite::export(&mut conn).map_or(0, |i| i.len() as u64);
+    keep(cache, user, conn, stored, version, size);
+}
+
+/// Returns a loaded, unchanged database to the version cache.
+pub(crate) fn keep_loaded<S, C>(ctx: &Context<'_, S, C>, user: &UserId, mut loaded: Loaded) {
+    let size = sqlite::export(&mut loaded.conn).map_or(0, |i| i.len() as u64);
+    keep(
+        ctx.cache,
+        user,
+        loaded.conn,
+        loaded.stored,
+        loaded.version,
+        size,
+    );
 }
 
 /// Loads, runs `work`, saves as `mode` says and reports, re-running everything on the newest
@@ -638,28 +757,26 @@ pub async fn serve<S: ObjectStore, C: Clock, W: Work>(
     mode: SaveMode,
     work: &mut W,
 ) -> Result<(Report, W::Output), Error> {
-    let key = user.db_key();
     let mut attempts = 0;
     loop {
         attempts += 1;
-        let loaded = load(ctx, &key).await?;
+        let loaded = load(ctx, user).await?;
         let mut queried = match query(ctx.clock, loaded, work) {
             Ok(q) => q,
             Err(failed) => {
                 let QueryFailed {
                     error,
-                    mut loaded,
+                    loaded,
                     changed,
                 } = *failed;
                 // A request that failed without committing leaves a copy equal to the store.
-                if let (Some(etag), false) = (loaded.etag.take(), changed) {
-                    let size = sqlite::export(&mut loaded.conn).map_or(0, |i| i.len() as u64);
-                    keep(ctx.cache, &key, loaded.conn, etag, loaded.version, size);
+                if !changed {
+                    keep_loaded(ctx, user, loaded);
                 }
                 return Err(error);
             }
         };
-        let saved = save(ctx, &key, &mut queried, mode).await?;
+        let saved = save(ctx, user, &mut queried, mode).await?;
         if saved == Saved::Conflict {
             if attempts < ctx.retry.max_attempts {
                 continue;
@@ -683,32 +800,30 @@ pub async fn serve<S: ObjectStore, C: Clock, W: Work>(
         } = queried;
         match saved {
             Saved::Written {
-                etag,
+                stored,
                 version,
                 size_bytes,
                 ..
             } => {
                 keep(
                     ctx.cache,
-                    &key,
+                    user,
                     loaded.conn,
-                    etag,
+                    stored,
                     Some(version),
                     size_bytes,
                 );
             }
             // Unsaved changes must not outlive the request; an unchanged copy may.
             Saved::Skipped { size_bytes } if !changed => {
-                if let Some(etag) = loaded.etag {
-                    keep(
-                        ctx.cache,
-                        &key,
-                        loaded.conn,
-                        etag,
-                        loaded.version,
-                        size_bytes,
-                    );
-                }
+                keep(
+                    ctx.cache,
+                    user,
+                    loaded.conn,
+                    loaded.stored,
+                    loaded.version,
+                    size_bytes,
+                );
             }
             _ => {}
         }

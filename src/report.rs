@@ -56,6 +56,32 @@ pub struct Report {
     /// Memory of this isolate's wasm instance (only on wasm32).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub memory: Option<MemoryInfo>,
+    /// How the database is stored in R2 and what this request moved (R2 route only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub storage: Option<StorageInfo>,
+}
+
+/// `storage`: the layout and what this request read and wrote in it.
+#[derive(Debug, Clone, Serialize)]
+pub struct StorageInfo {
+    /// `single` (one object) or `incremental` (base + deltas + manifest), after the request.
+    pub layout: crate::layout::Layout,
+    /// Bytes this request uploaded.
+    pub bytes_uploaded: u64,
+    /// Objects this request wrote.
+    pub objects_written: u32,
+    /// Deltas the load fetched and applied.
+    pub deltas_applied: u32,
+    /// Deltas the manifest lists now (folded by the next compaction).
+    pub deltas_pending: usize,
+    /// The manifest's sequence number (commits since the user went incremental).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub manifest_seq: Option<u64>,
+    /// What runs after the response: `none`, `compact` or `retire`.
+    pub follow_up: String,
+    /// Set when `database.sqlite` was found replaced from outside (see the README).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub outside_replacement: Option<crate::layout::OutsideReplacement>,
 }
 
 /// `memory`: what the measurement of peak memory per byte of database is built on.
@@ -175,6 +201,8 @@ pub enum CacheStatus {
     Miss,
     /// Cached copy outdated.
     Stale,
+    /// Cached copy brought up to date with the deltas it lacked.
+    Updated,
     /// Cache turned off.
     Disabled,
 }
@@ -295,6 +323,7 @@ impl Report {
             user_warning: None,
             trend: None,
             memory: None,
+            storage: None,
         }
     }
 }

@@ -49,6 +49,30 @@ impl UserId {
     pub fn db_key(&self) -> String {
         format!("{}/database.sqlite", self.0)
     }
+
+    /// The incremental layout's manifest: `<user>/manifest.json`.
+    #[must_use]
+    pub fn manifest_key(&self) -> String {
+        format!("{}/manifest.json", self.0)
+    }
+
+    /// Where the incremental layout's deltas live: `<user>/deltas/`.
+    #[must_use]
+    pub fn delta_prefix(&self) -> String {
+        format!("{}/deltas/", self.0)
+    }
+
+    /// The delta of write `seq` by `write_id` (zero-padded, so keys sort in commit order).
+    #[must_use]
+    pub fn delta_key(&self, seq: u64, write_id: &str) -> String {
+        format!("{}/deltas/{seq:012}-{write_id}.delta", self.0)
+    }
+
+    /// A conflict record (see `layout::OUTSIDE_RULE`).
+    #[must_use]
+    pub fn conflict_key(&self, seq: u64, write_id: &str) -> String {
+        format!("{}/conflicts/{seq:012}-{write_id}.json", self.0)
+    }
 }
 
 /// Whether a request writes the database back (`save` query parameter).
@@ -140,6 +164,8 @@ pub enum Route {
     DoExport,
     /// `POST /migrate?user=ID&to=durable_object|r2`: move the user.
     Migrate,
+    /// `GET /export?user=ID`: the current complete SQLite file, whatever the layout.
+    Export,
     /// `POST /__self-test/store`: the object-store contract against the real binding (only
     /// with `SELF_TEST=true`).
     SelfTest,
@@ -167,6 +193,7 @@ pub fn route(method: &str, path: &str) -> Result<Route, Error> {
         "/do/query" => (Route::DoQuery, "POST"),
         "/do/export" => (Route::DoExport, "POST"),
         "/migrate" => (Route::Migrate, "POST"),
+        "/export" => (Route::Export, "GET"),
         "/__self-test/store" => (Route::SelfTest, "POST"),
         other => match hrana_path(other) {
             Some((user, true)) => (Route::HranaPipeline { user }, "POST"),

@@ -150,7 +150,7 @@ pub async fn load_body<B: Body>(body: B) -> Result<Loaded, Error> {
 pub fn create() -> Result<Connection, Error> {
     let mut blank = Connection::open_in_memory()?;
     let page = blank.serialize(MAIN_DB)?.to_vec();
-    Ok(open_file(page)?)
+    open_file(page)
 }
 
 /// The image of a connection opened by this module, borrowed; or a serialized copy for any

@@ -189,6 +189,24 @@ pub trait ObjectStore {
         metadata: &[(&str, String)],
         condition: &PutCondition,
     ) -> Result<PutOutcome, StoreError>;
+
+    /// Deletes the object under `key`; deleting a missing object succeeds (R2 has no
+    /// conditional delete, so callers only delete what nothing can reference any more).
+    async fn delete(&self, key: &str) -> Result<(), StoreError>;
+
+    /// Every object whose key starts with `prefix`, in key order.
+    async fn list(&self, prefix: &str) -> Result<Vec<Listed>, StoreError>;
+}
+
+/// One object in a listing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Listed {
+    /// Its key.
+    pub key: String,
+    /// Its size.
+    pub size: u64,
+    /// When it was written, epoch milliseconds.
+    pub uploaded_ms: u64,
 }
 
 impl Body for Rc<[u8]> {
@@ -207,6 +225,7 @@ struct MemoryObject {
     bytes: Rc<[u8]>,
     etag: String,
     metadata: HashMap<String, String>,
+    uploaded_ms: u64,
 }
 
 /// An in-memory [`ObjectStore`] with R2's semantics, for host tests and benchmarks.
@@ -219,6 +238,8 @@ pub struct MemoryStore {
     generation: RefCell<u64>,
     gets: RefCell<u64>,
     puts: RefCell<u64>,
+    /// What `list` reports as upload times (tests move it to age objects).
+    now_ms: RefCell<u64>,
 }
 
 impl MemoryStore {
@@ -243,9 +264,28 @@ impl MemoryStore {
                 bytes: Rc::from(bytes),
                 etag: etag.clone(),
                 metadata,
+                uploaded_ms: *self.now_ms.borrow(),
             },
         );
         etag
+    }
+
+    /// Sets the time stamped on objects written from now on.
+    pub fn set_now_ms(&self, now_ms: u64) {
+        *self.now_ms.borrow_mut() = now_ms;
+    }
+
+    /// Every key, sorted.
+    #[must_use]
+    pub fn keys(&self) -> Vec<String> {
+        let mut keys: Vec<String> = self.objects.borrow().keys().cloned().collect();
+        keys.sort();
+        keys
+    }
+
+    /// Removes `key`, as an outside actor would.
+    pub fn remove(&self, key: &str) {
+        self.objects.borrow_mut().remove(key);
     }
 
     /// The stored bytes under `key`, if any.
@@ -329,5 +369,26 @@ impl ObjectStore for MemoryStore {
         }
         let etag = self.insert(key, bytes, metadata);
         Ok(PutOutcome::Stored { etag })
+    }
+
+    async fn delete(&self, key: &str) -> Result<(), StoreError> {
+        self.objects.borrow_mut().remove(key);
+        Ok(())
+    }
+
+    async fn list(&self, prefix: &str) -> Result<Vec<Listed>, StoreError> {
+        let mut listed: Vec<Listed> = self
+            .objects
+            .borrow()
+            .iter()
+            .filter(|(k, _)| k.starts_with(prefix))
+            .map(|(k, o)| Listed {
+                key: k.clone(),
+                size: o.bytes.len() as u64,
+                uploaded_ms: o.uploaded_ms,
+            })
+            .collect();
+        listed.sort_by(|a, b| a.key.cmp(&b.key));
+        Ok(listed)
     }
 }

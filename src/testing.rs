@@ -11,8 +11,8 @@ use rusqlite::Connection;
 use crate::clock::Clock;
 use crate::sqlite;
 use crate::store::{
-    Body, Fetched, MemoryStore, ObjectHead, ObjectStore, PutCondition, PutOutcome, StoreError,
-    StoreErrorKind,
+    Body, Fetched, Listed, MemoryStore, ObjectHead, ObjectStore, PutCondition, PutOutcome,
+    StoreError, StoreErrorKind,
 };
 
 /// SplitMix64: small, deterministic and good enough for tests and fixtures; a failing case is
@@ -120,8 +120,9 @@ impl Clock for StepClock {
     }
 }
 
-/// A store where another writer replaces the object right after each of our first `races`
-/// reads, so every save that follows them meets a changed object.
+/// A store where another writer replaces the database object (`database.sqlite`) right
+/// after each of our first `races` reads of it, so every save that follows them meets a
+/// changed object.
 #[derive(Debug)]
 pub struct RacingStore {
     /// The store underneath.
@@ -152,7 +153,7 @@ impl ObjectStore for RacingStore {
         if_none_match: Option<&str>,
     ) -> Result<Fetched<Rc<[u8]>>, StoreError> {
         let got = self.inner.get(key, max_bytes, if_none_match).await;
-        if self.races_left.get() > 0 {
+        if self.races_left.get() > 0 && key.ends_with("/database.sqlite") {
             self.races_left.set(self.races_left.get() - 1);
             self.inner.insert(key, &self.rival, &[]);
         }
@@ -171,6 +172,14 @@ impl ObjectStore for RacingStore {
         condition: &PutCondition,
     ) -> Result<PutOutcome, StoreError> {
         self.inner.put(key, bytes, metadata, condition).await
+    }
+
+    async fn delete(&self, key: &str) -> Result<(), StoreError> {
+        self.inner.delete(key).await
+    }
+
+    async fn list(&self, prefix: &str) -> Result<Vec<Listed>, StoreError> {
+        self.inner.list(prefix).await
     }
 }
 
@@ -199,9 +208,47 @@ pub struct FaultyStore {
     gets: RefCell<VecDeque<Fault>>,
     heads: RefCell<VecDeque<Fault>>,
     puts: RefCell<VecDeque<Fault>>,
+    deletes: RefCell<VecDeque<Fault>>,
+    /// Calls left before the worker "stops": from then on every call fails (and a call that
+    /// would change the store changes nothing), as if the isolate died there.
+    stop_after: Cell<Option<u32>>,
 }
 
 impl FaultyStore {
+    /// Adds a plan for `delete`.
+    #[must_use]
+    pub fn with_deletes(self, deletes: &[Fault]) -> Self {
+        *self.deletes.borrow_mut() = deletes.iter().copied().collect();
+        self
+    }
+
+    /// The worker stops after `calls` more store calls (of any kind): every later call fails
+    /// without effect. `None` lifts it (a new worker takes over).
+    pub fn stop_after(&self, calls: Option<u32>) {
+        self.stop_after.set(calls);
+    }
+
+    /// Whether the worker has stopped.
+    #[must_use]
+    pub fn stopped(&self) -> bool {
+        self.stop_after.get() == Some(0)
+    }
+
+    fn step(&self, operation: &'static str) -> Result<(), StoreError> {
+        match self.stop_after.get() {
+            Some(0) => Err(StoreError::new(
+                operation,
+                StoreErrorKind::Permanent,
+                "the worker stopped here",
+            )),
+            Some(n) => {
+                self.stop_after.set(Some(n - 1));
+                Ok(())
+            }
+            None => Ok(()),
+        }
+    }
+
     /// Wraps `inner` with the given plans for `get`, `head` and `put`.
     #[must_use]
     pub fn new(inner: MemoryStore, gets: &[Fault], heads: &[Fault], puts: &[Fault]) -> Self {
@@ -210,6 +257,8 @@ impl FaultyStore {
             gets: RefCell::new(gets.iter().copied().collect()),
             heads: RefCell::new(heads.iter().copied().collect()),
             puts: RefCell::new(puts.iter().copied().collect()),
+            deletes: RefCell::default(),
+            stop_after: Cell::new(None),
         }
     }
 }
@@ -245,6 +294,7 @@ impl ObjectStore for FaultyStore {
         max_bytes: u64,
         if_none_match: Option<&str>,
     ) -> Result<Fetched<Rc<[u8]>>, StoreError> {
+        self.step("get")?;
         match planned(&self.gets) {
             Fault::None => self.inner.get(key, max_bytes, if_none_match).await,
             fault => Err(fault_error("get", fault)),
@@ -252,6 +302,7 @@ impl ObjectStore for FaultyStore {
     }
 
     async fn head(&self, key: &str) -> Result<Option<ObjectHead>, StoreError> {
+        self.step("head")?;
         match planned(&self.heads) {
             Fault::None => self.inner.head(key).await,
             fault => Err(fault_error("head", fault)),
@@ -265,6 +316,7 @@ impl ObjectStore for FaultyStore {
         metadata: &[(&str, String)],
         condition: &PutCondition,
     ) -> Result<PutOutcome, StoreError> {
+        self.step("put")?;
         match planned(&self.puts) {
             Fault::None => self.inner.put(key, bytes, metadata, condition).await,
             Fault::LostAnswer => {
@@ -273,6 +325,23 @@ impl ObjectStore for FaultyStore {
             }
             fault => Err(fault_error("put", fault)),
         }
+    }
+
+    async fn delete(&self, key: &str) -> Result<(), StoreError> {
+        self.step("delete")?;
+        match planned(&self.deletes) {
+            Fault::None => self.inner.delete(key).await,
+            Fault::LostAnswer => {
+                self.inner.delete(key).await?;
+                Err(fault_error("delete", Fault::LostAnswer))
+            }
+            fault => Err(fault_error("delete", fault)),
+        }
+    }
+
+    async fn list(&self, prefix: &str) -> Result<Vec<Listed>, StoreError> {
+        self.step("list")?;
+        self.inner.list(prefix).await
     }
 }
 
@@ -519,6 +588,14 @@ impl ObjectStore for CountingStore {
         self.last_put
             .set(Some((bytes.as_ptr() as usize, bytes.len())));
         self.inner.put(key, bytes, metadata, condition).await
+    }
+
+    async fn delete(&self, key: &str) -> Result<(), StoreError> {
+        self.inner.delete(key).await
+    }
+
+    async fn list(&self, prefix: &str) -> Result<Vec<Listed>, StoreError> {
+        self.inner.list(prefix).await
     }
 }
 

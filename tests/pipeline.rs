@@ -121,23 +121,23 @@ fn load_step_outcomes() {
     );
     let clock = clock();
     let c = ctx(&store, &clock, None);
-    let loaded = block(load(&c, KEY)).unwrap();
+    let loaded = block(load(&c, &user("a"))).unwrap();
     assert_eq!(loaded.version, Some(41));
-    assert!(loaded.etag.is_some() && loaded.parse_ms.is_some());
+    assert!(loaded.etag().is_some() && loaded.parse_ms.is_some());
     assert_eq!(loaded.cache, CacheStatus::Disabled);
 
-    let missing = block(load(&c, "nobody/database.sqlite")).unwrap();
-    assert!(missing.etag.is_none() && missing.version.is_none());
+    let missing = block(load(&c, &user("nobody"))).unwrap();
+    assert!(missing.etag().is_none() && missing.version.is_none());
 
     let small = Context {
         max_db_bytes: 1000,
         ..ctx(&store, &clock, None)
     };
-    let err = block(load(&small, KEY)).unwrap_err();
+    let err = block(load(&small, &user("a"))).unwrap_err();
     assert_eq!((err.status(), err.code()), (413, "database_too_large"));
 
     store.insert("bad/database.sqlite", b"not a database at all", &[]);
-    let err = block(load(&c, "bad/database.sqlite")).unwrap_err();
+    let err = block(load(&c, &user("bad"))).unwrap_err();
     assert_eq!((err.status(), err.code()), (422, "corrupt_database"));
 }
 
@@ -148,7 +148,7 @@ fn load_step_uses_the_cache_only_when_current() {
     let c = ctx(&store, &clock, Some(&cache));
     get(&c, "a", SaveMode::Never).unwrap();
     assert_eq!(store.bodies_sent(), 1);
-    let hit = block(load(&c, KEY)).unwrap();
+    let hit = block(load(&c, &user("a"))).unwrap();
     assert_eq!(hit.cache, CacheStatus::Hit);
     assert!(hit.parse_ms.is_none());
     assert_eq!(store.bodies_sent(), 1, "a hit downloads nothing");
@@ -157,7 +157,7 @@ fn load_step_uses_the_cache_only_when_current() {
     store
         .inner
         .insert(KEY, &fixtures::demo_database().unwrap(), &[]);
-    let stale = block(load(&c, KEY)).unwrap();
+    let stale = block(load(&c, &user("a"))).unwrap();
     assert_eq!(stale.cache, CacheStatus::Stale);
 }
 
@@ -170,11 +170,16 @@ fn query_step_detects_changes() {
     let store = demo_store();
     let clock = clock();
     let c = ctx(&store, &clock, None);
-    let read = query(&clock, block(load(&c, KEY)).unwrap(), &mut ListTables).unwrap();
+    let read = query(
+        &clock,
+        block(load(&c, &user("a"))).unwrap(),
+        &mut ListTables,
+    )
+    .unwrap();
     assert!(!read.changed);
     assert_eq!(read.tables, ["projects", "raw_clips", "clip_tags"]);
     let mut create = transaction(vec![statement("CREATE TABLE extra(x)", vec![])]);
-    let wrote = query(&clock, block(load(&c, KEY)).unwrap(), &mut create).unwrap();
+    let wrote = query(&clock, block(load(&c, &user("a"))).unwrap(), &mut create).unwrap();
     assert!(wrote.changed);
     assert_eq!(wrote.tables.last().unwrap(), "extra");
     let mut failing = transaction(vec![
@@ -184,7 +189,7 @@ fn query_step_detects_changes() {
         ),
         statement("SELECT * FROM nope", vec![]),
     ]);
-    let failed = query(&clock, block(load(&c, KEY)).unwrap(), &mut failing).unwrap_err();
+    let failed = query(&clock, block(load(&c, &user("a"))).unwrap(), &mut failing).unwrap_err();
     assert!(!failed.changed, "a rolled-back request changed nothing");
     assert_eq!(failed.error.code(), "sql_error");
 }
@@ -198,15 +203,21 @@ fn save_step_outcomes() {
     let store = demo_store();
     let clock = clock();
     let c = ctx(&store, &clock, None);
-    let mut q = query(&clock, block(load(&c, KEY)).unwrap(), &mut ListTables).unwrap();
+    let mut q = query(
+        &clock,
+        block(load(&c, &user("a"))).unwrap(),
+        &mut ListTables,
+    )
+    .unwrap();
     for mode in [SaveMode::Never, SaveMode::Auto] {
         assert!(matches!(
-            block(save(&c, KEY, &mut q, mode)).unwrap(),
+            block(save(&c, &user("a"), &mut q, mode)).unwrap(),
             Saved::Skipped { .. }
         ));
     }
     assert_eq!(store.put_count(), 0);
-    let Saved::Written { version, .. } = block(save(&c, KEY, &mut q, SaveMode::Always)).unwrap()
+    let Saved::Written { version, .. } =
+        block(save(&c, &user("a"), &mut q, SaveMode::Always)).unwrap()
     else {
         panic!("always writes");
     };
@@ -216,7 +227,7 @@ fn save_step_outcomes() {
     );
     // The etag this copy was loaded with is now outdated.
     assert_eq!(
-        block(save(&c, KEY, &mut q, SaveMode::Always)).unwrap(),
+        block(save(&c, &user("a"), &mut q, SaveMode::Always)).unwrap(),
         Saved::Conflict
     );
     assert_eq!(store.put_count(), 2);

@@ -32,6 +32,9 @@ const DO_BINDING: &str = "USER_DB";
 thread_local! {
     /// Recent sync times per user in this isolate.
     static TRENDS: Trends = Trends::new();
+    /// Compactions requested by this isolate's requests, not yet handed to `waitUntil`.
+    static FOLLOW_UPS: std::cell::RefCell<Vec<(UserId, bool)>> =
+        const { std::cell::RefCell::new(Vec::new()) };
     /// The isolate's version cache, sized by the first request's config (vars are fixed for
     /// an isolate's lifetime).
     static CACHE: OnceCell<&'static DbCache> = const { OnceCell::new() };
@@ -48,7 +51,7 @@ fn isolate_cache(max_bytes: u64) -> Option<&'static DbCache> {
 
 /// The Worker's entry point.
 #[event(fetch)]
-async fn fetch(req: Request, env: Env, _ctx: WorkerContext) -> Result<Response> {
+async fn fetch(req: Request, env: Env, ctx: WorkerContext) -> Result<Response> {
     console_error_panic_hook::set_once();
     js_clock::calibrate_once();
     let shape = if req.path().starts_with("/db/") {
@@ -56,9 +59,34 @@ async fn fetch(req: Request, env: Env, _ctx: WorkerContext) -> Result<Response> 
     } else {
         ErrorShape::Plain
     };
-    match handle(req, &env).await {
+    let result = handle(req, &env).await;
+    // Compactions run after the response, off the request's critical path.
+    for (user, retire) in FOLLOW_UPS.with(|f| std::mem::take(&mut *f.borrow_mut())) {
+        ctx.wait_until(compact_later(env.clone(), user, retire));
+    }
+    match result {
         Ok(response) => Ok(response),
         Err(error) => error_response(&error, shape),
+    }
+}
+
+/// Folds a user's deltas into a new base (or retires their manifest) and logs the outcome.
+async fn compact_later(env: Env, user: UserId, retire: bool) {
+    let outcome = match (load_config(&env), R2Store::from_env(&env)) {
+        (Ok(config), Ok(store)) => crate::layout::compact(&context(&store, &config), &user, retire)
+            .await
+            .map_err(|e| e.to_string()),
+        (Err(e), _) | (_, Err(e)) => Err(e.to_string()),
+    };
+    match outcome {
+        Ok(done) => worker::console_log!(
+            "{}",
+            serde_json::json!({"event": "compaction", "user": user.as_str(), "result": done})
+        ),
+        Err(e) => worker::console_error!(
+            "{}",
+            serde_json::json!({"event": "compaction_failed", "user": user.as_str(), "error": e})
+        ),
     }
 }
 
@@ -96,6 +124,7 @@ async fn handle(mut req: Request, env: &Env) -> std::result::Result<Response, Er
             handle_migrate(env, &config, &user, to.as_deref()).await
         }
         (Route::DoTables, Some(user)) => handle_do(env, &config, &user, None).await,
+        (Route::Export, Some(user)) => handle_export(env, &config, &user).await,
         (Route::DoQuery, Some(user)) => {
             let bytes = body(&mut req, config.max_request_bytes).await?;
             handle_do(env, &config, &user, Some(bytes)).await
@@ -113,6 +142,8 @@ fn context<'a>(store: &'a R2Store, config: &Config) -> Context<'a, R2Store, JsCl
         max_db_bytes: config.max_db_bytes,
         cache: isolate_cache(config.cache_max_bytes),
         nonce: js_clock::nonce(),
+        layout: config.layout,
+        compaction: config.compaction,
         ..Context::new(store, &JsClock)
     }
 }
@@ -120,6 +151,22 @@ fn context<'a>(store: &'a R2Store, config: &Config) -> Context<'a, R2Store, JsCl
 /// Adds what only the runtime knows (memory, this isolate's trend) and prints the log lines
 /// the delay bands call for.
 fn finish(mut report: Report, user: &UserId, config: &Config) -> Report {
+    if let Some(storage) = &report.storage {
+        let retire = match storage.follow_up.as_str() {
+            "compact" => Some(false),
+            "retire" => Some(true),
+            _ => None,
+        };
+        if let Some(retire) = retire {
+            FOLLOW_UPS.with(|f| f.borrow_mut().push((user.clone(), retire)));
+        }
+        if let Some(outside) = &storage.outside_replacement {
+            worker::console_error!(
+                "{}",
+                serde_json::json!({"event": "outside_replacement", "user": user.as_str(), "detail": outside})
+            );
+        }
+    }
     report.memory = Some(MemoryInfo {
         wasm_memory_bytes: wasm_memory_bytes(),
     });
@@ -303,6 +350,49 @@ async fn handle_migrate(
             reason: format!("{other:?} is not durable_object or r2"),
         }),
     }
+}
+
+/// `GET /export?user=ID`: the current complete SQLite file, whatever the layout, streamed
+/// out of the loaded image (which then goes back to the version cache).
+async fn handle_export(
+    env: &Env,
+    config: &Config,
+    user: &UserId,
+) -> std::result::Result<Response, Error> {
+    let store = R2Store::from_env(env)?;
+    let ctx = context(&store, config);
+    let loaded = pipeline::load(&ctx, user).await?;
+    if matches!(loaded.stored, crate::layout::Stored::New) {
+        return Err(Error::UserNotFound {
+            user: user.as_str().to_owned(),
+            place: "R2",
+        });
+    }
+    let layout = loaded.stored.layout();
+    let version = loaded.version;
+    let (stored, cache) = (loaded.stored, isolate_cache(config.cache_max_bytes));
+    let key_user = user.clone();
+    let stream = super::r2::stream_image(loaded.conn, move |conn| {
+        pipeline::keep_connection(cache, &key_user, conn, stored, version);
+    })?;
+    let mut response =
+        Response::from_body(worker::ResponseBody::Stream(stream)).map_err(internal)?;
+    let headers = response.headers_mut();
+    for (name, value) in [
+        ("Content-Type", "application/vnd.sqlite3".to_owned()),
+        (
+            "Content-Disposition",
+            format!("attachment; filename=\"{}.sqlite\"", user.as_str()),
+        ),
+        ("X-Storage-Layout", format!("{layout:?}").to_lowercase()),
+        (
+            "X-Db-Version",
+            version.map(|v| v.to_string()).unwrap_or_default(),
+        ),
+    ] {
+        headers.set(name, &value).map_err(internal)?;
+    }
+    Ok(response)
 }
 
 /// `GET /do?user=ID` (the table list) and `POST /do/query?user=ID` (the `/query` body, run in

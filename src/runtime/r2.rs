@@ -11,8 +11,8 @@ use worker::Env;
 
 use crate::error::Error;
 use crate::store::{
-    Body, Fetched, ObjectHead, ObjectStore, PutCondition, PutOutcome, StoreError, StoreErrorKind,
-    StoredObject,
+    Body, Fetched, Listed, ObjectHead, ObjectStore, PutCondition, PutOutcome, StoreError,
+    StoreErrorKind, StoredObject,
 };
 
 /// Name of the R2 binding in wrangler.toml.
@@ -28,6 +28,10 @@ extern "C" {
     fn get(this: &JsBucket, key: &str, options: &JsValue) -> Result<Promise, JsValue>;
     #[wasm_bindgen(method, catch)]
     fn head(this: &JsBucket, key: &str) -> Result<Promise, JsValue>;
+    #[wasm_bindgen(method, catch)]
+    fn delete(this: &JsBucket, key: &str) -> Result<Promise, JsValue>;
+    #[wasm_bindgen(method, catch)]
+    fn list(this: &JsBucket, options: &JsValue) -> Result<Promise, JsValue>;
     #[wasm_bindgen(method, catch)]
     fn put(
         this: &JsBucket,
@@ -79,6 +83,53 @@ extern "C" {
     fn body(this: &JsObject) -> JsValue;
     #[wasm_bindgen(method, getter, js_name = customMetadata)]
     fn custom_metadata(this: &JsObject) -> JsValue;
+}
+
+/// Writes `bytes` to `writer` in [`UPLOAD_CHUNK_BYTES`] chunks and closes it; false if the
+/// reader stopped taking them.
+async fn write_chunks(writer: &JsWriter, bytes: &[u8]) -> bool {
+    for chunk in bytes.chunks(UPLOAD_CHUNK_BYTES) {
+        // Copied out of wasm memory synchronously, one chunk at a time: the view never
+        // lives across an await, so memory growth cannot detach it.
+        let view = Uint8Array::new_with_length(chunk.len() as u32);
+        view.copy_from(chunk);
+        let written = match writer.write(&view) {
+            Ok(promise) => JsFuture::from(promise).await.is_ok(),
+            Err(_) => false,
+        };
+        if !written {
+            return false;
+        }
+    }
+    match writer.close() {
+        Ok(promise) => JsFuture::from(promise).await.is_ok(),
+        Err(_) => false,
+    }
+}
+
+/// A response body that streams the image of `conn` out of wasm memory in chunks (at most one
+/// chunk in JS at a time), then hands the connection to `then` (back to the cache).
+pub(crate) fn stream_image(
+    mut conn: rusqlite::Connection,
+    then: impl FnOnce(rusqlite::Connection) + 'static,
+) -> Result<worker::web_sys::ReadableStream, Error> {
+    let fail = |e: JsValue| Error::Internal {
+        detail: format!("streaming the export failed: {e:?}"),
+    };
+    let len = crate::sqlite::export(&mut conn)?.len();
+    let stream = FixedLengthStream::new(len as f64).map_err(fail)?;
+    let readable = stream.readable();
+    let writer = stream.writable().get_writer().map_err(fail)?;
+    wasm_bindgen_futures::spawn_local(async move {
+        let written = match crate::sqlite::export(&mut conn) {
+            Ok(bytes) => write_chunks(&writer, &bytes).await,
+            Err(_) => false,
+        };
+        if written {
+            then(conn);
+        }
+    });
+    Ok(readable.unchecked_into())
 }
 
 /// R2 behind the [`ObjectStore`] seam.
@@ -293,25 +344,8 @@ impl ObjectStore for R2Store {
                 .map_err(fail)?,
         );
         let writer = stream.writable().get_writer().map_err(fail)?;
-        let mut write_failed = false;
-        for chunk in bytes.chunks(UPLOAD_CHUNK_BYTES) {
-            // Copied out of wasm memory synchronously, one chunk at a time: the view never
-            // lives across an await, so memory growth cannot detach it.
-            let view = Uint8Array::new_with_length(chunk.len() as u32);
-            view.copy_from(chunk);
-            let written = match writer.write(&view) {
-                Ok(promise) => JsFuture::from(promise).await.is_ok(),
-                Err(_) => false,
-            };
-            if !written {
-                // R2 stopped reading (a failed condition, or an error): its answer says which.
-                write_failed = true;
-                break;
-            }
-        }
-        if !write_failed && let Ok(promise) = writer.close() {
-            let _ = JsFuture::from(promise).await;
-        }
+        // If R2 stops reading (a failed condition, or an error), its answer says which.
+        write_chunks(&writer, bytes).await;
         let stored = upload.await.map_err(fail)?;
         if stored.is_null() || stored.is_undefined() {
             return Ok(PutOutcome::ConditionFailed);
@@ -320,5 +354,63 @@ impl ObjectStore for R2Store {
         Ok(PutOutcome::Stored {
             etag: stored.etag(),
         })
+    }
+
+    async fn delete(&self, key: &str) -> Result<(), StoreError> {
+        let promise = self
+            .bucket
+            .delete(key)
+            .map_err(|e| store_error("delete", &e))?;
+        JsFuture::from(promise)
+            .await
+            .map_err(|e| store_error("delete", &e))?;
+        Ok(())
+    }
+
+    async fn list(&self, prefix: &str) -> Result<Vec<Listed>, StoreError> {
+        let fail = |e: JsValue| store_error("list", &e);
+        let mut out = Vec::new();
+        let mut cursor: Option<String> = None;
+        loop {
+            let options = Object::new();
+            Reflect::set(&options, &"prefix".into(), &JsValue::from_str(prefix)).map_err(fail)?;
+            if let Some(c) = &cursor {
+                Reflect::set(&options, &"cursor".into(), &JsValue::from_str(c)).map_err(fail)?;
+            }
+            let page = JsFuture::from(self.bucket.list(&options).map_err(fail)?)
+                .await
+                .map_err(fail)?;
+            let objects = Reflect::get(&page, &"objects".into()).map_err(fail)?;
+            for object in js_sys::Array::from(&objects).iter() {
+                let key = Reflect::get(&object, &"key".into())
+                    .ok()
+                    .and_then(|k| k.as_string())
+                    .unwrap_or_default();
+                let size = Reflect::get(&object, &"size".into())
+                    .ok()
+                    .and_then(|v| v.as_f64())
+                    .unwrap_or(0.0);
+                let uploaded = Reflect::get(&object, &"uploaded".into())
+                    .ok()
+                    .map(|d| js_sys::Date::from(d).get_time())
+                    .unwrap_or(0.0);
+                // Float-to-int `as` saturates; sizes and times are whole numbers.
+                out.push(Listed {
+                    key,
+                    size: size as u64,
+                    uploaded_ms: uploaded as u64,
+                });
+            }
+            let truncated = Reflect::get(&page, &"truncated".into())
+                .ok()
+                .and_then(|v| v.as_bool())
+                .unwrap_or(false);
+            cursor = Reflect::get(&page, &"cursor".into())
+                .ok()
+                .and_then(|v| v.as_string());
+            if !truncated || cursor.is_none() {
+                return Ok(out);
+            }
+        }
     }
 }

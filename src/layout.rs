@@ -1,0 +1,1336 @@
+//! How a user's database is laid out in R2, and the steps that read, commit, compact and sweep
+//! it. Plain Rust over [`ObjectStore`] and [`Clock`]; `crate::pipeline` calls in here.
+//!
+//! Two layouts share one set of keys:
+//! - **single** (the spec's): `<user>/database.sqlite` is the whole database; a write replaces
+//!   it (`If-Match` the version read).
+//! - **incremental**: `<user>/database.sqlite` is the *base* (a complete SQLite file, as of
+//!   the last compaction); each committed write adds one immutable delta object
+//!   `<user>/deltas/<seq>-<write id>.delta` ([`crate::delta`]: the pages it changed, with a
+//!   checksum); `<user>/manifest.json` lists the base (by etag) and the deltas in order. The
+//!   manifest's conditional put is the commit point: deltas are written first, under unique
+//!   keys, and are garbage until a committed manifest lists them.
+//!
+//! A manifest marked `retired` means "database.sqlite alone is current" (the user went back
+//! to the single layout); loaders then ignore it, and an upgrade replaces it `If-Match`.
+//!
+//! Compaction folds the deltas into a new base: it puts `database.sqlite` (`If-Match` the
+//! base it read, with metadata naming the lineage and the sequence number it covers), then the
+//! manifest with no deltas (`If-Match` the manifest it read). Between the two puts a loader
+//! finds a base whose etag is not the manifest's but whose metadata says which of the
+//! manifest's deltas it already contains, so it applies only the later ones; a crash there
+//! loses nothing. A base that is neither the manifest's nor such a compaction was replaced
+//! from outside: see [`OUTSIDE_RULE`].
+
+use std::collections::HashMap;
+use std::future::{Future, poll_fn};
+use std::pin::Pin;
+use std::task::Poll;
+
+use rusqlite::Connection;
+use serde::{Deserialize, Serialize};
+
+use crate::cache::Entry;
+use crate::clock::Clock;
+use crate::delta;
+use crate::error::{Corruption, Error};
+use crate::header;
+use crate::pipeline::{Context, with_retries};
+use crate::report::CacheStatus;
+use crate::request::UserId;
+use crate::sqlite;
+use crate::store::{
+    Body, DB_VERSION_KEY, Fetched, ObjectStore, PutCondition, PutOutcome, ROUTE_KEY, StoreError,
+    StoredObject, WRITE_ID_KEY,
+};
+
+/// How writes are stored (`LAYOUT` var).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Layout {
+    /// Every write replaces `database.sqlite` (the spec's layout; the default).
+    #[default]
+    Single,
+    /// Every write adds a delta and commits a manifest.
+    Incremental,
+}
+
+impl Layout {
+    /// Parses the `LAYOUT` var.
+    pub fn parse(raw: &str) -> Option<Self> {
+        match raw.trim() {
+            "single" | "" => Some(Self::Single),
+            "incremental" => Some(Self::Incremental),
+            _ => None,
+        }
+    }
+}
+
+/// When the deltas are folded into a new base.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CompactionPolicy {
+    /// Compact when the manifest lists this many deltas (`COMPACT_AFTER_DELTAS`).
+    pub max_deltas: usize,
+    /// ... or when the deltas add up to this fraction of the base, in percent.
+    pub max_delta_percent: u64,
+    /// Objects under `deltas/` that no manifest lists are deleted by the sweep once they are
+    /// this old (`SWEEP_GRACE_MS`): longer than any request can take to commit.
+    pub sweep_grace_ms: u64,
+}
+
+impl Default for CompactionPolicy {
+    /// 32 deltas or 25 % of the base; a 10-minute grace.
+    fn default() -> Self {
+        Self {
+            max_deltas: 32,
+            max_delta_percent: 25,
+            sweep_grace_ms: 10 * 60 * 1000,
+        }
+    }
+}
+
+impl CompactionPolicy {
+    /// Whether `manifest` has passed a threshold.
+    #[must_use]
+    pub fn due(&self, manifest: &Manifest) -> bool {
+        let delta_bytes: u64 = manifest.deltas.iter().map(|d| d.size).sum();
+        manifest.deltas.len() >= self.max_deltas
+            || delta_bytes.saturating_mul(100)
+                >= manifest
+                    .base
+                    .size
+                    .max(1)
+                    .saturating_mul(self.max_delta_percent)
+    }
+}
+
+/// What a loader does when `database.sqlite` was replaced behind the manifest's back.
+pub const OUTSIDE_RULE: &str = "the outside file becomes the new base (it is what the other writer considers current); the worker's deltas that it replaced are kept, listed in a conflict record under <user>/conflicts/, and never swept";
+
+/// Metadata on a base written by compaction: the lineage and the sequence number it covers.
+pub const LINEAGE_KEY: &str = "lineage";
+/// See [`LINEAGE_KEY`].
+pub const COVERS_KEY: &str = "covers-seq";
+
+/// Largest manifest read (about 40,000 deltas; compaction keeps it far smaller).
+const MANIFEST_MAX_BYTES: u64 = 4 * 1024 * 1024;
+/// Deltas fetched at once: the Workers limit on simultaneous connections.
+pub const PARALLEL_FETCHES: usize = 6;
+/// Times a load starts over when the manifest moved on under it.
+const LOAD_ATTEMPTS: u32 = 4;
+
+/// The base a manifest builds on.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BaseRef {
+    /// `database.sqlite`'s entity tag.
+    pub etag: String,
+    /// The sequence number of the last write it contains.
+    pub seq: u64,
+    /// Its header's change counter.
+    pub change_counter: u32,
+    /// Its size.
+    pub size: u64,
+}
+
+/// One committed write's delta.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeltaRef {
+    /// Object key.
+    pub key: String,
+    /// Sequence number: one more than the previous write's.
+    pub seq: u64,
+    /// Object size.
+    pub size: u64,
+    /// [`delta::checksum`], hex.
+    pub checksum: String,
+    /// Header change counter after this write.
+    pub change_counter: u32,
+    /// File length after this write.
+    pub len: u64,
+}
+
+/// Writes of the worker's that an outside replacement of `database.sqlite` displaced.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConflictRef {
+    /// The conflict record's key.
+    pub record: String,
+    /// The deltas it keeps.
+    pub deltas: Vec<String>,
+}
+
+/// The manifest: the commit point of the incremental layout.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Manifest {
+    /// Format version (1).
+    pub format: u32,
+    /// Random id fixed when the manifest is created; compaction markers must match it.
+    pub lineage: String,
+    /// Sequence number of the last committed write.
+    pub seq: u64,
+    /// `database.sqlite` alone is current; the rest is history.
+    #[serde(default)]
+    pub retired: bool,
+    /// The base.
+    pub base: BaseRef,
+    /// Deltas after the base, in order (`seq` = `base.seq` + 1, + 2, ...).
+    pub deltas: Vec<DeltaRef>,
+    /// Conflict copies kept (never swept).
+    #[serde(default)]
+    pub conflicts: Vec<ConflictRef>,
+}
+
+impl Manifest {
+    fn new(lineage: String, base: BaseRef) -> Self {
+        Self {
+            format: 1,
+            lineage,
+            seq: base.seq,
+            retired: false,
+            base,
+            deltas: vec![],
+            conflicts: vec![],
+        }
+    }
+
+    /// The deltas after `seq`, if the manifest still lists every one of them.
+    fn deltas_after(&self, seq: u64) -> Option<&[DeltaRef]> {
+        if seq > self.seq {
+            return None;
+        }
+        let from = self.deltas.iter().position(|d| d.seq > seq);
+        let tail = from.map_or(&self.deltas[..0], |i| &self.deltas[i..]);
+        let complete =
+            tail.first().is_none_or(|d| d.seq == seq + 1) && tail.len() as u64 == self.seq - seq;
+        complete.then_some(tail)
+    }
+
+    /// Whether a delta key is kept by this manifest (listed, or part of a conflict copy).
+    fn references(&self, key: &str) -> bool {
+        (!self.retired && self.deltas.iter().any(|d| d.key == key))
+            || self
+                .conflicts
+                .iter()
+                .any(|c| c.deltas.iter().any(|k| k == key))
+    }
+}
+
+/// What R2 holds for a user, as of a load: what the next write must be conditional on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Stored {
+    /// Nothing: a new database.
+    New,
+    /// `database.sqlite` alone, with this etag (and a retired manifest, if one exists).
+    Single {
+        /// `database.sqlite`'s etag.
+        etag: String,
+        /// The retired manifest's etag.
+        retired_manifest: Option<String>,
+    },
+    /// A manifest over a base.
+    Incremental {
+        /// The manifest.
+        manifest: Box<Manifest>,
+        /// Its etag.
+        etag: String,
+    },
+}
+
+impl Stored {
+    /// The layout this user is stored in.
+    #[must_use]
+    pub fn layout(&self) -> Layout {
+        match self {
+            Self::Incremental { .. } => Layout::Incremental,
+            _ => Layout::Single,
+        }
+    }
+}
+
+/// Conflict found at load: `database.sqlite` was replaced from outside.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct OutsideReplacement {
+    /// The rule applied ([`OUTSIDE_RULE`]).
+    pub rule: &'static str,
+    /// The base the manifest expected.
+    pub expected_base: String,
+    /// The base found (now adopted).
+    pub found_base: String,
+    /// The conflict record, when the worker had writes the outside file replaced.
+    pub record: Option<String>,
+    /// How many of the worker's deltas it keeps.
+    pub deltas_kept: usize,
+}
+
+/// What the load step built.
+#[derive(Debug)]
+pub struct Built {
+    /// The open database.
+    pub conn: Connection,
+    /// What it equals in R2.
+    pub stored: Stored,
+    /// Etag of the `database.sqlite` the image started from (`None` for a cache hit on a
+    /// manifest, where it was not read, or a new database).
+    pub base_etag: Option<String>,
+    /// `db-version` of what it equals.
+    pub version: Option<u64>,
+    /// The stored header said WAL mode.
+    pub converted_from_wal: bool,
+    /// The cache's part.
+    pub cache: CacheStatus,
+    /// Whether an image was parsed (not a cache hit).
+    pub parsed: bool,
+    /// Deltas fetched and applied.
+    pub deltas_applied: u32,
+    /// CPU time spent applying deltas and opening the image (the rest of the step is network).
+    pub parse_ms: f64,
+    /// Set when an outside replacement was found and adopted.
+    pub outside: Option<OutsideReplacement>,
+}
+
+fn version_of(metadata: &HashMap<String, String>) -> Option<u64> {
+    metadata.get(DB_VERSION_KEY).and_then(|v| v.parse().ok())
+}
+
+/// Whether the stored object says its user is served elsewhere right now.
+pub(crate) fn check_route(metadata: &HashMap<String, String>) -> Result<(), Error> {
+    match metadata.get(ROUTE_KEY).map(String::as_str) {
+        Some("moving") => Err(Error::Migrating),
+        Some("durable_object") => Err(Error::ServedByDurableObject),
+        _ => Ok(()),
+    }
+}
+
+/// A future being joined, and its output once ready.
+type Slot<F> = (Pin<Box<F>>, Option<<F as Future>::Output>);
+
+/// Runs futures together, at most [`PARALLEL_FETCHES`] at a time, and returns their outputs
+/// in order. (A few lines instead of a dependency: the Workers runtime is single-threaded,
+/// so plain polling is all that is needed.)
+pub(crate) async fn join_all<F: Future>(futures: Vec<F>) -> Vec<F::Output> {
+    let mut out = Vec::with_capacity(futures.len());
+    let mut pending: Vec<Pin<Box<F>>> = futures.into_iter().map(Box::pin).collect();
+    while !pending.is_empty() {
+        let rest = pending.split_off(pending.len().min(PARALLEL_FETCHES));
+        let mut wave: Vec<Slot<F>> = pending.into_iter().map(|f| (f, None)).collect();
+        poll_fn(|cx| {
+            let mut done = true;
+            for (f, result) in &mut wave {
+                if result.is_none() {
+                    match f.as_mut().poll(cx) {
+                        Poll::Ready(v) => *result = Some(v),
+                        Poll::Pending => done = false,
+                    }
+                }
+            }
+            if done { Poll::Ready(()) } else { Poll::Pending }
+        })
+        .await;
+        out.extend(wave.into_iter().filter_map(|(_, r)| r));
+        pending = rest;
+    }
+    out
+}
+
+/// Runs two futures together.
+pub(crate) async fn join2<A: Future, B: Future>(a: A, b: B) -> (A::Output, B::Output) {
+    let (mut a, mut b) = (Box::pin(a), Box::pin(b));
+    let (mut ra, mut rb) = (None, None);
+    poll_fn(|cx| {
+        if ra.is_none()
+            && let Poll::Ready(v) = a.as_mut().poll(cx)
+        {
+            ra = Some(v);
+        }
+        if rb.is_none()
+            && let Poll::Ready(v) = b.as_mut().poll(cx)
+        {
+            rb = Some(v);
+        }
+        if ra.is_some() && rb.is_some() {
+            Poll::Ready(())
+        } else {
+            Poll::Pending
+        }
+    })
+    .await;
+    (ra.expect("joined"), rb.expect("joined"))
+}
+
+/// Reads a small object's whole body.
+async fn read_small<B: Body>(body: B) -> Result<Vec<u8>, Error> {
+    let mut bytes = vec![0; body.len()];
+    body.read_into(&mut bytes)
+        .await
+        .map_err(Error::StorageUnavailable)?;
+    Ok(bytes)
+}
+
+/// A manifest read from the store: itself, its etag and metadata.
+type FetchedManifest = (Manifest, String, HashMap<String, String>);
+
+async fn parse_manifest<B: Body>(object: StoredObject<B>) -> Result<FetchedManifest, Error> {
+    let bytes = read_small(object.body).await?;
+    let manifest: Manifest = serde_json::from_slice(&bytes)
+        .map_err(|e| Error::CorruptDatabase(Corruption::Contents(format!("manifest.json: {e}"))))?;
+    if manifest.format != 1 {
+        return Err(Error::CorruptDatabase(Corruption::Contents(format!(
+            "manifest.json has format {}, this worker reads format 1",
+            manifest.format
+        ))));
+    }
+    Ok((manifest, object.etag, object.metadata))
+}
+
+fn corrupt(detail: String) -> Error {
+    Error::CorruptDatabase(Corruption::Contents(detail))
+}
+
+/// Why a load step must start over.
+enum Step<T> {
+    Done(T),
+    /// The manifest moved on (a delta it listed is gone, or it changed while adopting).
+    Restart,
+}
+
+/// Fetches the deltas in `refs` (in parallel, verified against the manifest); `None` if one
+/// is missing (compaction removed it after the manifest was read).
+async fn fetch_deltas<S: ObjectStore, C: Clock>(
+    ctx: &Context<'_, S, C>,
+    refs: &[DeltaRef],
+) -> Result<Option<Vec<Vec<u8>>>, Error> {
+    let fetches = refs
+        .iter()
+        .map(|r| async move {
+            let got = with_retries(ctx.clock, &ctx.retry, async || {
+                ctx.store.get(&r.key, r.size, None).await
+            })
+            .await?;
+            match got {
+                Fetched::Found(object) => {
+                    let bytes = read_small(object.body).await?;
+                    let summary =
+                        delta::verify(&bytes).map_err(|e| corrupt(format!("{}: {e}", r.key)))?;
+                    if format!("{:016x}", summary.checksum) != r.checksum
+                        || summary.change_counter != r.change_counter
+                        || summary.len != r.len
+                    {
+                        return Err(corrupt(format!(
+                            "{}: the delta is not the one the manifest lists",
+                            r.key
+                        )));
+                    }
+                    Ok(Some(bytes))
+                }
+                Fetched::Missing => Ok(None),
+                Fetched::TooLarge { size_bytes } => Err(corrupt(format!(
+                    "{}: {size_bytes} bytes, the manifest says {}",
+                    r.key, r.size
+                ))),
+                Fetched::NotModified { .. } => Err(Error::Internal {
+                    detail: "store answered 'not modified' to an unconditional get".into(),
+                }),
+            }
+        })
+        .collect();
+    let mut out = Vec::with_capacity(refs.len());
+    for result in join_all(fetches).await {
+        match result? {
+            Some(bytes) => out.push(bytes),
+            None => return Ok(None),
+        }
+    }
+    Ok(Some(out))
+}
+
+fn apply_all(image: &mut Vec<u8>, deltas: &[Vec<u8>], refs: &[DeltaRef]) -> Result<(), Error> {
+    for (bytes, r) in deltas.iter().zip(refs) {
+        delta::apply(image, bytes).map_err(|e| corrupt(format!("{}: {e}", r.key)))?;
+    }
+    Ok(())
+}
+
+/// Loads a user's database in whichever layout it is stored, from the version cache when R2
+/// confirms it (fetching only the deltas it lacks), otherwise from R2.
+pub(crate) async fn load<S: ObjectStore, C: Clock>(
+    ctx: &Context<'_, S, C>,
+    user: &UserId,
+    mut cached: Option<Entry>,
+) -> Result<Built, Error> {
+    for _ in 0..LOAD_ATTEMPTS {
+        match load_once(ctx, user, cached.take()).await? {
+            Step::Done(built) => return Ok(built),
+            Step::Restart => {}
+        }
+    }
+    Err(Error::StorageUnavailable(StoreError::new(
+        "get",
+        crate::store::StoreErrorKind::Transient,
+        "the manifest kept changing while loading",
+    )))
+}
+
+async fn load_once<S: ObjectStore, C: Clock>(
+    ctx: &Context<'_, S, C>,
+    user: &UserId,
+    cached: Option<Entry>,
+) -> Result<Step<Built>, Error> {
+    let manifest_key = user.manifest_key();
+    let clock = ctx.clock;
+    // A cached copy of a manifest user: ask for the manifest only.
+    if let Some(entry) = cached {
+        let Stored::Incremental { manifest, etag } = &entry.stored else {
+            return cold(ctx, user, None, Some(entry)).await;
+        };
+        let (m0, e0) = (manifest.clone(), etag.clone());
+        let got = with_retries(clock, &ctx.retry, async || {
+            ctx.store
+                .get(&manifest_key, MANIFEST_MAX_BYTES, Some(&e0))
+                .await
+        })
+        .await?;
+        match got {
+            Fetched::NotModified { metadata } => {
+                if let Err(e) = check_route(&metadata) {
+                    put_back(ctx, entry);
+                    return Err(e);
+                }
+                return Ok(Step::Done(Built {
+                    conn: entry.conn,
+                    stored: entry.stored,
+                    base_etag: None,
+                    version: entry.db_version,
+                    converted_from_wal: false,
+                    cache: CacheStatus::Hit,
+                    parsed: false,
+                    deltas_applied: 0,
+                    parse_ms: 0.0,
+                    outside: None,
+                }));
+            }
+            Fetched::Found(object) => {
+                let (m, etag, metadata) = parse_manifest(object).await?;
+                check_route(&metadata)?;
+                let tail = (!m.retired && m.lineage == m0.lineage)
+                    .then(|| m.deltas_after(m0.seq))
+                    .flatten();
+                if let Some(tail) = tail {
+                    let Some(deltas) = fetch_deltas(ctx, tail).await? else {
+                        return Ok(Step::Restart);
+                    };
+                    let apply_start = clock.now_ms();
+                    let mut conn = entry.conn;
+                    sqlite::patch(&mut conn, |image| apply_all(image, &deltas, tail)).ok_or_else(
+                        || Error::Internal {
+                            detail: "cached database is not in the page VFS".into(),
+                        },
+                    )??;
+                    let parse_ms = clock.now_ms() - apply_start;
+                    let applied = u32::try_from(tail.len()).unwrap_or(u32::MAX);
+                    return Ok(Step::Done(Built {
+                        conn,
+                        stored: Stored::Incremental {
+                            manifest: Box::new(m),
+                            etag,
+                        },
+                        base_etag: None,
+                        version: version_of(&metadata),
+                        converted_from_wal: false,
+                        cache: CacheStatus::Updated,
+                        parsed: false,
+                        deltas_applied: applied,
+                        parse_ms,
+                        outside: None,
+                    }));
+                }
+                return cold(ctx, user, Some(Some((m, etag, metadata))), None).await;
+            }
+            Fetched::Missing => return cold(ctx, user, Some(None), None).await,
+            Fetched::TooLarge { size_bytes } => {
+                return Err(corrupt(format!("manifest.json is {size_bytes} bytes")));
+            }
+        }
+    }
+    cold(ctx, user, None, None).await
+}
+
+fn put_back<S, C>(ctx: &Context<'_, S, C>, entry: Entry) {
+    if let Some(cache) = ctx.cache {
+        cache.put(entry);
+    }
+}
+
+/// A load that reads `database.sqlite` (and the manifest, unless `known` already holds it; in
+/// parallel otherwise). `cached_single` is a cached copy of a single-layout user, revalidated
+/// by its etag.
+async fn cold<S: ObjectStore, C: Clock>(
+    ctx: &Context<'_, S, C>,
+    user: &UserId,
+    known: Option<Option<FetchedManifest>>,
+    cached_single: Option<Entry>,
+) -> Result<Step<Built>, Error> {
+    let clock = ctx.clock;
+    let base_key = user.db_key();
+    let manifest_key = user.manifest_key();
+    let base_etag = match cached_single.as_ref().map(|e| &e.stored) {
+        Some(Stored::Single { etag, .. }) => Some(etag.clone()),
+        _ => None,
+    };
+    let get_base = async || {
+        with_retries(clock, &ctx.retry, async || {
+            ctx.store
+                .get(&base_key, ctx.max_db_bytes, base_etag.as_deref())
+                .await
+        })
+        .await
+    };
+    let (manifest, base) = match known {
+        Some(m) => (m, get_base().await?),
+        None => {
+            let get_manifest = async || {
+                with_retries(clock, &ctx.retry, async || {
+                    ctx.store.get(&manifest_key, MANIFEST_MAX_BYTES, None).await
+                })
+                .await
+            };
+            let (m, b) = join2(get_manifest(), get_base()).await;
+            let m = match m? {
+                Fetched::Found(object) => Some(parse_manifest(object).await?),
+                Fetched::Missing => None,
+                Fetched::TooLarge { size_bytes } => {
+                    return Err(corrupt(format!("manifest.json is {size_bytes} bytes")));
+                }
+                Fetched::NotModified { .. } => None,
+            };
+            (m, b?)
+        }
+    };
+    let miss = match (&cached_single, ctx.cache) {
+        (Some(_), _) => CacheStatus::Stale,
+        (None, Some(_)) => CacheStatus::Miss,
+        (None, None) => CacheStatus::Disabled,
+    };
+    let (live, retired_manifest) = match manifest {
+        Some((m, etag, metadata)) if !m.retired => (Some((m, etag, metadata)), None),
+        Some((_, etag, _)) => (None, Some(etag)),
+        None => (None, None),
+    };
+    // The single layout (or a retired manifest): database.sqlite is the database.
+    let Some((m, m_etag, m_metadata)) = live else {
+        return single(ctx, base, cached_single, retired_manifest, miss).await;
+    };
+    check_route(&m_metadata)?;
+    let object = match base {
+        Fetched::Found(object) => object,
+        Fetched::TooLarge { size_bytes } => {
+            return Err(Error::DatabaseTooLarge {
+                size_bytes,
+                max_bytes: ctx.max_db_bytes,
+            });
+        }
+        Fetched::Missing | Fetched::NotModified { .. } => {
+            return Err(corrupt(format!(
+                "{base_key} is missing but manifest.json lists it as the base; nothing was changed (restore the base, or delete manifest.json to start over from nothing)"
+            )));
+        }
+    };
+    // A move in progress freezes the base too.
+    check_route(&object.metadata)?;
+    let mut image = sqlite::Image::allocate(object.body.len())?;
+    object
+        .body
+        .read_into(image.bytes_mut())
+        .await
+        .map_err(Error::StorageUnavailable)?;
+    let covered = if object.etag == m.base.etag {
+        Some(m.base.seq)
+    } else if object.metadata.get(LINEAGE_KEY) == Some(&m.lineage) {
+        let covers: Option<u64> = object.metadata.get(COVERS_KEY).and_then(|v| v.parse().ok());
+        match covers {
+            // A newer compaction than this manifest knows: the manifest is stale.
+            Some(k) if k > m.seq => return Ok(Step::Restart),
+            Some(k)
+                if k > m.base.seq
+                    && m.deltas.iter().any(|d| {
+                        d.seq == k && d.change_counter == header::change_counter(image.bytes())
+                    }) =>
+            {
+                Some(k)
+            }
+            _ => None,
+        }
+    } else {
+        None
+    };
+    let Some(covered) = covered else {
+        return adopt_outside(
+            ctx,
+            user,
+            image,
+            object.etag,
+            object.metadata,
+            m,
+            m_etag,
+            miss,
+        )
+        .await;
+    };
+    let tail = m
+        .deltas_after(covered)
+        .ok_or_else(|| corrupt("manifest.json skips sequence numbers".into()))?;
+    let Some(deltas) = fetch_deltas(ctx, tail).await? else {
+        return Ok(Step::Restart);
+    };
+    let parse_start = clock.now_ms();
+    apply_all(image.vec_mut(), &deltas, tail)?;
+    let applied = u32::try_from(tail.len()).unwrap_or(u32::MAX);
+    let loaded = sqlite::open(image)?;
+    let parse_ms = clock.now_ms() - parse_start;
+    Ok(Step::Done(Built {
+        conn: loaded.conn,
+        stored: Stored::Incremental {
+            manifest: Box::new(m),
+            etag: m_etag,
+        },
+        base_etag: Some(object.etag),
+        version: version_of(&m_metadata),
+        converted_from_wal: loaded.header.wal_mode,
+        cache: miss,
+        parsed: true,
+        deltas_applied: applied,
+        parse_ms,
+        outside: None,
+    }))
+}
+
+async fn single<S: ObjectStore, C: Clock, B: Body>(
+    ctx: &Context<'_, S, C>,
+    base: Fetched<B>,
+    cached: Option<Entry>,
+    retired_manifest: Option<String>,
+    miss: CacheStatus,
+) -> Result<Step<Built>, Error> {
+    let built = |conn, etag: Option<String>, version, wal, cache, parsed, parse_ms| Built {
+        conn,
+        stored: match &etag {
+            Some(etag) => Stored::Single {
+                etag: etag.clone(),
+                retired_manifest: retired_manifest.clone(),
+            },
+            None => Stored::New,
+        },
+        base_etag: etag,
+        version,
+        converted_from_wal: wal,
+        cache,
+        parsed,
+        deltas_applied: 0,
+        parse_ms,
+        outside: None,
+    };
+    match (base, cached) {
+        (Fetched::NotModified { metadata }, Some(entry)) => {
+            if let Err(e) = check_route(&metadata) {
+                // The copy is still current; keep it, so the next check is as cheap.
+                put_back(ctx, entry);
+                return Err(e);
+            }
+            let etag = match &entry.stored {
+                Stored::Single { etag, .. } => Some(etag.clone()),
+                _ => None,
+            };
+            Ok(Step::Done(built(
+                entry.conn,
+                etag,
+                entry.db_version,
+                false,
+                CacheStatus::Hit,
+                false,
+                0.0,
+            )))
+        }
+        (Fetched::NotModified { .. }, None) => Err(Error::Internal {
+            detail: "store answered 'not modified' to an unconditional get".into(),
+        }),
+        (Fetched::TooLarge { size_bytes }, _) => Err(Error::DatabaseTooLarge {
+            size_bytes,
+            max_bytes: ctx.max_db_bytes,
+        }),
+        (Fetched::Missing, _) => {
+            let parse_start = ctx.clock.now_ms();
+            let conn = sqlite::create()?;
+            let parse_ms = ctx.clock.now_ms() - parse_start;
+            Ok(Step::Done(built(
+                conn, None, None, false, miss, true, parse_ms,
+            )))
+        }
+        (Fetched::Found(object), _) => {
+            // Checked before the body is read: a moved user's body is never downloaded.
+            check_route(&object.metadata)?;
+            let version = version_of(&object.metadata);
+            // The body streams straight into the image buffer: one copy, none in JS.
+            let mut image = sqlite::Image::allocate(object.body.len())?;
+            object
+                .body
+                .read_into(image.bytes_mut())
+                .await
+                .map_err(Error::StorageUnavailable)?;
+            let parse_start = ctx.clock.now_ms();
+            let loaded = sqlite::open(image)?;
+            let parse_ms = ctx.clock.now_ms() - parse_start;
+            Ok(Step::Done(built(
+                loaded.conn,
+                Some(object.etag),
+                version,
+                loaded.header.wal_mode,
+                miss,
+                true,
+                parse_ms,
+            )))
+        }
+    }
+}
+
+/// `database.sqlite` is neither the manifest's base nor a compaction of it: something outside
+/// the worker replaced it. Applies [`OUTSIDE_RULE`] and commits that (conditionally: if the
+/// manifest changed meanwhile, the load starts over and nothing was decided).
+#[allow(clippy::too_many_arguments)]
+async fn adopt_outside<S: ObjectStore, C: Clock>(
+    ctx: &Context<'_, S, C>,
+    user: &UserId,
+    image: sqlite::Image,
+    found_etag: String,
+    found_metadata: HashMap<String, String>,
+    m: Manifest,
+    m_etag: String,
+    miss: CacheStatus,
+) -> Result<Step<Built>, Error> {
+    let manifest_key = user.manifest_key();
+    // Re-read the manifest first: a stale one explains a newer base, and must decide nothing.
+    let head = with_retries(ctx.clock, &ctx.retry, async || {
+        ctx.store.head(&manifest_key).await
+    })
+    .await?;
+    if head.as_ref().map(|h| h.etag.as_str()) != Some(m_etag.as_str()) {
+        return Ok(Step::Restart);
+    }
+    let found = (
+        header::change_counter(image.bytes()),
+        image.bytes().len() as u64,
+    );
+    let loaded = sqlite::open(image)?;
+    let write_id = format!("{:016x}-adopt-{}", ctx.nonce, m.seq + 1);
+    let kept: Vec<String> = m.deltas.iter().map(|d| d.key.clone()).collect();
+    let record = if kept.is_empty() {
+        None
+    } else {
+        let key = user.conflict_key(m.seq, &write_id);
+        let body = serde_json::json!({
+            "detected_at_ms": ctx.clock.epoch_ms(),
+            "rule": OUTSIDE_RULE,
+            "expected_base": m.base.etag,
+            "found_base": found_etag,
+            "found_base_db_version": found_metadata.get(DB_VERSION_KEY),
+            "replaced_manifest": m,
+            "note": "the deltas listed in replaced_manifest apply, in order, to the base it names (expected_base), which the outside writer overwrote; each delta holds the full pages one write changed",
+        });
+        let bytes = serde_json::to_vec_pretty(&body).map_err(|e| Error::Internal {
+            detail: e.to_string(),
+        })?;
+        with_retries(ctx.clock, &ctx.retry, async || {
+            ctx.store
+                .put(&key, &bytes, &[], &PutCondition::IfAbsent)
+                .await
+        })
+        .await?;
+        Some(key)
+    };
+    let mut next = Manifest::new(
+        m.lineage.clone(),
+        BaseRef {
+            etag: found_etag.clone(),
+            seq: m.seq + 1,
+            change_counter: found.0,
+            size: found.1,
+        },
+    );
+    next.conflicts = m.conflicts.clone();
+    if let Some(record) = &record {
+        next.conflicts.push(ConflictRef {
+            record: record.clone(),
+            deltas: kept.clone(),
+        });
+    }
+    let version = version_of(&found_metadata);
+    let bytes = manifest_bytes(&next)?;
+    let metadata = manifest_metadata(&write_id, version);
+    let outcome = with_retries(ctx.clock, &ctx.retry, async || {
+        ctx.store
+            .put(
+                &manifest_key,
+                &bytes,
+                &metadata,
+                &PutCondition::IfMatch(m_etag.clone()),
+            )
+            .await
+    })
+    .await?;
+    let PutOutcome::Stored { etag } = outcome else {
+        if let Some(record) = &record {
+            let _ = ctx.store.delete(record).await;
+        }
+        return Ok(Step::Restart);
+    };
+    let outside = OutsideReplacement {
+        rule: OUTSIDE_RULE,
+        expected_base: m.base.etag.clone(),
+        found_base: found_etag.clone(),
+        record,
+        deltas_kept: kept.len(),
+    };
+    Ok(Step::Done(Built {
+        conn: loaded.conn,
+        stored: Stored::Incremental {
+            manifest: Box::new(next),
+            etag,
+        },
+        base_etag: Some(found_etag),
+        version,
+        converted_from_wal: loaded.header.wal_mode,
+        cache: miss,
+        parsed: true,
+        deltas_applied: 0,
+        parse_ms: 0.0,
+        outside: Some(outside),
+    }))
+}
+
+fn manifest_bytes(m: &Manifest) -> Result<Vec<u8>, Error> {
+    serde_json::to_vec(m).map_err(|e| Error::Internal {
+        detail: e.to_string(),
+    })
+}
+
+fn manifest_metadata(write_id: &str, version: Option<u64>) -> Vec<(&'static str, String)> {
+    let mut m = vec![(WRITE_ID_KEY, write_id.to_owned())];
+    if let Some(v) = version {
+        m.push((DB_VERSION_KEY, v.to_string()));
+    }
+    m
+}
+
+/// The state at load that a commit builds on.
+#[derive(Debug, Clone)]
+pub struct AtLoad<'a> {
+    /// What R2 held.
+    pub stored: &'a Stored,
+    /// The image's page size then.
+    pub page_size: u32,
+    /// Its header's change counter then.
+    pub change_counter: u32,
+    /// Its length then.
+    pub len: u64,
+}
+
+/// What an incremental commit stored.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Committed {
+    /// The new state in R2.
+    pub stored: Stored,
+    /// Bytes uploaded: the delta and the manifest.
+    pub bytes_uploaded: u64,
+    /// Objects written: 2.
+    pub objects_written: u32,
+    /// Pages in the delta.
+    pub pages: u32,
+    /// Finding the changed pages and encoding the delta.
+    pub encode_ms: f64,
+    /// The manifest passed the compaction thresholds.
+    pub compact_due: bool,
+}
+
+/// Commits the changes since the load as one delta and a manifest (`If-Match` the manifest
+/// read, or creating it for a user stored whole). `Ok(None)`: another writer committed first;
+/// nothing of ours is referenced, and our delta was deleted (or is left for the sweep).
+pub(crate) async fn commit<S: ObjectStore, C: Clock>(
+    ctx: &Context<'_, S, C>,
+    user: &UserId,
+    conn: &mut Connection,
+    at_load: &AtLoad<'_>,
+    version: u64,
+    write_id: &str,
+) -> Result<Option<Committed>, Error> {
+    let (manifest, condition) = match at_load.stored {
+        Stored::Incremental { manifest, etag } => {
+            ((**manifest).clone(), PutCondition::IfMatch(etag.clone()))
+        }
+        Stored::Single {
+            etag,
+            retired_manifest,
+        } => {
+            let lineage = format!("{:016x}{:x}", ctx.nonce, ctx.clock.epoch_ms());
+            let base = BaseRef {
+                etag: etag.clone(),
+                seq: 0,
+                change_counter: at_load.change_counter,
+                size: at_load.len,
+            };
+            let condition = retired_manifest
+                .clone()
+                .map_or(PutCondition::IfAbsent, PutCondition::IfMatch);
+            (Manifest::new(lineage, base), condition)
+        }
+        Stored::New => {
+            return Err(Error::Internal {
+                detail: "a new database is stored whole, not as a delta".into(),
+            });
+        }
+    };
+    let encode_start = ctx.clock.now_ms();
+    let changes = sqlite::changes(conn);
+    let (bytes, summary) = {
+        let image = sqlite::export(conn)?;
+        let page_size = header::page_size(&image).ok_or_else(|| Error::Internal {
+            detail: "the image has no valid page size".into(),
+        })?;
+        let pages: Vec<u32> = match changes {
+            Some(c) if c.page_size == at_load.page_size => c.pages,
+            // Unrecorded, or the page size changed (VACUUM): every page.
+            _ => (0..u32::try_from(image.len() / page_size as usize).unwrap_or(u32::MAX)).collect(),
+        };
+        delta::encode(&image, page_size, &pages)
+    };
+    let encode_ms = ctx.clock.now_ms() - encode_start;
+    let seq = manifest.seq + 1;
+    let key = user.delta_key(seq, write_id);
+    let delta_metadata = [(WRITE_ID_KEY, write_id.to_owned())];
+    // Unique key: a failed condition can only mean an earlier attempt of ours landed.
+    with_retries(ctx.clock, &ctx.retry, async || {
+        ctx.store
+            .put(&key, &bytes, &delta_metadata, &PutCondition::IfAbsent)
+            .await
+    })
+    .await?;
+    let mut next = manifest;
+    next.seq = seq;
+    next.deltas.push(DeltaRef {
+        key: key.clone(),
+        seq,
+        size: bytes.len() as u64,
+        checksum: format!("{:016x}", summary.checksum),
+        change_counter: summary.change_counter,
+        len: summary.len,
+    });
+    let manifest_bytes = manifest_bytes(&next)?;
+    let outcome = crate::pipeline::conditional_put(
+        ctx,
+        &user.manifest_key(),
+        &manifest_bytes,
+        &manifest_metadata(write_id, Some(version)),
+        &condition,
+        write_id,
+    )
+    .await?;
+    match outcome {
+        PutOutcome::Stored { etag } => Ok(Some(Committed {
+            compact_due: ctx.compaction.due(&next),
+            stored: Stored::Incremental {
+                manifest: Box::new(next),
+                etag,
+            },
+            bytes_uploaded: (bytes.len() + manifest_bytes.len()) as u64,
+            objects_written: 2,
+            pages: summary.pages,
+            encode_ms,
+        })),
+        PutOutcome::ConditionFailed => {
+            // Unreferenced for certain; if this delete fails the sweep removes it later.
+            let _ = ctx.store.delete(&key).await;
+            Ok(None)
+        }
+    }
+}
+
+/// What a compaction did.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Compacted {
+    /// `compacted`, `retired` (folded and back to the single layout), `nothing_to_do`, or
+    /// `lost_race` (another compaction or an outside writer changed the base first).
+    pub outcome: &'static str,
+    /// Deltas folded into the new base.
+    pub deltas_folded: usize,
+    /// Folded deltas deleted (the rest are left to the sweep).
+    pub deltas_deleted: usize,
+    /// The new base's size.
+    pub base_bytes: u64,
+    /// The whole compaction, load included.
+    pub ms: f64,
+    /// The sweep that followed, if it ran.
+    pub swept: Option<Swept>,
+}
+
+/// The new base a compaction left, for a move that froze it.
+#[derive(Debug)]
+pub struct FrozenBase {
+    /// The image.
+    pub conn: Connection,
+    /// `database.sqlite`'s etag now.
+    pub etag: String,
+    /// Its `db-version`.
+    pub version: Option<u64>,
+    /// The write id its put carried.
+    pub write_id: String,
+}
+
+/// Folds the deltas into a new base (`database.sqlite`, `If-Match` the base read), then
+/// commits a manifest without them (`If-Match` the manifest read), then deletes them, then
+/// sweeps. With `retire`, the manifest is retired instead (the user returns to the single
+/// layout), and `route` (a move's `moving`) is set on both objects.
+///
+/// Safe to run at any time and to stop at any step: until the manifest put, loaders still
+/// find every delta they need (the new base says which deltas it covers); after it, the old
+/// deltas are referenced by nothing.
+pub async fn compact<S: ObjectStore, C: Clock>(
+    ctx: &Context<'_, S, C>,
+    user: &UserId,
+    retire: bool,
+) -> Result<Compacted, Error> {
+    let (compacted, _) = compact_inner(ctx, user, retire, None).await?;
+    Ok(compacted)
+}
+
+/// For a move: folds and retires the manifest with `route=moving` on the new base, so the
+/// move can copy one complete, frozen `database.sqlite`. `None` when the user has no live
+/// manifest (the move freezes the single object itself).
+pub(crate) async fn freeze_for_move<S: ObjectStore, C: Clock>(
+    ctx: &Context<'_, S, C>,
+    user: &UserId,
+) -> Result<Option<FrozenBase>, Error> {
+    let (compacted, frozen) = compact_inner(ctx, user, true, Some("moving")).await?;
+    match compacted.outcome {
+        "lost_race" => Err(Error::Conflict { attempts: 1 }),
+        _ => Ok(frozen),
+    }
+}
+
+async fn compact_inner<S: ObjectStore, C: Clock>(
+    ctx: &Context<'_, S, C>,
+    user: &UserId,
+    retire: bool,
+    route: Option<&str>,
+) -> Result<(Compacted, Option<FrozenBase>), Error> {
+    let clock = ctx.clock;
+    let start = clock.now_ms();
+    let uncached = Context {
+        cache: None,
+        ..*ctx
+    };
+    let mut result = None;
+    for attempt in 0..LOAD_ATTEMPTS {
+        // First from the cache (no second copy in memory); after a lost race, from R2.
+        let lctx = if attempt == 0 { ctx } else { &uncached };
+        let mut loaded = crate::pipeline::load(lctx, user).await?;
+        let Stored::Incremental { manifest, etag } = &loaded.stored else {
+            crate::pipeline::keep_loaded(ctx, user, loaded);
+            return Ok((nothing(clock, start), None));
+        };
+        if manifest.deltas.is_empty() && !retire {
+            crate::pipeline::keep_loaded(ctx, user, loaded);
+            return Ok((nothing(clock, start), None));
+        }
+        let (m, m_etag) = ((**manifest).clone(), etag.clone());
+        let base_etag = loaded
+            .base_etag
+            .clone()
+            .unwrap_or_else(|| m.base.etag.clone());
+        let write_id = format!("{:016x}-compact-{}", ctx.nonce, m.seq);
+        let mut metadata = vec![
+            (WRITE_ID_KEY, write_id.clone()),
+            (LINEAGE_KEY, m.lineage.clone()),
+            (COVERS_KEY, m.seq.to_string()),
+        ];
+        if let Some(v) = loaded.version {
+            metadata.push((DB_VERSION_KEY, v.to_string()));
+        }
+        if let Some(r) = route {
+            metadata.push((ROUTE_KEY, r.to_owned()));
+        }
+        let (put, change_counter, size) = {
+            let image = sqlite::export(&mut loaded.conn)?;
+            let put = with_retries(clock, &ctx.retry, async || {
+                ctx.store
+                    .put(
+                        &user.db_key(),
+                        &image,
+                        &metadata,
+                        &PutCondition::IfMatch(base_etag.clone()),
+                    )
+                    .await
+            })
+            .await?;
+            (put, header::change_counter(&image), image.len() as u64)
+        };
+        let PutOutcome::Stored { etag: new_base } = put else {
+            // Another compaction, or an outside writer: the next load sorts out which.
+            continue;
+        };
+        let mut next = Manifest::new(
+            m.lineage.clone(),
+            BaseRef {
+                etag: new_base.clone(),
+                seq: m.seq,
+                change_counter,
+                size,
+            },
+        );
+        next.retired = retire;
+        next.conflicts = m.conflicts.clone();
+        let mut m_metadata = manifest_metadata(&write_id, loaded.version);
+        if let Some(r) = route {
+            m_metadata.push((ROUTE_KEY, r.to_owned()));
+        }
+        let bytes = manifest_bytes(&next)?;
+        let put = with_retries(clock, &ctx.retry, async || {
+            ctx.store
+                .put(
+                    &user.manifest_key(),
+                    &bytes,
+                    &m_metadata,
+                    &PutCondition::IfMatch(m_etag.clone()),
+                )
+                .await
+        })
+        .await?;
+        let PutOutcome::Stored { etag: new_manifest } = put else {
+            // A write committed after our load: fold again, from the base just written.
+            continue;
+        };
+        let mut deleted = 0;
+        for d in &m.deltas {
+            if next.references(&d.key) {
+                continue;
+            }
+            if ctx.store.delete(&d.key).await.is_ok() {
+                deleted += 1;
+            }
+        }
+        loaded.stored = if retire {
+            Stored::Single {
+                etag: new_base.clone(),
+                retired_manifest: Some(new_manifest),
+            }
+        } else {
+            Stored::Incremental {
+                manifest: Box::new(next),
+                etag: new_manifest,
+            }
+        };
+        loaded.base_etag = Some(new_base.clone());
+        sqlite::clear_changes(&mut loaded.conn);
+        let frozen = if route.is_some() {
+            Some(FrozenBase {
+                conn: loaded.conn,
+                etag: new_base,
+                version: loaded.version,
+                write_id,
+            })
+        } else {
+            crate::pipeline::keep_loaded(ctx, user, loaded);
+            None
+        };
+        result = Some((
+            Compacted {
+                outcome: if retire { "retired" } else { "compacted" },
+                deltas_folded: m.deltas.len(),
+                deltas_deleted: deleted,
+                base_bytes: size,
+                ms: 0.0,
+                swept: None,
+            },
+            frozen,
+        ));
+        break;
+    }
+    let Some((mut compacted, frozen)) = result else {
+        let mut lost = nothing(clock, start);
+        lost.outcome = "lost_race";
+        return Ok((lost, None));
+    };
+    if route.is_none() {
+        compacted.swept = sweep(ctx, user).await.ok();
+    }
+    compacted.ms = clock.now_ms() - start;
+    Ok((compacted, frozen))
+}
+
+fn nothing<C: Clock>(clock: &C, start: f64) -> Compacted {
+    Compacted {
+        outcome: "nothing_to_do",
+        deltas_folded: 0,
+        deltas_deleted: 0,
+        base_bytes: 0,
+        ms: clock.now_ms() - start,
+        swept: None,
+    }
+}
+
+/// What a sweep did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Swept {
+    /// Delta objects found.
+    pub listed: usize,
+    /// Unreferenced ones deleted.
+    pub deleted: usize,
+    /// Unreferenced ones kept because they are younger than the grace period (a writer may
+    /// be about to commit them).
+    pub kept_young: usize,
+}
+
+/// Deletes delta objects that the current manifest does not reference (neither listed nor
+/// kept by a conflict record) and that are older than the grace period. Safe at any time: a
+/// delta about to be committed is younger than the grace period; a loader holding an older
+/// manifest that misses a delta starts over.
+pub async fn sweep<S: ObjectStore, C: Clock>(
+    ctx: &Context<'_, S, C>,
+    user: &UserId,
+) -> Result<Swept, Error> {
+    let clock = ctx.clock;
+    let manifest = match with_retries(clock, &ctx.retry, async || {
+        ctx.store
+            .get(&user.manifest_key(), MANIFEST_MAX_BYTES, None)
+            .await
+    })
+    .await?
+    {
+        Fetched::Found(object) => Some(parse_manifest(object).await?.0),
+        _ => None,
+    };
+    let listed = with_retries(clock, &ctx.retry, async || {
+        ctx.store.list(&user.delta_prefix()).await
+    })
+    .await?;
+    let now = clock.epoch_ms();
+    let mut swept = Swept {
+        listed: listed.len(),
+        deleted: 0,
+        kept_young: 0,
+    };
+    for object in listed {
+        if manifest.as_ref().is_some_and(|m| m.references(&object.key)) {
+            continue;
+        }
+        if object
+            .uploaded_ms
+            .saturating_add(ctx.compaction.sweep_grace_ms)
+            > now
+        {
+            swept.kept_young += 1;
+            continue;
+        }
+        with_retries(clock, &ctx.retry, async || {
+            ctx.store.delete(&object.key).await
+        })
+        .await?;
+        swept.deleted += 1;
+    }
+    Ok(swept)
+}
