@@ -42,9 +42,9 @@ lint:
 unit:
 	cargo test --locked
 
-## unit-wasm: the unit tests and the pipeline scenarios on wasm32, under Node, against the Worker's SQLite build
+## unit-wasm: the unit tests, the pipeline scenarios and the incremental-layout suite on wasm32, under Node, against the Worker's SQLite build
 unit-wasm:
-	cargo test --locked --lib --test pipeline --target wasm32-unknown-unknown
+	cargo test --locked --lib --test pipeline --test incremental --target wasm32-unknown-unknown
 
 ## bundle-size: fail if the gzipped bundle grew past scripts/bundle-budget (a size check, not timing)
 bundle-size: build

@@ -228,6 +228,12 @@ impl FaultyStore {
         self.stop_after.set(calls);
     }
 
+    /// Calls left before the worker stops (`None`: it never does).
+    #[must_use]
+    pub fn calls_left(&self) -> Option<u32> {
+        self.stop_after.get()
+    }
+
     /// Whether the worker has stopped.
     #[must_use]
     pub fn stopped(&self) -> bool {

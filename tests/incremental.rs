@@ -1,0 +1,666 @@
+//! The incremental layout over the store seam: cost of a write, loads, the cache, compaction,
+//! the sweep, the outside-replacement rule, moves, and the fault suite (a failure or a dead
+//! worker at every step). Real SQLite, in-memory stores; host and wasm32.
+
+#[cfg(all(target_family = "wasm", target_os = "unknown"))]
+use wasm_bindgen_test::wasm_bindgen_test as test;
+
+use rusqlite::types::Value;
+use workers_sqlite_poc::cache::DbCache;
+use workers_sqlite_poc::clock::Clock;
+use workers_sqlite_poc::error::Error;
+use workers_sqlite_poc::exec::{Limits, Statement};
+use workers_sqlite_poc::layout::{self, CompactionPolicy, Layout, Manifest, Stored};
+use workers_sqlite_poc::pipeline::{self, Context, Saved, load, query, save, serve};
+use workers_sqlite_poc::report::{CacheStatus, Report};
+use workers_sqlite_poc::request::{SaveMode, UserId};
+use workers_sqlite_poc::store::{MemoryStore, ObjectStore};
+use workers_sqlite_poc::testing::{Fault, FaultyStore, Rng, StepClock, apply_sql, open};
+use workers_sqlite_poc::work::Transaction;
+use workers_sqlite_poc::{fixtures, migrate, sqlite};
+
+const BASE: &str = "a/database.sqlite";
+const MANIFEST: &str = "a/manifest.json";
+
+fn user() -> UserId {
+    UserId::parse(Some("a")).unwrap()
+}
+
+fn block<T>(f: impl std::future::Future<Output = T>) -> T {
+    pollster::block_on(f)
+}
+
+fn incremental<'a, S, C>(
+    store: &'a S,
+    clock: &'a C,
+    cache: Option<&'a DbCache>,
+) -> Context<'a, S, C> {
+    Context {
+        cache,
+        layout: Layout::Incremental,
+        max_db_bytes: 64 * 1024 * 1024,
+        compaction: CompactionPolicy {
+            max_deltas: 4,
+            max_delta_percent: 1000,
+            sweep_grace_ms: 0,
+        },
+        ..Context::new(store, clock)
+    }
+}
+
+fn insert(id: i64) -> Transaction {
+    Transaction {
+        statements: vec![Statement {
+            sql: "INSERT INTO hits(id, note) VALUES (?, ?)".into(),
+            args: vec![Value::Integer(id), Value::Text(format!("write {id}"))],
+            named_args: vec![],
+        }],
+        limits: Limits::default(),
+    }
+}
+
+/// The demo database plus a `hits` table the tests write to, stored whole (single layout).
+fn seeded() -> MemoryStore {
+    let store = MemoryStore::new();
+    let demo = fixtures::demo_database().unwrap();
+    store.insert(
+        BASE,
+        &apply_sql(
+            &demo,
+            "CREATE TABLE hits(id INTEGER PRIMARY KEY, note TEXT)",
+        ),
+        &[],
+    );
+    store
+}
+
+fn write<S: ObjectStore, C: Clock>(ctx: &Context<'_, S, C>, id: i64) -> Result<Report, Error> {
+    block(serve(ctx, &user(), SaveMode::Auto, &mut insert(id))).map(|(r, _)| r)
+}
+
+fn storage(report: &Report) -> serde_json::Value {
+    serde_json::to_value(report.storage.as_ref().unwrap()).unwrap()
+}
+
+/// The current database as a fresh worker sees it (no cache), exported.
+fn current<S: ObjectStore>(store: &S) -> Vec<u8> {
+    let clock = StepClock::stepping(1.0);
+    let ctx = Context {
+        max_db_bytes: 64 * 1024 * 1024,
+        ..Context::new(store, &clock)
+    };
+    let mut loaded = block(load(&ctx, &user())).unwrap();
+    sqlite::export(&mut loaded.conn).unwrap().to_vec()
+}
+
+fn hits(image: &[u8]) -> Vec<i64> {
+    let conn = open(image);
+    let mut stmt = conn.prepare("SELECT id FROM hits ORDER BY id").unwrap();
+    stmt.query_map([], |r| r.get(0))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap()
+}
+
+fn integrity(image: &[u8]) -> String {
+    open(image)
+        .query_row("PRAGMA integrity_check", [], |r| r.get(0))
+        .unwrap()
+}
+
+fn manifest(store: &MemoryStore) -> Option<Manifest> {
+    store
+        .bytes(MANIFEST)
+        .map(|b| serde_json::from_slice(&b).unwrap())
+}
+
+fn delta_keys(store: &MemoryStore) -> Vec<String> {
+    store
+        .keys()
+        .into_iter()
+        .filter(|k| k.starts_with("a/deltas/"))
+        .collect()
+}
+
+// ---- Cost and shape of a write ----
+
+/// A one-row insert into a 32 MiB database uploads a few pages and the manifest: at most
+/// 64 KiB, two objects; the base is not rewritten.
+#[test]
+fn one_row_insert_at_32_mib_uploads_at_most_64_kib() {
+    let store = MemoryStore::new();
+    let big = fixtures::sized_database(32 * 1024 * 1024, 7).unwrap();
+    store.insert(
+        BASE,
+        &apply_sql(&big, "CREATE TABLE hits(id INTEGER PRIMARY KEY, note TEXT)"),
+        &[],
+    );
+    let base_before = store.bytes(BASE).unwrap();
+    let clock = StepClock::stepping(1.0);
+    let cache = DbCache::new(64 * 1024 * 1024);
+    let ctx = incremental(&store, &clock, Some(&cache));
+    for id in 1..=3 {
+        let report = write(&ctx, id).unwrap();
+        let s = storage(&report);
+        assert_eq!(s["layout"], "incremental");
+        assert_eq!(s["objects_written"], 2);
+        let uploaded = s["bytes_uploaded"].as_u64().unwrap();
+        assert!(
+            uploaded <= 64 * 1024,
+            "write {id} uploaded {uploaded} bytes"
+        );
+    }
+    assert_eq!(
+        store.bytes(BASE).unwrap(),
+        base_before,
+        "the base is untouched"
+    );
+    assert_eq!(hits(&current(&store)), [1, 2, 3]);
+}
+
+/// The first incremental write upgrades a single-layout user: the old object becomes the base,
+/// nothing is lost, and a fresh worker loads base + delta.
+#[test]
+fn single_layout_user_is_upgraded_on_first_write() {
+    let store = seeded();
+    let before = store.bytes(BASE).unwrap();
+    let clock = StepClock::stepping(1.0);
+    let report = write(&incremental(&store, &clock, None), 1).unwrap();
+    assert_eq!(storage(&report)["manifest_seq"], 1);
+    let m = manifest(&store).unwrap();
+    assert_eq!((m.seq, m.deltas.len(), m.base.seq), (1, 1, 0));
+    assert_eq!(store.bytes(BASE).unwrap(), before);
+    let image = current(&store);
+    assert_eq!(hits(&image), [1]);
+    assert_eq!(
+        workers_sqlite_poc::testing::row_counts(&image)
+            .into_iter()
+            .filter(|(t, _)| t != "hits")
+            .collect::<Vec<_>>(),
+        workers_sqlite_poc::testing::row_counts(&before)
+            .into_iter()
+            .filter(|(t, _)| t != "hits")
+            .collect::<Vec<_>>()
+    );
+    // A cold load reports the delta it applied.
+    let cold = write(&incremental(&store, &clock, None), 2).unwrap();
+    assert_eq!(storage(&cold)["deltas_applied"], 1);
+}
+
+/// A cached copy is brought up to date with only the deltas it lacks; an unchanged manifest
+/// costs one conditional get and no body.
+#[test]
+fn cache_hit_fetches_only_missing_deltas() {
+    let store = seeded();
+    let clock = StepClock::stepping(1.0);
+    let (cache_a, cache_b) = (DbCache::new(1 << 26), DbCache::new(1 << 26));
+    let a = incremental(&store, &clock, Some(&cache_a));
+    let b = incremental(&store, &clock, Some(&cache_b));
+    write(&a, 1).unwrap();
+    write(&b, 2).unwrap();
+    write(&b, 3).unwrap();
+    let gets = store.get_count();
+    let (report, ()) = block(serve(
+        &a,
+        &user(),
+        SaveMode::Auto,
+        &mut pipeline::ListTables,
+    ))
+    .unwrap();
+    assert_eq!(report.cache.as_ref().unwrap().status, CacheStatus::Updated);
+    assert_eq!(storage(&report)["deltas_applied"], 2);
+    assert_eq!(
+        store.get_count() - gets,
+        3,
+        "manifest + the two deltas it lacked"
+    );
+    let gets = store.get_count();
+    let (report, ()) = block(serve(
+        &a,
+        &user(),
+        SaveMode::Auto,
+        &mut pipeline::ListTables,
+    ))
+    .unwrap();
+    assert_eq!(report.cache.as_ref().unwrap().status, CacheStatus::Hit);
+    assert_eq!(store.get_count() - gets, 1);
+    let mut entry = cache_a.take("a/database.sqlite").unwrap();
+    assert_eq!(
+        hits(&sqlite::export(&mut entry.conn).unwrap()),
+        [1, 2, 3],
+        "the updated copy equals the stored state"
+    );
+}
+
+/// Two writers on one manifest: the one that commits second lost the race; its delta is
+/// deleted, it re-runs on the newest state, and both writes are kept.
+#[test]
+fn concurrent_writers_lose_nothing() {
+    let store = seeded();
+    let clock = StepClock::stepping(1.0);
+    let a = incremental(&store, &clock, None);
+    write(&a, 1).unwrap();
+    let loaded = block(load(&a, &user())).unwrap();
+    let mut queried = query(&clock, loaded, &mut insert(10)).unwrap();
+    write(&a, 20).unwrap(); // the rival commits in between
+    let saved = block(save(&a, &user(), &mut queried, SaveMode::Auto)).unwrap();
+    assert_eq!(saved, Saved::Conflict);
+    let listed: Vec<String> = manifest(&store)
+        .unwrap()
+        .deltas
+        .iter()
+        .map(|d| d.key.clone())
+        .collect();
+    assert_eq!(delta_keys(&store), listed, "the loser's delta was removed");
+    // The full request re-runs and lands.
+    let report = write(&a, 10).unwrap();
+    assert_eq!(report.db_info.stored.as_ref().unwrap().attempts, 1);
+    assert_eq!(hits(&current(&store)), [1, 10, 20]);
+}
+
+// ---- Compaction, sweep, retire ----
+
+/// Compaction folds the deltas into a new base, commits a manifest without them, deletes
+/// them; the sweep removes orphans but keeps referenced and young objects.
+#[test]
+fn compaction_folds_deltas_and_sweep_removes_orphans() {
+    let store = seeded();
+    let clock = StepClock::stepping(1.0);
+    let cache = DbCache::new(1 << 26);
+    let ctx = incremental(&store, &clock, Some(&cache));
+    let mut follow = String::new();
+    for id in 1..=4 {
+        follow = storage(&write(&ctx, id).unwrap())["follow_up"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+    }
+    assert_eq!(follow, "compact", "4 deltas pass the threshold of 4");
+    // An orphan: a delta no manifest lists (a writer that died before committing).
+    store.insert("a/deltas/000000000099-dead.delta", b"orphan", &[]);
+    let done = block(layout::compact(&ctx, &user(), false)).unwrap();
+    assert_eq!(done.outcome, "compacted");
+    assert_eq!((done.deltas_folded, done.deltas_deleted), (4, 4));
+    assert_eq!(done.swept.unwrap().deleted, 1);
+    assert!(delta_keys(&store).is_empty());
+    let m = manifest(&store).unwrap();
+    assert!(m.deltas.is_empty() && m.base.seq == 4 && !m.retired);
+    assert_eq!(hits(&store.bytes(BASE).unwrap()), [1, 2, 3, 4]);
+    // The cached copy survived and the next write builds on the new base.
+    write(&ctx, 5).unwrap();
+    assert_eq!(hits(&current(&store)), [1, 2, 3, 4, 5]);
+    // Young orphans are kept by a sweep with a grace period.
+    store.set_now_ms(clock.epoch_ms());
+    store.insert("a/deltas/000000000098-young.delta", b"orphan", &[]);
+    let graceful = Context {
+        compaction: CompactionPolicy::default(),
+        ..ctx
+    };
+    let swept = block(layout::sweep(&graceful, &user())).unwrap();
+    assert_eq!((swept.deleted, swept.kept_young), (0, 1));
+}
+
+/// A write committed between compaction's base put and its manifest put is not lost: loaders
+/// apply only the deltas the new base does not cover, and the compaction tries again.
+#[test]
+fn write_between_compaction_steps_is_kept() {
+    let store = seeded();
+    let clock = StepClock::stepping(1.0);
+    let ctx = incremental(&store, &clock, None);
+    for id in 1..=3 {
+        write(&ctx, id).unwrap();
+    }
+    // Compaction stops after its base put (a load = 2 gets + 3 deltas, then the put).
+    let faulty = FaultyStore::new(MemoryStore::new(), &[], &[], &[]);
+    for key in store.keys() {
+        faulty.inner.insert(
+            &key,
+            &store.bytes(&key).unwrap(),
+            &store
+                .metadata(&key)
+                .unwrap()
+                .iter()
+                .map(|(k, v)| (k.as_str(), v.clone()))
+                .collect::<Vec<_>>(),
+        );
+    }
+    let fctx = incremental(&faulty, &clock, None);
+    faulty.stop_after(Some(6));
+    assert!(block(layout::compact(&fctx, &user(), false)).is_err());
+    faulty.stop_after(None);
+    let base = faulty.inner.metadata(BASE).unwrap();
+    assert_eq!(
+        base["covers-seq"], "3",
+        "the base was replaced by the compaction"
+    );
+    // A writer commits on the old manifest: its loader sees the new base and skips 1..3.
+    let report = write(&fctx, 4).unwrap();
+    assert_eq!(storage(&report)["deltas_applied"], 0);
+    assert_eq!(hits(&current(&faulty)), [1, 2, 3, 4]);
+    let done = block(layout::compact(&fctx, &user(), false)).unwrap();
+    assert_eq!(done.outcome, "compacted");
+    assert_eq!(hits(&faulty.inner.bytes(BASE).unwrap()), [1, 2, 3, 4]);
+}
+
+/// `LAYOUT=single` on a user with a manifest: the write is committed as a delta and the
+/// follow-up retires the manifest, leaving one complete object that single writes replace.
+#[test]
+fn single_layout_retires_a_manifest() {
+    let store = seeded();
+    let clock = StepClock::stepping(1.0);
+    write(&incremental(&store, &clock, None), 1).unwrap();
+    let single = Context {
+        layout: Layout::Single,
+        ..incremental(&store, &clock, None)
+    };
+    let report = write(&single, 2).unwrap();
+    assert_eq!(storage(&report)["follow_up"], "retire");
+    let done = block(layout::compact(&single, &user(), true)).unwrap();
+    assert_eq!(done.outcome, "retired");
+    assert!(manifest(&store).unwrap().retired);
+    assert_eq!(hits(&store.bytes(BASE).unwrap()), [1, 2]);
+    let report = write(&single, 3).unwrap();
+    assert_eq!(storage(&report)["layout"], "single");
+    assert_eq!(storage(&report)["objects_written"], 1);
+    assert_eq!(hits(&store.bytes(BASE).unwrap()), [1, 2, 3]);
+    // And back: an incremental write re-upgrades over the retired manifest.
+    write(&incremental(&store, &clock, None), 4).unwrap();
+    assert!(!manifest(&store).unwrap().retired);
+    assert_eq!(hits(&current(&store)), [1, 2, 3, 4]);
+}
+
+/// Moving an incremental user folds them into one frozen object first: the copy the Durable
+/// Object imports holds every committed write.
+#[test]
+fn move_of_an_incremental_user_copies_every_write() {
+    let store = seeded();
+    let clock = StepClock::stepping(1.0);
+    let ctx = incremental(&store, &clock, None);
+    for id in 1..=3 {
+        write(&ctx, id).unwrap();
+    }
+    let imported = std::cell::RefCell::new(Vec::new());
+    block(migrate::to_durable_object(&ctx, &user(), async || {
+        let object = store.bytes(BASE).unwrap();
+        assert_eq!(store.metadata(BASE).unwrap()["route"], "moving");
+        *imported.borrow_mut() = hits(&object);
+        Ok(serde_json::json!({"success": true}))
+    }))
+    .unwrap();
+    assert_eq!(*imported.borrow(), [1, 2, 3]);
+    assert!(manifest(&store).unwrap().retired);
+    assert!(matches!(write(&ctx, 4), Err(Error::ServedByDurableObject)));
+}
+
+// ---- Outside replacement ----
+
+/// Something outside the worker replaces database.sqlite: the outside file wins, the worker's
+/// deltas are kept under a conflict record (and never swept), and the response says so.
+#[test]
+fn outside_replacement_keeps_a_conflict_copy() {
+    let store = seeded();
+    let clock = StepClock::stepping(1.0);
+    let ctx = incremental(&store, &clock, None);
+    write(&ctx, 1).unwrap();
+    write(&ctx, 2).unwrap();
+    let worker_deltas = delta_keys(&store);
+    let outside = apply_sql(
+        &store.bytes(BASE).unwrap(),
+        "INSERT INTO hits(id, note) VALUES (500, 'outside')",
+    );
+    store.insert(BASE, &outside, &[]);
+    let report = write(&ctx, 3).unwrap();
+    let s = storage(&report);
+    let record = s["outside_replacement"]["record"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(s["outside_replacement"]["deltas_kept"], 2);
+    assert_eq!(
+        hits(&current(&store)),
+        [3, 500],
+        "outside file + the new write"
+    );
+    let kept: serde_json::Value = serde_json::from_slice(&store.bytes(&record).unwrap()).unwrap();
+    let listed: Vec<String> = kept["replaced_manifest"]["deltas"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["key"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(listed, worker_deltas);
+    // Compaction and the sweep keep the conflict copy's deltas.
+    block(layout::compact(&ctx, &user(), false)).unwrap();
+    for key in &worker_deltas {
+        assert!(store.bytes(key).is_some(), "{key} was swept");
+    }
+}
+
+/// A manifest that lists a base which is gone is an error that changes nothing.
+#[test]
+fn missing_base_is_refused_without_writing() {
+    let store = seeded();
+    let clock = StepClock::stepping(1.0);
+    let ctx = incremental(&store, &clock, None);
+    write(&ctx, 1).unwrap();
+    store.remove(BASE);
+    let keys = store.keys();
+    assert!(matches!(write(&ctx, 2), Err(Error::CorruptDatabase(_))));
+    assert_eq!(store.keys(), keys);
+}
+
+/// A damaged delta is refused (its checksum), not applied.
+#[test]
+fn damaged_delta_is_refused() {
+    let store = seeded();
+    let clock = StepClock::stepping(1.0);
+    let ctx = incremental(&store, &clock, None);
+    write(&ctx, 1).unwrap();
+    let key = delta_keys(&store).remove(0);
+    let mut bytes = store.bytes(&key).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 1;
+    store.insert(&key, &bytes, &[]);
+    assert!(matches!(write(&ctx, 2), Err(Error::CorruptDatabase(_))));
+}
+
+// ---- The fault suite ----
+
+/// One worker's scenario: six writes, compaction whenever it is due, a sweep at the end.
+/// Returns the writes acknowledged, and the ones whose outcome the worker could not know.
+fn scenario<S: ObjectStore, C: Clock>(ctx: &Context<'_, S, C>, first: i64) -> (Vec<i64>, Vec<i64>) {
+    let (mut acked, mut unknown) = (vec![], vec![]);
+    for id in first..first + 6 {
+        match write(ctx, id) {
+            Ok(report) => {
+                acked.push(id);
+                if storage(&report)["follow_up"] == "compact" {
+                    let _ = block(layout::compact(ctx, &user(), false));
+                }
+            }
+            Err(e) if !e.nothing_written() => unknown.push(id),
+            Err(_) => {}
+        }
+    }
+    let _ = block(layout::sweep(ctx, &user()));
+    (acked, unknown)
+}
+
+/// After a fault: the database loads, passes integrity_check, holds every acknowledged write
+/// and nothing unacknowledged (writes of unknown outcome may be either way).
+fn check(store: &FaultyStore, acked: &[i64], unknown: &[i64], what: &str) -> Vec<i64> {
+    let image = current(store);
+    assert_eq!(integrity(&image), "ok", "{what}");
+    let ids = hits(&image);
+    for id in acked {
+        assert!(
+            ids.contains(id),
+            "{what}: acknowledged write {id} lost; have {ids:?}"
+        );
+    }
+    for id in &ids {
+        assert!(
+            acked.contains(id) || unknown.contains(id),
+            "{what}: unacknowledged write {id} present"
+        );
+    }
+    ids
+}
+
+fn faulty_seeded() -> FaultyStore {
+    FaultyStore::new(seeded(), &[], &[], &[])
+}
+
+/// The worker stops at every store call of the scenario (each get, delta put, manifest put,
+/// compaction step, delete, list): the state stays loadable and correct, and a new worker
+/// carries on from it (its sweep leaves no orphan behind).
+#[test]
+fn worker_stopping_at_any_step_loses_nothing() {
+    let clock = StepClock::stepping(1.0);
+    let probe = faulty_seeded();
+    probe.stop_after(Some(1_000_000));
+    scenario(&incremental(&probe, &clock, None), 1);
+    let calls = 1_000_000 - probe.calls_left().unwrap();
+    assert!(calls > 30, "the scenario makes {calls} store calls");
+    for stop in 0..=calls {
+        let store = faulty_seeded();
+        let cache = DbCache::new(1 << 26);
+        store.stop_after(Some(stop));
+        let (acked, unknown) = scenario(&incremental(&store, &clock, Some(&cache)), 1);
+        let what = format!("stopped after {stop} calls");
+        store.stop_after(None);
+        let before = check(&store, &acked, &unknown, &what);
+        // A new worker: writes, compacts, sweeps.
+        let next = incremental(&store, &clock, None);
+        write(&next, 100).unwrap();
+        block(layout::compact(&next, &user(), false)).unwrap();
+        block(layout::sweep(&next, &user())).unwrap();
+        let mut expected = before.clone();
+        expected.push(100);
+        let mut acked = acked;
+        acked.push(100);
+        assert_eq!(check(&store, &acked, &unknown, &what), expected, "{what}");
+        let m = manifest(&store.inner).unwrap();
+        for key in delta_keys(&store.inner) {
+            assert!(
+                m.deltas.iter().any(|d| d.key == key),
+                "{what}: orphan {key} survived the sweep"
+            );
+        }
+    }
+}
+
+/// Seeded plans of 429s, 5xx, lost answers and permanent failures on every kind of call,
+/// including compaction's and the sweep's deletes.
+#[test]
+fn seeded_fault_plans_keep_the_invariants() {
+    let faults = [
+        Fault::None,
+        Fault::None,
+        Fault::RateLimited,
+        Fault::Unavailable,
+        Fault::LostAnswer,
+        Fault::Permanent,
+    ];
+    for seed in 0..60u64 {
+        let mut rng = Rng::new(seed);
+        let mut plan =
+            |n: usize| -> Vec<Fault> { (0..n).map(|_| faults[rng.index(faults.len())]).collect() };
+        let (gets, heads, puts, deletes) = (plan(30), plan(10), plan(30), plan(10));
+        let store = FaultyStore::new(seeded(), &gets, &heads, &puts).with_deletes(&deletes);
+        let clock = StepClock::frozen();
+        let cache = DbCache::new(1 << 26);
+        let ctx = Context {
+            retry: pipeline::RetryPolicy {
+                store_retries: 1,
+                ..pipeline::RetryPolicy::default()
+            },
+            ..incremental(&store, &clock, Some(&cache))
+        };
+        let (acked, unknown) = scenario(&ctx, 1);
+        store.replan(&[], &[], &[]);
+        check(&store, &acked, &unknown, &format!("seed {seed}"));
+    }
+}
+
+// ---- Both layouts are the same database ----
+
+/// SQL run as a plain batch (so VACUUM and page-size changes, which `/query` refuses inside
+/// its transaction, are exercised too).
+struct Batch(String);
+
+impl pipeline::Work for Batch {
+    type Output = ();
+    fn run(&mut self, conn: &mut rusqlite::Connection) -> Result<(), Error> {
+        conn.execute_batch(&self.0)?;
+        Ok(())
+    }
+}
+
+/// Random write sequences give the same rows and the same exported file on both layouts
+/// (the incremental one compacting along the way).
+#[test]
+fn both_layouts_store_the_same_database() {
+    let menu = [
+        "INSERT INTO hits(note) VALUES (hex(randomblob(40)))",
+        "INSERT INTO hits(note) SELECT note || note FROM hits LIMIT 50",
+        "INSERT INTO hits(note) VALUES (zeroblob(9000))",
+        "UPDATE hits SET note = 'u' || id WHERE id % 3 = 0",
+        "DELETE FROM hits WHERE id % 4 = 1",
+        "CREATE INDEX IF NOT EXISTS hits_note ON hits(note)",
+        "DROP INDEX IF EXISTS hits_note",
+        "CREATE TABLE IF NOT EXISTS other(x); INSERT INTO other VALUES (1)",
+        "VACUUM",
+        "PRAGMA page_size = 1024; VACUUM",
+        "UPDATE projects SET name = name || '!'",
+    ];
+    for seed in 0..12u64 {
+        let mut rng = Rng::new(seed);
+        let single_store = seeded();
+        let inc_store = seeded();
+        let clock = StepClock::stepping(1.0);
+        let (c1, c2) = (DbCache::new(1 << 26), DbCache::new(1 << 26));
+        let single = Context {
+            layout: Layout::Single,
+            ..incremental(&single_store, &clock, Some(&c1))
+        };
+        let inc = incremental(&inc_store, &clock, Some(&c2));
+        for step in 0..14 {
+            // randomblob is not repeatable: both sides get the same literal text instead.
+            let text = menu[rng.index(menu.len())]
+                .replace("hex(randomblob(40))", &format!("'r{seed}-{step}'"));
+            for ctx in [&single, &inc] {
+                let (report, ()) = block(serve(
+                    ctx,
+                    &user(),
+                    SaveMode::Auto,
+                    &mut Batch(text.clone()),
+                ))
+                .unwrap();
+                if storage(&report)["follow_up"] == "compact" {
+                    block(layout::compact(ctx, &user(), false)).unwrap();
+                }
+            }
+        }
+        assert!(manifest(&inc_store).is_some() && manifest(&single_store).is_none());
+        let (a, b) = (current(&single_store), current(&inc_store));
+        assert_eq!(
+            workers_sqlite_poc::testing::row_counts(&a),
+            workers_sqlite_poc::testing::row_counts(&b),
+            "seed {seed}"
+        );
+        assert!(a == b, "seed {seed}: the exports differ");
+        assert_eq!(integrity(&b), "ok");
+    }
+}
+
+/// A load after an incremental write knows the user is stored as a manifest.
+#[test]
+fn layouts_report_what_they_are() {
+    let store = seeded();
+    let clock = StepClock::stepping(1.0);
+    let report = write(&incremental(&store, &clock, None), 1).unwrap();
+    let loaded = block(load(&incremental(&store, &clock, None), &user())).unwrap();
+    assert!(matches!(loaded.stored, Stored::Incremental { .. }));
+    assert_eq!(storage(&report)["layout"], "incremental");
+}
