@@ -45,7 +45,8 @@ pub struct Config {
     pub auto_migrate: bool,
     /// `LAYOUT`: `single` (default) or `incremental`; how writes are stored.
     pub layout: crate::layout::Layout,
-    /// `COMPACT_AFTER_DELTAS`, `SWEEP_GRACE_MS`: when deltas are folded, when orphans go.
+    /// `COMPACT_AFTER_DELTAS`, `COMPACT_DELTA_PERCENT`, `SWEEP_GRACE_MS`: when deltas are
+    /// folded, when orphans go.
     pub compaction: crate::layout::CompactionPolicy,
 }
 
@@ -113,6 +114,9 @@ impl Config {
         if let Some(v) = lookup("COMPACT_AFTER_DELTAS") {
             config.compaction.max_deltas =
                 usize::try_from(parse_positive("COMPACT_AFTER_DELTAS", &v)?).unwrap_or(usize::MAX);
+        }
+        if let Some(v) = lookup("COMPACT_DELTA_PERCENT") {
+            config.compaction.max_delta_percent = parse_positive("COMPACT_DELTA_PERCENT", &v)?;
         }
         if let Some(v) = lookup("SWEEP_GRACE_MS") {
             config.compaction.sweep_grace_ms = v

@@ -56,6 +56,15 @@ pub enum Layout {
 }
 
 impl Layout {
+    /// The name used in the `LAYOUT` var, reports and headers.
+    #[must_use]
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Single => "single",
+            Self::Incremental => "incremental",
+        }
+    }
+
     /// Parses the `LAYOUT` var.
     pub fn parse(raw: &str) -> Option<Self> {
         match raw.trim() {
@@ -476,79 +485,98 @@ async fn load_once<S: ObjectStore, C: Clock>(
 ) -> Result<Step<Built>, Error> {
     let manifest_key = user.manifest_key();
     let clock = ctx.clock;
-    // A cached copy of a manifest user: ask for the manifest only.
+    // A cached copy of a manifest user: ask for the manifest (conditionally) and, in
+    // parallel, the base's etag: an outside replacement of database.sqlite is noticed at
+    // once, not at the next cold load.
     if let Some(entry) = cached {
         let Stored::Incremental { manifest, etag } = &entry.stored else {
             return cold(ctx, user, None, Some(entry)).await;
         };
         let (m0, e0) = (manifest.clone(), etag.clone());
-        let got = with_retries(clock, &ctx.retry, async || {
-            ctx.store
-                .get(&manifest_key, MANIFEST_MAX_BYTES, Some(&e0))
-                .await
-        })
-        .await?;
-        match got {
-            Fetched::NotModified { metadata } => {
-                if let Err(e) = check_route(&metadata) {
-                    put_back(ctx, entry);
-                    return Err(e);
-                }
-                return Ok(Step::Done(Built {
-                    conn: entry.conn,
-                    stored: entry.stored,
-                    base_etag: None,
-                    version: entry.db_version,
-                    converted_from_wal: false,
-                    cache: CacheStatus::Hit,
-                    parsed: false,
-                    deltas_applied: 0,
-                    parse_ms: 0.0,
-                    outside: None,
-                }));
-            }
+        let base_key = user.db_key();
+        let (got, head) = join2(
+            with_retries(clock, &ctx.retry, async || {
+                ctx.store
+                    .get(&manifest_key, MANIFEST_MAX_BYTES, Some(&e0))
+                    .await
+            }),
+            with_retries(clock, &ctx.retry, async || ctx.store.head(&base_key).await),
+        )
+        .await;
+        let (got, head) = (got?, head?);
+        let (m, etag, metadata, changed) = match got {
+            Fetched::NotModified { metadata } => (*m0.clone(), e0, metadata, false),
             Fetched::Found(object) => {
                 let (m, etag, metadata) = parse_manifest(object).await?;
-                check_route(&metadata)?;
-                let tail = (!m.retired && m.lineage == m0.lineage)
-                    .then(|| m.deltas_after(m0.seq))
-                    .flatten();
-                if let Some(tail) = tail {
-                    let Some(deltas) = fetch_deltas(ctx, tail).await? else {
-                        return Ok(Step::Restart);
-                    };
-                    let apply_start = clock.now_ms();
-                    let mut conn = entry.conn;
-                    sqlite::patch(&mut conn, |image| apply_all(image, &deltas, tail)).ok_or_else(
-                        || Error::Internal {
-                            detail: "cached database is not in the page VFS".into(),
-                        },
-                    )??;
-                    let parse_ms = clock.now_ms() - apply_start;
-                    let applied = u32::try_from(tail.len()).unwrap_or(u32::MAX);
-                    return Ok(Step::Done(Built {
-                        conn,
-                        stored: Stored::Incremental {
-                            manifest: Box::new(m),
-                            etag,
-                        },
-                        base_etag: None,
-                        version: version_of(&metadata),
-                        converted_from_wal: false,
-                        cache: CacheStatus::Updated,
-                        parsed: false,
-                        deltas_applied: applied,
-                        parse_ms,
-                        outside: None,
-                    }));
-                }
-                return cold(ctx, user, Some(Some((m, etag, metadata))), None).await;
+                (m, etag, metadata, true)
             }
             Fetched::Missing => return cold(ctx, user, Some(None), None).await,
             Fetched::TooLarge { size_bytes } => {
                 return Err(corrupt(format!("manifest.json is {size_bytes} bytes")));
             }
+        };
+        if let Err(e) = check_route(&metadata)
+            .and_then(|()| head.as_ref().map_or(Ok(()), |h| check_route(&h.metadata)))
+        {
+            if !changed {
+                // The copy is still current; keep it, so the next check is as cheap.
+                put_back(ctx, entry);
+            }
+            return Err(e);
         }
+        let base_as_listed = head.as_ref().is_some_and(|h| h.etag == m.base.etag);
+        if m.retired || !base_as_listed {
+            // Retired, or the base is not the one listed (a compaction between its two puts,
+            // or an outside writer): the cold path sorts out which.
+            return cold(ctx, user, Some(Some((m, etag, metadata))), None).await;
+        }
+        if !changed {
+            return Ok(Step::Done(Built {
+                conn: entry.conn,
+                stored: entry.stored,
+                base_etag: None,
+                version: entry.db_version,
+                converted_from_wal: false,
+                cache: CacheStatus::Hit,
+                parsed: false,
+                deltas_applied: 0,
+                parse_ms: 0.0,
+                outside: None,
+            }));
+        }
+        let tail = (m.lineage == m0.lineage)
+            .then(|| m.deltas_after(m0.seq))
+            .flatten();
+        let Some(tail) = tail else {
+            return cold(ctx, user, Some(Some((m, etag, metadata))), None).await;
+        };
+        let Some(deltas) = fetch_deltas(ctx, tail).await? else {
+            return Ok(Step::Restart);
+        };
+        let apply_start = clock.now_ms();
+        let mut conn = entry.conn;
+        sqlite::patch(&mut conn, |image| apply_all(image, &deltas, tail)).ok_or_else(|| {
+            Error::Internal {
+                detail: "cached database is not in the page VFS".into(),
+            }
+        })??;
+        let parse_ms = clock.now_ms() - apply_start;
+        let applied = u32::try_from(tail.len()).unwrap_or(u32::MAX);
+        return Ok(Step::Done(Built {
+            conn,
+            stored: Stored::Incremental {
+                manifest: Box::new(m),
+                etag,
+            },
+            base_etag: None,
+            version: version_of(&metadata),
+            converted_from_wal: false,
+            cache: CacheStatus::Updated,
+            parsed: false,
+            deltas_applied: applied,
+            parse_ms,
+            outside: None,
+        }));
     }
     cold(ctx, user, None, None).await
 }

@@ -384,7 +384,7 @@ async fn handle_export(
             "Content-Disposition",
             format!("attachment; filename=\"{}.sqlite\"", user.as_str()),
         ),
-        ("X-Storage-Layout", format!("{layout:?}").to_lowercase()),
+        ("X-Storage-Layout", layout.as_str().to_owned()),
         (
             "X-Db-Version",
             version.map(|v| v.to_string()).unwrap_or_default(),

@@ -276,6 +276,30 @@ impl LocalWorker {
             .unwrap_or_else(|e| panic!("{method} {path}: {e}\n{}", self.log_tail()))
     }
 
+    /// `GET path` answered with bytes (not JSON): status, `Content-Type`, body.
+    #[allow(dead_code, reason = "used by the e2e tests, not the bench")]
+    pub fn get_bytes(&self, path: &str) -> (u16, Option<String>, Vec<u8>) {
+        let url = format!("{}{path}", self.base);
+        let mut response = self
+            .agent
+            .get(&url)
+            .call()
+            .unwrap_or_else(|e| panic!("GET {path}: {e}\n{}", self.log_tail()));
+        let status = response.status().as_u16();
+        let content_type = response
+            .headers()
+            .get("content-type")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        let body = response
+            .body_mut()
+            .with_config()
+            .limit(u64::MAX)
+            .read_to_vec()
+            .expect("read body");
+        (status, content_type, body)
+    }
+
     /// `POST path` with a JSON body.
     #[allow(dead_code, reason = "used by the e2e tests, not the bench")]
     pub fn post_json(

@@ -4,6 +4,7 @@
 //! worker with a private persisted R2 directory and stops it when done.
 
 mod harness;
+mod incremental;
 mod memory;
 mod migrate;
 mod query;
