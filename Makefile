@@ -64,10 +64,11 @@ e2e: build
 smoke: setup
 	@bash scripts/smoke.sh $(BASE_URL)
 
-## bench: native CPU benchmark, then the end-to-end benchmark (URL=https://... for a deployed worker)
+## bench: native CPU benchmark, the end-to-end benchmark (URL=https://... for a deployed worker), then single vs incremental layouts side by side (local)
 bench: setup build
 	cargo bench --locked --bench sqlite_ops
 	cargo bench --locked --features e2e --bench e2e $(if $(URL),-- --url $(URL))
+	cargo bench --locked --features e2e --bench layouts
 
 ## token: TOKEN_SECRET=... make token USER=a [TTL=3600] prints a per-user token
 token:

@@ -219,6 +219,12 @@ impl LocalWorker {
     }
 
     /// The last lines wrangler printed.
+    /// Everything wrangler and the worker printed so far.
+    #[allow(dead_code, reason = "used by the layouts bench")]
+    pub fn log(&self) -> String {
+        fs::read_to_string(self.state.join("wrangler.log")).unwrap_or_default()
+    }
+
     pub fn log_tail(&self) -> String {
         let log = fs::read_to_string(self.state.join("wrangler.log")).unwrap_or_default();
         let lines: Vec<&str> = log.lines().collect();
