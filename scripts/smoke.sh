@@ -65,6 +65,9 @@ jq -e '
 ' "$body" >/dev/null 2>&1
 check "statuses and actions follow the thresholds" $? "$(jq -c .delay_analysis "$body" 2>/dev/null)"
 
+jq -e '.storage.layout | IN("single", "incremental")' "$body" >/dev/null 2>&1
+check "the report says the storage layout" $? "$(jq -c .storage "$body" 2>/dev/null)"
+
 for table in ${EXPECT_TABLES:-}; do
   jq -e --arg t "$table" '.db_info.tables | index($t) != null' "$body" >/dev/null 2>&1
   check "table $table is listed" $? "$(jq -c .db_info.tables "$body" 2>/dev/null)"
@@ -79,6 +82,12 @@ status=$(post "/db/$USER_ID/v2/pipeline" '{"requests": [{"type": "execute", "stm
 check "the libSQL pipeline answers (stateless: baton null)" \
   "$([ "$status" = 200 ] && jq -e '.baton == null and .results[0].response.result.rows[0][0].value == "1"' "$body" >/dev/null 2>&1; echo $?)" \
   "status $status: $(head -c 300 "$body")"
+
+export_file=$(mktemp)
+status=$(curl -sS -o "$export_file" -w '%{http_code}' --max-time 60 "${auth[@]}" "$BASE_URL/export?user=$USER_ID" 2>/dev/null || echo 000)
+check "GET /export returns the database as one SQLite file" \
+  "$([ "$status" = 200 ] && [ "$(head -c 15 "$export_file")" = "SQLite format 3" ]; echo $?)" "status $status"
+rm -f "$export_file"
 
 status=$(post "/migrate?user=$USER_ID&to=durable_object" '')
 check "POST /migrate moves the user to their Durable Object" \

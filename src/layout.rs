@@ -309,35 +309,42 @@ pub(crate) fn check_route(metadata: &HashMap<String, String>) -> Result<(), Erro
     }
 }
 
-/// A future being joined, and its output once ready.
-type Slot<F> = (Pin<Box<F>>, Option<<F as Future>::Output>);
-
-/// Runs futures together, at most [`PARALLEL_FETCHES`] at a time, and returns their outputs
-/// in order. (A few lines instead of a dependency: the Workers runtime is single-threaded,
-/// so plain polling is all that is needed.)
-pub(crate) async fn join_all<F: Future>(futures: Vec<F>) -> Vec<F::Output> {
-    let mut out = Vec::with_capacity(futures.len());
-    let mut pending: Vec<Pin<Box<F>>> = futures.into_iter().map(Box::pin).collect();
-    while !pending.is_empty() {
-        let rest = pending.split_off(pending.len().min(PARALLEL_FETCHES));
-        let mut wave: Vec<Slot<F>> = pending.into_iter().map(|f| (f, None)).collect();
-        poll_fn(|cx| {
-            let mut done = true;
-            for (f, result) in &mut wave {
-                if result.is_none() {
-                    match f.as_mut().poll(cx) {
-                        Poll::Ready(v) => *result = Some(v),
-                        Poll::Pending => done = false,
-                    }
+/// Runs futures together, at most [`PARALLEL_FETCHES`] at a time (a sliding window: the next
+/// starts as soon as one finishes), and returns their outputs in order. A few lines instead
+/// of a dependency: the Workers runtime is single-threaded, so plain polling is all it takes.
+pub async fn join_all<F: Future>(futures: Vec<F>) -> Vec<F::Output> {
+    let n = futures.len();
+    let mut slots: Vec<Option<Pin<Box<F>>>> =
+        futures.into_iter().map(|f| Some(Box::pin(f))).collect();
+    let mut out: Vec<Option<F::Output>> = (0..n).map(|_| None).collect();
+    let (mut started, mut running) = (0, 0);
+    poll_fn(|cx| {
+        loop {
+            while running < PARALLEL_FETCHES && started < n {
+                started += 1;
+                running += 1;
+            }
+            let mut progressed = false;
+            for (slot, result) in slots[..started].iter_mut().zip(&mut out) {
+                if let Some(f) = slot
+                    && let Poll::Ready(v) = f.as_mut().poll(cx)
+                {
+                    *result = Some(v);
+                    *slot = None;
+                    running -= 1;
+                    progressed = true;
                 }
             }
-            if done { Poll::Ready(()) } else { Poll::Pending }
-        })
-        .await;
-        out.extend(wave.into_iter().filter_map(|(_, r)| r));
-        pending = rest;
-    }
-    out
+            if started == n && running == 0 {
+                return Poll::Ready(());
+            }
+            if !progressed {
+                return Poll::Pending;
+            }
+        }
+    })
+    .await;
+    out.into_iter().flatten().collect()
 }
 
 /// Runs two futures together.
@@ -587,9 +594,91 @@ fn put_back<S, C>(ctx: &Context<'_, S, C>, entry: Entry) {
     }
 }
 
-/// A load that reads `database.sqlite` (and the manifest, unless `known` already holds it; in
-/// parallel otherwise). `cached_single` is a cached copy of a single-layout user, revalidated
-/// by its etag.
+/// `database.sqlite` as a cold load read it: the body is already in an image.
+enum BaseRead {
+    Image {
+        image: sqlite::Image,
+        etag: String,
+        metadata: HashMap<String, String>,
+    },
+    NotModified {
+        metadata: HashMap<String, String>,
+    },
+    Missing,
+    TooLarge(u64),
+}
+
+/// Gets `database.sqlite` and streams its body into a new image. The route is checked before
+/// the body is read: a moved user's body is never downloaded.
+async fn read_base<S: ObjectStore, C: Clock>(
+    ctx: &Context<'_, S, C>,
+    key: &str,
+    if_none_match: Option<&str>,
+) -> Result<BaseRead, Error> {
+    let fetched = with_retries(ctx.clock, &ctx.retry, async || {
+        ctx.store.get(key, ctx.max_db_bytes, if_none_match).await
+    })
+    .await?;
+    Ok(match fetched {
+        Fetched::Found(object) => {
+            check_route(&object.metadata)?;
+            // One copy, straight into the image buffer; none in JS.
+            let mut image = sqlite::Image::allocate(object.body.len())?;
+            object
+                .body
+                .read_into(image.bytes_mut())
+                .await
+                .map_err(Error::StorageUnavailable)?;
+            BaseRead::Image {
+                image,
+                etag: object.etag,
+                metadata: object.metadata,
+            }
+        }
+        Fetched::NotModified { metadata } => BaseRead::NotModified { metadata },
+        Fetched::Missing => BaseRead::Missing,
+        Fetched::TooLarge { size_bytes } => BaseRead::TooLarge(size_bytes),
+    })
+}
+
+/// The manifest (unless already `known`) and, for a live one, every delta it lists, fetched
+/// while the base is still downloading. `None` for the deltas: one was missing (compaction
+/// removed it after the manifest was read).
+async fn manifest_and_deltas<S: ObjectStore, C: Clock>(
+    ctx: &Context<'_, S, C>,
+    user: &UserId,
+    known: Option<Option<FetchedManifest>>,
+) -> Result<(Option<FetchedManifest>, Option<Vec<Vec<u8>>>), Error> {
+    let manifest = match known {
+        Some(m) => m,
+        None => {
+            let key = user.manifest_key();
+            match with_retries(ctx.clock, &ctx.retry, async || {
+                ctx.store.get(&key, MANIFEST_MAX_BYTES, None).await
+            })
+            .await?
+            {
+                Fetched::Found(object) => Some(parse_manifest(object).await?),
+                Fetched::Missing | Fetched::NotModified { .. } => None,
+                Fetched::TooLarge { size_bytes } => {
+                    return Err(corrupt(format!("manifest.json is {size_bytes} bytes")));
+                }
+            }
+        }
+    };
+    let deltas = match &manifest {
+        Some((m, _, metadata)) if !m.retired => {
+            check_route(metadata)?;
+            fetch_deltas(ctx, &m.deltas).await?
+        }
+        _ => Some(vec![]),
+    };
+    Ok((manifest, deltas))
+}
+
+/// A load that reads `database.sqlite` and the manifest (unless `known` already holds it) in
+/// parallel, and the manifest's deltas while the base downloads. `cached_single` is a cached
+/// copy of a single-layout user, revalidated by its etag.
 async fn cold<S: ObjectStore, C: Clock>(
     ctx: &Context<'_, S, C>,
     user: &UserId,
@@ -598,40 +687,16 @@ async fn cold<S: ObjectStore, C: Clock>(
 ) -> Result<Step<Built>, Error> {
     let clock = ctx.clock;
     let base_key = user.db_key();
-    let manifest_key = user.manifest_key();
     let base_etag = match cached_single.as_ref().map(|e| &e.stored) {
         Some(Stored::Single { etag, .. }) => Some(etag.clone()),
         _ => None,
     };
-    let get_base = async || {
-        with_retries(clock, &ctx.retry, async || {
-            ctx.store
-                .get(&base_key, ctx.max_db_bytes, base_etag.as_deref())
-                .await
-        })
-        .await
-    };
-    let (manifest, base) = match known {
-        Some(m) => (m, get_base().await?),
-        None => {
-            let get_manifest = async || {
-                with_retries(clock, &ctx.retry, async || {
-                    ctx.store.get(&manifest_key, MANIFEST_MAX_BYTES, None).await
-                })
-                .await
-            };
-            let (m, b) = join2(get_manifest(), get_base()).await;
-            let m = match m? {
-                Fetched::Found(object) => Some(parse_manifest(object).await?),
-                Fetched::Missing => None,
-                Fetched::TooLarge { size_bytes } => {
-                    return Err(corrupt(format!("manifest.json is {size_bytes} bytes")));
-                }
-                Fetched::NotModified { .. } => None,
-            };
-            (m, b?)
-        }
-    };
+    let (listed, base) = join2(
+        manifest_and_deltas(ctx, user, known),
+        read_base(ctx, &base_key, base_etag.as_deref()),
+    )
+    .await;
+    let (manifest, prefetched) = listed?;
     let miss = match (&cached_single, ctx.cache) {
         (Some(_), _) => CacheStatus::Stale,
         (None, Some(_)) => CacheStatus::Miss,
@@ -644,35 +709,30 @@ async fn cold<S: ObjectStore, C: Clock>(
     };
     // The single layout (or a retired manifest): database.sqlite is the database.
     let Some((m, m_etag, m_metadata)) = live else {
-        return single(ctx, base, cached_single, retired_manifest, miss).await;
+        return single(ctx, base?, cached_single, retired_manifest, miss);
     };
-    check_route(&m_metadata)?;
-    let object = match base {
-        Fetched::Found(object) => object,
-        Fetched::TooLarge { size_bytes } => {
+    let (mut image, base_etag, base_metadata) = match base? {
+        BaseRead::Image {
+            image,
+            etag,
+            metadata,
+        } => (image, etag, metadata),
+        BaseRead::TooLarge(size_bytes) => {
             return Err(Error::DatabaseTooLarge {
                 size_bytes,
                 max_bytes: ctx.max_db_bytes,
             });
         }
-        Fetched::Missing | Fetched::NotModified { .. } => {
+        BaseRead::Missing | BaseRead::NotModified { .. } => {
             return Err(corrupt(format!(
                 "{base_key} is missing but manifest.json lists it as the base; nothing was changed (restore the base, or delete manifest.json to start over from nothing)"
             )));
         }
     };
-    // A move in progress freezes the base too.
-    check_route(&object.metadata)?;
-    let mut image = sqlite::Image::allocate(object.body.len())?;
-    object
-        .body
-        .read_into(image.bytes_mut())
-        .await
-        .map_err(Error::StorageUnavailable)?;
-    let covered = if object.etag == m.base.etag {
+    let covered = if base_etag == m.base.etag {
         Some(m.base.seq)
-    } else if object.metadata.get(LINEAGE_KEY) == Some(&m.lineage) {
-        let covers: Option<u64> = object.metadata.get(COVERS_KEY).and_then(|v| v.parse().ok());
+    } else if base_metadata.get(LINEAGE_KEY) == Some(&m.lineage) {
+        let covers: Option<u64> = base_metadata.get(COVERS_KEY).and_then(|v| v.parse().ok());
         match covers {
             // A newer compaction than this manifest knows: the manifest is stale.
             Some(k) if k > m.seq => return Ok(Step::Restart),
@@ -690,26 +750,18 @@ async fn cold<S: ObjectStore, C: Clock>(
         None
     };
     let Some(covered) = covered else {
-        return adopt_outside(
-            ctx,
-            user,
-            image,
-            object.etag,
-            object.metadata,
-            m,
-            m_etag,
-            miss,
-        )
-        .await;
+        return adopt_outside(ctx, user, image, base_etag, base_metadata, m, m_etag, miss).await;
+    };
+    let Some(prefetched) = prefetched else {
+        return Ok(Step::Restart);
     };
     let tail = m
         .deltas_after(covered)
         .ok_or_else(|| corrupt("manifest.json skips sequence numbers".into()))?;
-    let Some(deltas) = fetch_deltas(ctx, tail).await? else {
-        return Ok(Step::Restart);
-    };
+    // The prefetch holds every listed delta; those the base already contains are skipped.
+    let skip = prefetched.len() - tail.len();
     let parse_start = clock.now_ms();
-    apply_all(image.vec_mut(), &deltas, tail)?;
+    apply_all(image.vec_mut(), &prefetched[skip..], tail)?;
     let applied = u32::try_from(tail.len()).unwrap_or(u32::MAX);
     let loaded = sqlite::open(image)?;
     let parse_ms = clock.now_ms() - parse_start;
@@ -719,7 +771,7 @@ async fn cold<S: ObjectStore, C: Clock>(
             manifest: Box::new(m),
             etag: m_etag,
         },
-        base_etag: Some(object.etag),
+        base_etag: Some(base_etag),
         version: version_of(&m_metadata),
         converted_from_wal: loaded.header.wal_mode,
         cache: miss,
@@ -730,9 +782,9 @@ async fn cold<S: ObjectStore, C: Clock>(
     }))
 }
 
-async fn single<S: ObjectStore, C: Clock, B: Body>(
+fn single<S, C: Clock>(
     ctx: &Context<'_, S, C>,
-    base: Fetched<B>,
+    base: BaseRead,
     cached: Option<Entry>,
     retired_manifest: Option<String>,
     miss: CacheStatus,
@@ -756,7 +808,7 @@ async fn single<S: ObjectStore, C: Clock, B: Body>(
         outside: None,
     };
     match (base, cached) {
-        (Fetched::NotModified { metadata }, Some(entry)) => {
+        (BaseRead::NotModified { metadata }, Some(entry)) => {
             if let Err(e) = check_route(&metadata) {
                 // The copy is still current; keep it, so the next check is as cheap.
                 put_back(ctx, entry);
@@ -776,14 +828,14 @@ async fn single<S: ObjectStore, C: Clock, B: Body>(
                 0.0,
             )))
         }
-        (Fetched::NotModified { .. }, None) => Err(Error::Internal {
+        (BaseRead::NotModified { .. }, None) => Err(Error::Internal {
             detail: "store answered 'not modified' to an unconditional get".into(),
         }),
-        (Fetched::TooLarge { size_bytes }, _) => Err(Error::DatabaseTooLarge {
+        (BaseRead::TooLarge(size_bytes), _) => Err(Error::DatabaseTooLarge {
             size_bytes,
             max_bytes: ctx.max_db_bytes,
         }),
-        (Fetched::Missing, _) => {
+        (BaseRead::Missing, _) => {
             let parse_start = ctx.clock.now_ms();
             let conn = sqlite::create()?;
             let parse_ms = ctx.clock.now_ms() - parse_start;
@@ -791,23 +843,21 @@ async fn single<S: ObjectStore, C: Clock, B: Body>(
                 conn, None, None, false, miss, true, parse_ms,
             )))
         }
-        (Fetched::Found(object), _) => {
-            // Checked before the body is read: a moved user's body is never downloaded.
-            check_route(&object.metadata)?;
-            let version = version_of(&object.metadata);
-            // The body streams straight into the image buffer: one copy, none in JS.
-            let mut image = sqlite::Image::allocate(object.body.len())?;
-            object
-                .body
-                .read_into(image.bytes_mut())
-                .await
-                .map_err(Error::StorageUnavailable)?;
+        (
+            BaseRead::Image {
+                image,
+                etag,
+                metadata,
+            },
+            _,
+        ) => {
+            let version = version_of(&metadata);
             let parse_start = ctx.clock.now_ms();
             let loaded = sqlite::open(image)?;
             let parse_ms = ctx.clock.now_ms() - parse_start;
             Ok(Step::Done(built(
                 loaded.conn,
-                Some(object.etag),
+                Some(etag),
                 version,
                 loaded.header.wal_mode,
                 miss,
@@ -1361,4 +1411,98 @@ pub async fn sweep<S: ObjectStore, C: Clock>(
         swept.deleted += 1;
     }
     Ok(swept)
+}
+
+#[cfg(test)]
+mod tests {
+    #[cfg(all(target_family = "wasm", target_os = "unknown"))]
+    use wasm_bindgen_test::wasm_bindgen_test as test;
+
+    use std::cell::Cell;
+    use std::rc::Rc;
+
+    use super::*;
+
+    /// A future that is pending on its first poll and ready on a later one, counting how many
+    /// are in flight at once.
+    struct Hop {
+        id: usize,
+        started: bool,
+        in_flight: Rc<Cell<usize>>,
+        peak: Rc<Cell<usize>>,
+        polls_left: usize,
+    }
+
+    impl Future for Hop {
+        type Output = usize;
+        fn poll(mut self: Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> Poll<usize> {
+            if !self.started {
+                self.started = true;
+                self.in_flight.set(self.in_flight.get() + 1);
+                self.peak.set(self.peak.get().max(self.in_flight.get()));
+            }
+            if self.polls_left == 0 {
+                self.in_flight.set(self.in_flight.get() - 1);
+                return Poll::Ready(self.id);
+            }
+            self.polls_left -= 1;
+            cx.waker().wake_by_ref();
+            Poll::Pending
+        }
+    }
+
+    /// At most six run at once, a finished one is replaced at once, and outputs keep order.
+    #[test]
+    fn join_all_keeps_order_and_the_connection_limit() {
+        let (in_flight, peak) = (Rc::new(Cell::new(0)), Rc::new(Cell::new(0)));
+        let hops: Vec<Hop> = (0..20)
+            .map(|id| Hop {
+                id,
+                started: false,
+                in_flight: Rc::clone(&in_flight),
+                peak: Rc::clone(&peak),
+                polls_left: 1 + id % 4,
+            })
+            .collect();
+        let out = pollster::block_on(join_all(hops));
+        assert_eq!(out, (0..20).collect::<Vec<_>>());
+        assert_eq!(peak.get(), PARALLEL_FETCHES);
+        assert_eq!(in_flight.get(), 0);
+    }
+
+    /// The compaction policy: a count or a share of the base.
+    #[test]
+    fn compaction_thresholds() {
+        let policy = CompactionPolicy::default();
+        let mut m = Manifest::new(
+            "l".into(),
+            BaseRef {
+                etag: "e".into(),
+                seq: 0,
+                change_counter: 1,
+                size: 1_000_000,
+            },
+        );
+        let delta = |seq, size| DeltaRef {
+            key: format!("k{seq}"),
+            seq,
+            size,
+            checksum: String::new(),
+            change_counter: 0,
+            len: 0,
+        };
+        m.deltas = (1..=31).map(|s| delta(s, 1000)).collect();
+        assert!(!policy.due(&m));
+        m.deltas.push(delta(32, 1000));
+        assert!(policy.due(&m), "32 deltas");
+        m.deltas = vec![delta(1, 250_000)];
+        assert!(policy.due(&m), "25 % of the base");
+        // Deltas after a sequence number: complete, or none when some are missing.
+        m.seq = 3;
+        m.deltas = (1..=3).map(|s| delta(s, 1)).collect();
+        assert_eq!(m.deltas_after(1).map(<[DeltaRef]>::len), Some(2));
+        assert_eq!(m.deltas_after(3).map(<[DeltaRef]>::len), Some(0));
+        m.deltas.remove(1);
+        assert!(m.deltas_after(0).is_none());
+    }
 }
