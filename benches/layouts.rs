@@ -45,11 +45,13 @@ use runner::Client;
 const CLASS_A_PER_M: f64 = 4.50;
 const CLASS_B_PER_M: f64 = 0.36;
 
-/// Deltas left pending before the cold-load measurement (half the default compaction count).
-const PENDING_DELTAS: usize = 16;
-
 struct Args {
     requests: usize,
+    /// Deltas left pending before the cold-load measurement; 0: as many as the default
+    /// compaction policy lets pile up at each size (the worst case a cold load meets).
+    pending: usize,
+    /// Only the cold loads.
+    cold_only: bool,
     sizes_kb: Vec<usize>,
     cold_sizes_kb: Vec<usize>,
 }
@@ -57,6 +59,8 @@ struct Args {
 fn parse_args() -> Args {
     let mut args = Args {
         requests: 15,
+        pending: 0,
+        cold_only: false,
         sizes_kb: vec![1024, 5120, 20_480, 32_768],
         cold_sizes_kb: vec![1024, 5120, 20_480],
     };
@@ -78,6 +82,10 @@ fn parse_args() -> Args {
                     .collect();
                 args.cold_sizes_kb = args.sizes_kb.clone();
             }
+            "--pending" => {
+                args.pending = it.next().and_then(|n| n.parse().ok()).expect("--pending N");
+            }
+            "--cold-only" => args.cold_only = true,
             "--bench" => {}
             other => panic!("unknown argument {other}"),
         }
@@ -239,19 +247,42 @@ fn cold_loads(args: &Args, md: &mut String, raw: &mut Vec<Value>) {
     let single = start(&vars("single", "0", &[]));
     let inc = start(&vars("incremental", "0", no_compaction));
     let (cs, ci) = (Client::new(&single.base), Client::new(&inc.base));
-    writeln!(md, "\n### Cold loads (cache off; `GET /?save=never`; incremental with {PENDING_DELTAS} deltas pending)\n").unwrap();
-    writeln!(md, "| size | single load p50 ms | incremental load p50 ms | ratio | single client p50 ms | incremental client p50 ms | ratio |").unwrap();
-    writeln!(md, "|---|---|---|---|---|---|---|").unwrap();
+    let pending_note = if args.pending == 0 {
+        "as many deltas pending as the default compaction policy allows at that size (the worst case)".to_owned()
+    } else {
+        format!("{} deltas pending", args.pending)
+    };
+    writeln!(
+        md,
+        "\n### Cold loads (cache off; `GET /?save=never`; incremental: {pending_note})\n"
+    )
+    .unwrap();
+    writeln!(md, "| size | deltas pending | single load p50 ms | incremental load p50 ms | ratio | single client p50 ms | incremental client p50 ms | ratio |").unwrap();
+    writeln!(md, "|---|---|---|---|---|---|---|---|").unwrap();
     for &kb in &args.cold_sizes_kb {
         let user = format!("c{kb}");
         let bytes = image(kb);
         let key = format!("{user}/database.sqlite");
         single.put_object(&key, &bytes);
         inc.put_object(&key, &bytes);
-        for id in 0..PENDING_DELTAS {
-            cs.query_at("/query", &user, &insert_body(id));
-            let answer = ci.query_at("/query", &user, &insert_body(id));
+        let policy = workers_sqlite_poc::layout::CompactionPolicy::default();
+        let mut pending = 0;
+        loop {
+            cs.query_at("/query", &user, &insert_body(pending));
+            let answer = ci.query_at("/query", &user, &insert_body(pending));
             assert_eq!(answer.json["storage"]["layout"], "incremental");
+            pending += 1;
+            let manifest: workers_sqlite_poc::layout::Manifest =
+                serde_json::from_slice(&inc.object(&format!("{user}/manifest.json")).unwrap())
+                    .unwrap();
+            let enough = if args.pending == 0 {
+                policy.due(&manifest)
+            } else {
+                pending >= args.pending
+            };
+            if enough {
+                break;
+            }
         }
         let path = format!("/?user={user}&save=never");
         let (mut sl, mut il, mut sc, mut ic) = (vec![], vec![], vec![], vec![]);
@@ -259,7 +290,7 @@ fn cold_loads(args: &Args, md: &mut String, raw: &mut Vec<Value>) {
             let a = cs.get(&path);
             let b = ci.get(&path);
             assert_eq!(
-                b.json["storage"]["deltas_applied"], PENDING_DELTAS as u64,
+                b.json["storage"]["deltas_applied"], pending as u64,
                 "{}",
                 b.json
             );
@@ -290,7 +321,7 @@ fn cold_loads(args: &Args, md: &mut String, raw: &mut Vec<Value>) {
             d / c
         )
         .unwrap();
-        raw.push(json!({"phase": "cold_load", "size_kb": kb, "single_load_ms": sl, "incremental_load_ms": il, "single_client_ms": sc, "incremental_client_ms": ic}));
+        raw.push(json!({"phase": "cold_load", "size_kb": kb, "pending": pending, "single_load_ms": sl, "incremental_load_ms": il, "single_client_ms": sc, "incremental_client_ms": ic}));
     }
 }
 
@@ -431,8 +462,10 @@ fn main() {
         std::env::consts::ARCH
     )
     .unwrap();
-    operations(&mut md);
-    writes(&args, &mut md, &mut raw);
+    if !args.cold_only {
+        operations(&mut md);
+        writes(&args, &mut md, &mut raw);
+    }
     cold_loads(&args, &mut md, &mut raw);
     println!("{md}");
     let dir = out_dir();

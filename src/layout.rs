@@ -88,11 +88,15 @@ pub struct CompactionPolicy {
 }
 
 impl Default for CompactionPolicy {
-    /// 32 deltas or 25 % of the base; a 10-minute grace.
+    /// 16 deltas or 2 % of the base; a 10-minute grace. Each pending delta is one more get
+    /// on a cold load (6 at a time, after the manifest); compaction is a background upload of
+    /// the base. So small databases, whose base is cheap to rewrite and quick to download
+    /// (the deltas' round trip would show), compact after a few writes, and large ones every
+    /// 16 (their deltas download while the base does). BENCHMARKS.md "Layouts" measures it.
     fn default() -> Self {
         Self {
-            max_deltas: 32,
-            max_delta_percent: 25,
+            max_deltas: 16,
+            max_delta_percent: 2,
             sweep_grace_ms: 10 * 60 * 1000,
         }
     }
@@ -1150,7 +1154,7 @@ pub struct Compacted {
 #[derive(Debug)]
 pub struct FrozenBase {
     /// The image.
-    pub conn: Connection,
+    pub image: Vec<u8>,
     /// `database.sqlite`'s etag now.
     pub etag: String,
     /// Its `db-version`.
@@ -1160,13 +1164,13 @@ pub struct FrozenBase {
 }
 
 /// Folds the deltas into a new base (`database.sqlite`, `If-Match` the base read), then
-/// commits a manifest without them (`If-Match` the manifest read), then deletes them, then
-/// sweeps. With `retire`, the manifest is retired instead (the user returns to the single
-/// layout), and `route` (a move's `moving`) is set on both objects.
+/// commits a manifest without them (`If-Match` the manifest read; writes committed meanwhile
+/// are kept in it), then deletes the folded deltas, then sweeps. With `retire`, the manifest
+/// is retired instead (the user returns to the single layout).
 ///
 /// Safe to run at any time and to stop at any step: until the manifest put, loaders still
-/// find every delta they need (the new base says which deltas it covers); after it, the old
-/// deltas are referenced by nothing.
+/// find every delta they need (the new base says which deltas it covers); after it, the
+/// folded deltas are referenced by nothing.
 pub async fn compact<S: ObjectStore, C: Clock>(
     ctx: &Context<'_, S, C>,
     user: &UserId,
@@ -1176,9 +1180,9 @@ pub async fn compact<S: ObjectStore, C: Clock>(
     Ok(compacted)
 }
 
-/// For a move: folds and retires the manifest with `route=moving` on the new base, so the
-/// move can copy one complete, frozen `database.sqlite`. `None` when the user has no live
-/// manifest (the move freezes the single object itself).
+/// For a move: folds and retires the manifest with `route=moving` on the new base and the
+/// manifest, so the move can copy one complete, frozen `database.sqlite`. `None` when the
+/// user has no live manifest (the move freezes the single object itself).
 pub(crate) async fn freeze_for_move<S: ObjectStore, C: Clock>(
     ctx: &Context<'_, S, C>,
     user: &UserId,
@@ -1189,6 +1193,9 @@ pub(crate) async fn freeze_for_move<S: ObjectStore, C: Clock>(
         _ => Ok(frozen),
     }
 }
+
+/// Times the manifest put is re-tried over writes that commit during a compaction.
+const ADOPT_ATTEMPTS: u32 = 8;
 
 async fn compact_inner<S: ObjectStore, C: Clock>(
     ctx: &Context<'_, S, C>,
@@ -1202,9 +1209,8 @@ async fn compact_inner<S: ObjectStore, C: Clock>(
         cache: None,
         ..*ctx
     };
-    let mut result = None;
     for attempt in 0..LOAD_ATTEMPTS {
-        // First from the cache (no second copy in memory); after a lost race, from R2.
+        // First from the cache; after a lost race, from R2.
         let lctx = if attempt == 0 { ctx } else { &uncached };
         let mut loaded = crate::pipeline::load(lctx, user).await?;
         let Stored::Incremental { manifest, etag } = &loaded.stored else {
@@ -1220,124 +1226,149 @@ async fn compact_inner<S: ObjectStore, C: Clock>(
             .base_etag
             .clone()
             .unwrap_or_else(|| m.base.etag.clone());
+        let version = loaded.version;
+        // A snapshot, so the cached copy goes back at once: requests arriving while the new
+        // base uploads keep their cache hit instead of loading the database again.
+        let image = sqlite::export(&mut loaded.conn)?.to_vec();
+        crate::pipeline::keep_loaded(ctx, user, loaded);
         let write_id = format!("{:016x}-compact-{}", ctx.nonce, m.seq);
         let mut metadata = vec![
             (WRITE_ID_KEY, write_id.clone()),
             (LINEAGE_KEY, m.lineage.clone()),
             (COVERS_KEY, m.seq.to_string()),
         ];
-        if let Some(v) = loaded.version {
+        if let Some(v) = version {
             metadata.push((DB_VERSION_KEY, v.to_string()));
         }
         if let Some(r) = route {
             metadata.push((ROUTE_KEY, r.to_owned()));
         }
-        let (put, change_counter, size) = {
-            let image = sqlite::export(&mut loaded.conn)?;
-            let put = with_retries(clock, &ctx.retry, async || {
-                ctx.store
-                    .put(
-                        &user.db_key(),
-                        &image,
-                        &metadata,
-                        &PutCondition::IfMatch(base_etag.clone()),
-                    )
-                    .await
-            })
-            .await?;
-            (put, header::change_counter(&image), image.len() as u64)
-        };
-        let PutOutcome::Stored { etag: new_base } = put else {
-            // Another compaction, or an outside writer: the next load sorts out which.
-            continue;
-        };
-        let mut next = Manifest::new(
-            m.lineage.clone(),
-            BaseRef {
-                etag: new_base.clone(),
-                seq: m.seq,
-                change_counter,
-                size,
-            },
-        );
-        next.retired = retire;
-        next.conflicts = m.conflicts.clone();
-        let mut m_metadata = manifest_metadata(&write_id, loaded.version);
-        if let Some(r) = route {
-            m_metadata.push((ROUTE_KEY, r.to_owned()));
-        }
-        let bytes = manifest_bytes(&next)?;
         let put = with_retries(clock, &ctx.retry, async || {
             ctx.store
                 .put(
-                    &user.manifest_key(),
-                    &bytes,
-                    &m_metadata,
-                    &PutCondition::IfMatch(m_etag.clone()),
+                    &user.db_key(),
+                    &image,
+                    &metadata,
+                    &PutCondition::IfMatch(base_etag.clone()),
                 )
                 .await
         })
         .await?;
-        let PutOutcome::Stored { etag: new_manifest } = put else {
-            // A write committed after our load: fold again, from the base just written.
+        let PutOutcome::Stored { etag: new_base } = put else {
+            // Another compaction, or an outside writer: the next load sorts out which.
+            continue;
+        };
+        let base = BaseRef {
+            etag: new_base.clone(),
+            seq: m.seq,
+            change_counter: header::change_counter(&image),
+            size: image.len() as u64,
+        };
+        let Some((next, _)) = commit_compaction(
+            ctx, user, &m, &m_etag, base, retire, route, &write_id, version,
+        )
+        .await?
+        else {
+            // Writes kept committing (or, retiring, one did): fold again from the new base.
             continue;
         };
         let mut deleted = 0;
         for d in &m.deltas {
-            if next.references(&d.key) {
-                continue;
-            }
-            if ctx.store.delete(&d.key).await.is_ok() {
+            if !next.references(&d.key) && ctx.store.delete(&d.key).await.is_ok() {
                 deleted += 1;
             }
         }
-        loaded.stored = if retire {
-            Stored::Single {
-                etag: new_base.clone(),
-                retired_manifest: Some(new_manifest),
-            }
-        } else {
-            Stored::Incremental {
-                manifest: Box::new(next),
-                etag: new_manifest,
-            }
+        let frozen = route.is_some().then(|| FrozenBase {
+            image,
+            etag: new_base,
+            version,
+            write_id,
+        });
+        let mut compacted = Compacted {
+            outcome: if retire { "retired" } else { "compacted" },
+            deltas_folded: m.deltas.len(),
+            deltas_deleted: deleted,
+            base_bytes: next.base.size,
+            ms: 0.0,
+            swept: None,
         };
-        loaded.base_etag = Some(new_base.clone());
-        sqlite::clear_changes(&mut loaded.conn);
-        let frozen = if route.is_some() {
-            Some(FrozenBase {
-                conn: loaded.conn,
-                etag: new_base,
-                version: loaded.version,
-                write_id,
-            })
-        } else {
-            crate::pipeline::keep_loaded(ctx, user, loaded);
-            None
+        if route.is_none() {
+            compacted.swept = sweep(ctx, user).await.ok();
+        }
+        compacted.ms = clock.now_ms() - start;
+        return Ok((compacted, frozen));
+    }
+    let mut lost = nothing(clock, start);
+    lost.outcome = "lost_race";
+    Ok((lost, None))
+}
+
+/// Commits the manifest that follows a compaction of `m` into `base`: `If-Match` the manifest
+/// read; when writes committed in between, re-reads it and keeps their deltas (those after
+/// `m.seq`), a few times. Retiring cannot keep later deltas, so then it gives up (`None`).
+#[allow(clippy::too_many_arguments)]
+async fn commit_compaction<S: ObjectStore, C: Clock>(
+    ctx: &Context<'_, S, C>,
+    user: &UserId,
+    m: &Manifest,
+    m_etag: &str,
+    base: BaseRef,
+    retire: bool,
+    route: Option<&str>,
+    write_id: &str,
+    version: Option<u64>,
+) -> Result<Option<(Manifest, String)>, Error> {
+    let key = user.manifest_key();
+    let (mut current, mut current_etag) = (m.clone(), m_etag.to_owned());
+    for _ in 0..ADOPT_ATTEMPTS {
+        let mut next = Manifest::new(m.lineage.clone(), base.clone());
+        next.retired = retire;
+        next.conflicts = current.conflicts.clone();
+        if !retire {
+            next.deltas = current.deltas_after(m.seq).unwrap_or_default().to_vec();
+            next.seq = current.seq;
+        }
+        let mut metadata = manifest_metadata(write_id, version);
+        if let Some(r) = route {
+            metadata.push((ROUTE_KEY, r.to_owned()));
+        }
+        let bytes = manifest_bytes(&next)?;
+        let put = with_retries(ctx.clock, &ctx.retry, async || {
+            ctx.store
+                .put(
+                    &key,
+                    &bytes,
+                    &metadata,
+                    &PutCondition::IfMatch(current_etag.clone()),
+                )
+                .await
+        })
+        .await?;
+        if let PutOutcome::Stored { etag } = put {
+            return Ok(Some((next, etag)));
+        }
+        if retire {
+            return Ok(None);
+        }
+        let fetched = with_retries(ctx.clock, &ctx.retry, async || {
+            ctx.store.get(&key, MANIFEST_MAX_BYTES, None).await
+        })
+        .await?;
+        let Fetched::Found(object) = fetched else {
+            return Ok(None);
         };
-        result = Some((
-            Compacted {
-                outcome: if retire { "retired" } else { "compacted" },
-                deltas_folded: m.deltas.len(),
-                deltas_deleted: deleted,
-                base_bytes: size,
-                ms: 0.0,
-                swept: None,
-            },
-            frozen,
-        ));
-        break;
+        let (latest, etag, _) = parse_manifest(object).await?;
+        // Only the same history, still on the old base, with every write after m kept.
+        if latest.retired
+            || latest.lineage != m.lineage
+            || latest.base.seq > m.seq
+            || latest.deltas_after(m.seq).is_none()
+        {
+            return Ok(None);
+        }
+        (current, current_etag) = (latest, etag);
     }
-    let Some((mut compacted, frozen)) = result else {
-        let mut lost = nothing(clock, start);
-        lost.outcome = "lost_race";
-        return Ok((lost, None));
-    };
-    if route.is_none() {
-        compacted.swept = sweep(ctx, user).await.ok();
-    }
-    compacted.ms = clock.now_ms() - start;
-    Ok((compacted, frozen))
+    Ok(None)
 }
 
 fn nothing<C: Clock>(clock: &C, start: f64) -> Compacted {
@@ -1491,12 +1522,14 @@ mod tests {
             change_counter: 0,
             len: 0,
         };
-        m.deltas = (1..=31).map(|s| delta(s, 1000)).collect();
+        m.deltas = (1..=15).map(|s| delta(s, 1000)).collect();
         assert!(!policy.due(&m));
-        m.deltas.push(delta(32, 1000));
-        assert!(policy.due(&m), "32 deltas");
-        m.deltas = vec![delta(1, 250_000)];
-        assert!(policy.due(&m), "25 % of the base");
+        m.deltas.push(delta(16, 1000));
+        assert!(policy.due(&m), "16 deltas");
+        m.deltas = vec![delta(1, 19_999)];
+        assert!(!policy.due(&m));
+        m.deltas = vec![delta(1, 20_000)];
+        assert!(policy.due(&m), "2 % of the base");
         // Deltas after a sequence number: complete, or none when some are missing.
         m.seq = 3;
         m.deltas = (1..=3).map(|s| delta(s, 1)).collect();

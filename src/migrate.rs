@@ -116,10 +116,9 @@ async fn freeze<S: ObjectStore, C: Clock>(
     let key = user.db_key();
     // A user in the incremental layout is folded into one complete, frozen database.sqlite
     // (and their manifest retired) first; writers then meet the freeze either way.
-    if let Some(mut frozen) = crate::layout::freeze_for_move(ctx, user).await? {
-        let bytes = crate::sqlite::export(&mut frozen.conn)?;
-        let mut image = Image::allocate(bytes.len())?;
-        image.bytes_mut().copy_from_slice(&bytes);
+    if let Some(frozen) = crate::layout::freeze_for_move(ctx, user).await? {
+        let mut image = Image::allocate(frozen.image.len())?;
+        image.bytes_mut().copy_from_slice(&frozen.image);
         return Ok((
             image,
             frozen.version.map(|v| v.to_string()),

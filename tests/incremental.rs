@@ -342,6 +342,89 @@ fn write_between_compaction_steps_is_kept() {
     assert_eq!(hits(&faulty.inner.bytes(BASE).unwrap()), [1, 2, 3, 4]);
 }
 
+/// A store that runs `hook` once, right after compaction's base put lands: another writer
+/// committing between compaction's two puts.
+struct Interleaved<'a> {
+    inner: &'a MemoryStore,
+    hook: std::cell::RefCell<Option<Box<dyn FnOnce() + 'a>>>,
+}
+
+impl ObjectStore for Interleaved<'_> {
+    type Body = std::rc::Rc<[u8]>;
+    async fn get(
+        &self,
+        key: &str,
+        max: u64,
+        inm: Option<&str>,
+    ) -> Result<workers_sqlite_poc::store::Fetched<Self::Body>, workers_sqlite_poc::store::StoreError>
+    {
+        self.inner.get(key, max, inm).await
+    }
+    async fn head(
+        &self,
+        key: &str,
+    ) -> Result<Option<workers_sqlite_poc::store::ObjectHead>, workers_sqlite_poc::store::StoreError>
+    {
+        self.inner.head(key).await
+    }
+    async fn put(
+        &self,
+        key: &str,
+        bytes: &[u8],
+        metadata: &[(&str, String)],
+        condition: &workers_sqlite_poc::store::PutCondition,
+    ) -> Result<workers_sqlite_poc::store::PutOutcome, workers_sqlite_poc::store::StoreError> {
+        let out = self.inner.put(key, bytes, metadata, condition).await;
+        if key == BASE && metadata.iter().any(|(k, _)| *k == "covers-seq") {
+            if let Some(hook) = self.hook.borrow_mut().take() {
+                hook();
+            }
+        }
+        out
+    }
+    async fn delete(&self, key: &str) -> Result<(), workers_sqlite_poc::store::StoreError> {
+        self.inner.delete(key).await
+    }
+    async fn list(
+        &self,
+        prefix: &str,
+    ) -> Result<Vec<workers_sqlite_poc::store::Listed>, workers_sqlite_poc::store::StoreError> {
+        self.inner.list(prefix).await
+    }
+}
+
+/// Writes that commit while a compaction runs do not make it start over: it commits its
+/// manifest over theirs, keeping their deltas, and deletes only what it folded.
+#[test]
+fn compaction_keeps_writes_that_commit_meanwhile() {
+    let store = seeded();
+    let clock = StepClock::stepping(1.0);
+    let ctx = incremental(&store, &clock, None);
+    for id in 1..=3 {
+        write(&ctx, id).unwrap();
+    }
+    let interleaved = Interleaved {
+        inner: &store,
+        hook: std::cell::RefCell::new(Some(Box::new(|| {
+            write(&incremental(&store, &clock, None), 4).unwrap();
+            write(&incremental(&store, &clock, None), 5).unwrap();
+        }))),
+    };
+    let done = block(layout::compact(
+        &incremental(&interleaved, &clock, None),
+        &user(),
+        false,
+    ))
+    .unwrap();
+    assert_eq!(done.outcome, "compacted");
+    assert_eq!((done.deltas_folded, done.deltas_deleted), (3, 3));
+    let m = manifest(&store).unwrap();
+    assert_eq!((m.base.seq, m.seq), (3, 5));
+    assert_eq!(m.deltas.iter().map(|d| d.seq).collect::<Vec<_>>(), [4, 5]);
+    assert_eq!(hits(&store.bytes(BASE).unwrap()), [1, 2, 3]);
+    assert_eq!(hits(&current(&store)), [1, 2, 3, 4, 5]);
+}
+
 /// `LAYOUT=single` on a user with a manifest: the write is committed as a delta and the
 /// follow-up retires the manifest, leaving one complete object that single writes replace.
 #[test]
