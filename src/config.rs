@@ -237,6 +237,24 @@ mod tests {
         ]))
         .unwrap();
         assert_eq!(c.cache_max_bytes, 0);
+        assert_eq!(c.layout, crate::layout::Layout::Incremental, "the default");
+        let single = Config::from_lookup(lookup(&[
+            ("LAYOUT", "single"),
+            ("COMPACT_AFTER_DELTAS", "3"),
+            ("COMPACT_DELTA_PERCENT", "50"),
+            ("SWEEP_GRACE_MS", "0"),
+        ]))
+        .unwrap();
+        assert_eq!(single.layout, crate::layout::Layout::Single);
+        assert_eq!(
+            (
+                single.compaction.max_deltas,
+                single.compaction.max_delta_percent,
+                single.compaction.sweep_grace_ms
+            ),
+            (3, 50, 0)
+        );
+        assert!(Config::from_lookup(lookup(&[("LAYOUT", "fast")])).is_err());
         assert_eq!(c.auth_token.as_deref(), Some("s3cret"));
         assert!(c.allow_anonymous);
         assert_eq!(c.max_db_bytes, 1_048_576);

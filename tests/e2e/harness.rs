@@ -54,9 +54,14 @@ pub struct Answer {
 
 impl LocalWorker {
     /// Seeds local R2 with `objects` (key, bytes) and starts `wrangler dev` on a free port,
-    /// with anonymous access allowed (as `make dev` does).
+    /// with anonymous access allowed (as `make dev` does) and the spec's single layout: these
+    /// tests read `database.sqlite` back as the whole database. The incremental layout (the
+    /// default) has its own tests (`incremental.rs`, and `migrate.rs` runs both).
     pub fn start(objects: &[(&str, &[u8])]) -> Self {
-        Self::start_with_vars(objects, &[("ALLOW_ANONYMOUS", "true")])
+        Self::start_with_vars(
+            objects,
+            &[("ALLOW_ANONYMOUS", "true"), ("LAYOUT", "single")],
+        )
     }
 
     /// As [`LocalWorker::start`], with exactly these `--var NAME:VALUE` settings.
@@ -118,11 +123,8 @@ impl LocalWorker {
         if let Some(config) = config {
             cmd.arg("--config").arg(config);
         }
-        cmd.args([
-            "--show-interactive-dev-session=false",
-            "--log-level",
-            "info",
-        ]);
+        // `log`: the worker's own console.log lines (compaction reports) reach the log file.
+        cmd.args(["--show-interactive-dev-session=false", "--log-level", "log"]);
         for (name, value) in vars {
             cmd.args(["--var", &format!("{name}:{value}")]);
         }
@@ -285,11 +287,24 @@ impl LocalWorker {
     /// `GET path` answered with bytes (not JSON): status, `Content-Type`, body.
     #[allow(dead_code, reason = "used by the e2e tests, not the bench")]
     pub fn get_bytes(&self, path: &str) -> (u16, Option<String>, Vec<u8>) {
+        self.get_bytes_with(path, &[])
+    }
+
+    /// As [`LocalWorker::get_bytes`], with extra headers.
+    #[allow(dead_code, reason = "used by the e2e tests, not the bench")]
+    pub fn get_bytes_with(
+        &self,
+        path: &str,
+        headers: &[(&str, &str)],
+    ) -> (u16, Option<String>, Vec<u8>) {
         let url = format!("{}{path}", self.base);
+        let mut req = ureq::http::Request::builder().method("GET").uri(&url);
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
         let mut response = self
             .agent
-            .get(&url)
-            .call()
+            .run(req.body(Vec::new()).expect("request"))
             .unwrap_or_else(|e| panic!("GET {path}: {e}\n{}", self.log_tail()));
         let status = response.status().as_u16();
         let content_type = response

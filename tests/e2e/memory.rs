@@ -76,7 +76,9 @@ fn concurrent_requests_of_different_sizes_share_an_isolate_safely() {
         }
     });
     for (i, mib) in sizes_mib.iter().enumerate() {
-        let stored = worker.object(&keys[i]).unwrap();
+        // The default, incremental layout: the whole database is what `/export` returns.
+        let (status, _, stored) = worker.get_bytes(&format!("/export?user=size{mib}"));
+        assert_eq!(status, 200, "{mib} MiB export");
         let conn = open(&stored);
         let ok: String = conn
             .query_row("PRAGMA integrity_check", [], |r| r.get(0))

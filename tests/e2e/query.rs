@@ -317,7 +317,8 @@ fn guard_rails() {
 
 /// The published `@libsql/client`, unchanged, against the libSQL endpoint: execute, batch,
 /// every value type, a failing batch, an SQL error, and a clear refusal of interactive
-/// transactions. Its writes are in the stored object afterwards.
+/// transactions. Its writes are in the stored database afterwards (the default, incremental
+/// layout: read back through `/export` with the same token).
 #[test]
 fn libsql_client_works_unchanged() {
     let secret = "e2e-libsql-secret";
@@ -347,7 +348,10 @@ fn libsql_client_works_unchanged() {
     eprintln!("@libsql/client session: {seen}");
     assert_eq!(seen["values"]["big"], "9007199254740993");
     assert_eq!(seen["transaction"]["code"], "TRANSACTION_NOT_SUPPORTED");
-    let stored = worker.object("lib/database.sqlite").unwrap();
+    let bearer = format!("Bearer {token}");
+    let (status, _, stored) =
+        worker.get_bytes_with("/export?user=lib", &[("Authorization", &bearer)]);
+    assert_eq!(status, 200);
     assert_eq!(row_counts(&stored), [("vals".to_owned(), 3)]);
 }
 
