@@ -1232,10 +1232,8 @@ async fn compact_inner<S: ObjectStore, C: Clock>(
             .clone()
             .unwrap_or_else(|| m.base.etag.clone());
         let version = loaded.version;
-        // A snapshot, so the cached copy goes back at once: requests arriving while the new
-        // base uploads keep their cache hit instead of loading the database again.
-        let image = sqlite::export(&mut loaded.conn)?.to_vec();
-        crate::pipeline::keep_loaded(ctx, user, loaded);
+        // The upload streams straight out of the loaded image: no second copy in memory. A
+        // request for this user arriving meanwhile loads its own copy from R2.
         let write_id = format!("{:016x}-compact-{}", ctx.nonce, m.seq);
         let mut metadata = vec![
             (WRITE_ID_KEY, write_id.clone()),
@@ -1248,47 +1246,86 @@ async fn compact_inner<S: ObjectStore, C: Clock>(
         if let Some(r) = route {
             metadata.push((ROUTE_KEY, r.to_owned()));
         }
-        let put = with_retries(clock, &ctx.retry, async || {
-            ctx.store
-                .put(
-                    &user.db_key(),
-                    &image,
-                    &metadata,
-                    &PutCondition::IfMatch(base_etag.clone()),
-                )
-                .await
-        })
-        .await?;
+        let (put, change_counter, size) = {
+            let image = sqlite::export(&mut loaded.conn)?;
+            let put = with_retries(clock, &ctx.retry, async || {
+                ctx.store
+                    .put(
+                        &user.db_key(),
+                        &image,
+                        &metadata,
+                        &PutCondition::IfMatch(base_etag.clone()),
+                    )
+                    .await
+            })
+            .await;
+            (put, header::change_counter(&image), image.len() as u64)
+        };
+        let put = match put {
+            Ok(put) => put,
+            Err(e) => {
+                crate::pipeline::keep_loaded(ctx, user, loaded);
+                return Err(e.into());
+            }
+        };
         let PutOutcome::Stored { etag: new_base } = put else {
             // Another compaction, or an outside writer: the next load sorts out which.
+            crate::pipeline::keep_loaded(ctx, user, loaded);
             continue;
         };
         let base = BaseRef {
             etag: new_base.clone(),
             seq: m.seq,
-            change_counter: header::change_counter(&image),
-            size: image.len() as u64,
+            change_counter,
+            size,
         };
-        let Some((next, _)) = commit_compaction(
+        let committed = commit_compaction(
             ctx, user, &m, &m_etag, base, retire, route, &write_id, version,
         )
-        .await?
-        else {
+        .await;
+        let Some((next, next_etag)) = (match committed {
+            Ok(c) => c,
+            Err(e) => {
+                crate::pipeline::keep_loaded(ctx, user, loaded);
+                return Err(e);
+            }
+        }) else {
             // Writes kept committing (or, retiring, one did): fold again from the new base.
+            crate::pipeline::keep_loaded(ctx, user, loaded);
             continue;
         };
+        let frozen = match route {
+            Some(_) => Some(FrozenBase {
+                image: sqlite::export(&mut loaded.conn)?.to_vec(),
+                etag: new_base.clone(),
+                version,
+                write_id,
+            }),
+            None => None,
+        };
+        // The copy equals the new state when no write was adopted into the manifest.
+        if next.seq == m.seq {
+            loaded.stored = if retire {
+                Stored::Single {
+                    etag: new_base,
+                    retired_manifest: Some(next_etag),
+                }
+            } else {
+                Stored::Incremental {
+                    manifest: Box::new(next.clone()),
+                    etag: next_etag,
+                }
+            };
+        }
+        if frozen.is_none() {
+            crate::pipeline::keep_loaded(ctx, user, loaded);
+        }
         let mut deleted = 0;
         for d in &m.deltas {
             if !next.references(&d.key) && ctx.store.delete(&d.key).await.is_ok() {
                 deleted += 1;
             }
         }
-        let frozen = route.is_some().then(|| FrozenBase {
-            image,
-            etag: new_base,
-            version,
-            write_id,
-        });
         let mut compacted = Compacted {
             outcome: if retire { "retired" } else { "compacted" },
             deltas_folded: m.deltas.len(),
