@@ -169,7 +169,7 @@ fn writes(args: &Args, md: &mut String, raw: &mut Vec<Value>) {
     // The default compaction policy: its background cost is part of what writes see.
     let inc = start(&vars("incremental", "33554432", &[]));
     let (cs, ci) = (Client::new(&single.base), Client::new(&inc.base));
-    writeln!(md, "### Write requests (1-row insert via `/query`, cache on; {} per size and layout, alternating; incremental compacts by the default policy: 8 deltas or 1 % of the base)\n", args.requests).unwrap();
+    writeln!(md, "### Write requests (1-row insert via `/query`, cache on; {} per size and layout, alternating; incremental compacts by the default policy: 6 deltas or 1 % of the base)\n", args.requests).unwrap();
     writeln!(md, "| size | layout | client p50 ms | client p95 ms | save p50 ms | uploaded per write (p50) | objects per write | incremental / single (p50) |").unwrap();
     writeln!(md, "|---|---|---|---|---|---|---|---|").unwrap();
     let mut compactions = vec![];

@@ -92,15 +92,15 @@ pub struct CompactionPolicy {
 }
 
 impl Default for CompactionPolicy {
-    /// 8 deltas or 1 % of the base; a 10-minute grace. Each pending delta is one more get
-    /// on a cold load (6 at a time, after the manifest); compaction is a background upload of
-    /// the base. So small databases, whose base is cheap to rewrite and quick to download
-    /// (the deltas' round trip would show), compact after a few writes, and large ones every
-    /// 8 (their deltas download while the base does, 6 at a time). BENCHMARKS.md "Layouts"
-    /// measures it.
+    /// 6 deltas or 1 % of the base; a 10-minute grace. Each pending delta is one more get
+    /// on a cold load, after the manifest; 6 is the Workers limit on simultaneous
+    /// connections, so a cold load fetches every pending delta in one parallel wave, while
+    /// the base downloads. Compaction is a background upload of the base, so small databases
+    /// (cheap to rewrite, quick to download, where even one wave shows) compact after a
+    /// write or two. BENCHMARKS.md "Layouts" measures it.
     fn default() -> Self {
         Self {
-            max_deltas: 8,
+            max_deltas: PARALLEL_FETCHES,
             max_delta_percent: 1,
             sweep_grace_ms: 10 * 60 * 1000,
         }
@@ -1564,10 +1564,10 @@ mod tests {
             change_counter: 0,
             len: 0,
         };
-        m.deltas = (1..=7).map(|s| delta(s, 1000)).collect();
+        m.deltas = (1..=5).map(|s| delta(s, 1000)).collect();
         assert!(!policy.due(&m));
-        m.deltas.push(delta(8, 1000));
-        assert!(policy.due(&m), "8 deltas");
+        m.deltas.push(delta(6, 1000));
+        assert!(policy.due(&m), "6 deltas");
         m.deltas = vec![delta(1, 9_999)];
         assert!(!policy.due(&m));
         m.deltas = vec![delta(1, 10_000)];

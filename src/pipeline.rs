@@ -815,16 +815,7 @@ pub async fn serve<S: ObjectStore, C: Clock, W: Work>(
                 );
             }
             // Unsaved changes must not outlive the request; an unchanged copy may.
-            Saved::Skipped { size_bytes } if !changed => {
-                keep(
-                    ctx.cache,
-                    user,
-                    loaded.conn,
-                    loaded.stored,
-                    loaded.version,
-                    size_bytes,
-                );
-            }
+            Saved::Skipped { .. } if !changed => keep_loaded(ctx, user, loaded),
             _ => {}
         }
         if let (Some(info), Some(cache)) = (report.cache.as_mut(), ctx.cache) {

@@ -78,6 +78,18 @@ fn write<S: ObjectStore, C: Clock>(ctx: &Context<'_, S, C>, id: i64) -> Result<R
     block(serve(ctx, &user(), SaveMode::Auto, &mut insert(id))).map(|(r, _)| r)
 }
 
+/// The spec's request, saving only a change.
+fn read<S: ObjectStore, C: Clock>(ctx: &Context<'_, S, C>) -> Report {
+    block(serve(
+        ctx,
+        &user(),
+        SaveMode::Auto,
+        &mut pipeline::ListTables,
+    ))
+    .unwrap()
+    .0
+}
+
 fn storage(report: &Report) -> serde_json::Value {
     serde_json::to_value(report.storage.as_ref().unwrap()).unwrap()
 }
@@ -200,13 +212,7 @@ fn cache_hit_fetches_only_missing_deltas() {
     write(&b, 2).unwrap();
     write(&b, 3).unwrap();
     let gets = store.get_count();
-    let (report, ()) = block(serve(
-        &a,
-        &user(),
-        SaveMode::Auto,
-        &mut pipeline::ListTables,
-    ))
-    .unwrap();
+    let report = read(&a);
     assert_eq!(report.cache.as_ref().unwrap().status, CacheStatus::Updated);
     assert_eq!(storage(&report)["deltas_applied"], 2);
     assert_eq!(
@@ -215,13 +221,7 @@ fn cache_hit_fetches_only_missing_deltas() {
         "manifest + the two deltas it lacked"
     );
     let gets = store.get_count();
-    let (report, ()) = block(serve(
-        &a,
-        &user(),
-        SaveMode::Auto,
-        &mut pipeline::ListTables,
-    ))
-    .unwrap();
+    let report = read(&a);
     assert_eq!(report.cache.as_ref().unwrap().status, CacheStatus::Hit);
     assert_eq!(store.get_count() - gets, 1);
     let mut entry = cache_a.take("a/database.sqlite").unwrap();

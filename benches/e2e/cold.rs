@@ -69,7 +69,10 @@ fn measure(name: &'static str, config: Option<PathBuf>, path: &str, starts: usiz
     };
     for _ in 0..starts {
         let spawned = Instant::now();
-        let worker = LocalWorker::start_fresh(config.as_deref(), &[("ALLOW_ANONYMOUS", "true")]);
+        let worker = LocalWorker::start_fresh(
+            config.as_deref(),
+            &[("ALLOW_ANONYMOUS", "true"), ("LAYOUT", "single")],
+        );
         result
             .startup_ms
             .push(spawned.elapsed().as_secs_f64() * 1000.0);
