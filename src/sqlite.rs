@@ -58,15 +58,18 @@ impl std::fmt::Debug for Image {
 }
 
 impl Image {
-    /// A zeroed buffer of `len` bytes, to be filled by the caller (for example, as a body
-    /// streams in) and then [`open`]ed without another copy. Zeroed, so a short body reads as
-    /// damage, never as stale memory.
+    /// A zeroed buffer of `len` bytes (with a little spare capacity), to be filled by the
+    /// caller (for example, as a body streams in) and then [`open`]ed without another copy.
+    /// Zeroed, so a short body reads as damage, never as stale memory.
     pub fn allocate(len: usize) -> Result<Self, Error> {
         if len == 0 {
             return Err(header::HeaderProblem::Empty.into());
         }
+        // Headroom for the growth that follows (deltas applied on load, pages a write
+        // appends), so it does not reallocate: a reallocation holds two copies for a moment.
+        let headroom = (len / 32).clamp(64 * 1024, 2 * 1024 * 1024);
         let mut data = Vec::new();
-        data.try_reserve_exact(len).map_err(|_| nomem())?;
+        data.try_reserve_exact(len + headroom).map_err(|_| nomem())?;
         data.resize(len, 0);
         Ok(Self(data))
     }
