@@ -69,7 +69,8 @@ impl Image {
         // appends), so it does not reallocate: a reallocation holds two copies for a moment.
         let headroom = (len / 32).clamp(64 * 1024, 2 * 1024 * 1024);
         let mut data = Vec::new();
-        data.try_reserve_exact(len + headroom).map_err(|_| nomem())?;
+        data.try_reserve_exact(len + headroom)
+            .map_err(|_| nomem())?;
         data.resize(len, 0);
         Ok(Self(data))
     }

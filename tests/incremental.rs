@@ -375,10 +375,11 @@ impl ObjectStore for Interleaved<'_> {
         condition: &workers_sqlite_poc::store::PutCondition,
     ) -> Result<workers_sqlite_poc::store::PutOutcome, workers_sqlite_poc::store::StoreError> {
         let out = self.inner.put(key, bytes, metadata, condition).await;
-        if key == BASE && metadata.iter().any(|(k, _)| *k == "covers-seq") {
-            if let Some(hook) = self.hook.borrow_mut().take() {
-                hook();
-            }
+        let hook = (key == BASE && metadata.iter().any(|(k, _)| *k == "covers-seq"))
+            .then(|| self.hook.borrow_mut().take())
+            .flatten();
+        if let Some(hook) = hook {
+            hook();
         }
         out
     }
