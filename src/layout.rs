@@ -1185,6 +1185,35 @@ pub async fn compact<S: ObjectStore, C: Clock>(
     Ok(compacted)
 }
 
+/// Folds an incremental user's pending deltas into `database.sqlite` (a compaction), so that
+/// a reader of that one object (the Durable Object's import) sees the current database.
+/// Costs one small get when there is nothing to fold.
+pub async fn fold_pending<S: ObjectStore, C: Clock>(
+    ctx: &Context<'_, S, C>,
+    user: &UserId,
+) -> Result<Option<Compacted>, Error> {
+    let key = user.manifest_key();
+    let fetched = with_retries(ctx.clock, &ctx.retry, async || {
+        ctx.store.get(&key, MANIFEST_MAX_BYTES, None).await
+    })
+    .await?;
+    let pending = match fetched {
+        Fetched::Found(object) => {
+            let (m, _, _) = parse_manifest(object).await?;
+            !m.retired && !m.deltas.is_empty()
+        }
+        _ => false,
+    };
+    if !pending {
+        return Ok(None);
+    }
+    let done = compact(ctx, user, false).await?;
+    if done.outcome == "lost_race" {
+        return Err(Error::Conflict { attempts: 1 });
+    }
+    Ok(Some(done))
+}
+
 /// For a move: folds and retires the manifest with `route=moving` on the new base and the
 /// manifest, so the move can copy one complete, frozen `database.sqlite`. `None` when the
 /// user has no live manifest (the move freezes the single object itself).

@@ -453,6 +453,32 @@ fn single_layout_retires_a_manifest() {
     assert_eq!(hits(&current(&store)), [1, 2, 3, 4]);
 }
 
+/// Before the Durable Object's import reads `database.sqlite`, pending deltas are folded in;
+/// with nothing pending it costs one get and writes nothing.
+#[test]
+fn pending_deltas_are_folded_before_an_import() {
+    let store = seeded();
+    let clock = StepClock::stepping(1.0);
+    let ctx = incremental(&store, &clock, None);
+    assert!(
+        block(layout::fold_pending(&ctx, &user()))
+            .unwrap()
+            .is_none()
+    );
+    write(&ctx, 1).unwrap();
+    write(&ctx, 2).unwrap();
+    let done = block(layout::fold_pending(&ctx, &user())).unwrap().unwrap();
+    assert_eq!(done.deltas_folded, 2);
+    assert_eq!(hits(&store.bytes(BASE).unwrap()), [1, 2]);
+    let puts = store.put_count();
+    assert!(
+        block(layout::fold_pending(&ctx, &user()))
+            .unwrap()
+            .is_none()
+    );
+    assert_eq!(store.put_count(), puts);
+}
+
 /// Moving an incremental user folds them into one frozen object first: the copy the Durable
 /// Object imports holds every committed write.
 #[test]

@@ -435,6 +435,15 @@ impl UserDb {
         let config = load_config(&self.env)?;
         let start = clock.now_ms();
         let store = R2Store::from_env(&self.env)?;
+        // An incremental user's pending deltas are folded into database.sqlite first, so the
+        // import copies the current database (a move has already folded and frozen it).
+        let ctx = crate::pipeline::Context {
+            max_db_bytes: config.max_db_bytes,
+            nonce: super::js_clock::nonce(),
+            compaction: config.compaction,
+            ..crate::pipeline::Context::new(&store, &clock)
+        };
+        crate::layout::fold_pending(&ctx, user).await?;
         let object = crate::migrate::existing(
             store.get(&user.db_key(), config.max_db_bytes, None).await?,
             user,

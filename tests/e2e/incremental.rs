@@ -205,7 +205,7 @@ fn outside_writer_replacing_the_base_is_detected() {
 }
 
 /// `GET /export` is the same complete file in both layouts, and is refused for a user with no
-/// database.
+/// database; the Durable Object's import copies the same current database.
 #[test]
 fn export_streams_the_current_database() {
     let (image, key) = seeded("ex");
@@ -227,4 +227,17 @@ fn export_streams_the_current_database() {
     );
     let (status, _, _) = worker.get_bytes("/export?user=nobody");
     assert_eq!(status, 404);
+    // The Durable Object's import copies the current database, not the older base.
+    let imported = worker.request("POST", "/do/import?user=ex");
+    assert_eq!(imported.status, 200, "{}", imported.json);
+    let counted = worker.post_json(
+        "/do/query?user=ex",
+        &json!({"sql": "SELECT count(*) FROM hits"}),
+        &[],
+    );
+    assert_eq!(
+        counted.json["results"][0]["rows"][0][0], 3,
+        "{}",
+        counted.json
+    );
 }
