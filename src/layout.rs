@@ -232,6 +232,16 @@ impl Manifest {
     }
 }
 
+/// A retired manifest: its etag (an upgrade replaces it `If-Match`) and the conflict copies
+/// it keeps, which the next manifest must keep too.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Retired {
+    /// The manifest's etag.
+    pub etag: String,
+    /// Its conflict copies.
+    pub conflicts: Vec<ConflictRef>,
+}
+
 /// What R2 holds for a user, as of a load: what the next write must be conditional on.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Stored {
@@ -241,8 +251,8 @@ pub enum Stored {
     Single {
         /// `database.sqlite`'s etag.
         etag: String,
-        /// The retired manifest's etag.
-        retired_manifest: Option<String>,
+        /// The retired manifest, if one exists.
+        retired_manifest: Option<Retired>,
     },
     /// A manifest over a base.
     Incremental {
@@ -713,7 +723,13 @@ async fn cold<S: ObjectStore, C: Clock>(
     };
     let (live, retired_manifest) = match manifest {
         Some((m, etag, metadata)) if !m.retired => (Some((m, etag, metadata)), None),
-        Some((_, etag, _)) => (None, Some(etag)),
+        Some((m, etag, _)) => (
+            None,
+            Some(Retired {
+                etag,
+                conflicts: m.conflicts,
+            }),
+        ),
         None => (None, None),
     };
     // The single layout (or a retired manifest): database.sqlite is the database.
@@ -795,7 +811,7 @@ fn single<S, C: Clock>(
     ctx: &Context<'_, S, C>,
     base: BaseRead,
     cached: Option<Entry>,
-    retired_manifest: Option<String>,
+    retired_manifest: Option<Retired>,
     miss: CacheStatus,
 ) -> Result<Step<Built>, Error> {
     let built = |conn, etag: Option<String>, version, wal, cache, parsed, parse_ms| Built {
@@ -1061,10 +1077,16 @@ pub(crate) async fn commit<S: ObjectStore, C: Clock>(
                 change_counter: at_load.change_counter,
                 size: at_load.len,
             };
-            let condition = retired_manifest
-                .clone()
-                .map_or(PutCondition::IfAbsent, PutCondition::IfMatch);
-            (Manifest::new(lineage, base), condition)
+            let mut manifest = Manifest::new(lineage, base);
+            let condition = match retired_manifest {
+                Some(retired) => {
+                    // Conflict copies outlive the retirement: the new manifest keeps them.
+                    manifest.conflicts.clone_from(&retired.conflicts);
+                    PutCondition::IfMatch(retired.etag.clone())
+                }
+                None => PutCondition::IfAbsent,
+            };
+            (manifest, condition)
         }
         Stored::New => {
             return Err(Error::Internal {
@@ -1337,7 +1359,10 @@ async fn compact_inner<S: ObjectStore, C: Clock>(
             loaded.stored = if retire {
                 Stored::Single {
                     etag: new_base,
-                    retired_manifest: Some(next_etag),
+                    retired_manifest: Some(Retired {
+                        etag: next_etag,
+                        conflicts: next.conflicts.clone(),
+                    }),
                 }
             } else {
                 Stored::Incremental {

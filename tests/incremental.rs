@@ -539,8 +539,13 @@ fn outside_replacement_keeps_a_conflict_copy() {
         .map(|d| d["key"].as_str().unwrap().to_owned())
         .collect();
     assert_eq!(listed, worker_deltas);
-    // Compaction and the sweep keep the conflict copy's deltas.
+    // Compaction and the sweep keep the conflict copy's deltas, and so do a retirement to the
+    // single layout and the next upgrade.
     block(layout::compact(&ctx, &user(), false)).unwrap();
+    block(layout::compact(&ctx, &user(), true)).unwrap();
+    write(&ctx, 4).unwrap();
+    block(layout::compact(&ctx, &user(), false)).unwrap();
+    assert_eq!(manifest(&store).unwrap().conflicts.len(), 1);
     for key in &worker_deltas {
         assert!(store.bytes(key).is_some(), "{key} was swept");
     }
