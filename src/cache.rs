@@ -5,19 +5,48 @@ use std::cell::RefCell;
 
 use rusqlite::Connection;
 
+use crate::manifest::Stored;
+use crate::request::UserId;
+use crate::sqlite;
+
 /// One cached database: the open connection and the version of the object it equals.
 #[derive(Debug)]
 pub struct Entry {
     /// Object key.
     pub key: String,
     /// What R2 holds that this connection's image equals.
-    pub stored: crate::layout::Stored,
+    pub stored: Stored,
     /// That object's `db-version`.
     pub db_version: Option<u64>,
     /// The open in-memory database.
     pub conn: Connection,
     /// Image size, charged against the cache's budget.
     pub size_bytes: u64,
+}
+
+/// Returns a database to the version cache (when there is one); only for a copy equal to
+/// `stored`, which a new database is not until its first save.
+pub fn keep(
+    cache: Option<&DbCache>,
+    user: &UserId,
+    mut conn: Connection,
+    stored: Stored,
+    version: Option<u64>,
+) {
+    let Some(cache) = cache else { return };
+    if matches!(stored, Stored::New) {
+        return;
+    }
+    // The copy equals what is stored: nothing is pending in it.
+    sqlite::clear_changes(&mut conn);
+    let size_bytes = sqlite::export(&mut conn).map_or(0, |i| i.len() as u64);
+    cache.put(Entry {
+        key: user.db_key(),
+        stored,
+        db_version: version,
+        conn,
+        size_bytes,
+    });
 }
 
 /// A least-recently-used cache bounded by the total size of the cached images.
@@ -99,7 +128,7 @@ mod tests {
     fn entry(key: &str, size_bytes: u64) -> Entry {
         Entry {
             key: key.into(),
-            stored: crate::layout::Stored::Single {
+            stored: Stored::Single {
                 etag: format!("etag-{key}"),
                 retired_manifest: None,
             },
@@ -122,7 +151,7 @@ mod tests {
         assert_eq!(cache.usage(), (2, 80));
         assert!(matches!(
             cache.take("a").unwrap().stored,
-            crate::layout::Stored::Single { etag, .. } if etag == "etag-a"
+            Stored::Single { etag, .. } if etag == "etag-a"
         ));
         assert_eq!(cache.usage(), (1, 40));
     }

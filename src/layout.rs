@@ -28,14 +28,18 @@ use std::pin::Pin;
 use std::task::Poll;
 
 use rusqlite::Connection;
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
-use crate::cache::Entry;
+use crate::cache::{self, Entry};
 use crate::clock::Clock;
+use crate::context::{Context, conditional_put, with_retries};
 use crate::delta;
 use crate::error::{Corruption, Error};
 use crate::header;
-use crate::pipeline::{Context, with_retries};
+pub use crate::manifest::{
+    BaseRef, COVERS_KEY, CompactionPolicy, ConflictRef, DeltaRef, LINEAGE_KEY, Layout, Manifest,
+    OUTSIDE_RULE, OutsideReplacement, PARALLEL_FETCHES, Retired, Stored,
+};
 use crate::report::CacheStatus;
 use crate::request::UserId;
 use crate::sqlite;
@@ -44,250 +48,10 @@ use crate::store::{
     StoredObject, WRITE_ID_KEY,
 };
 
-/// How writes are stored (`LAYOUT` var).
-///
-/// The default is `incremental`: the issue that introduced it kept `single` as the default
-/// until the fault suite (`tests/incremental.rs`) passed, which it does.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Layout {
-    /// Every write replaces `database.sqlite` (the spec's layout).
-    Single,
-    /// Every write adds a delta and commits a manifest (the default).
-    #[default]
-    Incremental,
-}
-
-impl Layout {
-    /// The name used in the `LAYOUT` var, reports and headers.
-    #[must_use]
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Single => "single",
-            Self::Incremental => "incremental",
-        }
-    }
-
-    /// Parses the `LAYOUT` var.
-    pub fn parse(raw: &str) -> Option<Self> {
-        match raw.trim() {
-            "" => Some(Self::default()),
-            "single" => Some(Self::Single),
-            "incremental" => Some(Self::Incremental),
-            _ => None,
-        }
-    }
-}
-
-/// When the deltas are folded into a new base.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct CompactionPolicy {
-    /// Compact when the manifest lists this many deltas (`COMPACT_AFTER_DELTAS`).
-    pub max_deltas: usize,
-    /// ... or when the deltas add up to this fraction of the base, in percent.
-    pub max_delta_percent: u64,
-    /// Objects under `deltas/` that no manifest lists are deleted by the sweep once they are
-    /// this old (`SWEEP_GRACE_MS`): longer than any request can take to commit.
-    pub sweep_grace_ms: u64,
-}
-
-impl Default for CompactionPolicy {
-    /// 6 deltas or 1 % of the base; a 10-minute grace. Each pending delta is one more get
-    /// on a cold load, after the manifest; 6 is the Workers limit on simultaneous
-    /// connections, so a cold load fetches every pending delta in one parallel wave, while
-    /// the base downloads. Compaction is a background upload of the base, so small databases
-    /// (cheap to rewrite, quick to download, where even one wave shows) compact after a
-    /// write or two. BENCHMARKS.md "Layouts" measures it.
-    fn default() -> Self {
-        Self {
-            max_deltas: PARALLEL_FETCHES,
-            max_delta_percent: 1,
-            sweep_grace_ms: 10 * 60 * 1000,
-        }
-    }
-}
-
-impl CompactionPolicy {
-    /// Whether `manifest` has passed a threshold.
-    #[must_use]
-    pub fn due(&self, manifest: &Manifest) -> bool {
-        let delta_bytes: u64 = manifest.deltas.iter().map(|d| d.size).sum();
-        manifest.deltas.len() >= self.max_deltas
-            || delta_bytes.saturating_mul(100)
-                >= manifest
-                    .base
-                    .size
-                    .max(1)
-                    .saturating_mul(self.max_delta_percent)
-    }
-}
-
-/// What a loader does when `database.sqlite` was replaced behind the manifest's back.
-pub const OUTSIDE_RULE: &str = "the outside file becomes the new base (it is what the other writer considers current); the worker's deltas that it replaced are kept, listed in a conflict record under <user>/conflicts/, and never swept";
-
-/// Metadata on a base written by compaction: the lineage and the sequence number it covers.
-pub const LINEAGE_KEY: &str = "lineage";
-/// See [`LINEAGE_KEY`].
-pub const COVERS_KEY: &str = "covers-seq";
-
 /// Largest manifest read (about 40,000 deltas; compaction keeps it far smaller).
 const MANIFEST_MAX_BYTES: u64 = 4 * 1024 * 1024;
-/// Deltas fetched at once: the Workers limit on simultaneous connections.
-pub const PARALLEL_FETCHES: usize = 6;
 /// Times a load starts over when the manifest moved on under it.
 const LOAD_ATTEMPTS: u32 = 4;
-
-/// The base a manifest builds on.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct BaseRef {
-    /// `database.sqlite`'s entity tag.
-    pub etag: String,
-    /// The sequence number of the last write it contains.
-    pub seq: u64,
-    /// Its header's change counter.
-    pub change_counter: u32,
-    /// Its size.
-    pub size: u64,
-}
-
-/// One committed write's delta.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct DeltaRef {
-    /// Object key.
-    pub key: String,
-    /// Sequence number: one more than the previous write's.
-    pub seq: u64,
-    /// Object size.
-    pub size: u64,
-    /// [`delta::checksum`], hex.
-    pub checksum: String,
-    /// Header change counter after this write.
-    pub change_counter: u32,
-    /// File length after this write.
-    pub len: u64,
-}
-
-/// Writes of the worker's that an outside replacement of `database.sqlite` displaced.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ConflictRef {
-    /// The conflict record's key.
-    pub record: String,
-    /// The deltas it keeps.
-    pub deltas: Vec<String>,
-}
-
-/// The manifest: the commit point of the incremental layout.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Manifest {
-    /// Format version (1).
-    pub format: u32,
-    /// Random id fixed when the manifest is created; compaction markers must match it.
-    pub lineage: String,
-    /// Sequence number of the last committed write.
-    pub seq: u64,
-    /// `database.sqlite` alone is current; the rest is history.
-    #[serde(default)]
-    pub retired: bool,
-    /// The base.
-    pub base: BaseRef,
-    /// Deltas after the base, in order (`seq` = `base.seq` + 1, + 2, ...).
-    pub deltas: Vec<DeltaRef>,
-    /// Conflict copies kept (never swept).
-    #[serde(default)]
-    pub conflicts: Vec<ConflictRef>,
-}
-
-impl Manifest {
-    fn new(lineage: String, base: BaseRef) -> Self {
-        Self {
-            format: 1,
-            lineage,
-            seq: base.seq,
-            retired: false,
-            base,
-            deltas: vec![],
-            conflicts: vec![],
-        }
-    }
-
-    /// The deltas after `seq`, if the manifest still lists every one of them.
-    fn deltas_after(&self, seq: u64) -> Option<&[DeltaRef]> {
-        if seq > self.seq {
-            return None;
-        }
-        let from = self.deltas.iter().position(|d| d.seq > seq);
-        let tail = from.map_or(&self.deltas[..0], |i| &self.deltas[i..]);
-        let complete =
-            tail.first().is_none_or(|d| d.seq == seq + 1) && tail.len() as u64 == self.seq - seq;
-        complete.then_some(tail)
-    }
-
-    /// Whether a delta key is kept by this manifest (listed, or part of a conflict copy).
-    fn references(&self, key: &str) -> bool {
-        (!self.retired && self.deltas.iter().any(|d| d.key == key))
-            || self
-                .conflicts
-                .iter()
-                .any(|c| c.deltas.iter().any(|k| k == key))
-    }
-}
-
-/// A retired manifest: its etag (an upgrade replaces it `If-Match`) and the conflict copies
-/// it keeps, which the next manifest must keep too.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Retired {
-    /// The manifest's etag.
-    pub etag: String,
-    /// Its conflict copies.
-    pub conflicts: Vec<ConflictRef>,
-}
-
-/// What R2 holds for a user, as of a load: what the next write must be conditional on.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Stored {
-    /// Nothing: a new database.
-    New,
-    /// `database.sqlite` alone, with this etag (and a retired manifest, if one exists).
-    Single {
-        /// `database.sqlite`'s etag.
-        etag: String,
-        /// The retired manifest, if one exists.
-        retired_manifest: Option<Retired>,
-    },
-    /// A manifest over a base.
-    Incremental {
-        /// The manifest.
-        manifest: Box<Manifest>,
-        /// Its etag.
-        etag: String,
-    },
-}
-
-impl Stored {
-    /// The layout this user is stored in.
-    #[must_use]
-    pub fn layout(&self) -> Layout {
-        match self {
-            Self::Incremental { .. } => Layout::Incremental,
-            _ => Layout::Single,
-        }
-    }
-}
-
-/// Conflict found at load: `database.sqlite` was replaced from outside.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct OutsideReplacement {
-    /// The rule applied ([`OUTSIDE_RULE`]).
-    pub rule: &'static str,
-    /// The base the manifest expected.
-    pub expected_base: String,
-    /// The base found (now adopted).
-    pub found_base: String,
-    /// The conflict record, when the worker had writes the outside file replaced.
-    pub record: Option<String>,
-    /// How many of the worker's deltas it keeps.
-    pub deltas_kept: usize,
-}
 
 /// What the load step built.
 #[derive(Debug)]
@@ -416,6 +180,27 @@ async fn parse_manifest<B: Body>(object: StoredObject<B>) -> Result<FetchedManif
     Ok((manifest, object.etag, object.metadata))
 }
 
+/// The user's manifest, if there is one; one too large to be a manifest is damage.
+async fn fetch_manifest<S: ObjectStore, C: Clock>(
+    ctx: &Context<'_, S, C>,
+    user: &UserId,
+) -> Result<Option<FetchedManifest>, Error> {
+    let key = user.manifest_key();
+    match with_retries(ctx.clock, &ctx.retry, async || {
+        ctx.store.get(&key, MANIFEST_MAX_BYTES, None).await
+    })
+    .await?
+    {
+        Fetched::Found(object) => Ok(Some(parse_manifest(object).await?)),
+        Fetched::Missing | Fetched::NotModified { .. } => Ok(None),
+        Fetched::TooLarge { size_bytes } => Err(too_large_manifest(size_bytes)),
+    }
+}
+
+fn too_large_manifest(size_bytes: u64) -> Error {
+    corrupt(format!("manifest.json is {size_bytes} bytes"))
+}
+
 fn corrupt(detail: String) -> Error {
     Error::CorruptDatabase(Corruption::Contents(detail))
 }
@@ -538,7 +323,7 @@ async fn load_once<S: ObjectStore, C: Clock>(
             }
             Fetched::Missing => return cold(ctx, user, Some(None), None).await,
             Fetched::TooLarge { size_bytes } => {
-                return Err(corrupt(format!("manifest.json is {size_bytes} bytes")));
+                return Err(too_large_manifest(size_bytes));
             }
         };
         if let Err(e) = check_route(&metadata)
@@ -670,20 +455,7 @@ async fn manifest_and_deltas<S: ObjectStore, C: Clock>(
 ) -> Result<(Option<FetchedManifest>, Option<Vec<Vec<u8>>>), Error> {
     let manifest = match known {
         Some(m) => m,
-        None => {
-            let key = user.manifest_key();
-            match with_retries(ctx.clock, &ctx.retry, async || {
-                ctx.store.get(&key, MANIFEST_MAX_BYTES, None).await
-            })
-            .await?
-            {
-                Fetched::Found(object) => Some(parse_manifest(object).await?),
-                Fetched::Missing | Fetched::NotModified { .. } => None,
-                Fetched::TooLarge { size_bytes } => {
-                    return Err(corrupt(format!("manifest.json is {size_bytes} bytes")));
-                }
-            }
-        }
+        None => fetch_manifest(ctx, user).await?,
     };
     let deltas = match &manifest {
         Some((m, _, metadata)) if !m.retired => {
@@ -1130,7 +902,7 @@ pub(crate) async fn commit<S: ObjectStore, C: Clock>(
         len: summary.len,
     });
     let manifest_bytes = manifest_bytes(&next)?;
-    let outcome = crate::pipeline::conditional_put(
+    let outcome = conditional_put(
         ctx,
         &user.manifest_key(),
         &manifest_bytes,
@@ -1214,18 +986,9 @@ pub async fn fold_pending<S: ObjectStore, C: Clock>(
     ctx: &Context<'_, S, C>,
     user: &UserId,
 ) -> Result<Option<Compacted>, Error> {
-    let key = user.manifest_key();
-    let fetched = with_retries(ctx.clock, &ctx.retry, async || {
-        ctx.store.get(&key, MANIFEST_MAX_BYTES, None).await
-    })
-    .await?;
-    let pending = match fetched {
-        Fetched::Found(object) => {
-            let (m, _, _) = parse_manifest(object).await?;
-            !m.retired && !m.deltas.is_empty()
-        }
-        _ => false,
-    };
+    let pending = fetch_manifest(ctx, user)
+        .await?
+        .is_some_and(|(m, _, _)| !m.retired && !m.deltas.is_empty());
     if !pending {
         return Ok(None);
     }
@@ -1250,6 +1013,11 @@ pub(crate) async fn freeze_for_move<S: ObjectStore, C: Clock>(
     }
 }
 
+/// Returns a loaded copy to the version cache.
+fn keep<S, C>(ctx: &Context<'_, S, C>, user: &UserId, built: Built) {
+    cache::keep(ctx.cache, user, built.conn, built.stored, built.version);
+}
+
 /// Times the manifest put is re-tried over writes that commit during a compaction.
 const ADOPT_ATTEMPTS: u32 = 8;
 
@@ -1268,13 +1036,14 @@ async fn compact_inner<S: ObjectStore, C: Clock>(
     for attempt in 0..LOAD_ATTEMPTS {
         // First from the cache; after a lost race, from R2.
         let lctx = if attempt == 0 { ctx } else { &uncached };
-        let mut loaded = crate::pipeline::load(lctx, user).await?;
+        let cached = lctx.cache.and_then(|c| c.take(&user.db_key()));
+        let mut loaded = load(lctx, user, cached).await?;
         let Stored::Incremental { manifest, etag } = &loaded.stored else {
-            crate::pipeline::keep_loaded(ctx, user, loaded);
+            keep(ctx, user, loaded);
             return Ok((nothing(clock, start), None));
         };
         if manifest.deltas.is_empty() && !retire {
-            crate::pipeline::keep_loaded(ctx, user, loaded);
+            keep(ctx, user, loaded);
             return Ok((nothing(clock, start), None));
         }
         let (m, m_etag) = ((**manifest).clone(), etag.clone());
@@ -1315,13 +1084,13 @@ async fn compact_inner<S: ObjectStore, C: Clock>(
         let put = match put {
             Ok(put) => put,
             Err(e) => {
-                crate::pipeline::keep_loaded(ctx, user, loaded);
+                keep(ctx, user, loaded);
                 return Err(e.into());
             }
         };
         let PutOutcome::Stored { etag: new_base } = put else {
             // Another compaction, or an outside writer: the next load sorts out which.
-            crate::pipeline::keep_loaded(ctx, user, loaded);
+            keep(ctx, user, loaded);
             continue;
         };
         let base = BaseRef {
@@ -1337,12 +1106,12 @@ async fn compact_inner<S: ObjectStore, C: Clock>(
         let Some((next, next_etag)) = (match committed {
             Ok(c) => c,
             Err(e) => {
-                crate::pipeline::keep_loaded(ctx, user, loaded);
+                keep(ctx, user, loaded);
                 return Err(e);
             }
         }) else {
             // Writes kept committing (or, retiring, one did): fold again from the new base.
-            crate::pipeline::keep_loaded(ctx, user, loaded);
+            keep(ctx, user, loaded);
             continue;
         };
         let frozen = match route {
@@ -1372,7 +1141,7 @@ async fn compact_inner<S: ObjectStore, C: Clock>(
             };
         }
         if frozen.is_none() {
-            crate::pipeline::keep_loaded(ctx, user, loaded);
+            keep(ctx, user, loaded);
         }
         let mut deleted = 0;
         for d in &m.deltas {
@@ -1446,14 +1215,9 @@ async fn commit_compaction<S: ObjectStore, C: Clock>(
         if retire {
             return Ok(None);
         }
-        let fetched = with_retries(ctx.clock, &ctx.retry, async || {
-            ctx.store.get(&key, MANIFEST_MAX_BYTES, None).await
-        })
-        .await?;
-        let Fetched::Found(object) = fetched else {
+        let Some((latest, etag, _)) = fetch_manifest(ctx, user).await? else {
             return Ok(None);
         };
-        let (latest, etag, _) = parse_manifest(object).await?;
         // Only the same history, still on the old base, with every write after m kept.
         if latest.retired
             || latest.lineage != m.lineage
@@ -1499,16 +1263,7 @@ pub async fn sweep<S: ObjectStore, C: Clock>(
     user: &UserId,
 ) -> Result<Swept, Error> {
     let clock = ctx.clock;
-    let manifest = match with_retries(clock, &ctx.retry, async || {
-        ctx.store
-            .get(&user.manifest_key(), MANIFEST_MAX_BYTES, None)
-            .await
-    })
-    .await?
-    {
-        Fetched::Found(object) => Some(parse_manifest(object).await?.0),
-        _ => None,
-    };
+    let manifest = fetch_manifest(ctx, user).await?.map(|(m, _, _)| m);
     let listed = with_retries(clock, &ctx.retry, async || {
         ctx.store.list(&user.delta_prefix()).await
     })

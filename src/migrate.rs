@@ -19,8 +19,8 @@
 use serde::Serialize;
 
 use crate::clock::Clock;
+use crate::context::{Context, with_retries};
 use crate::error::Error;
-use crate::pipeline::{Context, with_retries};
 use crate::request::UserId;
 use crate::sqlite::Image;
 use crate::store::{
@@ -131,11 +131,7 @@ async fn freeze<S: ObjectStore, C: Clock>(
     })
     .await?;
     let object = existing(object, user, ctx.max_db_bytes)?;
-    match object.metadata.get(ROUTE_KEY).map(String::as_str) {
-        Some("moving") => return Err(Error::Migrating),
-        Some("durable_object") => return Err(Error::ServedByDurableObject),
-        _ => {}
-    }
+    crate::layout::check_route(&object.metadata)?;
     let version = object.metadata.get(DB_VERSION_KEY).cloned();
     let mut image = Image::allocate(object.body.len())?;
     object

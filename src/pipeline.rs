@@ -13,96 +13,21 @@
 use rusqlite::Connection;
 
 use crate::alerts;
-use crate::cache::{DbCache, Entry};
+use crate::cache::{self, DbCache};
 use crate::clock::Clock;
-use crate::delay::{PhaseDelay, Thresholds};
+use crate::context::conditional_put;
+pub use crate::context::{Context, RetryPolicy};
+use crate::delay::PhaseDelay;
 use crate::error::Error;
 use crate::header;
-use crate::layout::{self, AtLoad, CompactionPolicy, Layout, OutsideReplacement, Stored};
+use crate::layout::{self, AtLoad, Layout, OutsideReplacement, Stored};
 use crate::report::{
     Backend, CacheInfo, CacheStatus, ClockInfo, CpuSpan, DbInfo, DelayAnalysis, LoadTiming, Report,
     SaveTiming, StorageInfo, StoredInfo, TimingBreakdown,
 };
 use crate::request::{SaveMode, UserId};
 use crate::sqlite;
-use crate::store::{
-    DB_VERSION_KEY, ObjectStore, PutCondition, PutOutcome, StoreError, StoreErrorKind, WRITE_ID_KEY,
-};
-
-/// How hard the save tries before giving up.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct RetryPolicy {
-    /// Times the whole request runs when another writer changed the object in between.
-    pub max_attempts: u32,
-    /// Times a store call is repeated after a 429 or 5xx.
-    pub store_retries: u32,
-    /// First wait before repeating a store call; doubled each time.
-    pub base_backoff_ms: u32,
-    /// Longest single wait.
-    pub max_backoff_ms: u32,
-}
-
-impl Default for RetryPolicy {
-    /// 3 runs; 4 repeats waiting 250, 500, 1000, 1000 ms (R2 takes about one write per
-    /// second per key, so the waits straddle its window).
-    fn default() -> Self {
-        Self {
-            max_attempts: 3,
-            store_retries: 4,
-            base_backoff_ms: 250,
-            max_backoff_ms: 1000,
-        }
-    }
-}
-
-impl RetryPolicy {
-    fn backoff_ms(&self, retry: u32) -> u32 {
-        self.base_backoff_ms
-            .saturating_mul(1 << retry.min(16))
-            .min(self.max_backoff_ms)
-    }
-}
-
-/// What the pipeline runs against.
-#[derive(Debug, Clone, Copy)]
-pub struct Context<'a, S, C> {
-    /// Where databases live.
-    pub store: &'a S,
-    /// What spans are measured with, and what waits between retries.
-    pub clock: &'a C,
-    /// Delay thresholds in force.
-    pub thresholds: Thresholds,
-    /// Largest object that will be downloaded.
-    pub max_db_bytes: u64,
-    /// Databases kept open between requests, if enabled.
-    pub cache: Option<&'a DbCache>,
-    /// Retries of store calls and of the whole request.
-    pub retry: RetryPolicy,
-    /// A value unique to this request (random in the worker), so its writes can be told
-    /// apart from everyone else's.
-    pub nonce: u64,
-    /// How writes are stored (`LAYOUT`).
-    pub layout: Layout,
-    /// When deltas are folded into a new base, and how old an orphan must be to be swept.
-    pub compaction: CompactionPolicy,
-}
-
-impl<'a, S, C> Context<'a, S, C> {
-    /// A context with the spec's thresholds, no cache, the default retries and size limit.
-    pub fn new(store: &'a S, clock: &'a C) -> Self {
-        Self {
-            store,
-            clock,
-            thresholds: Thresholds::default(),
-            max_db_bytes: crate::config::DEFAULT_MAX_DB_BYTES,
-            cache: None,
-            retry: RetryPolicy::default(),
-            nonce: 0,
-            layout: Layout::Single,
-            compaction: CompactionPolicy::default(),
-        }
-    }
-}
+use crate::store::{DB_VERSION_KEY, ObjectStore, PutCondition, PutOutcome, WRITE_ID_KEY};
 
 /// What a request does with the open database. It may run more than once (when another
 /// writer wins the race to save), each time on a fresh copy of the newest version.
@@ -169,24 +94,6 @@ impl Loaded {
         match &self.stored {
             Stored::New => None,
             Stored::Single { etag, .. } | Stored::Incremental { etag, .. } => Some(etag),
-        }
-    }
-}
-
-/// Repeats `op` after rate limiting and transient failures, waiting as `policy` says.
-pub(crate) async fn with_retries<T, C: Clock, F: AsyncFnMut() -> Result<T, StoreError>>(
-    clock: &C,
-    policy: &RetryPolicy,
-    mut op: F,
-) -> Result<T, StoreError> {
-    let mut retry = 0;
-    loop {
-        match op().await {
-            Err(e) if e.is_retryable() && retry < policy.store_retries => {
-                clock.sleep(policy.backoff_ms(retry)).await;
-                retry += 1;
-            }
-            other => return other,
         }
     }
 }
@@ -469,83 +376,6 @@ pub async fn save<S: ObjectStore, C: Clock, T>(
     })
 }
 
-/// A commit point's put: `bytes` under `key` if `condition` holds. 429s and 5xx are repeated
-/// with backoff; when an attempt's answer was lost, the object's `write-id` tells whether it
-/// landed. An error whose outcome cannot be established says so (`write_outcome_unknown`).
-pub(crate) async fn conditional_put<S: ObjectStore, C: Clock>(
-    ctx: &Context<'_, S, C>,
-    key: &str,
-    bytes: &[u8],
-    metadata: &[(&str, String)],
-    condition: &PutCondition,
-    write_id: &str,
-) -> Result<PutOutcome, Error> {
-    let clock = ctx.clock;
-    let expected = match condition {
-        PutCondition::IfMatch(etag) => Some(etag.as_str()),
-        PutCondition::IfAbsent => None,
-    };
-    let mut in_doubt = false;
-    let mut retry = 0;
-    loop {
-        match ctx.store.put(key, bytes, metadata, condition).await {
-            Ok(PutOutcome::ConditionFailed) if in_doubt => {
-                // An earlier attempt may have landed; if so the object is ours. If that cannot
-                // be read back, re-running would risk applying the work twice.
-                return match resolve(ctx, key, write_id).await {
-                    Ok(Some(etag)) => Ok(PutOutcome::Stored { etag }),
-                    Ok(None) => Ok(PutOutcome::ConditionFailed),
-                    Err(mut e) => {
-                        e.write_outcome_unknown = true;
-                        Err(Error::StorageUnavailable(e))
-                    }
-                };
-            }
-            Ok(outcome) => return Ok(outcome),
-            Err(e) if e.is_retryable() && retry < ctx.retry.store_retries => {
-                in_doubt |= e.kind == StoreErrorKind::Transient;
-                clock.sleep(ctx.retry.backoff_ms(retry)).await;
-                retry += 1;
-            }
-            Err(mut e) => {
-                in_doubt |= e.kind == StoreErrorKind::Transient;
-                if in_doubt {
-                    if let Ok(Some(etag)) = resolve(ctx, key, write_id).await {
-                        return Ok(PutOutcome::Stored { etag });
-                    }
-                    e.write_outcome_unknown = !unchanged(ctx, key, expected).await;
-                }
-                return Err(Error::StorageUnavailable(e));
-            }
-        }
-    }
-}
-
-/// The stored object's etag if it carries `write_id`, i.e. if a put of ours landed; an error
-/// if the object cannot be read back.
-async fn resolve<S: ObjectStore, C: Clock>(
-    ctx: &Context<'_, S, C>,
-    key: &str,
-    write_id: &str,
-) -> Result<Option<String>, StoreError> {
-    let head = with_retries(ctx.clock, &ctx.retry, async || ctx.store.head(key).await).await?;
-    Ok(head.and_then(|h| {
-        (h.metadata.get(WRITE_ID_KEY).map(String::as_str) == Some(write_id)).then_some(h.etag)
-    }))
-}
-
-/// Whether the stored object is provably still the loaded version (so nothing of ours landed).
-async fn unchanged<S: ObjectStore, C: Clock>(
-    ctx: &Context<'_, S, C>,
-    key: &str,
-    loaded_etag: Option<&str>,
-) -> bool {
-    match with_retries(ctx.clock, &ctx.retry, async || ctx.store.head(key).await).await {
-        Ok(head) => head.as_ref().map(|h| h.etag.as_str()) == loaded_etag,
-        Err(_) => false,
-    }
-}
-
 /// Everything [`report`] needs from the steps.
 #[derive(Debug)]
 pub struct Steps<'q, T> {
@@ -701,51 +531,9 @@ fn storage_info(l: &Loaded, saved: &Saved) -> StorageInfo {
     }
 }
 
-/// Returns the database to the version cache; only for a copy equal to `stored`.
-fn keep(
-    cache: Option<&DbCache>,
-    user: &UserId,
-    mut conn: Connection,
-    stored: Stored,
-    version: Option<u64>,
-    size_bytes: u64,
-) {
-    if let (Some(cache), false) = (cache, matches!(stored, Stored::New)) {
-        // The copy equals what is stored: nothing is pending in it.
-        sqlite::clear_changes(&mut conn);
-        cache.put(Entry {
-            key: user.db_key(),
-            stored,
-            db_version: version,
-            conn,
-            size_bytes,
-        });
-    }
-}
-
-/// Returns a connection equal to `stored` to the version cache (after an export streamed it).
-pub fn keep_connection(
-    cache: Option<&DbCache>,
-    user: &UserId,
-    mut conn: Connection,
-    stored: Stored,
-    version: Option<u64>,
-) {
-    let size = sqlite::export(&mut conn).map_or(0, |i| i.len() as u64);
-    keep(cache, user, conn, stored, version, size);
-}
-
 /// Returns a loaded, unchanged database to the version cache.
-pub(crate) fn keep_loaded<S, C>(ctx: &Context<'_, S, C>, user: &UserId, mut loaded: Loaded) {
-    let size = sqlite::export(&mut loaded.conn).map_or(0, |i| i.len() as u64);
-    keep(
-        ctx.cache,
-        user,
-        loaded.conn,
-        loaded.stored,
-        loaded.version,
-        size,
-    );
+fn keep_loaded<S, C>(ctx: &Context<'_, S, C>, user: &UserId, loaded: Loaded) {
+    cache::keep(ctx.cache, user, loaded.conn, loaded.stored, loaded.version);
 }
 
 /// Loads, runs `work`, saves as `mode` says and reports, re-running everything on the newest
@@ -800,20 +588,8 @@ pub async fn serve<S: ObjectStore, C: Clock, W: Work>(
         } = queried;
         match saved {
             Saved::Written {
-                stored,
-                version,
-                size_bytes,
-                ..
-            } => {
-                keep(
-                    ctx.cache,
-                    user,
-                    loaded.conn,
-                    stored,
-                    Some(version),
-                    size_bytes,
-                );
-            }
+                stored, version, ..
+            } => cache::keep(ctx.cache, user, loaded.conn, stored, Some(version)),
             // Unsaved changes must not outlive the request; an unchanged copy may.
             Saved::Skipped { .. } if !changed => keep_loaded(ctx, user, loaded),
             _ => {}

@@ -65,7 +65,7 @@ pub struct Report {
 #[derive(Debug, Clone, Serialize)]
 pub struct StorageInfo {
     /// `single` (one object) or `incremental` (base + deltas + manifest), after the request.
-    pub layout: crate::layout::Layout,
+    pub layout: crate::manifest::Layout,
     /// Bytes this request uploaded.
     pub bytes_uploaded: u64,
     /// Objects this request wrote.
@@ -81,7 +81,7 @@ pub struct StorageInfo {
     pub follow_up: String,
     /// Set when `database.sqlite` was found replaced from outside (see the README).
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub outside_replacement: Option<crate::layout::OutsideReplacement>,
+    pub outside_replacement: Option<crate::manifest::OutsideReplacement>,
 }
 
 /// `memory`: what the measurement of peak memory per byte of database is built on.

@@ -373,7 +373,7 @@ async fn handle_export(
     let (stored, cache) = (loaded.stored, isolate_cache(config.cache_max_bytes));
     let key_user = user.clone();
     let stream = super::r2::stream_image(loaded.conn, move |conn| {
-        pipeline::keep_connection(cache, &key_user, conn, stored, version);
+        crate::cache::keep(cache, &key_user, conn, stored, version);
     })?;
     let mut response =
         Response::from_body(worker::ResponseBody::Stream(stream)).map_err(internal)?;
