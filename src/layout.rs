@@ -37,8 +37,8 @@ use crate::delta;
 use crate::error::{Corruption, Error};
 use crate::header;
 pub use crate::manifest::{
-    BaseRef, COVERS_KEY, CompactionPolicy, ConflictRef, DeltaRef, LINEAGE_KEY, Layout, Manifest,
-    OUTSIDE_RULE, OutsideReplacement, PARALLEL_FETCHES, Retired, Stored,
+    BaseRef, COVERS_KEY, CompactionPolicy, ConflictRef, DeltaRef, FollowUp, LINEAGE_KEY, Layout,
+    Manifest, OUTSIDE_RULE, OutsideReplacement, PARALLEL_FETCHES, Retired, Stored,
 };
 use crate::report::CacheStatus;
 use crate::request::UserId;

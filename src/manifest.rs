@@ -244,3 +244,16 @@ pub struct OutsideReplacement {
     /// How many of the worker's deltas it keeps.
     pub deltas_kept: usize,
 }
+
+/// What should follow a write, off the request's critical path (`ctx.waitUntil`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FollowUp {
+    /// Nothing.
+    None,
+    /// The deltas passed a threshold: fold them into a new base (`crate::layout::compact`).
+    Compact,
+    /// `LAYOUT=single` but the user has a manifest: fold and retire it, so the user is one
+    /// object again.
+    Retire,
+}

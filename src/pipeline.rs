@@ -20,7 +20,7 @@ pub use crate::context::{Context, RetryPolicy};
 use crate::delay::PhaseDelay;
 use crate::error::Error;
 use crate::header;
-use crate::layout::{self, AtLoad, Layout, OutsideReplacement, Stored};
+use crate::layout::{self, AtLoad, FollowUp, Layout, OutsideReplacement, Stored};
 use crate::report::{
     Backend, CacheInfo, CacheStatus, ClockInfo, CpuSpan, DbInfo, DelayAnalysis, LoadTiming, Report,
     SaveTiming, StorageInfo, StoredInfo, TimingBreakdown,
@@ -215,19 +215,6 @@ pub fn query<C: Clock, W: Work>(
         changed,
         query_ms,
     })
-}
-
-/// What should follow a write, off the request's critical path (`ctx.waitUntil`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum FollowUp {
-    /// Nothing.
-    None,
-    /// The deltas passed a threshold: fold them into a new base ([`layout::compact`]).
-    Compact,
-    /// `LAYOUT=single` but the user has a manifest: fold and retire it, so the user is one
-    /// object again.
-    Retire,
 }
 
 /// Whether a save happened, and what it cost.
@@ -523,10 +510,7 @@ fn storage_info(l: &Loaded, saved: &Saved) -> StorageInfo {
         deltas_applied: l.deltas_applied,
         deltas_pending: deltas,
         manifest_seq,
-        follow_up: serde_json::to_value(follow_up)
-            .ok()
-            .and_then(|v| v.as_str().map(str::to_owned))
-            .unwrap_or_default(),
+        follow_up,
         outside_replacement: l.outside.clone(),
     }
 }

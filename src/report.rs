@@ -78,7 +78,7 @@ pub struct StorageInfo {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub manifest_seq: Option<u64>,
     /// What runs after the response: `none`, `compact` or `retire`.
-    pub follow_up: String,
+    pub follow_up: crate::manifest::FollowUp,
     /// Set when `database.sqlite` was found replaced from outside (see the README).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub outside_replacement: Option<crate::manifest::OutsideReplacement>,

@@ -19,6 +19,7 @@ use crate::cache::DbCache;
 use crate::clock::Clock;
 use crate::config::Config;
 use crate::error::Error;
+use crate::layout::FollowUp;
 use crate::pipeline::{self, Context, ListTables};
 use crate::report::{DurableTables, MemoryInfo, Report};
 use crate::request::{self, Route, SaveMode, UserId, durable_paths};
@@ -152,10 +153,10 @@ fn context<'a>(store: &'a R2Store, config: &Config) -> Context<'a, R2Store, JsCl
 /// the delay bands call for.
 fn finish(mut report: Report, user: &UserId, config: &Config) -> Report {
     if let Some(storage) = &report.storage {
-        let retire = match storage.follow_up.as_str() {
-            "compact" => Some(false),
-            "retire" => Some(true),
-            _ => None,
+        let retire = match storage.follow_up {
+            FollowUp::Compact => Some(false),
+            FollowUp::Retire => Some(true),
+            FollowUp::None => None,
         };
         if let Some(retire) = retire {
             FOLLOW_UPS.with(|f| f.borrow_mut().push((user.clone(), retire)));
