@@ -155,20 +155,15 @@ pub(crate) async fn join2<A: Future, B: Future>(a: A, b: B) -> (A::Output, B::Ou
     (ra.expect("joined"), rb.expect("joined"))
 }
 
-/// Reads a small object's whole body.
-async fn read_small<B: Body>(body: B) -> Result<Vec<u8>, Error> {
-    let mut bytes = vec![0; body.len()];
-    body.read_into(&mut bytes)
-        .await
-        .map_err(Error::StorageUnavailable)?;
-    Ok(bytes)
-}
-
 /// A manifest read from the store: itself, its etag and metadata.
 type FetchedManifest = (Manifest, String, HashMap<String, String>);
 
 async fn parse_manifest<B: Body>(object: StoredObject<B>) -> Result<FetchedManifest, Error> {
-    let bytes = read_small(object.body).await?;
+    let bytes = object
+        .body
+        .into_vec()
+        .await
+        .map_err(Error::StorageUnavailable)?;
     let manifest: Manifest = serde_json::from_slice(&bytes)
         .map_err(|e| Error::CorruptDatabase(Corruption::Contents(format!("manifest.json: {e}"))))?;
     if manifest.format != 1 {
@@ -227,7 +222,11 @@ async fn fetch_deltas<S: ObjectStore, C: Clock>(
             .await?;
             match got {
                 Fetched::Found(object) => {
-                    let bytes = read_small(object.body).await?;
+                    let bytes = object
+                        .body
+                        .into_vec()
+                        .await
+                        .map_err(Error::StorageUnavailable)?;
                     let summary =
                         delta::verify(&bytes).map_err(|e| corrupt(format!("{}: {e}", r.key)))?;
                     if format!("{:016x}", summary.checksum) != r.checksum

@@ -31,6 +31,16 @@ pub trait Body {
     /// Copies the whole object into `dst`, whose length is exactly [`Body::len`], chunk by
     /// chunk as it arrives. A body that ends early or runs long is an error.
     async fn read_into(self, dst: &mut [u8]) -> Result<(), StoreError>;
+
+    /// The whole object in a new buffer (for small objects: manifests, deltas).
+    async fn into_vec(self) -> Result<Vec<u8>, StoreError>
+    where
+        Self: Sized,
+    {
+        let mut bytes = vec![0; self.len()];
+        self.read_into(&mut bytes).await?;
+        Ok(bytes)
+    }
 }
 
 /// The result of a `get`.

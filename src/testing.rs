@@ -393,12 +393,6 @@ pub fn apply_sql(bytes: &[u8], sql: &str) -> Vec<u8> {
     sqlite::export(&mut conn).expect("export").to_vec()
 }
 
-async fn body_bytes<B: Body>(body: B) -> Result<Vec<u8>, StoreError> {
-    let mut out = vec![0; body.len()];
-    body.read_into(&mut out).await?;
-    Ok(out)
-}
-
 /// The [`ObjectStore`] failure contract, checked against any backend: the memory store in
 /// unit tests (host and wasm32), local R2 through the worker's self-test route end to end.
 /// Uses keys under `prefix`, which must not exist yet.
@@ -450,7 +444,7 @@ pub async fn store_contract<S: ObjectStore>(store: &S, prefix: &str) -> Result<(
     let Fetched::Found(got) = store.get(&key, u64::MAX, None).await.map_err(err)? else {
         return fail("get of an existing key must find it");
     };
-    if body_bytes(got.body).await.map_err(err)? != b"one" || got.etag != first {
+    if got.body.into_vec().await.map_err(err)? != b"one" || got.etag != first {
         return fail("failed conditional puts must leave the object unchanged");
     }
     let PutOutcome::Stored { etag: second } = store
@@ -472,7 +466,7 @@ pub async fn store_contract<S: ObjectStore>(store: &S, prefix: &str) -> Result<(
         return fail("get at exactly the size limit, with an outdated etag, must return the body");
     };
     let (etag, metadata) = (got.etag.clone(), got.metadata.clone());
-    if body_bytes(got.body).await.map_err(err)? != b"two"
+    if got.body.into_vec().await.map_err(err)? != b"two"
         || etag != second
         || metadata.get("k").map(String::as_str) != Some("v")
     {
