@@ -180,16 +180,8 @@ pub fn query<C: Clock, W: Work>(
     mut loaded: Loaded,
     work: &mut W,
 ) -> Result<Queried<W::Output>, Box<QueryFailed>> {
-    let before = match sqlite::change_counter(&mut loaded.conn) {
-        Ok(c) => c,
-        Err(error) => {
-            return Err(Box::new(QueryFailed {
-                error,
-                loaded,
-                changed: true,
-            }));
-        }
-    };
+    // Read at load, so a write is one whose commit moved it from there.
+    let before = loaded.change_counter;
     let start = clock.now_ms();
     let result = work
         .run(&mut loaded.conn)
