@@ -59,7 +59,7 @@ impl DurableObject for UserDb {
                 (Method::Post, durable_paths::IMPORT) => self.import(&user).await,
                 (Method::Post, durable_paths::QUERY) => self.query(&mut req).await,
                 (Method::Post, durable_paths::EXPORT) => self.export(&user).await,
-                (Method::Get, durable_paths::TABLES) => self.tables(&user),
+                (Method::Get, durable_paths::TABLES) => self.tables(&user).await,
                 (_, path) => Err(Error::NotFound { path: path.into() }),
             }
         }
@@ -307,6 +307,18 @@ impl UserDb {
             .map_err(super::http::internal)
     }
 
+    /// 404 unless an import ever succeeded here. Judged by the flag the import sets, not by
+    /// the tables: a user's database may be empty, and moving it must still work.
+    async fn imported(&self, user: &UserId) -> std::result::Result<(), Error> {
+        if self.flag(ACTIVE_KEY).await?.is_none() {
+            return Err(Error::UserNotFound {
+                user: user.as_str().to_owned(),
+                place: "the Durable Object (import it first: POST /do/import)",
+            });
+        }
+        Ok(())
+    }
+
     /// Queries are refused (retryable) while an export runs, and after one: R2 serves the user
     /// then, and a request that was routed here before the move must go there instead.
     async fn check_serving(&self) -> std::result::Result<(), Error> {
@@ -326,12 +338,7 @@ impl UserDb {
         self.set_flag(FROZEN_KEY, true).await?;
         let result = async {
             let target = DoTarget(self.state.storage().sql());
-            if user_tables(&target)?.is_empty() {
-                return Err(Error::UserNotFound {
-                    user: user.as_str().to_owned(),
-                    place: "the Durable Object (import it first: POST /do/import)",
-                });
-            }
+            self.imported(user).await?;
             let mut conn = sqlite::create()?;
             let report = import::export_into(&target, &conn)?;
             if !report.verified {
@@ -481,18 +488,13 @@ impl UserDb {
         )
     }
 
-    fn tables(&self, user: &UserId) -> std::result::Result<Response, Error> {
+    async fn tables(&self, user: &UserId) -> std::result::Result<Response, Error> {
+        self.imported(user).await?;
         let clock = JsClock;
         let target = DoTarget(self.state.storage().sql());
         let start = clock.now_ms();
         let tables = user_tables(&target)?;
         let query_ms = clock.now_ms() - start;
-        if tables.is_empty() {
-            return Err(Error::UserNotFound {
-                user: user.as_str().to_owned(),
-                place: "the Durable Object (import it first: POST /do/import)",
-            });
-        }
         json_response(
             &DurableTables {
                 tables,

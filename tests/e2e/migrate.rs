@@ -217,3 +217,25 @@ fn auto_migrate_moves_a_user_whose_trend_says_so() {
         assert_eq!(worker.get("/?user=auto").json["route"], "r2");
     }
 }
+
+/// A user whose database has no tables yet moves to their Durable Object and back like any
+/// other: the object knows it holds the user by its import, not by finding tables.
+#[test]
+fn an_empty_database_moves_and_comes_back() {
+    let worker = LocalWorker::start(&[]);
+    assert_eq!(worker.get("/?user=empty").status, 200);
+    let moved = worker.request("POST", "/migrate?user=empty&to=durable_object");
+    assert_eq!(moved.status, 200, "{}", moved.json);
+    let there = worker.get("/?user=empty");
+    assert_eq!(there.status, 200, "{}", there.json);
+    assert_eq!(there.json["route"], "durable_object");
+    assert_eq!(there.json["db_info"]["tables"], json!([]));
+    let back = worker.request("POST", "/migrate?user=empty&to=r2");
+    assert_eq!(back.status, 200, "{}", back.json);
+    assert_eq!(worker.get("/?user=empty").json["route"], "r2");
+    assert_eq!(
+        worker.get("/do?user=never-imported").status,
+        404,
+        "a user never imported is still not found there"
+    );
+}
