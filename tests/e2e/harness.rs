@@ -66,8 +66,21 @@ impl LocalWorker {
 
     /// As [`LocalWorker::start`], with exactly these `--var NAME:VALUE` settings.
     pub fn start_with_vars(objects: &[(&str, &[u8])], vars: &[(&str, &str)]) -> Self {
-        let mut worker = Self::spawn(None, vars);
-        worker.wait_ready();
+        let mut attempt = 0;
+        let worker = loop {
+            attempt += 1;
+            let mut worker = Self::spawn(None, vars);
+            match worker.wait_ready() {
+                Ok(()) => break worker,
+                // The ports are picked free and then handed to wrangler, which restarts
+                // workerd once at start-up: another process can take one in between. A fresh
+                // pair of ports is all it takes.
+                Err(log) if attempt < 3 && log.contains("Address already in use") => {
+                    drop(worker);
+                }
+                Err(log) => panic!("wrangler dev exited before serving:\n{log}"),
+            }
+        };
         for (key, bytes) in objects {
             worker.put_object(key, bytes);
         }
@@ -150,19 +163,17 @@ impl LocalWorker {
         }
     }
 
-    fn wait_ready(&mut self) {
+    /// Waits until the worker serves; `Err` with the log's tail if wrangler exited first.
+    fn wait_ready(&mut self) -> Result<(), String> {
         let deadline = Instant::now() + STARTUP_TIMEOUT;
         loop {
             if let Ok(Some(status)) = self.child.try_wait() {
-                panic!(
-                    "wrangler dev exited ({status}) before serving:\n{}",
-                    self.log_tail()
-                );
+                return Err(format!("({status}) {}", self.log_tail()));
             }
             // Our worker's JSON error (404, or 401/503/500 when access control or config
             // refuses) means workerd is serving the bundle; this path touches no object.
             if self.serves_json() {
-                return;
+                return Ok(());
             }
             assert!(
                 Instant::now() < deadline,
