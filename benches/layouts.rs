@@ -20,7 +20,6 @@ mod common;
 #[path = "e2e/runner.rs"]
 mod runner;
 
-use std::cell::Cell;
 use std::fmt::Write as _;
 
 use serde_json::{Value, json};
@@ -30,10 +29,7 @@ use workers_sqlite_poc::fixtures;
 use workers_sqlite_poc::layout::{self, Layout};
 use workers_sqlite_poc::pipeline::{Context, ListTables, serve};
 use workers_sqlite_poc::request::{SaveMode, UserId};
-use workers_sqlite_poc::store::{
-    Fetched, Listed, MemoryStore, ObjectHead, ObjectStore, PutCondition, PutOutcome, StoreError,
-};
-use workers_sqlite_poc::testing::{StepClock, apply_sql};
+use workers_sqlite_poc::testing::{Calls, HookStore, StepClock, apply_sql};
 use workers_sqlite_poc::work::Transaction;
 
 use common::{out_dir, p50_p95, size_label};
@@ -320,65 +316,6 @@ fn cold_loads(args: &Args, md: &mut String, raw: &mut Vec<Value>) {
     }
 }
 
-/// Counts each kind of store call on the real code paths.
-#[derive(Default)]
-struct Counting {
-    inner: MemoryStore,
-    gets: Cell<u64>,
-    heads: Cell<u64>,
-    puts: Cell<u64>,
-    lists: Cell<u64>,
-    deletes: Cell<u64>,
-}
-
-impl Counting {
-    fn take(&self) -> [u64; 5] {
-        [
-            &self.gets,
-            &self.heads,
-            &self.puts,
-            &self.lists,
-            &self.deletes,
-        ]
-        .map(|c| c.replace(0))
-    }
-}
-
-impl ObjectStore for Counting {
-    type Body = std::rc::Rc<[u8]>;
-    async fn get(
-        &self,
-        key: &str,
-        max: u64,
-        inm: Option<&str>,
-    ) -> Result<Fetched<Self::Body>, StoreError> {
-        self.gets.set(self.gets.get() + 1);
-        self.inner.get(key, max, inm).await
-    }
-    async fn head(&self, key: &str) -> Result<Option<ObjectHead>, StoreError> {
-        self.heads.set(self.heads.get() + 1);
-        self.inner.head(key).await
-    }
-    async fn put(
-        &self,
-        key: &str,
-        bytes: &[u8],
-        metadata: &[(&str, String)],
-        condition: &PutCondition,
-    ) -> Result<PutOutcome, StoreError> {
-        self.puts.set(self.puts.get() + 1);
-        self.inner.put(key, bytes, metadata, condition).await
-    }
-    async fn delete(&self, key: &str) -> Result<(), StoreError> {
-        self.deletes.set(self.deletes.get() + 1);
-        self.inner.delete(key).await
-    }
-    async fn list(&self, prefix: &str) -> Result<Vec<Listed>, StoreError> {
-        self.lists.set(self.lists.get() + 1);
-        self.inner.list(prefix).await
-    }
-}
-
 /// Phase 3: R2 operations per request, per layout, counted over the real pipeline.
 fn operations(md: &mut String) {
     writeln!(
@@ -398,7 +335,8 @@ fn operations(md: &mut String) {
         limits: Limits::default(),
     };
     for layout in [Layout::Single, Layout::Incremental] {
-        let store = Counting::default();
+        let calls = Calls::default();
+        let store = HookStore::default().with(&calls);
         store.inner.insert("ops/database.sqlite", &image(100), &[]);
         let clock = StepClock::stepping(1.0);
         let cache = DbCache::new(1 << 26);
@@ -411,7 +349,7 @@ fn operations(md: &mut String) {
             cache: None,
             ..cached
         };
-        let run = |ctx: &Context<'_, Counting, StepClock>, write: bool| {
+        let run = |ctx: &Context<'_, HookStore<'_>, StepClock>, write: bool| {
             if write {
                 pollster::block_on(serve(ctx, &user, SaveMode::Auto, &mut insert())).unwrap();
             } else {
@@ -420,21 +358,21 @@ fn operations(md: &mut String) {
         };
         run(&cached, true); // upgrade / first write
         run(&cached, true);
-        store.take();
+        calls.take();
         let mut rows: Vec<(&str, [u64; 5])> = vec![];
         run(&cached, true);
-        rows.push(("write, cache hit", store.take()));
+        rows.push(("write, cache hit", calls.take()));
         run(&cached, false);
-        rows.push(("read, cache hit", store.take()));
+        rows.push(("read, cache hit", calls.take()));
         run(&cold, true);
-        rows.push(("write, cold", store.take()));
+        rows.push(("write, cold", calls.take()));
         run(&cold, false);
-        rows.push(("read, cold", store.take()));
+        rows.push(("read, cold", calls.take()));
         if layout == Layout::Incremental {
             pollster::block_on(layout::compact(&cached, &user, false)).unwrap();
-            rows.push(("compaction (+ sweep)", store.take()));
+            rows.push(("compaction (+ sweep)", calls.take()));
         }
-        for (name, [g, h, p, l, d]) in rows {
+        for (name, [g, h, p, d, l]) in rows {
             let (a, b) = (p + l, g + h);
             let usd = a as f64 * CLASS_A_PER_M + b as f64 * CLASS_B_PER_M;
             writeln!(

@@ -1,10 +1,14 @@
-//! Shared test support: a seeded generator, a stepping clock, stores that race or fail on
-//! purpose, and helpers that read databases back. Used by the unit tests (host and wasm32),
+//! Shared test support: a seeded generator, a stepping clock, one store whose calls pass
+//! through hooks (that count, fail, park or act as another writer), and helpers that read
+//! databases back. Used by the unit tests (host and wasm32),
 //! `tests/`, `benches/` and the worker's store self-test; none of it serves real requests.
 
 use std::cell::{Cell, RefCell};
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
+use std::future::Future;
+use std::pin::Pin;
 use std::rc::Rc;
+use std::task::{Context, Poll, Waker};
 
 use rusqlite::Connection;
 
@@ -12,7 +16,7 @@ use crate::clock::Clock;
 use crate::sqlite;
 use crate::store::{
     Body, Fetched, Listed, MemoryStore, ObjectHead, ObjectStore, PutCondition, PutOutcome,
-    StoreError, StoreErrorKind,
+    StoreError, StoreErrorKind, StoredObject,
 };
 
 /// SplitMix64: small, deterministic and good enough for tests and fixtures; a failing case is
@@ -120,48 +124,342 @@ impl Clock for StepClock {
     }
 }
 
-/// A store where another writer replaces the database object (`database.sqlite`) right
-/// after each of our first `races` reads of it, so every save that follows them meets a
-/// changed object.
-#[derive(Debug)]
-pub struct RacingStore {
-    /// The store underneath.
-    pub inner: MemoryStore,
-    rival: Vec<u8>,
-    races_left: Cell<u32>,
+/// The kinds of store call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Operation {
+    /// `get`.
+    Get,
+    /// `head`.
+    Head,
+    /// `put`.
+    Put,
+    /// `delete`.
+    Delete,
+    /// `list`.
+    List,
 }
 
-impl RacingStore {
-    /// Races `races` times, each time storing `rival` as the other writer's version.
+impl Operation {
+    /// Every kind, in this order.
+    pub const ALL: [Self; 5] = [Self::Get, Self::Head, Self::Put, Self::Delete, Self::List];
+
+    /// The name a [`StoreError`] carries.
     #[must_use]
-    pub fn new(inner: MemoryStore, rival: Vec<u8>, races: u32) -> Self {
-        Self {
-            inner,
-            rival,
-            races_left: Cell::new(races),
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Get => "get",
+            Self::Head => "head",
+            Self::Put => "put",
+            Self::Delete => "delete",
+            Self::List => "list",
         }
     }
 }
 
-impl ObjectStore for RacingStore {
-    type Body = Rc<[u8]>;
+/// One store call, as a [`Hook`] sees it.
+#[derive(Debug, Clone, Copy)]
+pub enum Call<'c> {
+    /// A `get` of `key`.
+    Get {
+        /// The key read.
+        key: &'c str,
+    },
+    /// A `head` of `key`.
+    Head {
+        /// The key read.
+        key: &'c str,
+    },
+    /// A `put` of `bytes` under `key`.
+    Put {
+        /// The key written.
+        key: &'c str,
+        /// The bytes handed to the store (the caller's own buffer).
+        bytes: &'c [u8],
+        /// The custom metadata.
+        metadata: &'c [(&'c str, String)],
+        /// The put's condition.
+        condition: &'c PutCondition,
+    },
+    /// A `delete` of `key`.
+    Delete {
+        /// The key deleted.
+        key: &'c str,
+    },
+    /// A `list` of `prefix`.
+    List {
+        /// The prefix listed.
+        prefix: &'c str,
+    },
+}
+
+impl Call<'_> {
+    /// Which kind of call this is.
+    #[must_use]
+    pub fn operation(&self) -> Operation {
+        match self {
+            Self::Get { .. } => Operation::Get,
+            Self::Head { .. } => Operation::Head,
+            Self::Put { .. } => Operation::Put,
+            Self::Delete { .. } => Operation::Delete,
+            Self::List { .. } => Operation::List,
+        }
+    }
+
+    /// The key (or, for `list`, the prefix) the call names.
+    #[must_use]
+    pub fn key(&self) -> &str {
+        match self {
+            Self::Get { key }
+            | Self::Head { key }
+            | Self::Put { key, .. }
+            | Self::Delete { key } => key,
+            Self::List { prefix } => prefix,
+        }
+    }
+
+    /// A `put`'s metadata value under `name`.
+    #[must_use]
+    pub fn metadata(&self, name: &str) -> Option<&str> {
+        match self {
+            Self::Put { metadata, .. } => metadata
+                .iter()
+                .find(|(k, _)| *k == name)
+                .map(|(_, v)| v.as_str()),
+            _ => None,
+        }
+    }
+}
+
+/// What a hook decides before a call reaches the store.
+#[derive(Debug)]
+pub enum Action {
+    /// Go on (to the next hook, then the store).
+    Proceed,
+    /// Fail the call with this error; the store is not touched.
+    Fail(StoreError),
+    /// Let the call reach the store, then fail it with this error: the store acted but the
+    /// answer was lost.
+    LoseAnswer(StoreError),
+    /// Wait until the gate opens, then go on: lets a test order two racing steps' calls.
+    Park(Gate),
+}
+
+/// How the store answered a call that reached it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Answer {
+    /// `get` or `head` found the object.
+    Found,
+    /// `get` or `head` found nothing.
+    Missing,
+    /// `get` matched the caller's etag: no body.
+    NotModified,
+    /// `get` refused an object over the caller's limit.
+    TooLarge,
+    /// `put` stored its bytes.
+    Stored,
+    /// `put`'s condition did not hold: nothing was written.
+    ConditionFailed,
+    /// `delete` or `list` ran.
+    Done,
+}
+
+/// Code that runs around every call of a [`HookStore`]: it may count, fail, park the call or
+/// change the store underneath (another writer acting in between).
+pub trait Hook {
+    /// Runs before the call reaches the store; the first hook that fails the call ends it.
+    fn before(&self, _call: &Call<'_>, _store: &MemoryStore) -> Action {
+        Action::Proceed
+    }
+
+    /// Runs after the store answered a call that reached it (also when the answer is then
+    /// lost), not after a call a hook failed.
+    fn after(&self, _call: &Call<'_>, _answer: Answer, _store: &MemoryStore) {}
+}
+
+impl<H: Hook + ?Sized> Hook for &H {
+    fn before(&self, call: &Call<'_>, store: &MemoryStore) -> Action {
+        (**self).before(call, store)
+    }
+    fn after(&self, call: &Call<'_>, answer: Answer, store: &MemoryStore) {
+        (**self).after(call, answer, store);
+    }
+}
+
+impl<H: Hook + ?Sized> Hook for Rc<H> {
+    fn before(&self, call: &Call<'_>, store: &MemoryStore) -> Action {
+        (**self).before(call, store)
+    }
+    fn after(&self, call: &Call<'_>, answer: Answer, store: &MemoryStore) {
+        (**self).after(call, answer, store);
+    }
+}
+
+/// A closure run before every call.
+pub struct Before<F>(pub F);
+
+impl<F: Fn(&Call<'_>, &MemoryStore) -> Action> Hook for Before<F> {
+    fn before(&self, call: &Call<'_>, store: &MemoryStore) -> Action {
+        (self.0)(call, store)
+    }
+}
+
+/// A closure run after every call that reached the store.
+pub struct After<F>(pub F);
+
+impl<F: Fn(&Call<'_>, Answer, &MemoryStore)> Hook for After<F> {
+    fn after(&self, call: &Call<'_>, answer: Answer, store: &MemoryStore) {
+        (self.0)(call, answer, store);
+    }
+}
+
+/// A [`MemoryStore`] whose every call passes through hooks, in the order they were added.
+/// Its bodies count their copies, so a test can tell whether a body was read at all.
+pub struct HookStore<'h> {
+    /// The store underneath; hooks see it, tests seed and inspect it.
+    pub inner: MemoryStore,
+    hooks: Vec<Box<dyn Hook + 'h>>,
+    copies: Rc<Cell<u32>>,
+    bodies: Cell<u32>,
+}
+
+impl std::fmt::Debug for HookStore<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HookStore")
+            .field("inner", &self.inner)
+            .field("hooks", &self.hooks.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Default for HookStore<'_> {
+    fn default() -> Self {
+        Self::new(MemoryStore::new())
+    }
+}
+
+impl<'h> HookStore<'h> {
+    /// `inner` with no hooks yet.
+    #[must_use]
+    pub fn new(inner: MemoryStore) -> Self {
+        Self {
+            inner,
+            hooks: Vec::new(),
+            copies: Rc::default(),
+            bodies: Cell::new(0),
+        }
+    }
+
+    /// Adds `hook` after the ones already there.
+    #[must_use]
+    pub fn with(mut self, hook: impl Hook + 'h) -> Self {
+        self.hooks.push(Box::new(hook));
+        self
+    }
+
+    /// How many times any body's bytes were copied out.
+    #[must_use]
+    pub fn body_copies(&self) -> u32 {
+        self.copies.get()
+    }
+
+    /// How many `get`s returned a body.
+    #[must_use]
+    pub fn bodies_sent(&self) -> u32 {
+        self.bodies.get()
+    }
+
+    /// Runs the hooks' `before`: `Err` ends the call, `Ok(Some(e))` loses its answer.
+    async fn before(&self, call: &Call<'_>) -> Result<Option<StoreError>, StoreError> {
+        for hook in &self.hooks {
+            match hook.before(call, &self.inner) {
+                Action::Proceed => {}
+                Action::Fail(e) => return Err(e),
+                Action::LoseAnswer(e) => return Ok(Some(e)),
+                Action::Park(gate) => gate.wait().await,
+            }
+        }
+        Ok(None)
+    }
+
+    fn after<T>(
+        &self,
+        call: &Call<'_>,
+        answer: Answer,
+        lost: Option<StoreError>,
+        result: T,
+    ) -> Result<T, StoreError> {
+        for hook in &self.hooks {
+            hook.after(call, answer, &self.inner);
+        }
+        lost.map_or(Ok(result), Err)
+    }
+}
+
+/// A body that counts how often its bytes are copied out.
+#[derive(Debug)]
+pub struct CountedBody {
+    bytes: Rc<[u8]>,
+    copies: Rc<Cell<u32>>,
+}
+
+impl Body for CountedBody {
+    fn len(&self) -> usize {
+        self.bytes.len()
+    }
+
+    async fn read_into(self, dst: &mut [u8]) -> Result<(), StoreError> {
+        self.copies.set(self.copies.get() + 1);
+        dst.copy_from_slice(&self.bytes);
+        Ok(())
+    }
+}
+
+impl ObjectStore for HookStore<'_> {
+    type Body = CountedBody;
 
     async fn get(
         &self,
         key: &str,
         max_bytes: u64,
         if_none_match: Option<&str>,
-    ) -> Result<Fetched<Rc<[u8]>>, StoreError> {
-        let got = self.inner.get(key, max_bytes, if_none_match).await;
-        if self.races_left.get() > 0 && key.ends_with("/database.sqlite") {
-            self.races_left.set(self.races_left.get() - 1);
-            self.inner.insert(key, &self.rival, &[]);
-        }
-        got
+    ) -> Result<Fetched<CountedBody>, StoreError> {
+        let call = Call::Get { key };
+        let lost = self.before(&call).await?;
+        let (answer, fetched) = match self.inner.get(key, max_bytes, if_none_match).await? {
+            Fetched::Found(o) => {
+                self.bodies.set(self.bodies.get() + 1);
+                let body = CountedBody {
+                    bytes: o.body,
+                    copies: Rc::clone(&self.copies),
+                };
+                let found = StoredObject {
+                    etag: o.etag,
+                    metadata: o.metadata,
+                    body,
+                };
+                (Answer::Found, Fetched::Found(found))
+            }
+            Fetched::Missing => (Answer::Missing, Fetched::Missing),
+            Fetched::NotModified { metadata } => {
+                (Answer::NotModified, Fetched::NotModified { metadata })
+            }
+            Fetched::TooLarge { size_bytes } => {
+                (Answer::TooLarge, Fetched::TooLarge { size_bytes })
+            }
+        };
+        self.after(&call, answer, lost, fetched)
     }
 
     async fn head(&self, key: &str) -> Result<Option<ObjectHead>, StoreError> {
-        self.inner.head(key).await
+        let call = Call::Head { key };
+        let lost = self.before(&call).await?;
+        let head = self.inner.head(key).await?;
+        let answer = if head.is_some() {
+            Answer::Found
+        } else {
+            Answer::Missing
+        };
+        self.after(&call, answer, lost, head)
     }
 
     async fn put(
@@ -171,20 +469,161 @@ impl ObjectStore for RacingStore {
         metadata: &[(&str, String)],
         condition: &PutCondition,
     ) -> Result<PutOutcome, StoreError> {
-        self.inner.put(key, bytes, metadata, condition).await
+        let call = Call::Put {
+            key,
+            bytes,
+            metadata,
+            condition,
+        };
+        let lost = self.before(&call).await?;
+        let outcome = self.inner.put(key, bytes, metadata, condition).await?;
+        let answer = match outcome {
+            PutOutcome::Stored { .. } => Answer::Stored,
+            PutOutcome::ConditionFailed => Answer::ConditionFailed,
+        };
+        self.after(&call, answer, lost, outcome)
     }
 
     async fn delete(&self, key: &str) -> Result<(), StoreError> {
-        self.inner.delete(key).await
+        let call = Call::Delete { key };
+        let lost = self.before(&call).await?;
+        self.inner.delete(key).await?;
+        self.after(&call, Answer::Done, lost, ())
     }
 
     async fn list(&self, prefix: &str) -> Result<Vec<Listed>, StoreError> {
-        self.inner.list(prefix).await
+        let call = Call::List { prefix };
+        let lost = self.before(&call).await?;
+        let listed = self.inner.list(prefix).await?;
+        self.after(&call, Answer::Done, lost, listed)
     }
 }
 
-/// One planned failure of a [`FaultyStore`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// A gate a parked call waits at until the test opens it. Clones share one gate.
+#[derive(Debug, Clone, Default)]
+pub struct Gate(Rc<GateState>);
+
+#[derive(Debug, Default)]
+struct GateState {
+    open: Cell<bool>,
+    waiting: Cell<u32>,
+    wakers: RefCell<Vec<Waker>>,
+}
+
+impl Gate {
+    /// A closed gate.
+    #[must_use]
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Opens the gate: every call parked at it (and every later one) goes on.
+    pub fn open(&self) {
+        self.0.open.set(true);
+        for waker in self.0.wakers.borrow_mut().drain(..) {
+            waker.wake();
+        }
+    }
+
+    /// How many calls are parked at the gate now.
+    #[must_use]
+    pub fn waiting(&self) -> u32 {
+        self.0.waiting.get()
+    }
+
+    /// Resolves once the gate is open.
+    pub async fn wait(&self) {
+        let mut parked = false;
+        std::future::poll_fn(|cx| {
+            if self.0.open.get() {
+                if parked {
+                    self.0.waiting.set(self.0.waiting.get() - 1);
+                }
+                return Poll::Ready(());
+            }
+            if !parked {
+                parked = true;
+                self.0.waiting.set(self.0.waiting.get() + 1);
+            }
+            self.0.wakers.borrow_mut().push(cx.waker().clone());
+            Poll::Pending
+        })
+        .await;
+    }
+}
+
+/// Polls `future` once: a test steps two racing futures by hand, in the order it chooses,
+/// while [`Gate`]s hold their store calls.
+pub fn poll_once<F: Future + ?Sized>(future: Pin<&mut F>) -> Poll<F::Output> {
+    future.poll(&mut Context::from_waker(Waker::noop()))
+}
+
+/// Counts each kind of call that reaches the hook (failed ones included, when it comes
+/// before the hook that fails them).
+#[derive(Debug, Default)]
+pub struct Calls {
+    counts: [Cell<u64>; 5],
+}
+
+impl Calls {
+    /// Calls of kind `op` so far.
+    #[must_use]
+    pub fn count(&self, op: Operation) -> u64 {
+        self.counts[op as usize].get()
+    }
+
+    /// Every kind's count, in [`Operation::ALL`] order, and starts again from zero.
+    pub fn take(&self) -> [u64; 5] {
+        Operation::ALL.map(|op| self.counts[op as usize].replace(0))
+    }
+}
+
+impl Hook for Calls {
+    fn before(&self, call: &Call<'_>, _store: &MemoryStore) -> Action {
+        let count = &self.counts[call.operation() as usize];
+        count.set(count.get() + 1);
+        Action::Proceed
+    }
+}
+
+/// Runs `then` on the store right after each of the first `times` gets of `key` that find
+/// it: another writer acting between a read and the write that follows it.
+pub struct AfterReads<F> {
+    key: String,
+    left: Cell<u32>,
+    then: F,
+}
+
+impl<F: Fn(&MemoryStore)> AfterReads<F> {
+    /// `then` after each of the first `times` reads of `key`.
+    pub fn new(key: &str, times: u32, then: F) -> Self {
+        Self {
+            key: key.to_owned(),
+            left: Cell::new(times),
+            then,
+        }
+    }
+
+    /// How many more reads will be followed by `then`.
+    pub fn left(&self) -> u32 {
+        self.left.get()
+    }
+}
+
+impl<F: Fn(&MemoryStore)> Hook for AfterReads<F> {
+    fn after(&self, call: &Call<'_>, answer: Answer, store: &MemoryStore) {
+        if let (Call::Get { key }, Answer::Found) = (call, answer)
+            && *key == self.key
+            && self.left.get() > 0
+        {
+            self.left.set(self.left.get() - 1);
+            (self.then)(store);
+        }
+    }
+}
+
+/// One planned failure of a [`FaultPlan`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Fault {
     /// The call succeeds.
     None,
@@ -192,34 +631,48 @@ pub enum Fault {
     RateLimited,
     /// The call fails with a 5xx before touching the object.
     Unavailable,
-    /// A `put` stores its bytes, then the answer is lost (5xx); on other calls, as
-    /// `Unavailable`.
+    /// A `put` or `delete` acts, then the answer is lost (5xx); on a read, as `Unavailable`.
     LostAnswer,
     /// The call fails permanently (permissions, bad binding).
     Permanent,
 }
 
-/// A [`MemoryStore`] that fails calls as a plan says: the n-th call of each kind takes the
-/// n-th planned fault of that kind, and calls past the plan succeed.
+/// Fails calls as a plan says: the n-th call of each kind takes the n-th planned fault of that
+/// kind, and calls past the plan succeed. It can also stop the worker (every call from some
+/// point on fails and changes nothing), and it counts every fault it injected, so a test can
+/// tell its plan actually fired.
 #[derive(Debug, Default)]
-pub struct FaultyStore {
-    /// The store underneath.
-    pub inner: MemoryStore,
-    gets: RefCell<VecDeque<Fault>>,
-    heads: RefCell<VecDeque<Fault>>,
-    puts: RefCell<VecDeque<Fault>>,
-    deletes: RefCell<VecDeque<Fault>>,
-    /// Calls left before the worker "stops": from then on every call fails (and a call that
-    /// would change the store changes nothing), as if the isolate died there.
+pub struct FaultPlan {
+    plans: [RefCell<VecDeque<Fault>>; 5],
+    fired: RefCell<BTreeMap<(Operation, Fault), u32>>,
     stop_after: Cell<Option<u32>>,
+    stops: Cell<u32>,
 }
 
-impl FaultyStore {
-    /// Adds a plan for `delete`.
+impl FaultPlan {
+    /// A plan that fails nothing yet.
     #[must_use]
-    pub fn with_deletes(self, deletes: &[Fault]) -> Self {
-        *self.deletes.borrow_mut() = deletes.iter().copied().collect();
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Plans `faults` for the next calls of kind `op` (builder form of [`FaultPlan::set`]).
+    #[must_use]
+    pub fn with(self, op: Operation, faults: &[Fault]) -> Self {
+        self.set(op, faults);
         self
+    }
+
+    /// Replaces the plan for calls of kind `op`.
+    pub fn set(&self, op: Operation, faults: &[Fault]) {
+        *self.plans[op as usize].borrow_mut() = faults.iter().copied().collect();
+    }
+
+    /// Drops every plan that has not fired yet.
+    pub fn clear(&self) {
+        for op in Operation::ALL {
+            self.set(op, &[]);
+        }
     }
 
     /// The worker stops after `calls` more store calls (of any kind): every later call fails
@@ -234,120 +687,58 @@ impl FaultyStore {
         self.stop_after.get()
     }
 
-    /// Whether the worker has stopped.
+    /// How many calls failed because the worker had stopped.
     #[must_use]
-    pub fn stopped(&self) -> bool {
-        self.stop_after.get() == Some(0)
+    pub fn stops(&self) -> u32 {
+        self.stops.get()
     }
 
-    fn step(&self, operation: &'static str) -> Result<(), StoreError> {
+    /// How many times `fault` was injected into calls of kind `op`.
+    #[must_use]
+    pub fn fired(&self, op: Operation, fault: Fault) -> u32 {
+        self.fired.borrow().get(&(op, fault)).copied().unwrap_or(0)
+    }
+
+    /// How many faults were injected in all (not counting stops).
+    #[must_use]
+    pub fn fired_total(&self) -> u32 {
+        self.fired.borrow().values().sum()
+    }
+}
+
+impl Hook for FaultPlan {
+    fn before(&self, call: &Call<'_>, _store: &MemoryStore) -> Action {
+        let op = call.operation();
         match self.stop_after.get() {
-            Some(0) => Err(StoreError::new(
-                operation,
-                StoreErrorKind::Permanent,
-                "the worker stopped here",
-            )),
-            Some(n) => {
-                self.stop_after.set(Some(n - 1));
-                Ok(())
+            Some(0) => {
+                self.stops.set(self.stops.get() + 1);
+                return Action::Fail(StoreError::new(
+                    op.as_str(),
+                    StoreErrorKind::Permanent,
+                    "the worker stopped here",
+                ));
             }
-            None => Ok(()),
+            Some(n) => self.stop_after.set(Some(n - 1)),
+            None => {}
         }
-    }
-
-    /// Wraps `inner` with the given plans for `get`, `head` and `put`.
-    #[must_use]
-    pub fn new(inner: MemoryStore, gets: &[Fault], heads: &[Fault], puts: &[Fault]) -> Self {
-        Self {
-            inner,
-            gets: RefCell::new(gets.iter().copied().collect()),
-            heads: RefCell::new(heads.iter().copied().collect()),
-            puts: RefCell::new(puts.iter().copied().collect()),
-            deletes: RefCell::default(),
-            stop_after: Cell::new(None),
+        let fault = self.plans[op as usize]
+            .borrow_mut()
+            .pop_front()
+            .unwrap_or(Fault::None);
+        if fault == Fault::None {
+            return Action::Proceed;
         }
-    }
-}
-
-impl FaultyStore {
-    /// Replaces the plans, for the next request.
-    pub fn replan(&self, gets: &[Fault], heads: &[Fault], puts: &[Fault]) {
-        *self.gets.borrow_mut() = gets.iter().copied().collect();
-        *self.heads.borrow_mut() = heads.iter().copied().collect();
-        *self.puts.borrow_mut() = puts.iter().copied().collect();
-    }
-}
-
-fn planned(plan: &RefCell<VecDeque<Fault>>) -> Fault {
-    plan.borrow_mut().pop_front().unwrap_or(Fault::None)
-}
-
-fn fault_error(operation: &'static str, fault: Fault) -> StoreError {
-    let kind = match fault {
-        Fault::RateLimited => StoreErrorKind::RateLimited,
-        Fault::Permanent => StoreErrorKind::Permanent,
-        _ => StoreErrorKind::Transient,
-    };
-    StoreError::new(operation, kind, format!("injected {fault:?}"))
-}
-
-impl ObjectStore for FaultyStore {
-    type Body = Rc<[u8]>;
-
-    async fn get(
-        &self,
-        key: &str,
-        max_bytes: u64,
-        if_none_match: Option<&str>,
-    ) -> Result<Fetched<Rc<[u8]>>, StoreError> {
-        self.step("get")?;
-        match planned(&self.gets) {
-            Fault::None => self.inner.get(key, max_bytes, if_none_match).await,
-            fault => Err(fault_error("get", fault)),
+        *self.fired.borrow_mut().entry((op, fault)).or_default() += 1;
+        let kind = match fault {
+            Fault::RateLimited => StoreErrorKind::RateLimited,
+            Fault::Permanent => StoreErrorKind::Permanent,
+            _ => StoreErrorKind::Transient,
+        };
+        let error = StoreError::new(op.as_str(), kind, format!("injected {fault:?}"));
+        match (fault, op) {
+            (Fault::LostAnswer, Operation::Put | Operation::Delete) => Action::LoseAnswer(error),
+            _ => Action::Fail(error),
         }
-    }
-
-    async fn head(&self, key: &str) -> Result<Option<ObjectHead>, StoreError> {
-        self.step("head")?;
-        match planned(&self.heads) {
-            Fault::None => self.inner.head(key).await,
-            fault => Err(fault_error("head", fault)),
-        }
-    }
-
-    async fn put(
-        &self,
-        key: &str,
-        bytes: &[u8],
-        metadata: &[(&str, String)],
-        condition: &PutCondition,
-    ) -> Result<PutOutcome, StoreError> {
-        self.step("put")?;
-        match planned(&self.puts) {
-            Fault::None => self.inner.put(key, bytes, metadata, condition).await,
-            Fault::LostAnswer => {
-                self.inner.put(key, bytes, metadata, condition).await?;
-                Err(fault_error("put", Fault::LostAnswer))
-            }
-            fault => Err(fault_error("put", fault)),
-        }
-    }
-
-    async fn delete(&self, key: &str) -> Result<(), StoreError> {
-        self.step("delete")?;
-        match planned(&self.deletes) {
-            Fault::None => self.inner.delete(key).await,
-            Fault::LostAnswer => {
-                self.inner.delete(key).await?;
-                Err(fault_error("delete", Fault::LostAnswer))
-            }
-            fault => Err(fault_error("delete", fault)),
-        }
-    }
-
-    async fn list(&self, prefix: &str) -> Result<Vec<Listed>, StoreError> {
-        self.step("list")?;
-        self.inner.list(prefix).await
     }
 }
 
@@ -493,109 +884,6 @@ pub async fn store_contract<S: ObjectStore>(store: &S, prefix: &str) -> Result<(
         other => Err(format!(
             "head must return the etag and metadata, got {other:?}"
         )),
-    }
-}
-
-/// A body that counts how often its bytes are copied out.
-#[derive(Debug)]
-pub struct CountedBody {
-    bytes: Rc<[u8]>,
-    copies: Rc<Cell<u32>>,
-}
-
-impl Body for CountedBody {
-    fn len(&self) -> usize {
-        self.bytes.len()
-    }
-
-    async fn read_into(self, dst: &mut [u8]) -> Result<(), StoreError> {
-        self.copies.set(self.copies.get() + 1);
-        dst.copy_from_slice(&self.bytes);
-        Ok(())
-    }
-}
-
-/// A [`MemoryStore`] whose bodies count their copies, so a test can tell whether a body was
-/// read at all.
-#[derive(Debug, Default)]
-pub struct CountingStore {
-    /// The store underneath.
-    pub inner: MemoryStore,
-    copies: Rc<Cell<u32>>,
-    bodies: Cell<u32>,
-    last_put: Cell<Option<(usize, usize)>>,
-}
-
-impl CountingStore {
-    /// How many times any body's bytes were copied out.
-    #[must_use]
-    pub fn body_copies(&self) -> u32 {
-        self.copies.get()
-    }
-
-    /// How many `get`s returned a body.
-    #[must_use]
-    pub fn bodies_sent(&self) -> u32 {
-        self.bodies.get()
-    }
-
-    /// Address and length of the bytes the last `put` was handed: a test compares them with
-    /// SQLite's own image to prove the worker made no copy of its own.
-    #[must_use]
-    pub fn last_put(&self) -> Option<(usize, usize)> {
-        self.last_put.get()
-    }
-}
-
-impl ObjectStore for CountingStore {
-    type Body = CountedBody;
-
-    async fn get(
-        &self,
-        key: &str,
-        max_bytes: u64,
-        if_none_match: Option<&str>,
-    ) -> Result<Fetched<CountedBody>, StoreError> {
-        Ok(match self.inner.get(key, max_bytes, if_none_match).await? {
-            Fetched::Found(o) => {
-                self.bodies.set(self.bodies.get() + 1);
-                Fetched::Found(crate::store::StoredObject {
-                    etag: o.etag,
-                    metadata: o.metadata,
-                    body: CountedBody {
-                        bytes: o.body,
-                        copies: Rc::clone(&self.copies),
-                    },
-                })
-            }
-            Fetched::Missing => Fetched::Missing,
-            Fetched::NotModified { metadata } => Fetched::NotModified { metadata },
-            Fetched::TooLarge { size_bytes } => Fetched::TooLarge { size_bytes },
-        })
-    }
-
-    async fn head(&self, key: &str) -> Result<Option<ObjectHead>, StoreError> {
-        self.inner.head(key).await
-    }
-
-    async fn put(
-        &self,
-        key: &str,
-        bytes: &[u8],
-        metadata: &[(&str, String)],
-        condition: &PutCondition,
-    ) -> Result<PutOutcome, StoreError> {
-        self.last_put
-            .set(Some((bytes.as_ptr() as usize, bytes.len())));
-        self.inner.put(key, bytes, metadata, condition).await
-    }
-
-    async fn delete(&self, key: &str) -> Result<(), StoreError> {
-        self.inner.delete(key).await
-    }
-
-    async fn list(&self, prefix: &str) -> Result<Vec<Listed>, StoreError> {
-        self.inner.list(prefix).await
     }
 }
 

@@ -15,7 +15,9 @@ use workers_sqlite_poc::pipeline::{self, Context, Saved, load, query, save, serv
 use workers_sqlite_poc::report::{CacheStatus, Report};
 use workers_sqlite_poc::request::{SaveMode, UserId};
 use workers_sqlite_poc::store::{MemoryStore, ObjectStore};
-use workers_sqlite_poc::testing::{Fault, FaultyStore, Rng, StepClock, apply_sql, open};
+use workers_sqlite_poc::testing::{
+    After, Answer, Call, Fault, FaultPlan, HookStore, Operation, Rng, StepClock, apply_sql, open,
+};
 use workers_sqlite_poc::work::Transaction;
 use workers_sqlite_poc::{fixtures, migrate, sqlite};
 
@@ -306,28 +308,17 @@ fn compaction_folds_deltas_and_sweep_removes_orphans() {
 fn write_between_compaction_steps_is_kept() {
     let store = seeded();
     let clock = StepClock::stepping(1.0);
-    let ctx = incremental(&store, &clock, None);
     for id in 1..=3 {
-        write(&ctx, id).unwrap();
+        write(&incremental(&store, &clock, None), id).unwrap();
     }
     // Compaction stops after its base put (a load = 2 gets + 3 deltas, then the put).
-    let faulty = FaultyStore::new(MemoryStore::new(), &[], &[], &[]);
-    for key in store.keys() {
-        faulty.inner.insert(
-            &key,
-            &store.bytes(&key).unwrap(),
-            &store
-                .metadata(&key)
-                .unwrap()
-                .iter()
-                .map(|(k, v)| (k.as_str(), v.clone()))
-                .collect::<Vec<_>>(),
-        );
-    }
+    let stops = FaultPlan::new();
+    let faulty = HookStore::new(store).with(&stops);
     let fctx = incremental(&faulty, &clock, None);
-    faulty.stop_after(Some(6));
+    stops.stop_after(Some(6));
     assert!(block(layout::compact(&fctx, &user(), false)).is_err());
-    faulty.stop_after(None);
+    assert!(stops.stops() > 0, "the compaction was stopped");
+    stops.stop_after(None);
     let base = faulty.inner.metadata(BASE).unwrap();
     assert_eq!(
         base["covers-seq"], "3",
@@ -342,58 +333,6 @@ fn write_between_compaction_steps_is_kept() {
     assert_eq!(hits(&faulty.inner.bytes(BASE).unwrap()), [1, 2, 3, 4]);
 }
 
-/// A store that runs `hook` once, right after compaction's base put lands: another writer
-/// committing between compaction's two puts.
-struct Interleaved<'a> {
-    inner: &'a MemoryStore,
-    hook: std::cell::RefCell<Option<Box<dyn FnOnce() + 'a>>>,
-}
-
-impl ObjectStore for Interleaved<'_> {
-    type Body = std::rc::Rc<[u8]>;
-    async fn get(
-        &self,
-        key: &str,
-        max: u64,
-        inm: Option<&str>,
-    ) -> Result<workers_sqlite_poc::store::Fetched<Self::Body>, workers_sqlite_poc::store::StoreError>
-    {
-        self.inner.get(key, max, inm).await
-    }
-    async fn head(
-        &self,
-        key: &str,
-    ) -> Result<Option<workers_sqlite_poc::store::ObjectHead>, workers_sqlite_poc::store::StoreError>
-    {
-        self.inner.head(key).await
-    }
-    async fn put(
-        &self,
-        key: &str,
-        bytes: &[u8],
-        metadata: &[(&str, String)],
-        condition: &workers_sqlite_poc::store::PutCondition,
-    ) -> Result<workers_sqlite_poc::store::PutOutcome, workers_sqlite_poc::store::StoreError> {
-        let out = self.inner.put(key, bytes, metadata, condition).await;
-        let hook = (key == BASE && metadata.iter().any(|(k, _)| *k == "covers-seq"))
-            .then(|| self.hook.borrow_mut().take())
-            .flatten();
-        if let Some(hook) = hook {
-            hook();
-        }
-        out
-    }
-    async fn delete(&self, key: &str) -> Result<(), workers_sqlite_poc::store::StoreError> {
-        self.inner.delete(key).await
-    }
-    async fn list(
-        &self,
-        prefix: &str,
-    ) -> Result<Vec<workers_sqlite_poc::store::Listed>, workers_sqlite_poc::store::StoreError> {
-        self.inner.list(prefix).await
-    }
-}
-
 /// Writes that commit while a compaction runs do not make it start over: it commits its
 /// manifest over theirs, keeping their deltas, and deletes only what it folded.
 #[test]
@@ -404,19 +343,29 @@ fn compaction_keeps_writes_that_commit_meanwhile() {
     for id in 1..=3 {
         write(&ctx, id).unwrap();
     }
-    let interleaved = Interleaved {
-        inner: &store,
-        hook: std::cell::RefCell::new(Some(Box::new(|| {
-            write(&incremental(&store, &clock, None), 4).unwrap();
-            write(&incremental(&store, &clock, None), 5).unwrap();
-        }))),
-    };
+    // Another writer commits twice right after compaction's base put lands, before its
+    // manifest put.
+    let rival_done = std::cell::Cell::new(false);
+    let interleaved = HookStore::new(store).with(After(
+        |call: &Call<'_>, answer: Answer, inner: &MemoryStore| {
+            if call.key() == BASE
+                && call.metadata("covers-seq").is_some()
+                && answer == Answer::Stored
+                && !rival_done.replace(true)
+            {
+                write(&incremental(inner, &clock, None), 4).unwrap();
+                write(&incremental(inner, &clock, None), 5).unwrap();
+            }
+        },
+    ));
     let done = block(layout::compact(
         &incremental(&interleaved, &clock, None),
         &user(),
         false,
     ))
     .unwrap();
+    assert!(rival_done.get(), "the rival wrote in between");
+    let store = interleaved.inner;
     assert_eq!(done.outcome, "compacted");
     assert_eq!((done.deltas_folded, done.deltas_deleted), (3, 3));
     let m = manifest(&store).unwrap();
@@ -583,10 +532,17 @@ fn damaged_delta_is_refused() {
 
 /// One worker's scenario: six writes, compaction whenever it is due, a sweep at the end.
 /// Returns the writes acknowledged, and the ones whose outcome the worker could not know.
+/// Each write is its own request, with its own nonce as in the worker (with one nonce for all,
+/// a write whose delta put landed unacknowledged and the next write would share a delta key
+/// and a write id under a frozen clock).
 fn scenario<S: ObjectStore, C: Clock>(ctx: &Context<'_, S, C>, first: i64) -> (Vec<i64>, Vec<i64>) {
     let (mut acked, mut unknown) = (vec![], vec![]);
     for id in first..first + 6 {
-        match write(ctx, id) {
+        let request = Context {
+            nonce: ctx.nonce ^ id as u64,
+            ..*ctx
+        };
+        match write(&request, id) {
             Ok(report) => {
                 acked.push(id);
                 if storage(&report)["follow_up"] == "compact" {
@@ -603,7 +559,7 @@ fn scenario<S: ObjectStore, C: Clock>(ctx: &Context<'_, S, C>, first: i64) -> (V
 
 /// After a fault: the database loads, passes integrity_check, holds every acknowledged write
 /// and nothing unacknowledged (writes of unknown outcome may be either way).
-fn check(store: &FaultyStore, acked: &[i64], unknown: &[i64], what: &str) -> Vec<i64> {
+fn check(store: &HookStore<'_>, acked: &[i64], unknown: &[i64], what: &str) -> Vec<i64> {
     let image = current(store);
     assert_eq!(integrity(&image), "ok", "{what}");
     let ids = hits(&image);
@@ -622,8 +578,8 @@ fn check(store: &FaultyStore, acked: &[i64], unknown: &[i64], what: &str) -> Vec
     ids
 }
 
-fn faulty_seeded() -> FaultyStore {
-    FaultyStore::new(seeded(), &[], &[], &[])
+fn faulty_seeded(plan: &FaultPlan) -> HookStore<'_> {
+    HookStore::new(seeded()).with(plan)
 }
 
 /// The worker stops at every store call of the scenario (each get, delta put, manifest put,
@@ -632,18 +588,24 @@ fn faulty_seeded() -> FaultyStore {
 #[test]
 fn worker_stopping_at_any_step_loses_nothing() {
     let clock = StepClock::stepping(1.0);
-    let probe = faulty_seeded();
+    let probe = FaultPlan::new();
     probe.stop_after(Some(1_000_000));
-    scenario(&incremental(&probe, &clock, None), 1);
+    let cache = DbCache::new(1 << 26);
+    scenario(
+        &incremental(&faulty_seeded(&probe), &clock, Some(&cache)),
+        1,
+    );
     let calls = 1_000_000 - probe.calls_left().unwrap();
     assert!(calls > 30, "the scenario makes {calls} store calls");
     for stop in 0..=calls {
-        let store = faulty_seeded();
+        let plan = FaultPlan::new();
+        let store = faulty_seeded(&plan);
         let cache = DbCache::new(1 << 26);
-        store.stop_after(Some(stop));
+        plan.stop_after(Some(stop));
         let (acked, unknown) = scenario(&incremental(&store, &clock, Some(&cache)), 1);
         let what = format!("stopped after {stop} calls");
-        store.stop_after(None);
+        assert_eq!(plan.stops() > 0, stop < calls, "{what}: stopped or not");
+        plan.stop_after(None);
         let before = check(&store, &acked, &unknown, &what);
         // A new worker: writes, compacts, sweeps.
         let next = incremental(&store, &clock, None);
@@ -666,7 +628,8 @@ fn worker_stopping_at_any_step_loses_nothing() {
 }
 
 /// Seeded plans of 429s, 5xx, lost answers and permanent failures on every kind of call,
-/// including compaction's and the sweep's deletes.
+/// including compaction's and the sweep's deletes and lists; every kind of fault is seen to
+/// fire on every kind of call.
 #[test]
 fn seeded_fault_plans_keep_the_invariants() {
     let faults = [
@@ -677,12 +640,18 @@ fn seeded_fault_plans_keep_the_invariants() {
         Fault::LostAnswer,
         Fault::Permanent,
     ];
+    let mut fired = std::collections::BTreeMap::new();
     for seed in 0..60u64 {
         let mut rng = Rng::new(seed);
-        let mut plan =
+        let mut draw =
             |n: usize| -> Vec<Fault> { (0..n).map(|_| faults[rng.index(faults.len())]).collect() };
-        let (gets, heads, puts, deletes) = (plan(30), plan(10), plan(30), plan(10));
-        let store = FaultyStore::new(seeded(), &gets, &heads, &puts).with_deletes(&deletes);
+        let plan = FaultPlan::new()
+            .with(Operation::Get, &draw(12))
+            .with(Operation::Head, &draw(10))
+            .with(Operation::Put, &draw(16))
+            .with(Operation::Delete, &draw(10))
+            .with(Operation::List, &draw(4));
+        let store = faulty_seeded(&plan);
         let clock = StepClock::frozen();
         let cache = DbCache::new(1 << 26);
         let ctx = Context {
@@ -693,8 +662,20 @@ fn seeded_fault_plans_keep_the_invariants() {
             ..incremental(&store, &clock, Some(&cache))
         };
         let (acked, unknown) = scenario(&ctx, 1);
-        store.replan(&[], &[], &[]);
+        assert!(plan.fired_total() > 0, "seed {seed}: no fault fired");
+        for op in Operation::ALL {
+            for fault in faults {
+                *fired.entry((op, fault)).or_insert(0) += plan.fired(op, fault);
+            }
+        }
+        plan.clear();
         check(&store, &acked, &unknown, &format!("seed {seed}"));
+    }
+    // Every kind of fault reached every kind of call.
+    for op in Operation::ALL {
+        for fault in &faults[2..] {
+            assert!(fired[&(op, *fault)] > 0, "{fault:?} never fired on {op:?}");
+        }
     }
 }
 

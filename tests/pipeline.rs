@@ -18,7 +18,8 @@ use workers_sqlite_poc::report::{CacheStatus, Report};
 use workers_sqlite_poc::request::{SaveMode, UserId};
 use workers_sqlite_poc::store::{DB_VERSION_KEY, MemoryStore, ObjectStore};
 use workers_sqlite_poc::testing::{
-    CountingStore, Fault, FaultyStore, RacingStore, StepClock, apply_sql, open, row_counts,
+    AfterReads, Before, Call, Fault, FaultPlan, HookStore, Operation, StepClock, apply_sql, open,
+    row_counts,
 };
 use workers_sqlite_poc::trend::{Recommendation, TrendSettings, Trends};
 use workers_sqlite_poc::work::Transaction;
@@ -93,12 +94,25 @@ fn demo_store() -> MemoryStore {
 }
 
 /// The demo database in a store that counts body copies, and an empty cache.
-fn counted_demo() -> (CountingStore, DbCache, StepClock) {
-    let store = CountingStore::default();
-    store
-        .inner
-        .insert(KEY, &fixtures::demo_database().unwrap(), &[]);
-    (store, DbCache::new(MAX_DB_BYTES), clock())
+fn counted_demo() -> (HookStore<'static>, DbCache, StepClock) {
+    (
+        HookStore::new(demo_store()),
+        DbCache::new(MAX_DB_BYTES),
+        clock(),
+    )
+}
+
+/// The demo database in a store where another writer stores `rival` right after each of our
+/// first `races` reads of it.
+fn racing(rival: Vec<u8>, races: u32) -> HookStore<'static> {
+    HookStore::new(demo_store()).with(AfterReads::new(KEY, races, move |store| {
+        store.insert(KEY, &rival, &[]);
+    }))
+}
+
+/// The demo database in a store that fails calls as `plan` says.
+fn faulty(plan: &FaultPlan) -> HookStore<'_> {
+    HookStore::new(demo_store()).with(plan)
 }
 
 fn projects(bytes: &[u8]) -> i64 {
@@ -351,7 +365,7 @@ fn corrupt_object_is_reported_and_left_untouched() {
 /// is not written; one exactly at the limit is read once.
 #[test]
 fn oversize_object_is_refused_without_reading_its_body() {
-    let store = CountingStore::default();
+    let store = HookStore::default();
     let big = fixtures::sized_database(64 * 1024, 7).unwrap();
     store.inner.insert(KEY, &big, &[]);
     let clock = clock();
@@ -438,7 +452,7 @@ fn lost_races_rerun_then_conflict() {
     let demo = fixtures::demo_database().unwrap();
     let rival = apply_sql(&demo, "CREATE TABLE added_by_rival(x)");
     let clock = clock();
-    let store = RacingStore::new(demo_store(), rival.clone(), 1);
+    let store = racing(rival.clone(), 1);
     let report = get(&ctx(&store, &clock, None), "a", SaveMode::Always).unwrap();
     assert_eq!(report["db_info"]["attempts"], 2);
     assert!(
@@ -447,7 +461,7 @@ fn lost_races_rerun_then_conflict() {
             .any(|(t, _)| t == "added_by_rival")
     );
 
-    let store = RacingStore::new(demo_store(), rival.clone(), 3);
+    let store = racing(rival.clone(), 3);
     let err = get(&ctx(&store, &clock, None), "a", SaveMode::Always).unwrap_err();
     assert!(matches!(err, Error::Conflict { attempts: 3 }), "{err:?}");
     assert_eq!(err.status(), 409);
@@ -461,11 +475,11 @@ fn conflict_does_not_poison_the_cache() {
     let demo = fixtures::demo_database().unwrap();
     let cache = DbCache::new(MAX_DB_BYTES);
     let clock = clock();
-    let racing = RacingStore::new(demo_store(), demo.clone(), 3);
-    let err = get(&ctx(&racing, &clock, Some(&cache)), "a", SaveMode::Always).unwrap_err();
+    let store = racing(demo.clone(), 3);
+    let err = get(&ctx(&store, &clock, Some(&cache)), "a", SaveMode::Always).unwrap_err();
     assert!(matches!(err, Error::Conflict { .. }), "{err:?}");
     assert_eq!(cache.usage(), (0, 0));
-    let next = get(&ctx(&racing, &clock, Some(&cache)), "a", SaveMode::Always).unwrap();
+    let next = get(&ctx(&store, &clock, Some(&cache)), "a", SaveMode::Always).unwrap();
     assert_eq!(next["cache"]["status"], "miss");
 }
 
@@ -507,7 +521,14 @@ fn slow_syncs_are_logged_and_trended() {
 /// then streams it out in 1 MiB chunks).
 #[test]
 fn copies_per_load_and_save_are_counted() {
-    let (store, cache, clock) = counted_demo();
+    let last_put = std::cell::Cell::new(None);
+    let store = HookStore::new(demo_store()).with(Before(|call: &Call<'_>, _: &MemoryStore| {
+        if let Call::Put { bytes, .. } = call {
+            last_put.set(Some((bytes.as_ptr() as usize, bytes.len())));
+        }
+        workers_sqlite_poc::testing::Action::Proceed
+    }));
+    let (cache, clock) = (DbCache::new(MAX_DB_BYTES), clock());
     let c = ctx(&store, &clock, Some(&cache));
     get(&c, "a", SaveMode::Always).unwrap();
     assert_eq!(
@@ -520,7 +541,7 @@ fn copies_per_load_and_save_are_counted() {
     let mut entry = cache.take(KEY).unwrap();
     let image = sqlite::export(&mut entry.conn).unwrap();
     assert_eq!(
-        store.last_put(),
+        last_put.get(),
         Some((image.as_ptr() as usize, image.len())),
         "the save must hand over SQLite's own image, not a copy"
     );
@@ -649,7 +670,7 @@ fn guard_rails_leave_the_object_byte_identical() {
 // ---- Production R2 behaviour, through a fault-injecting store ----
 
 /// One insert through a faulty store; what the client is told.
-fn insert_through(store: &FaultyStore, clock: &StepClock, n: i64) -> Result<(), Error> {
+fn insert_through(store: &HookStore<'_>, clock: &StepClock, n: i64) -> Result<(), Error> {
     let c = Context {
         retry: RetryPolicy::default(),
         nonce: n as u64,
@@ -666,7 +687,7 @@ fn insert_through(store: &FaultyStore, clock: &StepClock, n: i64) -> Result<(), 
     .map(|_| ())
 }
 
-fn stored_ids(store: &FaultyStore) -> Vec<i64> {
+fn stored_ids(store: &HookStore<'_>) -> Vec<i64> {
     let conn = open(&store.inner.bytes(KEY).unwrap());
     let mut stmt = conn
         .prepare("SELECT id FROM projects WHERE id >= 1000 ORDER BY id")
@@ -699,7 +720,8 @@ fn faults_on_put_lose_nothing_acknowledged_and_store_nothing_unacknowledged() {
         ("permanent", vec![Permanent], false),
     ];
     for (name, puts, acknowledged) in plans {
-        let store = FaultyStore::new(demo_store(), &[], &[], &puts);
+        let plan = FaultPlan::new().with(Operation::Put, &puts);
+        let store = faulty(&plan);
         let before = store.inner.bytes(KEY).unwrap();
         let clock = clock();
         let result = insert_through(&store, &clock, 1);
@@ -740,34 +762,32 @@ fn faults_on_put_lose_nothing_acknowledged_and_store_nothing_unacknowledged() {
 /// rather than "nothing was written".
 #[test]
 fn faults_on_get_and_head() {
-    let store = FaultyStore::new(
-        demo_store(),
-        &[Fault::Unavailable, Fault::RateLimited],
-        &[],
-        &[],
-    );
+    let plan = FaultPlan::new().with(Operation::Get, &[Fault::Unavailable, Fault::RateLimited]);
+    let store = faulty(&plan);
     let clock = clock();
     insert_through(&store, &clock, 2).unwrap();
     assert_eq!(stored_ids(&store), [1002]);
 
-    let store = FaultyStore::new(demo_store(), &[Fault::Unavailable; 5], &[], &[]);
+    let plan = FaultPlan::new().with(Operation::Get, &[Fault::Unavailable; 5]);
+    let store = faulty(&plan);
     let err = insert_through(&store, &clock, 3).unwrap_err();
     assert_eq!(err.code(), "storage_unavailable");
     assert!(err.nothing_written());
     assert_eq!(store.inner.put_count(), 0);
 
-    let store = FaultyStore::new(
-        demo_store(),
-        &[],
-        &[Fault::Unavailable; 10],
-        &[
-            Fault::LostAnswer,
-            Fault::Unavailable,
-            Fault::Unavailable,
-            Fault::Unavailable,
-            Fault::Unavailable,
-        ],
-    );
+    let plan = FaultPlan::new()
+        .with(Operation::Head, &[Fault::Unavailable; 10])
+        .with(
+            Operation::Put,
+            &[
+                Fault::LostAnswer,
+                Fault::Unavailable,
+                Fault::Unavailable,
+                Fault::Unavailable,
+                Fault::Unavailable,
+            ],
+        );
+    let store = faulty(&plan);
     let err = insert_through(&store, &clock, 4).unwrap_err();
     assert!(!err.nothing_written(), "{err:?}");
     assert!(!err.body().error.message.contains("nothing was written"));
@@ -778,24 +798,28 @@ fn faults_on_get_and_head() {
 /// The seed is printed on failure so any run can be replayed.
 #[test]
 fn seeded_fault_plans_keep_the_invariants() {
+    let faults = [
+        Fault::None,
+        Fault::RateLimited,
+        Fault::Unavailable,
+        Fault::LostAnswer,
+    ];
+    let mut fired = std::collections::BTreeMap::new();
     for seed in 0..40u64 {
         let mut rng = workers_sqlite_poc::testing::Rng::new(seed);
-        let faults = [
-            Fault::None,
-            Fault::RateLimited,
-            Fault::Unavailable,
-            Fault::LostAnswer,
-        ];
-        let plan = |rng: &mut workers_sqlite_poc::testing::Rng| -> Vec<Fault> {
+        let mut draw = || -> Vec<Fault> {
             (0..rng.index(7))
                 .map(|_| faults[rng.index(faults.len())])
                 .collect()
         };
-        let store = FaultyStore::new(demo_store(), &[], &[], &[]);
+        let plan = FaultPlan::new();
+        let store = faulty(&plan);
         let mut acknowledged = Vec::new();
         let clock = clock();
         for n in 0..6 {
-            store.replan(&plan(&mut rng), &plan(&mut rng), &plan(&mut rng));
+            for op in Operation::ALL {
+                plan.set(op, &draw());
+            }
             let result = insert_through(&store, &clock, n);
             let ids = stored_ids(&store);
             match &result {
@@ -810,6 +834,18 @@ fn seeded_fault_plans_keep_the_invariants() {
                 .query_row("PRAGMA integrity_check", [], |r| r.get(0))
                 .unwrap();
             assert_eq!(ok, "ok", "seed {seed}");
+        }
+        assert!(plan.fired_total() > 0, "seed {seed}: no fault fired");
+        for op in Operation::ALL {
+            for fault in faults {
+                *fired.entry((op, fault)).or_insert(0) += plan.fired(op, fault);
+            }
+        }
+    }
+    // Every fault the plans draw reached each kind of call a request makes.
+    for op in [Operation::Get, Operation::Head, Operation::Put] {
+        for fault in &faults[1..] {
+            assert!(fired[&(op, *fault)] > 0, "{fault:?} never fired on {op:?}");
         }
     }
 }
@@ -836,7 +872,7 @@ fn rerun_applies_the_work_to_the_new_version() {
         &demo,
         "INSERT INTO projects(name, created_at, settings) VALUES ('rival', 0, '{}')",
     );
-    let store = RacingStore::new(demo_store(), rival, 1);
+    let store = racing(rival, 1);
     let clock = clock();
     let mut work = CountingWork(0);
     let (_, count) = block(pipeline::serve(
