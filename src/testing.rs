@@ -902,6 +902,53 @@ mod tests {
         pollster::block_on(store_contract(&store, "contract")).unwrap();
     }
 
+    /// Hooks run in order around each call: a counter sees the calls a fault plan then fails,
+    /// a lost answer still changes the store, and a call parked at a gate waits until it opens
+    /// while another call goes by.
+    #[test]
+    fn hooks_count_fail_lose_answers_and_park() {
+        let calls = Calls::default();
+        let plan = FaultPlan::new()
+            .with(Operation::Put, &[Fault::LostAnswer])
+            .with(Operation::List, &[Fault::RateLimited]);
+        let gate = Gate::new();
+        let store = HookStore::default().with(&calls).with(&plan).with(Before(
+            |call: &Call<'_>, _: &MemoryStore| match call {
+                Call::Head { key: "parked" } => Action::Park(gate.clone()),
+                _ => Action::Proceed,
+            },
+        ));
+        let put = pollster::block_on(store.put("k", b"v", &[], &PutCondition::IfAbsent));
+        assert_eq!(put.unwrap_err().kind, StoreErrorKind::Transient);
+        assert_eq!(
+            store.inner.bytes("k").unwrap(),
+            b"v",
+            "the lost answer's put landed"
+        );
+        let list = pollster::block_on(store.list(""));
+        assert_eq!(list.unwrap_err().kind, StoreErrorKind::RateLimited);
+        assert!(pollster::block_on(store.list("")).is_ok(), "past the plan");
+        assert_eq!(
+            (
+                plan.fired(Operation::Put, Fault::LostAnswer),
+                plan.fired_total()
+            ),
+            (1, 2)
+        );
+
+        let mut parked = std::pin::pin!(store.head("parked"));
+        assert!(poll_once(parked.as_mut()).is_pending());
+        assert_eq!(gate.waiting(), 1);
+        assert!(pollster::block_on(store.head("k")).unwrap().is_some());
+        gate.open();
+        assert_eq!(poll_once(parked.as_mut()), Poll::Ready(Ok(None)));
+        assert_eq!(gate.waiting(), 0);
+        assert_eq!(
+            [Operation::Put, Operation::List, Operation::Head].map(|op| calls.count(op)),
+            [1, 2, 2]
+        );
+    }
+
     /// The seeded generator is deterministic: a seed replays its sequence.
     #[test]
     fn rng_replays() {
