@@ -60,11 +60,15 @@ fn signature(secret: &str, payload: &str) -> Hmac<Sha256> {
 pub fn mint(secret: &str, user: &UserId, expires_s: u64) -> String {
     let payload = format!("{TOKEN_VERSION}.{}.{expires_s}", user.as_str());
     let sig = signature(secret, &payload).finalize().into_bytes();
-    let sig = base64_encode(&sig)
+    format!("{payload}.{}", signature_text(&sig))
+}
+
+/// A signature as tokens spell it: unpadded base64url.
+fn signature_text(sig: &[u8]) -> String {
+    base64_encode(sig)
         .trim_end_matches('=')
         .replace('+', "-")
-        .replace('/', "_");
-    format!("{payload}.{sig}")
+        .replace('/', "_")
 }
 
 /// Checks a per-user token: the user it names, or 401 if it is malformed, forged or expired.
@@ -78,7 +82,13 @@ fn verify(secret: &str, token: &str, now_s: u64) -> Result<String, Error> {
     else {
         return Err(unauthorized("the bearer token is not valid"));
     };
-    let sig = base64_decode(sig).map_err(|_| unauthorized("the bearer token is not valid"))?;
+    let decoded = base64_decode(sig).map_err(|_| unauthorized("the bearer token is not valid"))?;
+    // Only the one spelling `mint` produces: base64 leaves unused bits in the last character,
+    // and padding, `+`/`/` are other spellings of the same bytes.
+    if signature_text(&decoded) != sig {
+        return Err(unauthorized("the bearer token is not valid"));
+    }
+    let sig = decoded;
     // `verify_slice` compares in constant time.
     signature(secret, payload)
         .verify_slice(&sig)
@@ -272,6 +282,38 @@ mod tests {
     }
 
     /// The comparison is exact.
+    /// A token is accepted only as minted: other spellings of the same signature bytes (the
+    /// last character's unused bits set, padding, the standard alphabet) are refused.
+    #[test]
+    fn only_the_canonical_spelling_is_accepted() {
+        let c = config(Some("admin"), Some("token-secret"), false);
+        let token = mint("token-secret", &user("a"), NOW + 60);
+        assert!(authenticate(&c, Some(&format!("Bearer {token}")), NOW).is_ok());
+        let (head, last) = token.split_at(token.len() - 1);
+        let pos = ALPHABET.find(last).unwrap();
+        // 32 signature bytes = 43 characters: the last one carries 4 bits and 2 unused ones.
+        assert_eq!(pos & 3, 0, "{token}");
+        let mut spellings: Vec<String> = (1..4)
+            .map(|unused| format!("{head}{}", &ALPHABET[pos + unused..=pos + unused]))
+            .collect();
+        spellings.push(format!("{token}="));
+        if let Some(i) = token.rfind(['-', '_']) {
+            let standard = if &token[i..=i] == "-" { "+" } else { "/" };
+            spellings.push(format!("{}{standard}{}", &token[..i], &token[i + 1..]));
+        }
+        for spelling in spellings {
+            assert_eq!(
+                crate::encoding::base64_decode(spelling.rsplit_once('.').unwrap().1).unwrap(),
+                crate::encoding::base64_decode(token.rsplit_once('.').unwrap().1).unwrap(),
+                "{spelling} must decode to the same bytes for this test to mean anything"
+            );
+            let err = authenticate(&c, Some(&format!("Bearer {spelling}")), NOW).unwrap_err();
+            assert_eq!(err.status(), 401, "{spelling}");
+        }
+    }
+
+    const ALPHABET: &str = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+
     #[test]
     fn constant_time_eq_is_equality() {
         assert!(constant_time_eq(b"abc", b"abc"));
