@@ -212,7 +212,7 @@ enum Step<T> {
 async fn fetch_deltas<S: ObjectStore, C: Clock>(
     ctx: &Context<'_, S, C>,
     refs: &[DeltaRef],
-) -> Result<Option<Vec<Vec<u8>>>, Error> {
+) -> Result<Result<Vec<Vec<u8>>, DeltaRef>, Error> {
     let fetches = refs
         .iter()
         .map(|r| async move {
@@ -238,9 +238,9 @@ async fn fetch_deltas<S: ObjectStore, C: Clock>(
                             r.key
                         )));
                     }
-                    Ok(Some(bytes))
+                    Ok(Ok(bytes))
                 }
-                Fetched::Missing => Ok(None),
+                Fetched::Missing => Ok(Err(r.clone())),
                 Fetched::TooLarge { size_bytes } => Err(corrupt(format!(
                     "{}: {size_bytes} bytes, the manifest says {}",
                     r.key, r.size
@@ -254,11 +254,37 @@ async fn fetch_deltas<S: ObjectStore, C: Clock>(
     let mut out = Vec::with_capacity(refs.len());
     for result in join_all(fetches).await {
         match result? {
-            Some(bytes) => out.push(bytes),
-            None => return Ok(None),
+            Ok(bytes) => out.push(bytes),
+            Err(missing) => return Ok(Err(missing)),
         }
     }
-    Ok(Some(out))
+    Ok(Ok(out))
+}
+
+/// A delta the manifest lists was not found. If the manifest is still the one read, no
+/// compaction explains it (a delta is deleted only after a committed manifest stopped listing
+/// it): the stored database is damaged, and retrying cannot help. Otherwise, start over.
+async fn missing_delta<S: ObjectStore, C: Clock>(
+    ctx: &Context<'_, S, C>,
+    user: &UserId,
+    m_etag: &str,
+    m: &Manifest,
+    missing: &DeltaRef,
+) -> Result<Step<Built>, Error> {
+    let manifest_key = user.manifest_key();
+    let head = with_retries(ctx.clock, &ctx.retry, async || {
+        ctx.store.head(&manifest_key).await
+    })
+    .await?;
+    if head.as_ref().map(|h| h.etag.as_str()) != Some(m_etag) {
+        return Ok(Step::Restart);
+    }
+    let last = missing.seq.saturating_sub(1).max(m.base.seq);
+    Err(corrupt(format!(
+        "manifest.json (seq {}) lists {} (seq {}), which is missing; the last state that can be \
+         built is seq {last} (the base and the deltas listed before it); nothing was changed",
+        m.seq, missing.key, missing.seq
+    )))
 }
 
 fn apply_all(image: &mut Vec<u8>, deltas: &[Vec<u8>], refs: &[DeltaRef]) -> Result<(), Error> {
@@ -360,8 +386,9 @@ async fn load_once<S: ObjectStore, C: Clock>(
         let Some(tail) = tail else {
             return cold(ctx, user, Some(Some((m, etag, metadata))), None).await;
         };
-        let Some(deltas) = fetch_deltas(ctx, tail).await? else {
-            return Ok(Step::Restart);
+        let deltas = match fetch_deltas(ctx, tail).await? {
+            Ok(deltas) => deltas,
+            Err(missing) => return missing_delta(ctx, user, &etag, &m, &missing).await,
         };
         let apply_start = clock.now_ms();
         let mut conn = entry.conn;
@@ -445,13 +472,13 @@ async fn read_base<S: ObjectStore, C: Clock>(
 }
 
 /// The manifest (unless already `known`) and, for a live one, every delta it lists, fetched
-/// while the base is still downloading. `None` for the deltas: one was missing (compaction
-/// removed it after the manifest was read).
+/// while the base is still downloading. `Err` for the deltas: the first one that was missing
+/// (compaction removed it after the manifest was read, or the store lost it).
 async fn manifest_and_deltas<S: ObjectStore, C: Clock>(
     ctx: &Context<'_, S, C>,
     user: &UserId,
     known: Option<Option<FetchedManifest>>,
-) -> Result<(Option<FetchedManifest>, Option<Vec<Vec<u8>>>), Error> {
+) -> Result<(Option<FetchedManifest>, Result<Vec<Vec<u8>>, DeltaRef>), Error> {
     let manifest = match known {
         Some(m) => m,
         None => fetch_manifest(ctx, user).await?,
@@ -461,7 +488,7 @@ async fn manifest_and_deltas<S: ObjectStore, C: Clock>(
             check_route(metadata)?;
             fetch_deltas(ctx, &m.deltas).await?
         }
-        _ => Some(vec![]),
+        _ => Ok(vec![]),
     };
     Ok((manifest, deltas))
 }
@@ -548,8 +575,9 @@ async fn cold<S: ObjectStore, C: Clock>(
     let Some(covered) = covered else {
         return adopt_outside(ctx, user, image, base_etag, base_metadata, m, m_etag, miss).await;
     };
-    let Some(prefetched) = prefetched else {
-        return Ok(Step::Restart);
+    let prefetched = match prefetched {
+        Ok(prefetched) => prefetched,
+        Err(missing) => return missing_delta(ctx, user, &m_etag, &m, &missing).await,
     };
     let tail = m
         .deltas_after(covered)
