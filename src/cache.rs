@@ -26,10 +26,14 @@ pub struct Entry {
 
 /// Returns a database to the version cache (when there is one); only for a copy equal to
 /// `stored`, which a new database is not until its first save.
+///
+/// What is kept is the image, on a connection opened afresh ([`sqlite::reopen`]): nothing a
+/// request set on its connection (TEMP objects, pragmas, `last_insert_rowid`, `changes`)
+/// reaches the next request.
 pub fn keep(
     cache: Option<&DbCache>,
     user: &UserId,
-    mut conn: Connection,
+    conn: Connection,
     stored: Stored,
     version: Option<u64>,
 ) {
@@ -37,6 +41,10 @@ pub fn keep(
     if matches!(stored, Stored::New) {
         return;
     }
+    // A connection that cannot be reopened (a transaction left open) is not kept.
+    let Ok(mut conn) = sqlite::reopen(conn) else {
+        return;
+    };
     // The copy equals what is stored: nothing is pending in it.
     sqlite::clear_changes(&mut conn);
     let size_bytes = sqlite::export(&mut conn).map_or(0, |i| i.len() as u64);

@@ -90,7 +90,45 @@ fn parse_positive(name: &str, v: &str) -> Result<u64, Error> {
         })
 }
 
+/// Wasm memory the worker needs before any request (code, statics, stack, SQLite's global
+/// state, the runtime's buffers): measured at 1.9 MB on a cold isolate (`memory` in the
+/// report), with room to spare.
+pub const FIXED_HEADROOM_BYTES: u64 = 4 * 1024 * 1024;
+
+/// The memory of an isolate: what one request may make wasm memory grow to.
+pub const ISOLATE_MEMORY_BYTES: u64 = 128 * 1000 * 1000;
+
+/// The largest stored database that is still loaded: an eighth over `max_db_bytes`.
+///
+/// A database that grew past `MAX_DB_BYTES` elsewhere (an outside writer, an older, higher
+/// limit) stays readable, exportable, movable and shrinkable (writes may not grow it); only
+/// past this ceiling, which the memory budget is sized for, is it refused at load.
+#[must_use]
+pub fn load_max_bytes(max_db_bytes: u64) -> u64 {
+    max_db_bytes.saturating_add(max_db_bytes / 8)
+}
+
 impl Config {
+    /// The most wasm memory one request can make the isolate hold: the database it loads
+    /// (up to [`load_max_bytes`], with the image's headroom), the version cache's budget,
+    /// SQLite's heap limit, the result (charged at three times its payload while it is built,
+    /// which covers its values, their JSON form and the answer's text, escapes included), the
+    /// request body (and its parsed form), and a fixed headroom. 118 MB at the defaults.
+    ///
+    /// For one request at a time; concurrent requests each add their own database, result
+    /// and body (admission across requests is the caller's to decide with this number).
+    #[must_use]
+    pub fn memory_budget_bytes(&self) -> u64 {
+        let db = load_max_bytes(self.max_db_bytes);
+        let image = db + (db / 32).clamp(64 * 1024, 2 * 1024 * 1024);
+        image
+            + self.cache_max_bytes
+            + crate::sqlite::SQLITE_HEAP_MAX_BYTES
+            + 3 * self.limits.max_result_bytes
+            + 3 * self.max_request_bytes
+            + FIXED_HEADROOM_BYTES
+    }
+
     /// Reads settings through `lookup` (var or secret name → value); unset means default.
     pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, Error> {
         let misconfigured = |name: &str, value: &str, expected: &str| Error::Misconfigured {

@@ -54,8 +54,11 @@ pub struct Context<'a, S, C> {
     pub clock: &'a C,
     /// Delay thresholds in force.
     pub thresholds: Thresholds,
-    /// Largest object that will be downloaded.
+    /// Largest object that will be downloaded (`config::load_max_bytes` of `MAX_DB_BYTES`).
     pub max_db_bytes: u64,
+    /// Largest database a write may produce (`MAX_DB_BYTES`); a stored database already
+    /// larger may keep its size, never grow.
+    pub max_write_bytes: u64,
     /// Databases kept open between requests, if enabled.
     pub cache: Option<&'a DbCache>,
     /// Retries of store calls and of the whole request.
@@ -76,7 +79,8 @@ impl<'a, S, C> Context<'a, S, C> {
             store,
             clock,
             thresholds: Thresholds::default(),
-            max_db_bytes: crate::config::DEFAULT_MAX_DB_BYTES,
+            max_db_bytes: crate::config::load_max_bytes(crate::config::DEFAULT_MAX_DB_BYTES),
+            max_write_bytes: crate::config::DEFAULT_MAX_DB_BYTES,
             cache: None,
             retry: RetryPolicy::default(),
             nonce: 0,

@@ -91,6 +91,21 @@ pub enum Error {
         /// The budget in force, in SQLite virtual-machine steps.
         max_steps: u64,
     },
+    /// A statement needed more memory than SQLite may use in this isolate
+    /// (`sqlite::SQLITE_HEAP_MAX_BYTES`) and was stopped.
+    MemoryBudgetExceeded {
+        /// Index of the statement in the request.
+        statement: usize,
+        /// The limit in force.
+        max_bytes: u64,
+    },
+    /// A write would make the database larger than `MAX_DB_BYTES`; nothing was stored.
+    DatabaseFull {
+        /// Index of the statement that would have grown it, when one statement did.
+        statement: Option<usize>,
+        /// The limit in force (a database stored before the limit keeps its own size).
+        max_bytes: u64,
+    },
     /// A statement would escape the user's database or change how it is stored.
     StatementNotAllowed {
         /// Index of the statement in the request.
@@ -214,9 +229,34 @@ impl std::fmt::Display for Error {
                 max_steps,
             } => write!(
                 f,
-                "statement {statement} ran past the budget of {max_steps} SQLite steps \
-                 (QUERY_MAX_STEPS) and was interrupted"
+                "statement {statement} ran past the request's budget of {max_steps} SQLite \
+                 steps (QUERY_MAX_STEPS, counted across all its statements) and was interrupted"
             ),
+            Self::MemoryBudgetExceeded {
+                statement,
+                max_bytes,
+            } => write!(
+                f,
+                "statement {statement} needed more than the {max_bytes} bytes of memory SQLite \
+                 may use here (sorts, temp tables and values being built count); work on fewer \
+                 rows at a time"
+            ),
+            Self::DatabaseFull {
+                statement,
+                max_bytes,
+            } => {
+                if let Some(statement) = statement {
+                    write!(f, "statement {statement} ")?;
+                } else {
+                    write!(f, "the request ")?;
+                }
+                write!(
+                    f,
+                    "would make the database larger than {max_bytes} bytes (MAX_DB_BYTES); \
+                     delete rows and VACUUM to make room, or migrate this user to a Durable \
+                     Object"
+                )
+            }
             Self::StatementNotAllowed { statement, reason } => {
                 write!(f, "statement {statement} is not allowed: {reason}")
             }
@@ -304,10 +344,12 @@ impl Error {
             Self::Conflict { .. } | Self::ServedByDurableObject => 409,
             Self::RequestTooLarge { .. }
             | Self::TooManyStatements { .. }
-            | Self::DatabaseTooLarge { .. } => 413,
+            | Self::DatabaseTooLarge { .. }
+            | Self::DatabaseFull { .. } => 413,
             Self::CorruptDatabase(_)
             | Self::ResultTooLarge { .. }
-            | Self::CpuBudgetExceeded { .. } => 422,
+            | Self::CpuBudgetExceeded { .. }
+            | Self::MemoryBudgetExceeded { .. } => 422,
             Self::Internal { .. } | Self::Misconfigured { .. } => 500,
             Self::AuthNotConfigured | Self::StorageUnavailable(_) | Self::Migrating => 503,
         }
@@ -331,6 +373,8 @@ impl Error {
             Self::TooManyStatements { .. } => "too_many_statements",
             Self::ResultTooLarge { .. } => "result_too_large",
             Self::CpuBudgetExceeded { .. } => "cpu_budget_exceeded",
+            Self::MemoryBudgetExceeded { .. } => "memory_budget_exceeded",
+            Self::DatabaseFull { .. } => "database_full",
             Self::StatementNotAllowed { .. } => "statement_not_allowed",
             Self::SqlError { .. } => "sql_error",
             Self::DatabaseTooLarge { .. } => "database_too_large",
@@ -386,6 +430,8 @@ impl Error {
             Self::SqlError { .. }
             | Self::StatementNotAllowed { .. }
             | Self::CpuBudgetExceeded { .. }
+            | Self::MemoryBudgetExceeded { .. }
+            | Self::DatabaseFull { .. }
             | Self::ResultTooLarge { .. } => {
                 format!("{self}; the whole request was rolled back and nothing was written")
             }
@@ -394,7 +440,12 @@ impl Error {
         let statement = match self {
             Self::SqlError { statement, .. }
             | Self::StatementNotAllowed { statement, .. }
-            | Self::CpuBudgetExceeded { statement, .. } => Some(*statement),
+            | Self::CpuBudgetExceeded { statement, .. }
+            | Self::MemoryBudgetExceeded { statement, .. }
+            | Self::DatabaseFull {
+                statement: Some(statement),
+                ..
+            } => Some(*statement),
             _ => None,
         };
         ErrorBody {

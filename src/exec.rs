@@ -7,14 +7,19 @@
 //!   (ATTACH/DETACH, `VACUUM INTO`, `PRAGMA writable_schema`, journal-mode and locking-mode
 //!   changes, `PRAGMA schema_version` writes, `load_extension`), and transaction control where
 //!   the executor owns the transaction;
-//! - a progress handler interrupts a statement past its budget of SQLite virtual-machine steps
-//!   (a CPU budget that works on deployed Workers, whose clock stands still during computation);
-//! - the result size is counted while rows are read, across the whole request.
+//! - a progress handler interrupts the request past its budget of SQLite virtual-machine steps,
+//!   counted across all its statements (a CPU budget that works on deployed Workers, whose clock
+//!   stands still during computation);
+//! - SQLite's own limits bound what one step can do: the longest string or blob
+//!   ([`MAX_VALUE_BYTES`]) and the longest LIKE/GLOB pattern ([`MAX_LIKE_PATTERN_BYTES`]);
+//! - the result is counted by what it costs in memory (payload plus a measured cost per value
+//!   and per row for the encoder that will answer) while rows are read, across the request.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use rusqlite::hooks::{AuthAction, AuthContext, Authorization};
+use rusqlite::limits::Limit;
 use rusqlite::types::Value;
 use rusqlite::{Connection, ErrorCode};
 use serde::{Deserialize, Serialize};
@@ -26,16 +31,32 @@ pub const DEFAULT_MAX_STATEMENTS: usize = 100;
 /// Default largest result per request (`MAX_RESULT_BYTES`): well inside the isolate's memory
 /// next to a database at `MAX_DB_BYTES`.
 pub const DEFAULT_MAX_RESULT_BYTES: u64 = 8 * 1024 * 1024;
-/// Default CPU budget per statement (`QUERY_MAX_STEPS`), in SQLite virtual-machine steps:
-/// measured at about 0.9 s of CPU natively (58,000 steps per ms, `cargo bench --bench
-/// sqlite_ops`), a few times that in wasm: far beyond any app query, well inside the paid
-/// Workers CPU limit.
+/// Default CPU budget per request (`QUERY_MAX_STEPS`), in SQLite virtual-machine steps,
+/// counted across all of a request's statements: measured at about 0.9 s of CPU natively
+/// (58,000 steps per ms, `cargo bench --bench sqlite_ops`), a few times that in wasm: far
+/// beyond any app query, well inside the paid Workers CPU limit.
 pub const DEFAULT_QUERY_MAX_STEPS: u64 = 50_000_000;
+/// Longest string or blob SQLite may build or read (`SQLITE_LIMIT_LENGTH`): one value of a
+/// request can never take more memory than this (D1 allows 2 MB).
+pub const MAX_VALUE_BYTES: i32 = 4 * 1024 * 1024;
+/// Longest LIKE or GLOB pattern (`SQLITE_LIMIT_LIKE_PATTERN_LENGTH`, SQLite's default 50,000):
+/// one LIKE is a single VM step whose cost grows with the pattern times the text, so the step
+/// budget cannot see it; with this limit the worst one stays in milliseconds.
+pub const MAX_LIKE_PATTERN_BYTES: i32 = 256;
+/// Bytes charged against the result cap for each value beyond its payload, when the answer is
+/// `/query`'s JSON: the `Value` in its row, its `serde_json` form and its text (measured by
+/// `result_cap_counts_real_memory`).
+pub const QUERY_VALUE_COST_BYTES: u64 = 64;
+/// The same for the libSQL protocol, whose encoder builds a JSON object per value.
+pub const HRANA_VALUE_COST_BYTES: u64 = 640;
+/// Bytes charged for each row beyond its values (the row's vectors in both encodings).
+const ROW_COST_BYTES: u64 = 64;
+/// Text and blob payloads are charged this many times over: the value, its JSON form (base64
+/// for blobs) and the answer's text (where escapes can make text up to six times longer).
+const PAYLOAD_FACTOR: u64 = 3;
 
 /// How often (in VM steps) the progress handler runs; the budget is counted in these units.
 const PROGRESS_EVERY_STEPS: u64 = 10_000;
-/// Bytes counted per value beyond its payload (type tag, separators), for the result cap.
-const VALUE_OVERHEAD_BYTES: u64 = 8;
 
 /// One statement of a request, with its parameters.
 #[derive(Debug, Clone, PartialEq)]
@@ -86,10 +107,14 @@ pub struct StatementResult {
 pub struct Limits {
     /// Most statements in one request.
     pub max_statements: usize,
-    /// Largest total result, in bytes of payload (text and blob bytes, 8 per number).
+    /// Largest total result, in bytes of memory: three times the text and blob bytes, plus
+    /// `value_cost_bytes` per value and a fixed cost per row.
     pub max_result_bytes: u64,
-    /// Most SQLite virtual-machine steps one statement may take.
+    /// Most SQLite virtual-machine steps the whole request may take.
     pub max_steps: u64,
+    /// What one value costs beyond its payload in the encoder that answers
+    /// ([`QUERY_VALUE_COST_BYTES`] or [`HRANA_VALUE_COST_BYTES`]).
+    pub value_cost_bytes: u64,
 }
 
 impl Default for Limits {
@@ -98,6 +123,7 @@ impl Default for Limits {
             max_statements: DEFAULT_MAX_STATEMENTS,
             max_result_bytes: DEFAULT_MAX_RESULT_BYTES,
             max_steps: DEFAULT_QUERY_MAX_STEPS,
+            value_cost_bytes: QUERY_VALUE_COST_BYTES,
         }
     }
 }
@@ -147,6 +173,14 @@ fn refusal(action: &AuthAction<'_>) -> Option<String> {
         "locking_mode",
         "schema_version",
     ];
+    // Settings of the whole isolate (every user's requests), the size cap itself, and where
+    // temporary data lives (SQLite's heap, under its limit).
+    const WORKER_PRAGMAS: &[&str] = &[
+        "hard_heap_limit",
+        "soft_heap_limit",
+        "max_page_count",
+        "temp_store",
+    ];
     match action {
         AuthAction::Attach { .. } => Some(
             "ATTACH would reach outside this user's database (and VACUUM INTO writes a copy elsewhere)"
@@ -162,6 +196,18 @@ fn refusal(action: &AuthAction<'_>) -> Option<String> {
         {
             Some(format!(
                 "PRAGMA {pragma_name} would change how the database is stored"
+            ))
+        }
+        AuthAction::Pragma {
+            pragma_name,
+            pragma_value: Some(_),
+        } if WORKER_PRAGMAS
+            .iter()
+            .any(|p| p.eq_ignore_ascii_case(pragma_name)) =>
+        {
+            Some(format!(
+                "PRAGMA {pragma_name} is a limit the worker sets for every request; it cannot \
+                 be changed"
             ))
         }
         AuthAction::Function { function_name } if function_name.eq_ignore_ascii_case("load_extension") => {
@@ -189,6 +235,13 @@ impl<'c> Executor<'c> {
         limits: Limits,
         transactions: Transactions,
     ) -> Result<Self, Error> {
+        // Per connection, and a cached copy is reopened for every request, so these hold for
+        // this request whatever an earlier one did.
+        conn.set_limit(Limit::SQLITE_LIMIT_LENGTH, MAX_VALUE_BYTES)?;
+        conn.set_limit(
+            Limit::SQLITE_LIMIT_LIKE_PATTERN_LENGTH,
+            MAX_LIKE_PATTERN_BYTES,
+        )?;
         let state = Arc::new(GuardState::default());
         state
             .client_transactions
@@ -259,9 +312,9 @@ impl<'c> Executor<'c> {
         Ok(result?)
     }
 
+    /// Prepares the guard state for a statement. The step count is not reset: the budget is
+    /// the request's, so many statements cannot each spend a whole one.
     fn begin_statement(&self, sql: &str) {
-        self.state.ticks.store(0, Ordering::Relaxed);
-        self.state.over_budget.store(false, Ordering::Relaxed);
         if let Ok(mut slot) = self.state.refusal.lock() {
             *slot = None;
         }
@@ -288,8 +341,15 @@ impl<'c> Executor<'c> {
             Some(ErrorCode::DatabaseCorrupt | ErrorCode::NotADatabase) => {
                 Error::CorruptDatabase(Corruption::Contents(e.to_string()))
             }
-            Some(ErrorCode::OutOfMemory) => Error::Internal {
-                detail: format!("sqlite: {e}"),
+            // The worker's heap limit for SQLite (`sqlite::SQLITE_HEAP_MAX_BYTES`) was reached.
+            Some(ErrorCode::OutOfMemory) => Error::MemoryBudgetExceeded {
+                statement: index,
+                max_bytes: crate::sqlite::SQLITE_HEAP_MAX_BYTES,
+            },
+            // The page cap `sqlite::cap_size` set at load.
+            Some(ErrorCode::DiskFull) => Error::DatabaseFull {
+                statement: Some(index),
+                max_bytes: crate::sqlite::size_cap(self.conn).unwrap_or(0),
             },
             _ => Error::SqlError {
                 statement: index,
@@ -334,7 +394,7 @@ impl<'c> Executor<'c> {
         want_rows: bool,
     ) -> Result<StatementResult, Failure> {
         let conn: &Connection = &*self.conn;
-        let max_bytes = self.limits.max_result_bytes;
+        let limits = self.limits;
         let used = &mut self.result_bytes;
         let mut prepared = conn.prepare(&stmt.sql)?;
         bind(&mut prepared, index, stmt).map_err(Failure::Request)?;
@@ -347,12 +407,13 @@ impl<'c> Executor<'c> {
                 if !want_rows {
                     continue;
                 }
+                charge_row(used, &limits).map_err(Failure::Request)?;
                 let mut out = Vec::with_capacity(ncols);
                 for i in 0..ncols {
-                    let value = row.get::<_, Value>(i)?;
-                    // Charged as read, so a huge result stops early instead of filling memory.
-                    charge(used, max_bytes, &value).map_err(Failure::Request)?;
-                    out.push(value);
+                    // Charged before it is copied out of SQLite (a borrowed look first), so a
+                    // huge result stops early instead of filling memory.
+                    charge_value(used, &limits, row.get_ref(i)?).map_err(Failure::Request)?;
+                    out.push(row.get::<_, Value>(i)?);
                 }
                 rows_out.push(out);
             }
@@ -414,18 +475,57 @@ impl From<rusqlite::Error> for Failure {
     }
 }
 
-/// Adds `value` to the request's result size; refuses past `max_bytes`.
-pub fn charge(used: &mut u64, max_bytes: u64, value: &Value) -> Result<(), Error> {
-    *used += VALUE_OVERHEAD_BYTES
-        + match value {
-            Value::Text(s) => s.len() as u64,
-            Value::Blob(b) => b.len() as u64,
-            _ => 0,
-        };
+/// What a value costs in memory beyond `per_value` (its share of the vectors and JSON nodes):
+/// its payload [`PAYLOAD_FACTOR`] times, plus twice what JSON escapes add to text (the
+/// answer's buffer may hold twice its length while it grows).
+fn payload_cost(value: rusqlite::types::ValueRef<'_>) -> u64 {
+    use rusqlite::types::ValueRef;
+    match value {
+        ValueRef::Text(b) => {
+            let escapes: u64 = b
+                .iter()
+                .map(|&c| match c {
+                    b'"' | b'\\' | b'\n' | b'\r' | b'\t' | 0x08 | 0x0c => 1,
+                    0..0x20 => 5,
+                    _ => 0,
+                })
+                .sum();
+            PAYLOAD_FACTOR * b.len() as u64 + 2 * escapes
+        }
+        ValueRef::Blob(b) => PAYLOAD_FACTOR * b.len() as u64,
+        _ => 0,
+    }
+}
+
+/// Adds `bytes` to the request's result size; refuses past `max_bytes`.
+fn add(used: &mut u64, max_bytes: u64, bytes: u64) -> Result<(), Error> {
+    *used = used.saturating_add(bytes);
     if *used > max_bytes {
         return Err(Error::ResultTooLarge { max_bytes });
     }
     Ok(())
+}
+
+fn charge_value(
+    used: &mut u64,
+    limits: &Limits,
+    value: rusqlite::types::ValueRef<'_>,
+) -> Result<(), Error> {
+    add(
+        used,
+        limits.max_result_bytes,
+        limits.value_cost_bytes + payload_cost(value),
+    )
+}
+
+fn charge_row(used: &mut u64, limits: &Limits) -> Result<(), Error> {
+    add(used, limits.max_result_bytes, ROW_COST_BYTES)
+}
+
+/// Adds `value` to a `/query`-shaped result's size; refuses past `max_bytes`.
+pub fn charge(used: &mut u64, max_bytes: u64, value: &Value) -> Result<(), Error> {
+    let cost = payload_cost(rusqlite::types::ValueRef::from(value));
+    add(used, max_bytes, QUERY_VALUE_COST_BYTES + cost)
 }
 
 /// The name of SQLite's primary result code, as the libSQL protocol reports it.
@@ -670,6 +770,16 @@ mod tests {
             ("PRAGMA journal_mode = WAL", "statement_not_allowed"),
             ("PRAGMA schema_version = 99", "statement_not_allowed"),
             ("SELECT load_extension('x')", "statement_not_allowed"),
+            (
+                "PRAGMA hard_heap_limit = 1000000000",
+                "statement_not_allowed",
+            ),
+            ("PRAGMA soft_heap_limit = 1", "statement_not_allowed"),
+            (
+                "PRAGMA max_page_count = 1000000000",
+                "statement_not_allowed",
+            ),
+            ("PRAGMA temp_store = FILE", "statement_not_allowed"),
             ("COMMIT", "statement_not_allowed"),
             ("BEGIN", "statement_not_allowed"),
             (
@@ -725,6 +835,7 @@ mod tests {
             max_statements: 2,
             max_result_bytes: 1000,
             max_steps: 1_000_000,
+            ..Limits::default()
         };
         let mut exec = Executor::new(&mut conn, limits, Transactions::Executor).unwrap();
         let three = vec![stmt("SELECT 1", vec![]); 3];
@@ -740,5 +851,104 @@ mod tests {
         drop(exec);
         // Hooks are removed afterwards: the connection is unrestricted for the worker itself.
         conn.execute_batch("PRAGMA journal_mode = MEMORY").unwrap();
+    }
+
+    /// The step budget is the request's: statements that each stay well inside it still
+    /// trip it together, and the statement that crossed it is named.
+    #[test]
+    fn step_budget_is_per_request() {
+        let count_to = |n: u32| {
+            stmt(
+                &format!(
+                    "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < {n}) \
+                     SELECT count(*) FROM c"
+                ),
+                vec![],
+            )
+        };
+        let limits = Limits {
+            max_steps: 2_000_000,
+            ..Limits::default()
+        };
+        // One such statement alone fits.
+        let mut conn = db();
+        let mut exec = Executor::new(&mut conn, limits, Transactions::Executor).unwrap();
+        run_transaction(&mut exec, &[count_to(100_000)]).unwrap();
+        drop(exec);
+        let mut exec = Executor::new(&mut conn, limits, Transactions::Executor).unwrap();
+        let err = run_transaction(&mut exec, &vec![count_to(100_000); 10]).unwrap_err();
+        assert!(
+            matches!(err, Error::CpuBudgetExceeded { statement, .. } if statement > 0 && statement < 10),
+            "{err:?}"
+        );
+    }
+
+    /// SQLite's own limits stop memory bombs at the first step that would build a value
+    /// past [`MAX_VALUE_BYTES`], and a LIKE pattern past [`MAX_LIKE_PATTERN_BYTES`], before
+    /// they take the memory or the time; a refused request changes nothing. (Bombs that reach
+    /// the heap limit are in `tests/memory_budget.rs`, a process of their own: the limit is
+    /// process-wide.)
+    #[test]
+    fn values_and_patterns_are_bounded() {
+        let bombs = [
+            "SELECT zeroblob(100000000)",
+            "SELECT length(randomblob(100000000))",
+            "SELECT length(printf('%.*c', 100000000, 'x'))",
+            "SELECT length(replace(hex(zeroblob(2097152)), '0', 'ab'))",
+            "INSERT INTO t(v) VALUES (zeroblob(40000000))",
+        ];
+        for sql in bombs {
+            let mut conn = db();
+            let err = run(&mut conn, &[stmt(sql, vec![])]).unwrap_err();
+            assert_eq!(err.code(), "sql_error", "{sql}: {err}");
+            assert!(err.to_string().contains("too big"), "{sql}: {err}");
+            assert_eq!(count(&conn), 0);
+        }
+        let mut conn = db();
+        let long = format!("SELECT 'abc' LIKE '{}'", "%a".repeat(200));
+        let err = run(&mut conn, &[stmt(&long, vec![])]).unwrap_err();
+        assert!(err.to_string().contains("pattern too complex"), "{err}");
+        let short = format!("SELECT 'abc' LIKE '{}'", "%a".repeat(100));
+        run(&mut conn, &[stmt(&short, vec![])]).unwrap();
+    }
+
+    /// A write past the size cap set at load fails with 413 `database_full`, and the whole
+    /// request is rolled back.
+    #[test]
+    fn growth_past_the_cap_is_database_full() {
+        let mut conn = db();
+        sqlite::cap_size(&conn, 64 * 1024).unwrap();
+        let err = run(
+            &mut conn,
+            &[
+                stmt("INSERT INTO t(v) VALUES (1)", vec![]),
+                stmt("INSERT INTO t(v) VALUES (zeroblob(100000))", vec![]),
+            ],
+        )
+        .unwrap_err();
+        assert_eq!((err.status(), err.code()), (413, "database_full"), "{err}");
+        assert!(err.to_string().contains("65536 bytes"), "{err}");
+        assert_eq!(count(&conn), 0);
+    }
+
+    /// Results are charged by what they cost, not only by payload: many empty values trip
+    /// the cap long before their payload would.
+    #[test]
+    fn many_small_values_are_charged() {
+        let mut conn = db();
+        let limits = Limits {
+            max_result_bytes: 1024 * 1024,
+            ..Limits::default()
+        };
+        let mut exec = Executor::new(&mut conn, limits, Transactions::Executor).unwrap();
+        let nulls = stmt(
+            "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < 100000) \
+             SELECT NULL FROM c",
+            vec![],
+        );
+        assert_eq!(
+            run_transaction(&mut exec, &[nulls]).unwrap_err().code(),
+            "result_too_large"
+        );
     }
 }

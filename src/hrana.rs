@@ -254,6 +254,8 @@ fn is_guard_rail(e: &Error) -> bool {
         e,
         Error::StatementNotAllowed { .. }
             | Error::CpuBudgetExceeded { .. }
+            | Error::MemoryBudgetExceeded { .. }
+            | Error::DatabaseFull { .. }
             | Error::ResultTooLarge { .. }
             | Error::CorruptDatabase(_)
             | Error::Internal { .. }
@@ -280,7 +282,10 @@ pub fn parse(body: &[u8], max_statements: usize) -> Result<Vec<StreamRequest>, E
         .requests
         .iter()
         .map(|r| match r {
-            StreamRequest::Execute { .. } | StreamRequest::Sequence { .. } => 1,
+            // A describe prepares its statement: it costs like one.
+            StreamRequest::Execute { .. }
+            | StreamRequest::Sequence { .. }
+            | StreamRequest::Describe { .. } => 1,
             StreamRequest::Batch { batch } => batch.steps.len(),
             _ => 0,
         })

@@ -123,6 +123,8 @@ pub async fn load<S: ObjectStore, C: Clock>(
             image.len() as u64,
         )
     };
+    // Writes may not grow the database past the limit; one stored larger keeps its size.
+    sqlite::cap_size(&built.conn, ctx.max_write_bytes.max(len))?;
     // Network (requests, bodies) versus CPU (applying deltas, opening the image).
     let download_ms = (fetch_ms - built.parse_ms).max(0.0);
     let parse_ms = built.parsed.then_some(built.parse_ms);
@@ -263,9 +265,17 @@ pub async fn save<S: ObjectStore, C: Clock, T>(
         SaveMode::Never => false,
     };
     let loaded = &mut queried.loaded;
+    let size_bytes = sqlite::export(&mut loaded.conn)?.len() as u64;
     if !perform {
-        let size_bytes = sqlite::export(&mut loaded.conn)?.len() as u64;
         return Ok(Saved::Skipped { size_bytes });
+    }
+    // The page cap set at load stops growth statement by statement; this holds whatever
+    // changed the file (a VACUUM to a larger page size), before anything is uploaded.
+    if size_bytes > ctx.max_write_bytes.max(loaded.len) {
+        return Err(Error::DatabaseFull {
+            statement: None,
+            max_bytes: ctx.max_write_bytes,
+        });
     }
     let start = clock.now_ms();
     // Strictly increasing even if the wall clock stands still or steps back.

@@ -15,6 +15,18 @@ use crate::vfs;
 
 static INITIALIZED: AtomicBool = AtomicBool::new(false);
 
+/// Most memory SQLite's own heap may hold in this isolate at once (`sqlite3_hard_heap_limit64`):
+/// page caches, values being built, sorts, temp tables, prepared statements, for every open
+/// connection together. An allocation past it fails, and the statement that asked for it
+/// fails with [`Error::MemoryBudgetExceeded`]. Database images are not on this heap (they
+/// live in the page VFS); see [`crate::config::Config::memory_budget_bytes`].
+pub const SQLITE_HEAP_MAX_BYTES: u64 = 12 * 1024 * 1024;
+/// Where SQLite starts recycling page-cache memory instead of growing (the soft heap limit).
+const SQLITE_HEAP_SOFT_BYTES: u64 = 6 * 1024 * 1024;
+/// Page cache per connection (`PRAGMA cache_size`, negative = KiB): the file is already in
+/// memory, so the cache only saves copies.
+const CACHE_SIZE_KIB: i64 = 2048;
+
 /// Initialises SQLite once per isolate (or process); returns true if this call did the work.
 ///
 /// The first in-memory open also registers the memdb VFS and allocates SQLite's global state,
@@ -29,6 +41,13 @@ pub fn initialize() -> Result<bool, Error> {
         return Err(Error::Internal {
             detail: format!("sqlite3_initialize failed with code {rc}"),
         });
+    }
+    // Set by the worker, once, for the whole isolate; requests cannot change them (the
+    // executor refuses the pragmas).
+    // SAFETY: plain setters with no preconditions.
+    unsafe {
+        ffi::sqlite3_hard_heap_limit64(i64::try_from(SQLITE_HEAP_MAX_BYTES).unwrap_or(i64::MAX));
+        ffi::sqlite3_soft_heap_limit64(i64::try_from(SQLITE_HEAP_SOFT_BYTES).unwrap_or(i64::MAX));
     }
     Connection::open_in_memory()?;
     vfs::register().map_err(|rc| Error::Internal {
@@ -128,7 +147,61 @@ fn open_file(data: Vec<u8>) -> Result<Connection, Error> {
     let conn = opened.map_err(classify)?;
     conn.pragma_update(None, "journal_mode", "MEMORY")
         .map_err(classify)?;
+    conn.pragma_update(None, "cache_size", -CACHE_SIZE_KIB)
+        .map_err(classify)?;
+    // Temp tables, indexes and sorts on SQLite's heap, under its limit (the wasm build's
+    // default; native builds would use files).
+    conn.pragma_update(None, "temp_store", "MEMORY")
+        .map_err(classify)?;
     Ok(conn)
+}
+
+/// Closes `conn` and opens its file again, without copying it: everything a request can
+/// leave on a connection goes with the old one (TEMP tables, triggers and views, pragma
+/// settings, `last_insert_rowid` and `changes`, limits and hooks, the page cache), so the
+/// next request sees exactly what a fresh connection on the stored database would.
+///
+/// Only for a connection with no open transaction; its unsaved changes, if any, stay in the
+/// file (the caller keeps only copies that equal the store).
+pub fn reopen(mut conn: Connection) -> Result<Connection, Error> {
+    if !conn.is_autocommit() {
+        return Err(Error::Internal {
+            detail: "a connection with an open transaction cannot be reopened".into(),
+        });
+    }
+    let data = match file_state(&mut conn) {
+        // Taken before the close, which neither reads nor writes with no transaction open.
+        Some(state) => std::mem::take(&mut state.data),
+        None => export(&mut conn)?.to_vec(),
+    };
+    drop(conn);
+    open_file(data)
+}
+
+/// Caps the database file at `max_bytes` (rounded down to whole pages) for the rest of this
+/// connection's life: a statement that would grow it further fails with `SQLITE_FULL` before
+/// anything is stored. A file already larger keeps its size as its cap, so it can still be
+/// read, and shrunk.
+pub fn cap_size(conn: &Connection, max_bytes: u64) -> Result<(), Error> {
+    let page_size: i64 = conn
+        .pragma_query_value(None, "page_size", |r| r.get(0))
+        .map_err(classify)?;
+    let max_bytes = i64::try_from(max_bytes).unwrap_or(i64::MAX);
+    let pages = (max_bytes / page_size.max(512)).max(1);
+    conn.pragma_update(None, "max_page_count", pages)
+        .map_err(classify)?;
+    Ok(())
+}
+
+/// The size cap in force on `conn` ([`cap_size`]), in bytes.
+pub fn size_cap(conn: &Connection) -> Option<u64> {
+    let pages: i64 = conn
+        .pragma_query_value(None, "max_page_count", |r| r.get(0))
+        .ok()?;
+    let page_size: i64 = conn
+        .pragma_query_value(None, "page_size", |r| r.get(0))
+        .ok()?;
+    u64::try_from(pages.saturating_mul(page_size)).ok()
 }
 
 /// Copies `bytes` into a new image and opens it (for bytes already in memory: tests,

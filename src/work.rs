@@ -7,7 +7,10 @@ use serde_json::Value as Json;
 
 use crate::encoding::from_json;
 use crate::error::Error;
-use crate::exec::{Executor, Limits, Statement, StatementResult, Transactions, run_transaction};
+use crate::exec::{
+    Executor, HRANA_VALUE_COST_BYTES, Limits, Statement, StatementResult, Transactions,
+    run_transaction,
+};
 use crate::hrana::{Runner, StreamRequest};
 use crate::pipeline::Work;
 
@@ -42,7 +45,12 @@ impl Work for Pipeline {
     type Output = Vec<Json>;
 
     fn run(&mut self, conn: &mut Connection) -> Result<Self::Output, Error> {
-        let mut exec = Executor::new(conn, self.limits, Transactions::Client)?;
+        // Results are charged at what the protocol's encoder makes of them.
+        let limits = Limits {
+            value_cost_bytes: HRANA_VALUE_COST_BYTES,
+            ..self.limits
+        };
+        let mut exec = Executor::new(conn, limits, Transactions::Client)?;
         Runner::new(&mut exec).run(&self.requests)
     }
 }

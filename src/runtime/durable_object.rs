@@ -349,7 +349,8 @@ impl UserDb {
             let image = sqlite::export(&mut conn)?;
             let store = R2Store::from_env(&self.env)?;
             let ctx = crate::pipeline::Context {
-                max_db_bytes: config.max_db_bytes,
+                max_db_bytes: crate::config::load_max_bytes(config.max_db_bytes),
+                max_write_bytes: config.max_db_bytes,
                 nonce: super::js_clock::nonce(),
                 ..crate::pipeline::Context::new(&store, &clock)
             };
@@ -444,17 +445,20 @@ impl UserDb {
         let store = R2Store::from_env(&self.env)?;
         // An incremental user's pending deltas are folded into database.sqlite first, so the
         // import copies the current database (a move has already folded and frozen it).
+        // A database stored over MAX_DB_BYTES (up to the load ceiling) can still move.
+        let max_load = crate::config::load_max_bytes(config.max_db_bytes);
         let ctx = crate::pipeline::Context {
-            max_db_bytes: config.max_db_bytes,
+            max_db_bytes: max_load,
+            max_write_bytes: config.max_db_bytes,
             nonce: super::js_clock::nonce(),
             compaction: config.compaction,
             ..crate::pipeline::Context::new(&store, &clock)
         };
         crate::layout::fold_pending(&ctx, user).await?;
         let object = crate::migrate::existing(
-            store.get(&user.db_key(), config.max_db_bytes, None).await?,
+            store.get(&user.db_key(), max_load, None).await?,
             user,
-            config.max_db_bytes,
+            max_load,
         )?;
         let download_ms = clock.now_ms() - start;
         let parse_start = clock.now_ms();

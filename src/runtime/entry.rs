@@ -140,7 +140,8 @@ async fn handle(mut req: Request, env: &Env) -> std::result::Result<Response, Er
 fn context<'a>(store: &'a R2Store, config: &Config) -> Context<'a, R2Store, JsClock> {
     Context {
         thresholds: config.thresholds,
-        max_db_bytes: config.max_db_bytes,
+        max_db_bytes: crate::config::load_max_bytes(config.max_db_bytes),
+        max_write_bytes: config.max_db_bytes,
         cache: isolate_cache(config.cache_max_bytes),
         nonce: js_clock::nonce(),
         layout: config.layout,

@@ -1,0 +1,144 @@
+//! Memory bombs against a whole request, with every allocation counted: the Rust heap through a
+//! counting global allocator, SQLite's heap through its own high-water mark. A request may
+//! never take more than the per-request part of the memory budget (SQLite's heap limit, the
+//! result at its charged size, a little slack), whatever its SQL.
+//!
+//! One test in a process of its own: SQLite's heap limit and the allocator are process-wide.
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use serde_json::json;
+use workers_sqlite_poc::exec::{DEFAULT_MAX_RESULT_BYTES, Limits, Statement};
+use workers_sqlite_poc::pipeline::{Context, serve};
+use workers_sqlite_poc::request::{SaveMode, UserId};
+use workers_sqlite_poc::sqlite::SQLITE_HEAP_MAX_BYTES;
+use workers_sqlite_poc::store::MemoryStore;
+use workers_sqlite_poc::testing::StepClock;
+use workers_sqlite_poc::work::{Pipeline, Transaction};
+use workers_sqlite_poc::{hrana, sqlite};
+
+struct Counting;
+
+static CURRENT: AtomicUsize = AtomicUsize::new(0);
+static PEAK: AtomicUsize = AtomicUsize::new(0);
+
+// SAFETY: forwards to the system allocator; only counts.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        // SAFETY: same contract as the caller's.
+        let p = unsafe { System.alloc(layout) };
+        if !p.is_null() {
+            let now = CURRENT.fetch_add(layout.size(), Ordering::Relaxed) + layout.size();
+            PEAK.fetch_max(now, Ordering::Relaxed);
+        }
+        p
+    }
+    unsafe fn dealloc(&self, p: *mut u8, layout: Layout) {
+        // SAFETY: same contract as the caller's.
+        unsafe { System.dealloc(p, layout) };
+        CURRENT.fetch_sub(layout.size(), Ordering::Relaxed);
+    }
+}
+
+#[global_allocator]
+static ALLOCATOR: Counting = Counting;
+
+const MIB: u64 = 1024 * 1024;
+
+/// Peak extra memory (Rust heap + SQLite heap) while `f` runs.
+fn peak_of<T>(f: impl FnOnce() -> T) -> (T, u64) {
+    let base = CURRENT.load(Ordering::Relaxed);
+    PEAK.store(base, Ordering::Relaxed);
+    // SAFETY: reads and resets a counter.
+    let sqlite_base = unsafe { rusqlite::ffi::sqlite3_memory_used() };
+    // SAFETY: as above.
+    unsafe { rusqlite::ffi::sqlite3_memory_highwater(1) };
+    let out = f();
+    let rust = PEAK.load(Ordering::Relaxed).saturating_sub(base) as u64;
+    // SAFETY: as above.
+    let sqlite = unsafe { rusqlite::ffi::sqlite3_memory_highwater(0) } - sqlite_base;
+    (out, rust + u64::try_from(sqlite).unwrap_or(0))
+}
+
+/// Each bomb of the review, and a few more, as `/query` and as a libSQL pipeline: answered
+/// (200 within the caps, or a 4xx naming the cap), never more than the per-request budget of
+/// memory; afterwards, an ordinary request is served.
+#[test]
+fn no_request_takes_more_than_its_memory_budget() {
+    sqlite::initialize().unwrap();
+    let store = MemoryStore::new();
+    let clock = StepClock::stepping(1.0);
+    let ctx = Context::new(&store, &clock);
+    let user = UserId::parse(Some("bomber")).unwrap();
+    let million =
+        "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < 1000000)";
+    let bombs = [
+        "SELECT zeroblob(100000000)".to_owned(),
+        "SELECT length(randomblob(100000000))".to_owned(),
+        "SELECT printf('%.*c', 100000000, 'x')".to_owned(),
+        "WITH RECURSIVE d(s, n) AS (SELECT 'x', 0 UNION ALL SELECT s || s, n + 1 FROM d \
+         WHERE n < 26) SELECT length(s) FROM d"
+            .to_owned(),
+        format!("{million} SELECT NULL FROM c"),
+        format!("{million} SELECT x, x FROM c"),
+        format!("{million} SELECT zeroblob(1000000) FROM c"),
+        // Text whose JSON escapes are six times longer than it is.
+        "SELECT replace(hex(zeroblob(1300000)), '0', char(1))".to_owned(),
+        format!("{million} SELECT group_concat(hex(randomblob(8))) FROM c"),
+        format!("{million} SELECT x FROM c ORDER BY random()"),
+        "CREATE TEMP TABLE parked AS SELECT zeroblob(1000000) AS b FROM \
+         (WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < 40) \
+         SELECT x FROM c)"
+            .to_owned(),
+        // Just inside the caps: answered, and still within the budget.
+        "SELECT printf('%.*c', 2500000, 'x')".to_owned(),
+        "SELECT randomblob(2500000)".to_owned(),
+        "SELECT replace(hex(zeroblob(300000)), '0', char(1))".to_owned(),
+        format!("{million} SELECT x, 'abc', NULL FROM c LIMIT 10000"),
+    ];
+    let budget = SQLITE_HEAP_MAX_BYTES + 3 * DEFAULT_MAX_RESULT_BYTES + 2 * MIB;
+    let mut report = Vec::new();
+    for sql in &bombs {
+        let (outcome, used) = peak_of(|| {
+            let mut work = Transaction {
+                statements: vec![Statement::new(sql.clone())],
+                limits: Limits::default(),
+            };
+            block(serve(&ctx, &user, SaveMode::Auto, &mut work))
+                .map(|(report, results)| serde_json::to_vec(&(report, results)).unwrap().len())
+        });
+        report.push(format!(
+            "/query {used:>10} B  {sql:.60}  {:?}",
+            outcome.as_ref().err().map(|e| e.code())
+        ));
+        assert!(used <= budget, "/query {sql}: {used} bytes > {budget}");
+        let (outcome, used) = peak_of(|| {
+            let body = json!({"requests": [{"type": "execute", "stmt": {"sql": sql}}]});
+            let mut work = Pipeline {
+                requests: hrana::parse(body.to_string().as_bytes(), 100).unwrap(),
+                limits: Limits::default(),
+            };
+            block(serve(&ctx, &user, SaveMode::Auto, &mut work))
+                .map(|(report, out)| serde_json::to_vec(&(report, out)).unwrap().len())
+        });
+        report.push(format!(
+            "hrana  {used:>10} B  {sql:.60}  {:?}",
+            outcome.as_ref().err().map(|e| e.code())
+        ));
+        assert!(used <= budget, "hrana {sql}: {used} bytes > {budget}");
+        if let Err(e) = outcome {
+            assert!((400..500).contains(&e.status()), "{sql}: {e}");
+        }
+    }
+    println!("{}", report.join("\n"));
+    let mut work = Transaction {
+        statements: vec![Statement::new("SELECT 1")],
+        limits: Limits::default(),
+    };
+    block(serve(&ctx, &user, SaveMode::Auto, &mut work)).unwrap();
+}
+
+fn block<T>(f: impl std::future::Future<Output = T>) -> T {
+    pollster::block_on(f)
+}
