@@ -73,7 +73,8 @@ pub struct Context<'a, S, C> {
 }
 
 impl<'a, S, C> Context<'a, S, C> {
-    /// A context with the spec's thresholds, no cache, the default retries and size limit.
+    /// A context with the spec's thresholds, no cache, the default retries and size limit, and
+    /// the layout and compaction policy a deployment gets when `LAYOUT` is unset.
     pub fn new(store: &'a S, clock: &'a C) -> Self {
         Self {
             store,
@@ -84,7 +85,7 @@ impl<'a, S, C> Context<'a, S, C> {
             cache: None,
             retry: RetryPolicy::default(),
             nonce: 0,
-            layout: Layout::Single,
+            layout: Layout::default(),
             compaction: CompactionPolicy::default(),
         }
     }
@@ -182,5 +183,33 @@ async fn unchanged<S: ObjectStore, C: Clock>(
     match with_retries(ctx.clock, &ctx.retry, async || ctx.store.head(key).await).await {
         Ok(head) => head.as_ref().map(|h| h.etag.as_str()) == loaded_etag,
         Err(_) => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[cfg(all(target_family = "wasm", target_os = "unknown"))]
+    use wasm_bindgen_test::wasm_bindgen_test as test;
+
+    use super::*;
+    use crate::config::Config;
+    use crate::store::MemoryStore;
+
+    /// Tests built on `Context::new` run what a deployment runs: its layout and compaction
+    /// policy are those of an unset `LAYOUT` and of the shipped `wrangler.toml`.
+    #[test]
+    fn new_context_uses_the_production_layout() {
+        let (store, clock) = (MemoryStore::new(), crate::testing::StepClock::frozen());
+        let ctx = Context::new(&store, &clock);
+        let config = Config::default();
+        assert_eq!(
+            (ctx.layout, ctx.compaction),
+            (config.layout, config.compaction)
+        );
+        let shipped = include_str!("../wrangler.toml")
+            .lines()
+            .find_map(|line| line.trim().strip_prefix("LAYOUT = "))
+            .expect("wrangler.toml sets LAYOUT");
+        assert_eq!(Layout::parse(shipped.trim_matches('"')), Some(ctx.layout));
     }
 }

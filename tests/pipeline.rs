@@ -2,8 +2,7 @@
 //! SQLite, in-memory stores that race or fail on purpose, a stepping clock. They run on the
 //! host and on wasm32 (under Node, against the Worker's SQLite build).
 
-#[cfg(all(target_family = "wasm", target_os = "unknown"))]
-use wasm_bindgen_test::wasm_bindgen_test as test;
+use std::cell::{Cell, RefCell};
 
 use rusqlite::types::Value;
 use workers_sqlite_poc::alerts::{Level, log_lines};
@@ -11,6 +10,7 @@ use workers_sqlite_poc::cache::DbCache;
 use workers_sqlite_poc::clock::Clock;
 use workers_sqlite_poc::error::Error;
 use workers_sqlite_poc::exec::{Limits, Statement, StatementResult};
+use workers_sqlite_poc::manifest::Layout;
 use workers_sqlite_poc::pipeline::{
     self, Context, ListTables, RetryPolicy, Saved, Work, load, query, save, serve,
 };
@@ -18,12 +18,33 @@ use workers_sqlite_poc::report::{CacheStatus, Report};
 use workers_sqlite_poc::request::{SaveMode, UserId};
 use workers_sqlite_poc::store::{DB_VERSION_KEY, MemoryStore, ObjectStore};
 use workers_sqlite_poc::testing::{
-    AfterReads, Before, Call, Fault, FaultPlan, HookStore, Operation, StepClock, apply_sql, open,
+    Action, AfterReads, Before, Call, Fault, FaultPlan, HookStore, Operation, StepClock, open,
     row_counts,
 };
 use workers_sqlite_poc::trend::{Recommendation, TrendSettings, Trends};
 use workers_sqlite_poc::work::Transaction;
 use workers_sqlite_poc::{fixtures, sqlite};
+
+/// Runs a scenario body once per storage layout, as `NAME::single` and `NAME::incremental`,
+/// on the host and on wasm32: every scenario covers the default layout and the spec's.
+macro_rules! both_layouts {
+    ($name:ident) => {
+        mod $name {
+            #[cfg(all(target_family = "wasm", target_os = "unknown"))]
+            use wasm_bindgen_test::wasm_bindgen_test as test;
+
+            #[test]
+            fn single() {
+                super::$name(super::Layout::Single);
+            }
+
+            #[test]
+            fn incremental() {
+                super::$name(super::Layout::Incremental);
+            }
+        }
+    };
+}
 
 const KEY: &str = "a/database.sqlite";
 const MAX_DB_BYTES: u64 = 1024 * 1024;
@@ -32,8 +53,14 @@ fn user(id: &str) -> UserId {
     UserId::parse(Some(id)).unwrap()
 }
 
-fn ctx<'a, S, C>(store: &'a S, clock: &'a C, cache: Option<&'a DbCache>) -> Context<'a, S, C> {
+fn ctx<'a, S, C>(
+    layout: Layout,
+    store: &'a S,
+    clock: &'a C,
+    cache: Option<&'a DbCache>,
+) -> Context<'a, S, C> {
     Context {
+        layout,
         max_db_bytes: MAX_DB_BYTES,
         cache,
         ..Context::new(store, clock)
@@ -102,12 +129,62 @@ fn counted_demo() -> (HookStore<'static>, DbCache, StepClock) {
     )
 }
 
-/// The demo database in a store where another writer stores `rival` right after each of our
-/// first `races` reads of it.
-fn racing(rival: Vec<u8>, races: u32) -> HookStore<'static> {
+/// The SQL the other writer of [`racing`] runs each time.
+const RIVAL_SQL: &str =
+    "INSERT INTO projects(name, created_at, settings) VALUES ('rival', 0, '{}')";
+
+/// The demo database in a store where another worker (same layout, its own nonce) commits
+/// [`RIVAL_SQL`] right after each of our first `races` reads of `database.sqlite`, so every
+/// save that follows them meets a changed commit point. `after_rival` holds the store as the
+/// rival's last commit left it.
+fn racing(layout: Layout, races: u32, after_rival: &RefCell<Snapshot>) -> HookStore<'_> {
+    let rival_runs = Cell::new(0);
     HookStore::new(demo_store()).with(AfterReads::new(KEY, races, move |store| {
-        store.insert(KEY, &rival, &[]);
+        rival_runs.set(rival_runs.get() + 1);
+        let clock = clock();
+        let rival = Context {
+            nonce: 0xbad0_0000 + rival_runs.get(),
+            ..ctx(layout, store, &clock, None)
+        };
+        post(&rival, "a", vec![statement(RIVAL_SQL, vec![])]).unwrap();
+        *after_rival.borrow_mut() = snapshot(store);
     }))
+}
+
+/// Every object in the store: key, bytes and metadata.
+type Snapshot = Vec<(String, Vec<u8>, Vec<(String, String)>)>;
+
+fn snapshot(store: &MemoryStore) -> Snapshot {
+    store
+        .keys()
+        .into_iter()
+        .map(|key| {
+            let mut metadata: Vec<_> = store.metadata(&key).unwrap().into_iter().collect();
+            metadata.sort();
+            let bytes = store.bytes(&key).unwrap();
+            (key, bytes, metadata)
+        })
+        .collect()
+}
+
+/// User `id`'s current database as a fresh worker loads it (base and deltas in the
+/// incremental layout), and its `db-version`.
+fn current_of(store: &impl ObjectStore, id: &str) -> (Vec<u8>, Option<u64>) {
+    let clock = clock();
+    let c = ctx(Layout::default(), store, &clock, None);
+    let mut loaded = block(load(&c, &user(id))).unwrap();
+    let version = loaded.version;
+    (sqlite::export(&mut loaded.conn).unwrap().to_vec(), version)
+}
+
+/// User `a`'s current database.
+fn current(store: &impl ObjectStore) -> Vec<u8> {
+    current_of(store, "a").0
+}
+
+/// User `a`'s current `db-version`.
+fn current_version(store: &impl ObjectStore) -> u64 {
+    current_of(store, "a").1.unwrap()
 }
 
 /// The demo database in a store that fails calls as `plan` says.
@@ -125,8 +202,7 @@ fn projects(bytes: &[u8]) -> i64 {
 
 /// Load: a stored object opens with its version; a missing one is a new empty database; an
 /// oversize one is 413; a corrupt one is 422.
-#[test]
-fn load_step_outcomes() {
+fn load_step_outcomes(layout: Layout) {
     let store = demo_store();
     store.insert(
         KEY,
@@ -134,7 +210,7 @@ fn load_step_outcomes() {
         &[(DB_VERSION_KEY, "41".into())],
     );
     let clock = clock();
-    let c = ctx(&store, &clock, None);
+    let c = ctx(layout, &store, &clock, None);
     let loaded = block(load(&c, &user("a"))).unwrap();
     assert_eq!(loaded.version, Some(41));
     assert!(loaded.etag().is_some() && loaded.parse_ms.is_some());
@@ -145,7 +221,7 @@ fn load_step_outcomes() {
 
     let small = Context {
         max_db_bytes: 1000,
-        ..ctx(&store, &clock, None)
+        ..ctx(layout, &store, &clock, None)
     };
     let err = block(load(&small, &user("a"))).unwrap_err();
     assert_eq!((err.status(), err.code()), (413, "database_too_large"));
@@ -154,12 +230,12 @@ fn load_step_outcomes() {
     let err = block(load(&c, &user("bad"))).unwrap_err();
     assert_eq!((err.status(), err.code()), (422, "corrupt_database"));
 }
+both_layouts!(load_step_outcomes);
 
 /// Load with a cache: a current entry is a hit (no body sent); an outdated one is stale.
-#[test]
-fn load_step_uses_the_cache_only_when_current() {
+fn load_step_uses_the_cache_only_when_current(layout: Layout) {
     let (store, cache, clock) = counted_demo();
-    let c = ctx(&store, &clock, Some(&cache));
+    let c = ctx(layout, &store, &clock, Some(&cache));
     get(&c, "a", SaveMode::Never).unwrap();
     assert_eq!(store.bodies_sent(), 1);
     let hit = block(load(&c, &user("a"))).unwrap();
@@ -174,16 +250,16 @@ fn load_step_uses_the_cache_only_when_current() {
     let stale = block(load(&c, &user("a"))).unwrap();
     assert_eq!(stale.cache, CacheStatus::Stale);
 }
+both_layouts!(load_step_uses_the_cache_only_when_current);
 
 // ---- The query step ----
 
 /// Query: a read leaves `changed` false, a committed write sets it, and tables are listed
 /// after the work.
-#[test]
-fn query_step_detects_changes() {
+fn query_step_detects_changes(layout: Layout) {
     let store = demo_store();
     let clock = clock();
-    let c = ctx(&store, &clock, None);
+    let c = ctx(layout, &store, &clock, None);
     let read = query(
         &clock,
         block(load(&c, &user("a"))).unwrap(),
@@ -207,16 +283,16 @@ fn query_step_detects_changes() {
     assert!(!failed.changed, "a rolled-back request changed nothing");
     assert_eq!(failed.error.code(), "sql_error");
 }
+both_layouts!(query_step_detects_changes);
 
 // ---- The save step ----
 
 /// Save: `never` and `auto` without a change skip; a change is written with a larger
 /// version; a stale etag is a conflict with nothing written.
-#[test]
-fn save_step_outcomes() {
+fn save_step_outcomes(layout: Layout) {
     let store = demo_store();
     let clock = clock();
-    let c = ctx(&store, &clock, None);
+    let c = ctx(layout, &store, &clock, None);
     let mut q = query(
         &clock,
         block(load(&c, &user("a"))).unwrap(),
@@ -235,27 +311,36 @@ fn save_step_outcomes() {
     else {
         panic!("always writes");
     };
-    assert_eq!(
-        store.metadata(KEY).unwrap()[DB_VERSION_KEY],
-        version.to_string()
-    );
-    // The etag this copy was loaded with is now outdated.
+    assert_eq!(current_version(&store), version);
+    let written = snapshot(&store);
+    // The commit point this copy was loaded at is now outdated.
     assert_eq!(
         block(save(&c, &user("a"), &mut q, SaveMode::Always)).unwrap(),
         Saved::Conflict
     );
-    assert_eq!(store.put_count(), 2);
+    assert_eq!(
+        snapshot(&store),
+        written,
+        "a conflict leaves nothing behind"
+    );
+    // Single: one put each. Incremental: a delta and the manifest each (the losing delta
+    // is then deleted).
+    let puts_per_save = match layout {
+        Layout::Single => 1,
+        Layout::Incremental => 2,
+    };
+    assert_eq!(store.put_count(), 2 * puts_per_save);
 }
+both_layouts!(save_step_outcomes);
 
 // ---- The report step ----
 
 /// Report: a skipped save is `not_run`, not graded `optimal`; a frozen clock flags every
 /// CPU-only span that ran.
-#[test]
-fn report_step_never_overclaims() {
+fn report_step_never_overclaims(layout: Layout) {
     let store = demo_store();
     let clock = StepClock::frozen();
-    let c = ctx(&store, &clock, None);
+    let c = ctx(layout, &store, &clock, None);
     let skipped = get(&c, "a", SaveMode::Never).unwrap();
     assert_eq!(skipped["delay_analysis"]["save"]["status"], "not_run");
     assert_eq!(skipped["route"], "r2");
@@ -280,17 +365,17 @@ fn report_step_never_overclaims() {
         );
     }
 }
+both_layouts!(report_step_never_overclaims);
 
 // ---- Whole requests: the spec's GET / ----
 
 /// An existing database: its tables are listed, and what is written back is a valid SQLite
 /// image with the same rows, stamped with an increasing `db-version`.
-#[test]
-fn existing_database_is_listed_and_written_back_intact() {
+fn existing_database_is_listed_and_written_back_intact(layout: Layout) {
     let store = demo_store();
     let demo = fixtures::demo_database().unwrap();
     let clock = clock();
-    let c = ctx(&store, &clock, None);
+    let c = ctx(layout, &store, &clock, None);
     let report = get(&c, "a", SaveMode::Always).unwrap();
     assert_eq!(
         report["db_info"]["tables"],
@@ -298,23 +383,27 @@ fn existing_database_is_listed_and_written_back_intact() {
     );
     assert_eq!(report["db_info"]["new_database"], false);
     assert_eq!(report["db_info"]["attempts"], 1);
-    let stored = store.bytes(KEY).unwrap();
+    let (stored, v1) = current_of(&store, "a");
     assert_eq!(row_counts(&stored), row_counts(&demo));
-    let v1: u64 = store.metadata(KEY).unwrap()[DB_VERSION_KEY]
-        .parse()
-        .unwrap();
+    let v1 = v1.unwrap();
+    if layout == Layout::Single {
+        assert_eq!(
+            store.bytes(KEY).unwrap(),
+            stored,
+            "the whole file is replaced"
+        );
+        assert_eq!(store.metadata(KEY).unwrap()[DB_VERSION_KEY], v1.to_string());
+    }
     assert_eq!(report["db_info"]["db_version"], v1.to_string());
     let again = get(&c, "a", SaveMode::Always).unwrap();
-    let v2: u64 = store.metadata(KEY).unwrap()[DB_VERSION_KEY]
-        .parse()
-        .unwrap();
+    let v2 = current_version(&store);
     assert!(v2 > v1, "{v2} <= {v1}");
     assert_eq!(again["db_info"]["loaded_db_version"], v1.to_string());
 }
+both_layouts!(existing_database_is_listed_and_written_back_intact);
 
 /// A version from the future (clock skew between writers) still gets a larger successor.
-#[test]
-fn db_version_increases_even_when_the_clock_is_behind() {
+fn db_version_increases_even_when_the_clock_is_behind(layout: Layout) {
     let store = MemoryStore::new();
     let future = u64::MAX / 2;
     store.insert(
@@ -323,20 +412,17 @@ fn db_version_increases_even_when_the_clock_is_behind() {
         &[(DB_VERSION_KEY, future.to_string())],
     );
     let clock = clock();
-    get(&ctx(&store, &clock, None), "a", SaveMode::Always).unwrap();
-    let written: u64 = store.metadata(KEY).unwrap()[DB_VERSION_KEY]
-        .parse()
-        .unwrap();
-    assert_eq!(written, future + 1);
+    get(&ctx(layout, &store, &clock, None), "a", SaveMode::Always).unwrap();
+    assert_eq!(current_version(&store), future + 1);
 }
+both_layouts!(db_version_increases_even_when_the_clock_is_behind);
 
 /// A missing object means a new database: `always` stores it create-only; `auto` stores
 /// nothing, since nothing was written to it.
-#[test]
-fn missing_object_creates_an_empty_database() {
+fn missing_object_creates_an_empty_database(layout: Layout) {
     let store = MemoryStore::new();
     let clock = clock();
-    let c = ctx(&store, &clock, None);
+    let c = ctx(layout, &store, &clock, None);
     let auto = get(&c, "newcomer", SaveMode::Auto).unwrap();
     assert_eq!(auto["db_info"]["saved"], false);
     assert!(store.bytes("newcomer/database.sqlite").is_none());
@@ -347,31 +433,31 @@ fn missing_object_creates_an_empty_database() {
     let stored = store.bytes("newcomer/database.sqlite").unwrap();
     assert!(row_counts(&stored).is_empty());
 }
+both_layouts!(missing_object_creates_an_empty_database);
 
 /// A stored object that is not a database is reported and never written to.
-#[test]
-fn corrupt_object_is_reported_and_left_untouched() {
+fn corrupt_object_is_reported_and_left_untouched(layout: Layout) {
     let store = MemoryStore::new();
     let garbage = workers_sqlite_poc::testing::Rng::new(3).bytes(8192);
     store.insert(KEY, &garbage, &[]);
     let clock = clock();
-    let err = get(&ctx(&store, &clock, None), "a", SaveMode::Always).unwrap_err();
+    let err = get(&ctx(layout, &store, &clock, None), "a", SaveMode::Always).unwrap_err();
     assert_eq!((err.status(), err.code()), (422, "corrupt_database"));
     assert_eq!(store.put_count(), 0);
     assert_eq!(store.bytes(KEY).unwrap(), garbage);
 }
+both_layouts!(corrupt_object_is_reported_and_left_untouched);
 
 /// An object over the size limit is refused with 413 without its body ever being read, and
 /// is not written; one exactly at the limit is read once.
-#[test]
-fn oversize_object_is_refused_without_reading_its_body() {
+fn oversize_object_is_refused_without_reading_its_body(layout: Layout) {
     let store = HookStore::default();
     let big = fixtures::sized_database(64 * 1024, 7).unwrap();
     store.inner.insert(KEY, &big, &[]);
     let clock = clock();
     let limited = |max| Context {
         max_db_bytes: max,
-        ..ctx(&store, &clock, None)
+        ..ctx(layout, &store, &clock, None)
     };
     let err = get(&limited(big.len() as u64 - 1), "a", SaveMode::Always).unwrap_err();
     assert_eq!((err.status(), err.code()), (413, "database_too_large"));
@@ -381,15 +467,15 @@ fn oversize_object_is_refused_without_reading_its_body() {
     assert!(get(&limited(big.len() as u64), "a", SaveMode::Always).is_ok());
     assert_eq!(store.body_copies(), 1);
 }
+both_layouts!(oversize_object_is_refused_without_reading_its_body);
 
 /// The version cache: a repeat request is a hit; a write by someone else makes the copy
 /// stale, and the next request sees that write.
-#[test]
-fn version_cache_hits_and_detects_outside_writes() {
+fn version_cache_hits_and_detects_outside_writes(layout: Layout) {
     let store = demo_store();
     let cache = DbCache::new(MAX_DB_BYTES);
     let clock = clock();
-    let c = ctx(&store, &clock, Some(&cache));
+    let c = ctx(layout, &store, &clock, Some(&cache));
     let first = get(&c, "a", SaveMode::Always).unwrap();
     assert_eq!(first["cache"]["status"], "miss");
     assert_eq!(
@@ -402,13 +488,25 @@ fn version_cache_hits_and_detects_outside_writes() {
         second["db_info"]["loaded_db_version"],
         first["db_info"]["db_version"]
     );
-    let rival = apply_sql(
-        &store.bytes(KEY).unwrap(),
-        "CREATE TABLE added_elsewhere(x)",
-    );
-    store.insert(KEY, &rival, &[]);
+    // Another worker (no cache of its own) writes.
+    let elsewhere = Context {
+        nonce: 99,
+        ..ctx(layout, &store, &clock, None)
+    };
+    post(
+        &elsewhere,
+        "a",
+        vec![statement("CREATE TABLE added_elsewhere(x)", vec![])],
+    )
+    .unwrap();
     let third = get(&c, "a", SaveMode::Always).unwrap();
-    assert_eq!(third["cache"]["status"], "stale");
+    // Single: the copy is dropped and the new file loaded. Incremental: the copy is brought
+    // up to date with the other worker's delta.
+    let status = match layout {
+        Layout::Single => "stale",
+        Layout::Incremental => "updated",
+    };
+    assert_eq!(third["cache"]["status"], status);
     let fourth = get(&c, "a", SaveMode::Always).unwrap();
     assert_eq!(fourth["cache"]["status"], "hit");
     assert!(
@@ -419,15 +517,15 @@ fn version_cache_hits_and_detects_outside_writes() {
             .any(|t| t == "added_elsewhere")
     );
 }
+both_layouts!(version_cache_hits_and_detects_outside_writes);
 
 /// The cache never holds more than its budget, evicting least recently used users.
-#[test]
-fn version_cache_stays_within_budget() {
+fn version_cache_stays_within_budget(layout: Layout) {
     let store = MemoryStore::new();
     let demo = fixtures::demo_database().unwrap();
     let cache = DbCache::new(3 * demo.len() as u64);
     let clock = clock();
-    let c = ctx(&store, &clock, Some(&cache));
+    let c = ctx(layout, &store, &clock, Some(&cache));
     for i in 0..6 {
         store.insert(&format!("u{i}/database.sqlite"), &demo, &[]);
         let report = get(&c, &format!("u{i}"), SaveMode::Always).unwrap();
@@ -443,53 +541,70 @@ fn version_cache_stays_within_budget() {
         "hit"
     );
 }
+both_layouts!(version_cache_stays_within_budget);
 
 /// Another writer changes the object after the first load: the request re-runs on the new
 /// version and keeps the other writer's change. When it keeps losing, it stops after three
 /// runs with 409 and nothing written.
-#[test]
-fn lost_races_rerun_then_conflict() {
-    let demo = fixtures::demo_database().unwrap();
-    let rival = apply_sql(&demo, "CREATE TABLE added_by_rival(x)");
+fn lost_races_rerun_then_conflict(layout: Layout) {
+    let demo = projects(&fixtures::demo_database().unwrap());
     let clock = clock();
-    let store = racing(rival.clone(), 1);
-    let report = get(&ctx(&store, &clock, None), "a", SaveMode::Always).unwrap();
+    let after_rival = RefCell::default();
+    let store = racing(layout, 1, &after_rival);
+    let report = get(&ctx(layout, &store, &clock, None), "a", SaveMode::Always).unwrap();
     assert_eq!(report["db_info"]["attempts"], 2);
-    assert!(
-        row_counts(&store.inner.bytes(KEY).unwrap())
-            .iter()
-            .any(|(t, _)| t == "added_by_rival")
-    );
+    assert_eq!(projects(&current(&store)), demo + 1, "the rival's write");
 
-    let store = racing(rival.clone(), 3);
-    let err = get(&ctx(&store, &clock, None), "a", SaveMode::Always).unwrap_err();
+    let after_three = RefCell::default();
+    let store = racing(layout, 3, &after_three);
+    let err = get(&ctx(layout, &store, &clock, None), "a", SaveMode::Always).unwrap_err();
     assert!(matches!(err, Error::Conflict { attempts: 3 }), "{err:?}");
     assert_eq!(err.status(), 409);
-    assert_eq!(store.inner.bytes(KEY).unwrap(), rival);
+    assert_eq!(
+        snapshot(&store.inner),
+        *after_three.borrow(),
+        "the store is as the rival's last write left it"
+    );
+    assert_eq!(projects(&current(&store)), demo + 3);
 }
+both_layouts!(lost_races_rerun_then_conflict);
 
 /// A request that loses every race leaves nothing in the cache, and the next request loads
 /// the other writer's version.
-#[test]
-fn conflict_does_not_poison_the_cache() {
-    let demo = fixtures::demo_database().unwrap();
+fn conflict_does_not_poison_the_cache(layout: Layout) {
     let cache = DbCache::new(MAX_DB_BYTES);
     let clock = clock();
-    let store = racing(demo.clone(), 3);
-    let err = get(&ctx(&store, &clock, Some(&cache)), "a", SaveMode::Always).unwrap_err();
+    let after_rival = RefCell::default();
+    let store = racing(layout, 3, &after_rival);
+    let err = get(
+        &ctx(layout, &store, &clock, Some(&cache)),
+        "a",
+        SaveMode::Always,
+    )
+    .unwrap_err();
     assert!(matches!(err, Error::Conflict { .. }), "{err:?}");
     assert_eq!(cache.usage(), (0, 0));
-    let next = get(&ctx(&store, &clock, Some(&cache)), "a", SaveMode::Always).unwrap();
+    let rival_version = current_version(&store);
+    let next = get(
+        &ctx(layout, &store, &clock, Some(&cache)),
+        "a",
+        SaveMode::Always,
+    )
+    .unwrap();
     assert_eq!(next["cache"]["status"], "miss");
+    assert_eq!(
+        next["db_info"]["loaded_db_version"],
+        rival_version.to_string()
+    );
 }
+both_layouts!(conflict_does_not_poison_the_cache);
 
 /// Slow phases produce one JSON log line each, critical ones recommending archiving or a
 /// Durable Object and a user warning, and a sustained trend recommends migrating.
-#[test]
-fn slow_syncs_are_logged_and_trended() {
+fn slow_syncs_are_logged_and_trended(layout: Layout) {
     let store = demo_store();
     let clock = StepClock::slow();
-    let c = ctx(&store, &clock, None);
+    let c = ctx(layout, &store, &clock, None);
     let trends = Trends::new();
     let mut last = None;
     for _ in 0..3 {
@@ -514,22 +629,24 @@ fn slow_syncs_are_logged_and_trended() {
         Recommendation::MigrateToDurableObject
     );
 }
+both_layouts!(slow_syncs_are_logged_and_trended);
 
 /// Copies of the database's bytes, counted so that a regression fails here: a cache miss copies
-/// the body once (straight into SQLite's buffer), a cache hit copies nothing, and a save hands
-/// the store SQLite's own image, so the worker's core makes no copy of its own (the R2 adapter
-/// then streams it out in 1 MiB chunks).
-#[test]
-fn copies_per_load_and_save_are_counted() {
-    let last_put = std::cell::Cell::new(None);
+/// the body once (straight into SQLite's buffer), a cache hit copies nothing, and a save in the
+/// single layout hands the store SQLite's own image, so the worker's core makes no copy of its
+/// own (the R2 adapter then streams it out in 1 MiB chunks); the incremental layout uploads no
+/// image at all, only a delta and the manifest.
+fn copies_per_load_and_save_are_counted(layout: Layout) {
+    let puts = RefCell::new(Vec::new());
     let store = HookStore::new(demo_store()).with(Before(|call: &Call<'_>, _: &MemoryStore| {
         if let Call::Put { bytes, .. } = call {
-            last_put.set(Some((bytes.as_ptr() as usize, bytes.len())));
+            puts.borrow_mut()
+                .push((bytes.as_ptr() as usize, bytes.len()));
         }
-        workers_sqlite_poc::testing::Action::Proceed
+        Action::Proceed
     }));
     let (cache, clock) = (DbCache::new(MAX_DB_BYTES), clock());
-    let c = ctx(&store, &clock, Some(&cache));
+    let c = ctx(layout, &store, &clock, Some(&cache));
     get(&c, "a", SaveMode::Always).unwrap();
     assert_eq!(
         store.body_copies(),
@@ -540,22 +657,32 @@ fn copies_per_load_and_save_are_counted() {
     assert_eq!(store.body_copies(), 1, "a hit copies nothing");
     let mut entry = cache.take(KEY).unwrap();
     let image = sqlite::export(&mut entry.conn).unwrap();
-    assert_eq!(
-        last_put.get(),
-        Some((image.as_ptr() as usize, image.len())),
-        "the save must hand over SQLite's own image, not a copy"
-    );
+    let puts = puts.borrow();
+    match layout {
+        Layout::Single => assert_eq!(
+            puts.last(),
+            Some(&(image.as_ptr() as usize, image.len())),
+            "the save must hand over SQLite's own image, not a copy"
+        ),
+        Layout::Incremental => {
+            assert_eq!(puts.len(), 4, "a delta and the manifest per save");
+            assert!(
+                puts.iter().all(|&(_, len)| len < image.len() / 4),
+                "an image was uploaded: {puts:?}"
+            );
+        }
+    }
 }
+both_layouts!(copies_per_load_and_save_are_counted);
 
 // ---- Whole requests: POST /query ----
 
 /// Insert, then select: the write is saved, the read sees it, and every value comes back
 /// exactly as sent.
-#[test]
-fn query_insert_then_select() {
+fn query_insert_then_select(layout: Layout) {
     let store = demo_store();
     let clock = clock();
-    let c = ctx(&store, &clock, None);
+    let c = ctx(layout, &store, &clock, None);
     let values = vec![
         Value::Integer(9_007_199_254_740_993),
         Value::Real(2.5),
@@ -580,16 +707,16 @@ fn query_insert_then_select() {
     assert_eq!(results[0].rows, [values]);
     assert_eq!(results[0].columns, ["a", "b", "c", "d", "e"]);
 }
+both_layouts!(query_insert_then_select);
 
 /// A batch that fails part-way is rolled back: nothing is written, and the stored object is
 /// byte-identical.
-#[test]
-fn failing_batch_leaves_the_object_byte_identical() {
+fn failing_batch_leaves_the_object_byte_identical(layout: Layout) {
     let store = demo_store();
-    let before = store.bytes(KEY).unwrap();
+    let before = snapshot(&store);
     let clock = clock();
     let err = post(
-        &ctx(&store, &clock, None),
+        &ctx(layout, &store, &clock, None),
         "a",
         vec![
             statement("DELETE FROM clip_tags", vec![]),
@@ -601,15 +728,15 @@ fn failing_batch_leaves_the_object_byte_identical() {
         matches!(err, Error::SqlError { statement: 1, .. }),
         "{err:?}"
     );
-    assert_eq!(store.bytes(KEY).unwrap(), before);
+    assert_eq!(snapshot(&store), before);
     assert_eq!(store.put_count(), 0);
 }
+both_layouts!(failing_batch_leaves_the_object_byte_identical);
 
 /// A read-only batch on a version-cache hit downloads nothing and uploads nothing.
-#[test]
-fn read_only_batch_on_a_cache_hit_transfers_nothing() {
+fn read_only_batch_on_a_cache_hit_transfers_nothing(layout: Layout) {
     let (store, cache, clock) = counted_demo();
-    let c = ctx(&store, &clock, Some(&cache));
+    let c = ctx(layout, &store, &clock, Some(&cache));
     post(
         &c,
         "a",
@@ -629,14 +756,14 @@ fn read_only_batch_on_a_cache_hit_transfers_nothing() {
     assert_eq!(store.inner.put_count(), puts, "uploaded a read");
     assert_eq!(puts, 0);
 }
+both_layouts!(read_only_batch_on_a_cache_hit_transfers_nothing);
 
 /// Each guard rail refuses with its own 4xx code, and the stored object stays byte-identical.
-#[test]
-fn guard_rails_leave_the_object_byte_identical() {
+fn guard_rails_leave_the_object_byte_identical(layout: Layout) {
     let store = demo_store();
-    let before = store.bytes(KEY).unwrap();
+    let before = snapshot(&store);
     let clock = clock();
-    let c = ctx(&store, &clock, None);
+    let c = ctx(layout, &store, &clock, None);
     for (sql, code) in [
         ("ATTACH 'x.db' AS x", "statement_not_allowed"),
         ("VACUUM INTO 'x.db'", "statement_not_allowed"),
@@ -658,7 +785,7 @@ fn guard_rails_leave_the_object_byte_identical() {
         .unwrap_err();
         assert_eq!(err.code(), code, "{sql}");
         assert!((400..500).contains(&err.status()), "{sql}");
-        assert_eq!(store.bytes(KEY).unwrap(), before, "{sql}");
+        assert_eq!(snapshot(&store), before, "{sql}");
     }
     let mut big = transaction(vec![statement("SELECT zeroblob(100000)", vec![])]);
     big.limits.max_result_bytes = 1000;
@@ -666,15 +793,21 @@ fn guard_rails_leave_the_object_byte_identical() {
     assert_eq!(err.code(), "result_too_large");
     assert_eq!(store.put_count(), 0);
 }
+both_layouts!(guard_rails_leave_the_object_byte_identical);
 
 // ---- Production R2 behaviour, through a fault-injecting store ----
 
 /// One insert through a faulty store; what the client is told.
-fn insert_through(store: &HookStore<'_>, clock: &StepClock, n: i64) -> Result<(), Error> {
+fn insert_through(
+    layout: Layout,
+    store: &HookStore<'_>,
+    clock: &StepClock,
+    n: i64,
+) -> Result<(), Error> {
     let c = Context {
         retry: RetryPolicy::default(),
         nonce: n as u64,
-        ..ctx(store, clock, None)
+        ..ctx(layout, store, clock, None)
     };
     post(
         &c,
@@ -688,7 +821,7 @@ fn insert_through(store: &HookStore<'_>, clock: &StepClock, n: i64) -> Result<()
 }
 
 fn stored_ids(store: &HookStore<'_>) -> Vec<i64> {
-    let conn = open(&store.inner.bytes(KEY).unwrap());
+    let conn = open(&current(store));
     let mut stmt = conn
         .prepare("SELECT id FROM projects WHERE id >= 1000 ORDER BY id")
         .unwrap();
@@ -701,9 +834,9 @@ fn stored_ids(store: &HookStore<'_>) -> Vec<i64> {
 /// 429s and 5xx on the put are retried with backoff; the put stays conditional, so a retry
 /// never overwrites. Past the retries the answer is 503 with `Retry-After`, and the stored
 /// object is still the last committed version. A put whose answer was lost is recognised
-/// by its write id, so it is acknowledged once and never applied twice.
-#[test]
-fn faults_on_put_lose_nothing_acknowledged_and_store_nothing_unacknowledged() {
+/// by its write id, so it is acknowledged once and never applied twice. In the incremental
+/// layout each plan hits the delta's put, then (separately) the manifest's, the commit point.
+fn faults_on_put_lose_nothing_acknowledged_and_store_nothing_unacknowledged(layout: Layout) {
     use Fault::{LostAnswer, Permanent, RateLimited, Unavailable};
     let plans: Vec<(&str, Vec<Fault>, bool)> = vec![
         ("one 429", vec![RateLimited], true),
@@ -719,15 +852,23 @@ fn faults_on_put_lose_nothing_acknowledged_and_store_nothing_unacknowledged() {
         ),
         ("permanent", vec![Permanent], false),
     ];
-    for (name, puts, acknowledged) in plans {
-        let plan = FaultPlan::new().with(Operation::Put, &puts);
+    let targets: &[(&str, &[Fault])] = match layout {
+        Layout::Single => &[("put", &[])],
+        Layout::Incremental => &[("delta put", &[]), ("manifest put", &[Fault::None])],
+    };
+    for ((name, puts, acknowledged), (target, before_target)) in plans
+        .iter()
+        .flat_map(|p| targets.iter().map(move |t| (p, t)))
+    {
+        let name = format!("{name} on the {target}");
+        let plan = FaultPlan::new().with(Operation::Put, &[*before_target, &puts[..]].concat());
         let store = faulty(&plan);
-        let before = store.inner.bytes(KEY).unwrap();
+        let before = current(&store.inner);
         let clock = clock();
-        let result = insert_through(&store, &clock, 1);
-        assert_eq!(result.is_ok(), acknowledged, "{name}: {result:?}");
+        let result = insert_through(layout, &store, &clock, 1);
+        assert_eq!(result.is_ok(), *acknowledged, "{name}: {result:?}");
         let ids = stored_ids(&store);
-        if acknowledged {
+        if *acknowledged {
             assert_eq!(
                 ids,
                 [1001],
@@ -736,8 +877,9 @@ fn faults_on_put_lose_nothing_acknowledged_and_store_nothing_unacknowledged() {
         } else {
             let err = result.unwrap_err();
             assert!(err.nothing_written(), "{name}: {err:?}");
+            // The database is unchanged (a delta no manifest lists may be left for the sweep).
             assert_eq!(
-                store.inner.bytes(KEY).unwrap(),
+                current(&store.inner),
                 before,
                 "{name}: unacknowledged write stored"
             );
@@ -754,23 +896,33 @@ fn faults_on_put_lose_nothing_acknowledged_and_store_nothing_unacknowledged() {
             "{name}: waited {} ms",
             clock.slept_ms()
         );
+        assert!(
+            plan.fired(Operation::Put, puts[0]) > 0,
+            "{name}: the plan never fired"
+        );
     }
 }
+both_layouts!(faults_on_put_lose_nothing_acknowledged_and_store_nothing_unacknowledged);
 
 /// Faults on the get are retried too; a get that never succeeds writes nothing. When a put's
 /// answer is lost and the read-back fails as well, the error says the outcome is unknown
 /// rather than "nothing was written".
-#[test]
-fn faults_on_get_and_head() {
+fn faults_on_get_and_head(layout: Layout) {
+    // The put of the commit point: the only one in the single layout, the manifest's (after
+    // the delta's) in the incremental one.
+    let before_commit: &[Fault] = match layout {
+        Layout::Single => &[],
+        Layout::Incremental => &[Fault::None],
+    };
     let plan = FaultPlan::new().with(Operation::Get, &[Fault::Unavailable, Fault::RateLimited]);
     let store = faulty(&plan);
     let clock = clock();
-    insert_through(&store, &clock, 2).unwrap();
+    insert_through(layout, &store, &clock, 2).unwrap();
     assert_eq!(stored_ids(&store), [1002]);
 
     let plan = FaultPlan::new().with(Operation::Get, &[Fault::Unavailable; 5]);
     let store = faulty(&plan);
-    let err = insert_through(&store, &clock, 3).unwrap_err();
+    let err = insert_through(layout, &store, &clock, 3).unwrap_err();
     assert_eq!(err.code(), "storage_unavailable");
     assert!(err.nothing_written());
     assert_eq!(store.inner.put_count(), 0);
@@ -780,24 +932,28 @@ fn faults_on_get_and_head() {
         .with(
             Operation::Put,
             &[
-                Fault::LostAnswer,
-                Fault::Unavailable,
-                Fault::Unavailable,
-                Fault::Unavailable,
-                Fault::Unavailable,
-            ],
+                before_commit,
+                &[
+                    Fault::LostAnswer,
+                    Fault::Unavailable,
+                    Fault::Unavailable,
+                    Fault::Unavailable,
+                    Fault::Unavailable,
+                ],
+            ]
+            .concat(),
         );
     let store = faulty(&plan);
-    let err = insert_through(&store, &clock, 4).unwrap_err();
+    let err = insert_through(layout, &store, &clock, 4).unwrap_err();
     assert!(!err.nothing_written(), "{err:?}");
     assert!(!err.body().error.message.contains("nothing was written"));
 }
+both_layouts!(faults_on_get_and_head);
 
 /// A seeded sequence of writers and faults: after every request, every acknowledged insert is
 /// stored exactly once, no refused insert is stored, and the database passes integrity_check.
 /// The seed is printed on failure so any run can be replayed.
-#[test]
-fn seeded_fault_plans_keep_the_invariants() {
+fn seeded_fault_plans_keep_the_invariants(layout: Layout) {
     let faults = [
         Fault::None,
         Fault::RateLimited,
@@ -820,7 +976,7 @@ fn seeded_fault_plans_keep_the_invariants() {
             for op in Operation::ALL {
                 plan.set(op, &draw());
             }
-            let result = insert_through(&store, &clock, n);
+            let result = insert_through(layout, &store, &clock, n);
             let ids = stored_ids(&store);
             match &result {
                 Ok(()) => acknowledged.push(1000 + n),
@@ -830,7 +986,7 @@ fn seeded_fault_plans_keep_the_invariants() {
                 Err(_) => {}
             }
             assert_eq!(ids, acknowledged, "seed {seed}, request {n}: {result:?}");
-            let ok: String = open(&store.inner.bytes(KEY).unwrap())
+            let ok: String = open(&current(&store.inner))
                 .query_row("PRAGMA integrity_check", [], |r| r.get(0))
                 .unwrap();
             assert_eq!(ok, "ok", "seed {seed}");
@@ -849,6 +1005,7 @@ fn seeded_fault_plans_keep_the_invariants() {
         }
     }
 }
+both_layouts!(seeded_fault_plans_keep_the_invariants);
 
 /// A `Work` that counts its runs, to show the re-run happens on the newest version.
 struct CountingWork(u32);
@@ -865,18 +1022,14 @@ impl Work for CountingWork {
 }
 
 /// A write that loses a race runs again on the winner's version, so both writes survive.
-#[test]
-fn rerun_applies_the_work_to_the_new_version() {
+fn rerun_applies_the_work_to_the_new_version(layout: Layout) {
     let demo = fixtures::demo_database().unwrap();
-    let rival = apply_sql(
-        &demo,
-        "INSERT INTO projects(name, created_at, settings) VALUES ('rival', 0, '{}')",
-    );
-    let store = racing(rival, 1);
+    let after_rival = RefCell::default();
+    let store = racing(layout, 1, &after_rival);
     let clock = clock();
     let mut work = CountingWork(0);
     let (_, count) = block(pipeline::serve(
-        &ctx(&store, &clock, None),
+        &ctx(layout, &store, &clock, None),
         &user("a"),
         SaveMode::Auto,
         &mut work,
@@ -884,8 +1037,6 @@ fn rerun_applies_the_work_to_the_new_version() {
     .unwrap();
     assert_eq!(work.0, 2);
     assert_eq!(count, projects(&demo) + 2);
-    assert_eq!(
-        projects(&store.inner.bytes(KEY).unwrap()),
-        projects(&demo) + 2
-    );
+    assert_eq!(projects(&current(&store)), projects(&demo) + 2);
 }
+both_layouts!(rerun_applies_the_work_to_the_new_version);
