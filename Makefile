@@ -42,6 +42,8 @@ lint:
 	cargo fmt --check
 	cargo clippy --all-targets --locked --features e2e -- -D warnings
 	cargo clippy --all-targets --locked --target wasm32-unknown-unknown -- -D warnings
+	@# The worker as deployed: without the `testing` feature the test targets turn on.
+	cargo clippy --lib --locked --target wasm32-unknown-unknown -- -D warnings
 
 unit:
 	cargo test --locked

@@ -16,15 +16,17 @@
 //! - [`header`]: validation of the 100-byte SQLite header.
 //! - [`import`]: the copy into a Durable Object (and back out), over [`import::SqlTarget`].
 //! - [`migrate`]: moving a user between R2 and their Durable Object, with nothing lost.
-//! - [`store`]: the object-store seam and its failure contract; [`store::MemoryStore`].
+//! - [`store`]: the object-store seam, [`store::MemoryStore`], and its failure contract as one
+//!   test body for every backend ([`store::contract`]).
 //! - [`clock`]: the time seam.
 //! - [`delay`]: the spec's thresholds, bands and rounding.
 //! - [`report`]: the response JSON of both routes.
 //! - [`alerts`]: carrying out each band's action (log lines, the user warning).
 //! - [`trend`]: per-user recent sync times and recommendations.
 //! - [`error`]: the one error type and its HTTP mapping.
-//! - [`fixtures`]: deterministic demo and benchmark databases.
-//! - [`testing`]: shared test support (seeded RNG, step clock, racing and faulty stores).
+//! - `fixtures` (feature `testing`): deterministic demo and benchmark databases.
+//! - `testing` (feature `testing`): shared test support (seeded RNG, step clock, the hook
+//!   store and its hooks).
 //! - `runtime` (wasm32 only): the only code that touches the Workers runtime.
 
 pub mod alerts;
@@ -38,6 +40,7 @@ pub mod delta;
 pub mod encoding;
 pub mod error;
 pub mod exec;
+#[cfg(any(test, feature = "testing"))]
 pub mod fixtures;
 pub mod header;
 pub mod hrana;
@@ -50,6 +53,7 @@ pub mod report;
 pub mod request;
 pub mod sqlite;
 pub mod store;
+#[cfg(any(test, feature = "testing"))]
 pub mod testing;
 pub mod trend;
 pub mod vfs;

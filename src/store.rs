@@ -15,6 +15,8 @@ use std::cell::RefCell;
 use std::collections::HashMap;
 use std::rc::Rc;
 
+pub mod contract;
+
 /// Custom metadata key carrying the database version (epoch milliseconds as a decimal string).
 pub const DB_VERSION_KEY: &str = "db-version";
 

@@ -19,13 +19,13 @@ use crate::cache::DbCache;
 use crate::clock::Clock;
 use crate::config::Config;
 use crate::error::Error;
+use crate::hrana;
 use crate::layout::FollowUp;
 use crate::pipeline::{self, Context, ListTables};
 use crate::report::{DurableTables, MemoryInfo, Report};
 use crate::request::{self, Route, SaveMode, UserId, durable_paths};
 use crate::trend::{Recommendation, Trends};
 use crate::work::{self, Pipeline, Transaction};
-use crate::{hrana, testing};
 
 /// Name of the Durable Object binding in wrangler.toml.
 const DO_BINDING: &str = "USER_DB";
@@ -452,7 +452,7 @@ async fn handle_self_test(
     }
     let store = R2Store::from_env(env)?;
     let prefix = format!("__self-test/{:016x}", js_clock::nonce());
-    let result = testing::store_contract(&store, &prefix).await;
+    let result = crate::store::contract::check(&store, &prefix).await;
     json_response(
         &serde_json::json!({"success": result.is_ok(), "backend": "r2", "error": result.err()}),
         200,
