@@ -742,6 +742,39 @@ impl Hook for FaultPlan {
     }
 }
 
+/// Faults fired over many seeded runs, so a suite can show its plans reached every kind of
+/// call instead of trusting that they did.
+#[derive(Debug, Default)]
+pub struct FaultTally(BTreeMap<(Operation, Fault), u32>);
+
+impl FaultTally {
+    /// Adds what `plan` fired; `run` names the run (a seed) in the panic.
+    ///
+    /// # Panics
+    /// If `plan` fired nothing: the run tested no fault at all.
+    pub fn add(&mut self, plan: &FaultPlan, run: &str) {
+        assert!(plan.fired_total() > 0, "{run}: no fault fired");
+        for (key, n) in plan.fired.borrow().iter() {
+            *self.0.entry(*key).or_default() += n;
+        }
+    }
+
+    /// Checks that each of `faults` fired on each of `operations` at least once.
+    ///
+    /// # Panics
+    /// Naming the first pair that never fired.
+    pub fn assert_reached(&self, operations: &[Operation], faults: &[Fault]) {
+        for op in operations {
+            for fault in faults {
+                assert!(
+                    self.0.get(&(*op, *fault)).copied().unwrap_or(0) > 0,
+                    "{fault:?} never fired on {op:?}: {self:?}"
+                );
+            }
+        }
+    }
+}
+
 /// Opens database bytes with SQLite.
 ///
 /// # Panics
