@@ -50,6 +50,11 @@ impl Rng {
         self.below(n as u64) as usize
     }
 
+    /// `n` picks from `from` (not empty), each equally likely: a seeded fault plan.
+    pub fn picks<T: Copy>(&mut self, from: &[T], n: usize) -> Vec<T> {
+        (0..n).map(|_| from[self.index(from.len())]).collect()
+    }
+
     /// `len` random bytes.
     pub fn bytes(&mut self, len: usize) -> Vec<u8> {
         (0..len).map(|_| (self.next_u64() >> 24) as u8).collect()

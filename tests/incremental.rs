@@ -644,8 +644,7 @@ fn seeded_fault_plans_keep_the_invariants() {
     let mut fired = FaultTally::default();
     for seed in 0..60u64 {
         let mut rng = Rng::new(seed);
-        let mut draw =
-            |n: usize| -> Vec<Fault> { (0..n).map(|_| faults[rng.index(faults.len())]).collect() };
+        let mut draw = |n| rng.picks(&faults, n);
         let plan = FaultPlan::new()
             .with(Operation::Get, &draw(12))
             .with(Operation::Head, &draw(10))

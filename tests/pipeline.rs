@@ -963,10 +963,9 @@ fn seeded_fault_plans_keep_the_invariants(layout: Layout) {
     let mut fired = FaultTally::default();
     for seed in 0..40u64 {
         let mut rng = workers_sqlite_poc::testing::Rng::new(seed);
-        let mut draw = || -> Vec<Fault> {
-            (0..rng.index(7))
-                .map(|_| faults[rng.index(faults.len())])
-                .collect()
+        let mut draw = || {
+            let n = rng.index(7);
+            rng.picks(&faults, n)
         };
         let plan = FaultPlan::new();
         let store = faulty(&plan);
