@@ -51,6 +51,16 @@ if ! wasm-bindgen --version 2>/dev/null | grep -q "$WASM_BINDGEN_VERSION"; then
   cargo install --quiet wasm-bindgen-cli --version "$WASM_BINDGEN_VERSION"
 fi
 
+# The Python libSQL clients the e2e suite drives, exactly as tests/e2e/requirements.txt pins them.
+VENV=target/venv
+if [ ! -f "$VENV/.installed" ] || [ tests/e2e/requirements.txt -nt "$VENV/.installed" ]; then
+  command -v python3 >/dev/null || apt_install python3 python3-venv
+  python3 -m venv "$VENV" 2>/dev/null || { apt_install python3-venv; python3 -m venv "$VENV"; }
+  say "installing the Python clients from tests/e2e/requirements.txt"
+  "$VENV/bin/pip" install --quiet --disable-pip-version-check -r tests/e2e/requirements.txt
+  touch "$VENV/.installed"
+fi
+
 # wrangler (runs workerd), binaryen (wasm-opt) and esbuild, exactly as package-lock.json pins them.
 if [ ! -f node_modules/.package-lock.json ] || [ package-lock.json -nt node_modules/.package-lock.json ]; then
   say "installing npm packages from package-lock.json"

@@ -29,6 +29,8 @@ pub enum Error {
         /// What is wrong, safe to show.
         reason: String,
     },
+    /// sqld's replication protocol (embedded replicas), which this worker does not serve.
+    ReplicationNotSupported,
     /// No route matches the path.
     NotFound {
         /// The path that was asked for.
@@ -137,6 +139,9 @@ pub enum Error {
         /// How many times the request ran before giving up.
         attempts: u32,
     },
+    /// A libSQL stream's open transaction no longer gives the results it gave (another
+    /// writer changed what it read); it was rolled back, nothing of it written.
+    TransactionConflict,
     /// The user's database is being moved between R2 and their Durable Object; nothing was
     /// written.
     Migrating,
@@ -190,7 +195,23 @@ impl std::fmt::Display for Error {
             Self::InvalidUser { reason } => write!(f, "invalid user: {reason}"),
             Self::InvalidParameter { name, reason } => write!(f, "invalid {name}: {reason}"),
             Self::InvalidRequest { reason } => write!(f, "invalid request: {reason}"),
+            Self::NotFound { path } if path.starts_with("/db/") => write!(
+                f,
+                "no route for {path}; libSQL clients need the URL http(s)://HOST/db/<user>/ with \
+                 its trailing slash (without it they post to /db/v2/pipeline, dropping the user)"
+            ),
             Self::NotFound { path } => write!(f, "no route for {path}"),
+            Self::TransactionConflict => write!(
+                f,
+                "another writer changed what this transaction read since it began (or it read \
+                 something that differs on every run, such as random()): it was rolled back \
+                 and nothing of it was written; run the transaction again"
+            ),
+            Self::ReplicationNotSupported => write!(
+                f,
+                "embedded replicas (sqld's replication protocol: sync, info, export, \
+                 wal_log) are not served; open the database remotely (an http:// URL, no syncUrl)"
+            ),
             Self::UserNotFound { user, place } => {
                 write!(f, "user {user} has no database in {place}")
             }
@@ -341,7 +362,8 @@ impl Error {
             Self::Forbidden { .. } | Self::StatementNotAllowed { .. } => 403,
             Self::NotFound { .. } | Self::UserNotFound { .. } => 404,
             Self::MethodNotAllowed { .. } => 405,
-            Self::Conflict { .. } | Self::ServedByDurableObject => 409,
+            Self::ReplicationNotSupported => 501,
+            Self::Conflict { .. } | Self::TransactionConflict | Self::ServedByDurableObject => 409,
             Self::RequestTooLarge { .. }
             | Self::TooManyStatements { .. }
             | Self::DatabaseTooLarge { .. }
@@ -363,6 +385,7 @@ impl Error {
             Self::InvalidParameter { .. } => "invalid_parameter",
             Self::InvalidRequest { .. } => "invalid_request",
             Self::NotFound { .. } => "not_found",
+            Self::ReplicationNotSupported => "replication_not_supported",
             Self::UserNotFound { .. } => "user_not_found",
             Self::MethodNotAllowed { .. } => "method_not_allowed",
             Self::Unauthorized { .. } => "unauthorized",
@@ -380,6 +403,7 @@ impl Error {
             Self::DatabaseTooLarge { .. } => "database_too_large",
             Self::CorruptDatabase(_) => "corrupt_database",
             Self::Conflict { .. } => "conflict",
+            Self::TransactionConflict => "transaction_conflict",
             Self::StorageUnavailable(_) => "storage_unavailable",
             Self::Migrating => "migrating",
             Self::ServedByDurableObject => "served_by_durable_object",
@@ -456,6 +480,7 @@ impl Error {
                 retryable: matches!(
                     self,
                     Self::Conflict { .. }
+                        | Self::TransactionConflict
                         | Self::StorageUnavailable(_)
                         | Self::Internal { .. }
                         | Self::Migrating
@@ -472,7 +497,11 @@ impl Error {
     /// True for errors whose detail must be logged because the client does not see it.
     #[must_use]
     pub fn is_internal(&self) -> bool {
-        self.status() >= 500 && !matches!(self, Self::AuthNotConfigured | Self::Migrating)
+        self.status() >= 500
+            && !matches!(
+                self,
+                Self::AuthNotConfigured | Self::Migrating | Self::ReplicationNotSupported
+            )
     }
 }
 

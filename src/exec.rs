@@ -26,8 +26,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Corruption, Error};
 
-/// Default most statements per request (`MAX_STATEMENTS`).
-pub const DEFAULT_MAX_STATEMENTS: usize = 100;
+/// Default most statements per request (`MAX_STATEMENTS`): above the batches of a few
+/// thousand statements libSQL clients send; the CPU and result budgets do the protecting.
+pub const DEFAULT_MAX_STATEMENTS: usize = 2000;
 /// Default largest result per request (`MAX_RESULT_BYTES`): well inside the isolate's memory
 /// next to a database at `MAX_DB_BYTES`.
 pub const DEFAULT_MAX_RESULT_BYTES: u64 = 8 * 1024 * 1024;
@@ -86,6 +87,10 @@ impl Statement {
 pub struct StatementResult {
     /// Column names, in order.
     pub columns: Vec<String>,
+    /// Each column's declared type (`sqlite3_column_decltype`), `None` for expressions. The
+    /// libSQL protocol carries them; the `/query` shape does not.
+    #[serde(skip, default)]
+    pub decltypes: Vec<Option<String>>,
     /// Rows, each with one value per column.
     #[serde(
         serialize_with = "crate::encoding::serialize_rows",
@@ -146,6 +151,10 @@ struct GuardState {
     /// Set while a plain `VACUUM` runs: it attaches a temporary database internally.
     vacuum: AtomicBool,
     client_transactions: AtomicBool,
+    /// A `BEGIN TRANSACTION READONLY` is open (`query_only` is on until it ends).
+    read_only: AtomicBool,
+    /// The executor's own SQL is running: nothing is refused.
+    own: AtomicBool,
 }
 
 /// An open database with the guard rails installed; dropping it removes them, so a cached
@@ -168,6 +177,7 @@ impl std::fmt::Debug for Executor<'_> {
 
 fn refusal(action: &AuthAction<'_>) -> Option<String> {
     const LOCKED_PRAGMAS: &[&str] = &[
+        "query_only",
         "writable_schema",
         "journal_mode",
         "locking_mode",
@@ -217,6 +227,18 @@ fn refusal(action: &AuthAction<'_>) -> Option<String> {
     }
 }
 
+/// Whether `sql` is `BEGIN TRANSACTION READONLY` (any case, optional `;`).
+fn is_begin_read_only(sql: &str) -> bool {
+    let words: Vec<&str> = sql
+        .trim()
+        .trim_end_matches(';')
+        .split_ascii_whitespace()
+        .collect();
+    matches!(&words[..], [b, t, r] if b.eq_ignore_ascii_case("begin")
+        && t.eq_ignore_ascii_case("transaction")
+        && r.eq_ignore_ascii_case("readonly"))
+}
+
 /// The first keyword of `sql` and whether the statement contains `INTO` (for VACUUM INTO).
 fn vacuum_kind(sql: &str) -> Option<bool> {
     let mut words = sql
@@ -248,8 +270,9 @@ impl<'c> Executor<'c> {
             .store(transactions == Transactions::Client, Ordering::Relaxed);
         let auth_state = Arc::clone(&state);
         conn.authorizer(Some(move |ctx: AuthContext<'_>| {
-            if matches!(ctx.action, AuthAction::Attach { filename: "" })
-                && auth_state.vacuum.load(Ordering::Relaxed)
+            if auth_state.own.load(Ordering::Relaxed)
+                || matches!(ctx.action, AuthAction::Attach { filename: "" })
+                    && auth_state.vacuum.load(Ordering::Relaxed)
             {
                 return Authorization::Allow;
             }
@@ -375,6 +398,7 @@ impl<'c> Executor<'c> {
         self.begin_statement(&stmt.sql);
         let total_before = self.conn.total_changes();
         let result = self.run(index, stmt, want_rows);
+        self.track_read_only(&stmt.sql, result.is_ok())?;
         let mut result = match result {
             Ok(r) => r,
             Err(Failure::Sqlite(e)) => return Err(self.classify(index, &e)),
@@ -398,7 +422,10 @@ impl<'c> Executor<'c> {
         let used = &mut self.result_bytes;
         let mut prepared = conn.prepare(&stmt.sql)?;
         bind(&mut prepared, index, stmt).map_err(Failure::Request)?;
-        let columns: Vec<String> = prepared.column_names().map(str::to_owned).collect();
+        let (columns, decltypes): (Vec<String>, Vec<Option<String>>) = prepared
+            .columns()
+            .map(|c| (c.name().to_owned(), c.decl_type().map(str::to_owned)))
+            .unzip();
         let ncols = columns.len();
         let mut rows_out = Vec::new();
         {
@@ -420,10 +447,32 @@ impl<'c> Executor<'c> {
         }
         Ok(StatementResult {
             columns,
+            decltypes,
             rows: rows_out,
             changes: conn.changes(),
             last_insert_rowid: conn.last_insert_rowid(),
         })
+    }
+
+    /// Keeps `PRAGMA query_only` on from a successful `BEGIN TRANSACTION READONLY` until the
+    /// transaction ends. SQLite reads `READONLY` there as the transaction's name; libSQL
+    /// clients open read batches and read transactions with it and expect writes refused
+    /// (`SQLITE_READONLY`), as sqld does.
+    fn track_read_only(&mut self, sql: &str, ran: bool) -> Result<(), Error> {
+        let was = self.state.read_only.load(Ordering::Relaxed);
+        let now = if ran && is_begin_read_only(sql) {
+            true
+        } else {
+            was && !self.conn.is_autocommit()
+        };
+        if now != was {
+            self.state.own.store(true, Ordering::Relaxed);
+            let result = self.conn.pragma_update(None, "query_only", now);
+            self.state.own.store(false, Ordering::Relaxed);
+            result?;
+            self.state.read_only.store(now, Ordering::Relaxed);
+        }
+        Ok(())
     }
 
     /// Runs a string of several statements without results (the libSQL `sequence`).
@@ -435,15 +484,29 @@ impl<'c> Executor<'c> {
             });
         }
         self.begin_statement(sql);
-        self.conn
-            .execute_batch(sql)
-            .map_err(|e| self.classify(index, &e))
+        let result = self.conn.execute_batch(sql);
+        self.track_read_only("", result.is_ok())?;
+        result.map_err(|e| self.classify(index, &e))
     }
 
     /// Whether no transaction is open.
     #[must_use]
     pub fn is_autocommit(&self) -> bool {
         self.conn.is_autocommit()
+    }
+
+    /// The connection's last inserted rowid.
+    #[must_use]
+    pub fn last_insert_rowid(&self) -> i64 {
+        self.conn.last_insert_rowid()
+    }
+
+    /// Sets what `last_insert_rowid()` reports until the next insert: a libSQL stream starts
+    /// at 0, as a fresh connection does, whichever request used the cached connection last.
+    pub fn set_last_insert_rowid(&mut self, rowid: i64) {
+        // SAFETY: the handle is this open connection's, used on this thread only, and the
+        // call only sets an integer SQLite keeps per connection.
+        unsafe { rusqlite::ffi::sqlite3_set_last_insert_rowid(self.conn.handle(), rowid) };
     }
 
     /// The guard-rail limits in force.
@@ -461,6 +524,9 @@ impl Drop for Executor<'_> {
             .conn
             .authorizer(None::<fn(AuthContext<'_>) -> Authorization>);
         let _ = self.conn.progress_handler(0, None::<fn() -> bool>);
+        if self.state.read_only.load(Ordering::Relaxed) {
+            let _ = self.conn.pragma_update(None, "query_only", false);
+        }
     }
 }
 

@@ -1,42 +1,39 @@
-//! The libSQL remote protocol (Hrana over HTTP, JSON encoding, versions 2 and 3), as the
-//! published `@libsql/client` speaks it: a thin encoder around the one executor.
-//!
-//! The worker is stateless: every pipeline request runs against the database as loaded for
-//! that request and is saved (if it changed) before the answer. So:
-//! - the answer's `baton` is always `null`, and a request that sends a baton (continuing a
-//!   stream) is refused;
-//! - a transaction must begin and end within one pipeline request (as `batch()` does). One
-//!   left open at the end is rolled back, and every result from the request that opened it
-//!   on is replaced by an error (`TRANSACTION_NOT_SUPPORTED`): interactive transactions
-//!   (`client.transaction()`) need a stream that outlives the request;
-//! - `store_sql` ids live for the rest of the same request only;
-//! - cursors (`/v3/cursor`) are not served (404).
+//! The libSQL remote protocol (Hrana over HTTP, JSON encoding: v2 and v3 pipelines, the v3
+//! cursor, and v1's `execute` and `batch`), as the published clients speak it: a thin encoder
+//! around the one executor. Streams that outlive a request (batons) are `stream`'s.
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 
 use rusqlite::types::Value;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{Value as Json, json};
 
 use crate::encoding::{base64_decode, base64_encode};
 use crate::error::Error;
 use crate::exec::{Executor, Statement, StatementResult, sqlite_code_name};
 
-/// The code of the error given to results of an interactive transaction.
-pub const TRANSACTION_NOT_SUPPORTED: &str = "TRANSACTION_NOT_SUPPORTED";
-
 /// A pipeline request body.
 #[derive(Debug, Deserialize)]
 pub struct PipelineRequest {
-    /// A stream to continue; this server never hands one out.
+    /// The stream to continue (`None`: open a new one).
     #[serde(default)]
     pub baton: Option<String>,
     /// The stream requests, in order.
     pub requests: Vec<StreamRequest>,
 }
 
+/// A cursor request body (`v3/cursor`).
+#[derive(Debug, Deserialize)]
+pub struct CursorRequest {
+    /// The stream to continue (`None`: open a new one).
+    #[serde(default)]
+    pub baton: Option<String>,
+    /// The batch whose entries are streamed.
+    pub batch: HranaBatch,
+}
+
 /// One request of a pipeline.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum StreamRequest {
     /// End the stream.
@@ -86,7 +83,7 @@ pub enum StreamRequest {
 }
 
 /// A statement in the protocol's shape.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct HranaStmt {
     /// The SQL text.
     #[serde(default)]
@@ -110,7 +107,7 @@ fn yes() -> bool {
 }
 
 /// A named argument.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct NamedArg {
     /// `:name`, `@name` or `$name`.
     pub name: String,
@@ -119,7 +116,7 @@ pub struct NamedArg {
 }
 
 /// A value in the protocol's JSON shape.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum HranaValue {
     /// NULL.
@@ -147,14 +144,14 @@ pub enum HranaValue {
 }
 
 /// Batch steps.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct HranaBatch {
     /// In order.
     pub steps: Vec<BatchStep>,
 }
 
 /// One batch step.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct BatchStep {
     /// Run only if this holds.
     #[serde(default)]
@@ -164,7 +161,7 @@ pub struct BatchStep {
 }
 
 /// A batch step's condition.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum BatchCond {
     /// Step `step` ran and succeeded.
@@ -224,7 +221,7 @@ pub fn value_out(v: &Value) -> Json {
 
 fn stmt_result(r: &StatementResult) -> Json {
     json!({
-        "cols": r.columns.iter().map(|c| json!({"name": c, "decltype": null})).collect::<Vec<_>>(),
+        "cols": r.columns.iter().enumerate().map(|(i, c)| json!({"name": c, "decltype": r.decltypes.get(i).cloned().flatten()})).collect::<Vec<_>>(),
         "rows": r.rows.iter().map(|row| row.iter().map(value_out).collect::<Vec<_>>()).collect::<Vec<_>>(),
         "affected_row_count": r.changes,
         "last_insert_rowid": r.last_insert_rowid.to_string(),
@@ -262,24 +259,10 @@ fn is_guard_rail(e: &Error) -> bool {
     )
 }
 
-/// Parses a pipeline body; refuses batons and counts statements against the limit.
-///
-/// # Errors
-/// [`Error::InvalidRequest`] or [`Error::TooManyStatements`].
-pub fn parse(body: &[u8], max_statements: usize) -> Result<Vec<StreamRequest>, Error> {
-    let request: PipelineRequest =
-        serde_json::from_slice(body).map_err(|e| Error::InvalidRequest {
-            reason: format!("not a libSQL pipeline request: {e}"),
-        })?;
-    if request.baton.is_some() {
-        return Err(Error::InvalidRequest {
-            reason: "this server keeps no streams between requests, so there is no baton to \
-                     continue; interactive transactions are not supported (use batch())"
-                .into(),
-        });
-    }
-    let count: usize = request
-        .requests
+/// Statements a stream request runs, for `MAX_STATEMENTS`.
+#[must_use]
+pub fn statement_count(requests: &[StreamRequest]) -> usize {
+    requests
         .iter()
         .map(|r| match r {
             // A describe prepares its statement: it costs like one.
@@ -289,32 +272,121 @@ pub fn parse(body: &[u8], max_statements: usize) -> Result<Vec<StreamRequest>, E
             StreamRequest::Batch { batch } => batch.steps.len(),
             _ => 0,
         })
-        .sum();
+        .sum()
+}
+
+fn too_many(count: usize, max_statements: usize) -> Result<(), Error> {
     if count > max_statements {
         return Err(Error::TooManyStatements {
             count,
             max: max_statements,
         });
     }
-    Ok(request.requests)
+    Ok(())
 }
 
-/// Runs a pipeline's requests on one database and returns the `results` array.
+fn from_json<T: serde::de::DeserializeOwned>(body: &[u8], what: &str) -> Result<T, Error> {
+    serde_json::from_slice(body).map_err(|e| Error::InvalidRequest {
+        reason: format!("not a libSQL {what}: {e}"),
+    })
+}
+
+/// Parses a pipeline body and counts its statements against the limit.
+///
+/// # Errors
+/// [`Error::InvalidRequest`] or [`Error::TooManyStatements`].
+pub fn parse(body: &[u8], max_statements: usize) -> Result<PipelineRequest, Error> {
+    let request: PipelineRequest = from_json(body, "pipeline request")?;
+    too_many(statement_count(&request.requests), max_statements)?;
+    Ok(request)
+}
+
+/// Parses a `v3/cursor` body and counts its statements against the limit.
+///
+/// # Errors
+/// [`Error::InvalidRequest`] or [`Error::TooManyStatements`].
+pub fn parse_cursor(body: &[u8], max_statements: usize) -> Result<CursorRequest, Error> {
+    let request: CursorRequest = from_json(body, "cursor request")?;
+    too_many(request.batch.steps.len(), max_statements)?;
+    Ok(request)
+}
+
+/// Parses a Hrana v1 body (`{"stmt"}` for `v1/execute`, `{"batch"}` for `v1/batch`) into the
+/// one stream request it stands for.
+///
+/// # Errors
+/// [`Error::InvalidRequest`] or [`Error::TooManyStatements`].
+pub fn parse_v1(body: &[u8], batch: bool, max_statements: usize) -> Result<StreamRequest, Error> {
+    #[derive(Deserialize)]
+    struct Execute {
+        stmt: HranaStmt,
+    }
+    #[derive(Deserialize)]
+    struct Batch {
+        batch: HranaBatch,
+    }
+    let request = if batch {
+        let Batch { batch } = from_json(body, "v1 batch request")?;
+        StreamRequest::Batch { batch }
+    } else {
+        let Execute { stmt } = from_json(body, "v1 execute request")?;
+        StreamRequest::Execute { stmt }
+    };
+    too_many(
+        statement_count(std::slice::from_ref(&request)),
+        max_statements,
+    )?;
+    Ok(request)
+}
+
+/// Runs a stream's requests on one database.
 pub struct Runner<'e, 'c> {
     exec: &'e mut Executor<'c>,
-    stored: HashMap<i32, String>,
+    stored: BTreeMap<i32, String>,
     /// Statement index across the whole pipeline, for guard-rail errors.
     next_index: usize,
 }
 
 impl<'e, 'c> Runner<'e, 'c> {
-    /// A runner over an executor with client-controlled transactions.
-    pub fn new(exec: &'e mut Executor<'c>) -> Self {
+    /// A runner over an executor with client-controlled transactions, with the SQL texts
+    /// the stream has stored so far.
+    pub fn new(exec: &'e mut Executor<'c>, stored: BTreeMap<i32, String>) -> Self {
         Self {
             exec,
-            stored: HashMap::new(),
+            stored,
             next_index: 0,
         }
+    }
+
+    /// The SQL texts stored on the stream now.
+    #[must_use]
+    pub fn stored(&self) -> &BTreeMap<i32, String> {
+        &self.stored
+    }
+
+    /// Whether no transaction is open.
+    #[must_use]
+    pub fn is_autocommit(&self) -> bool {
+        self.exec.is_autocommit()
+    }
+
+    /// The connection's last inserted rowid.
+    #[must_use]
+    pub fn last_insert_rowid(&self) -> i64 {
+        self.exec.last_insert_rowid()
+    }
+
+    /// Sets the connection's last inserted rowid (a stream's, restored).
+    pub fn set_last_insert_rowid(&mut self, rowid: i64) {
+        self.exec.set_last_insert_rowid(rowid);
+    }
+
+    /// Rolls back an open transaction (the stream's state lives in its baton, not here).
+    pub fn rollback(&mut self) -> Result<(), Error> {
+        if !self.exec.is_autocommit() {
+            self.exec.run_own("ROLLBACK")?;
+        }
+        Ok(())
     }
 
     fn sql_of(&self, sql: Option<&String>, sql_id: Option<i32>) -> Result<String, Error> {
@@ -325,7 +397,7 @@ impl<'e, 'c> Runner<'e, 'c> {
                     .get(&id)
                     .cloned()
                     .ok_or_else(|| Error::InvalidRequest {
-                        reason: format!("sql_id {id} was not stored in this request"),
+                        reason: format!("sql_id {id} was not stored on this stream"),
                     })
             }
             _ => Err(Error::InvalidRequest {
@@ -412,8 +484,8 @@ impl<'e, 'c> Runner<'e, 'c> {
             .map(|i| json!({"name": stmt.parameter_name(i)}))
             .collect();
         let cols: Vec<Json> = stmt
-            .column_names()
-            .map(|name| json!({"name": name, "decltype": null}))
+            .columns()
+            .map(|c| json!({"name": c.name(), "decltype": c.decl_type()}))
             .collect();
         Ok(json!({
             "params": params,
@@ -457,39 +529,52 @@ impl<'e, 'c> Runner<'e, 'c> {
         })
     }
 
-    /// Runs every request and returns the `results` array. A guard rail stops the whole
-    /// pipeline with its error; any other failure is that request's error result.
-    pub fn run(&mut self, requests: &[StreamRequest]) -> Result<Vec<Json>, Error> {
-        let mut results = Vec::with_capacity(requests.len());
-        // The request after which a transaction stayed open, if one did.
-        let mut opened_at = None;
-        for (i, request) in requests.iter().enumerate() {
-            let was_autocommit = self.exec.is_autocommit();
-            let result = match self.one(request) {
-                Ok(response) => json!({"type": "ok", "response": response}),
+    /// Runs one request and returns its `StreamResult` (`ok` or `error`). A guard rail
+    /// stops the whole stream call with its error instead.
+    pub fn request(&mut self, request: &StreamRequest) -> Result<Json, Error> {
+        Ok(match self.one(request) {
+            Ok(response) => json!({"type": "ok", "response": response}),
+            Err(e) if is_guard_rail(&e) => return Err(e),
+            Err(e) => json!({"type": "error", "error": error_json(&e)}),
+        })
+    }
+
+    /// Runs a batch as a cursor and returns its entries: `step_begin`, `row`s and `step_end`
+    /// per executed step, `step_error` for a failed one. A guard rail stops it with its error.
+    pub fn cursor(&mut self, batch: &HranaBatch) -> Result<Vec<Json>, Error> {
+        let mut outcomes: Vec<Option<bool>> = Vec::with_capacity(batch.steps.len());
+        let mut entries = Vec::new();
+        for (step, s) in batch.steps.iter().enumerate() {
+            if let Some(cond) = &s.condition
+                && !self.cond(cond, &outcomes)
+            {
+                outcomes.push(None);
+                continue;
+            }
+            match self.execute(&s.stmt) {
+                Ok(r) => {
+                    outcomes.push(Some(true));
+                    let result = stmt_result(&r);
+                    entries
+                        .push(json!({"type": "step_begin", "step": step, "cols": result["cols"]}));
+                    if let Json::Array(rows) = &result["rows"] {
+                        entries.extend(rows.iter().map(|row| json!({"type": "row", "row": row})));
+                    }
+                    entries.push(json!({
+                        "type": "step_end",
+                        "affected_row_count": result["affected_row_count"],
+                        "last_insert_rowid": result["last_insert_rowid"],
+                    }));
+                }
                 Err(e) if is_guard_rail(&e) => return Err(e),
-                Err(e) => json!({"type": "error", "error": error_json(&e)}),
-            };
-            results.push(result);
-            match (was_autocommit, self.exec.is_autocommit()) {
-                (true, false) => opened_at = Some(i),
-                (_, true) => opened_at = None,
-                _ => {}
+                Err(e) => {
+                    outcomes.push(Some(false));
+                    entries
+                        .push(json!({"type": "step_error", "step": step, "error": error_json(&e)}));
+                }
             }
         }
-        if let Some(first) = opened_at.or((!self.exec.is_autocommit()).then_some(0)) {
-            self.exec.run_own("ROLLBACK")?;
-            let error = json!({
-                "message": "interactive transactions are not supported: this worker keeps no \
-                            stream open between HTTP requests, so the transaction was rolled \
-                            back; send it as one batch() instead",
-                "code": TRANSACTION_NOT_SUPPORTED,
-            });
-            for result in &mut results[first..] {
-                *result = json!({"type": "error", "error": error.clone()});
-            }
-        }
-        Ok(results)
+        Ok(entries)
     }
 }
 
@@ -499,13 +584,22 @@ mod tests {
     use wasm_bindgen_test::wasm_bindgen_test as test;
 
     use super::*;
-    use crate::exec::{Limits, Transactions};
+    use crate::exec::Limits;
+    use crate::pipeline::Work;
     use crate::sqlite;
+    use crate::stream::{Call, Stream};
 
+    /// Runs a pipeline body on a new stream.
     fn run(conn: &mut rusqlite::Connection, body: Json) -> Result<Vec<Json>, Error> {
-        let requests = parse(body.to_string().as_bytes(), 100)?;
-        let mut exec = Executor::new(conn, Limits::default(), Transactions::Client)?;
-        Runner::new(&mut exec).run(&requests)
+        let request = parse(body.to_string().as_bytes(), 100)?;
+        let mut work = Stream {
+            user: "u".into(),
+            state: None,
+            call: Call::Pipeline(request.requests),
+            limits: Limits::default(),
+            now_ms: 0,
+        };
+        Ok(work.run(conn)?.results)
     }
 
     fn exec_req(sql: &str, args: Json) -> Json {
@@ -586,32 +680,103 @@ mod tests {
         assert_eq!(n, 2);
     }
 
-    /// A transaction left open at the end of the pipeline is rolled back and reported as
-    /// unsupported, from the request that opened it on; earlier requests keep their results.
+    /// Results carry each column's declared type (null for an expression), in execute,
+    /// batch, cursor and describe alike.
     #[test]
-    fn interactive_transactions_are_refused() {
+    fn decltypes() {
         let mut conn = sqlite::create().unwrap();
+        conn.execute_batch("CREATE TABLE t(i INTEGER, s TEXT, d DATETIME, n)")
+            .unwrap();
         let results = run(
             &mut conn,
             json!({"requests": [
-                exec_req("CREATE TABLE t(x)", json!([])),
-                exec_req("BEGIN", json!([])),
-                exec_req("INSERT INTO t VALUES (1)", json!([])),
-                {"type": "get_autocommit"}
+                exec_req("SELECT i, s, d, n, 1 + 1 AS e FROM t", json!([])),
+                {"type": "describe", "sql": "SELECT s, d FROM t"}
             ]}),
         )
         .unwrap();
-        assert_eq!(results[0]["type"], "ok");
-        for r in &results[1..] {
-            assert_eq!(r["error"]["code"], TRANSACTION_NOT_SUPPORTED, "{r}");
-        }
-        assert!(conn.is_autocommit());
+        let cols = &results[0]["response"]["result"]["cols"];
+        let types: Vec<&Json> = (0..5).map(|i| &cols[i]["decltype"]).collect();
+        assert_eq!(
+            types,
+            [
+                &json!("INTEGER"),
+                &json!("TEXT"),
+                &json!("DATETIME"),
+                &Json::Null,
+                &Json::Null
+            ]
+        );
+        assert_eq!(
+            results[1]["response"]["result"]["cols"][1]["decltype"],
+            "DATETIME"
+        );
+    }
+
+    /// A read batch as `@libsql/client` sends it (`BEGIN TRANSACTION READONLY`, which SQLite
+    /// reads as a transaction named READONLY) refuses writes with `SQLITE_READONLY`, as sqld
+    /// does, and stores nothing; after it ends, writes work again.
+    #[test]
+    fn read_batch_refuses_writes() {
+        let mut conn = sqlite::create().unwrap();
+        conn.execute_batch("CREATE TABLE t(x)").unwrap();
+        let read_batch = |sql: &str| {
+            json!({"requests": [{"type": "batch", "batch": {"steps": [
+                {"stmt": {"sql": "BEGIN TRANSACTION READONLY"}},
+                {"condition": {"type": "ok", "step": 0}, "stmt": {"sql": sql}},
+                {"condition": {"type": "ok", "step": 1}, "stmt": {"sql": "COMMIT"}},
+                {"condition": {"type": "not", "cond": {"type": "ok", "step": 2}}, "stmt": {"sql": "ROLLBACK"}}
+            ]}}, {"type": "close"}]})
+        };
+        let refused = run(&mut conn, read_batch("INSERT INTO t VALUES (1)")).unwrap();
+        let result = &refused[0]["response"]["result"];
+        assert_eq!(
+            result["step_errors"][1]["code"], "SQLITE_READONLY",
+            "{result}"
+        );
+        let read = run(&mut conn, read_batch("SELECT count(*) FROM t")).unwrap();
+        assert_eq!(
+            read[0]["response"]["result"]["step_results"][1]["rows"][0][0]["value"],
+            "0"
+        );
+        // The client cannot switch it off inside, and it does not outlive the transaction.
+        let escape = run(&mut conn, read_batch("PRAGMA query_only = 0"));
+        assert_eq!(escape.unwrap_err().code(), "statement_not_allowed");
+        run(
+            &mut conn,
+            json!({"requests": [exec_req("INSERT INTO t VALUES (2)", json!([]))]}),
+        )
+        .unwrap();
         let n: i64 = conn
             .query_row("SELECT count(*) FROM t", [], |r| r.get(0))
             .unwrap();
-        assert_eq!(n, 0);
-        let err = parse(br#"{"baton": "abc", "requests": []}"#, 100).unwrap_err();
+        assert_eq!(n, 1);
+        let query_only: bool = conn
+            .query_row("PRAGMA query_only", [], |r| r.get(0))
+            .unwrap();
+        assert!(!query_only);
+    }
+
+    /// v1 bodies are one request each; a cursor body is a batch; limits count their steps.
+    #[test]
+    fn v1_and_cursor_bodies() {
+        let execute = parse_v1(br#"{"stmt": {"sql": "SELECT 1"}}"#, false, 10).unwrap();
+        assert!(matches!(execute, StreamRequest::Execute { .. }));
+        let batch = parse_v1(
+            br#"{"batch": {"steps": [{"stmt": {"sql": "SELECT 1"}}, {"stmt": {"sql": "SELECT 2"}}]}}"#,
+            true,
+            10,
+        )
+        .unwrap();
+        assert!(matches!(batch, StreamRequest::Batch { .. }));
+        let err = parse_v1(br#"{"stmt": {"sql": "SELECT 1"}}"#, true, 10).unwrap_err();
         assert_eq!(err.code(), "invalid_request");
+        let err = parse_cursor(
+            br#"{"baton": null, "batch": {"steps": [{"stmt": {"sql": "SELECT 1"}}, {"stmt": {"sql": "SELECT 2"}}]}}"#,
+            1,
+        )
+        .unwrap_err();
+        assert_eq!(err.code(), "too_many_statements");
     }
 
     /// sequence, describe, store_sql/close_sql and get_autocommit answer in the protocol's

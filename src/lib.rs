@@ -7,9 +7,10 @@
 //! - [`auth`]: the admin token and signed per-user tokens.
 //! - [`config`]: vars and secrets, parsed and checked.
 //! - [`pipeline`]: the R2 route's steps (load → query → save → report) and retries.
-//! - [`work`]: what the query routes run: a transaction, a libSQL pipeline.
+//! - [`work`]: what `/query` runs: one transaction.
 //! - [`exec`]: the one executor and its guard rails.
 //! - [`hrana`]: the libSQL remote protocol (Hrana over HTTP, JSON).
+//! - [`stream`]: Hrana streams across requests, carried by their batons.
 //! - [`encoding`]: lossless JSON for SQLite values, base64, `/query` bodies.
 //! - [`cache`]: the version cache of open databases, keyed by object and entity tag.
 //! - [`sqlite`]: SQLite initialise, load an image, create, list tables, export.
@@ -53,6 +54,7 @@ pub mod report;
 pub mod request;
 pub mod sqlite;
 pub mod store;
+pub mod stream;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
 pub mod trend;

@@ -154,6 +154,20 @@ pub enum Route {
     },
     /// `GET /db/<user>/v2` (or `v3`): the protocol version check; 200 with no body.
     HranaVersion,
+    /// `POST /db/<user>/v3/cursor`: one batch, its entries streamed as lines of JSON.
+    HranaCursor {
+        /// The user named in the path, not yet validated.
+        user: String,
+    },
+    /// `POST /db/<user>/v1/execute` or `/v1/batch`: Hrana v1 over HTTP.
+    HranaV1 {
+        /// The user named in the path, not yet validated.
+        user: String,
+        /// `batch` rather than `execute`.
+        batch: bool,
+    },
+    /// sqld's replication endpoints (embedded replicas): answered 501.
+    Replication,
     /// `POST /do/import?user=ID`: copy the user's R2 database into their Durable Object.
     DoImport,
     /// `GET /do?user=ID`: list the user's tables from their Durable Object.
@@ -196,8 +210,11 @@ pub fn route(method: &str, path: &str) -> Result<Route, Error> {
         "/export" => (Route::Export, "GET"),
         "/__self-test/store" => (Route::SelfTest, "POST"),
         other => match hrana_path(other) {
-            Some((user, true)) => (Route::HranaPipeline { user }, "POST"),
-            Some((_, false)) => (Route::HranaVersion, "GET"),
+            Some(HranaPath::Pipeline(user)) => (Route::HranaPipeline { user }, "POST"),
+            Some(HranaPath::Cursor(user)) => (Route::HranaCursor { user }, "POST"),
+            Some(HranaPath::V1 { user, batch }) => (Route::HranaV1 { user, batch }, "POST"),
+            Some(HranaPath::Version) => (Route::HranaVersion, "GET"),
+            Some(HranaPath::Replication) => return Err(Error::ReplicationNotSupported),
             None => {
                 return Err(Error::NotFound {
                     path: other.to_owned(),
@@ -215,16 +232,36 @@ pub fn route(method: &str, path: &str) -> Result<Route, Error> {
     }
 }
 
-/// `/db/<user>/v2[/pipeline]` and the same for `v3`: (user, is the pipeline).
-fn hrana_path(path: &str) -> Option<(String, bool)> {
+/// What a path under `/db/<user>/` asks for.
+enum HranaPath {
+    Version,
+    Pipeline(String),
+    Cursor(String),
+    V1 { user: String, batch: bool },
+    Replication,
+}
+
+/// `/db/<user>/` followed by `v1`, `v2`, `v3` (version checks), `v2/pipeline`,
+/// `v3/pipeline`, `v3/cursor`, `v1/execute`, `v1/batch`, or one of sqld's replication paths.
+fn hrana_path(path: &str) -> Option<HranaPath> {
     let rest = path.strip_prefix("/db/")?;
     let (user, tail) = rest.split_once('/')?;
-    let pipeline = match tail {
-        "v2" | "v3" => false,
-        "v2/pipeline" | "v3/pipeline" => true,
+    let user = user.to_owned();
+    Some(match tail {
+        "v1" | "v2" | "v3" => HranaPath::Version,
+        "v2/pipeline" | "v3/pipeline" => HranaPath::Pipeline(user),
+        "v3/cursor" => HranaPath::Cursor(user),
+        "v1/execute" => HranaPath::V1 { user, batch: false },
+        "v1/batch" => HranaPath::V1 { user, batch: true },
+        "info" => HranaPath::Replication,
+        t if ["wal_log.", "proxy.", "sync/", "export/"]
+            .iter()
+            .any(|p| t.starts_with(p)) =>
+        {
+            HranaPath::Replication
+        }
         _ => return None,
-    };
-    Some((user.to_owned(), pipeline))
+    })
 }
 
 #[cfg(test)]
@@ -325,6 +362,33 @@ mod tests {
                 .status(),
             404
         );
-        assert_eq!(route("POST", "/db/a/v3/cursor").unwrap_err().status(), 404);
+        assert_eq!(
+            route("POST", "/db/a/v3/cursor").unwrap(),
+            Route::HranaCursor { user: "a".into() }
+        );
+        assert_eq!(
+            route("POST", "/db/a/v1/batch").unwrap(),
+            Route::HranaV1 {
+                user: "a".into(),
+                batch: true
+            }
+        );
+        for replication in [
+            "/db/a/info",
+            "/db/a/sync/1/0/10",
+            "/db/a/export/1",
+            "/db/a/wal_log.ReplicationLog/Hello",
+        ] {
+            let err = route("POST", replication).unwrap_err();
+            assert_eq!(
+                (err.status(), err.code()),
+                (501, "replication_not_supported")
+            );
+            assert!(err.to_string().contains("embedded replica"), "{err}");
+        }
+        // A client URL without its trailing slash drops the user from the path: the 404 says so.
+        let err = route("POST", "/db/v2/pipeline").unwrap_err();
+        assert_eq!(err.status(), 404);
+        assert!(err.to_string().contains("trailing slash"), "{err}");
     }
 }

@@ -61,6 +61,29 @@ struct PageFile {
 thread_local! {
     /// Buffers handed to the next `xOpen` of their name (see [`stage`]).
     static STAGED: RefCell<HashMap<String, Vec<u8>>> = RefCell::new(HashMap::new());
+    /// The time SQLite's `'now'` reads on this thread while pinned (see [`pin_now`]).
+    static PINNED_NOW_MS: std::cell::Cell<Option<u64>> = const { std::cell::Cell::new(None) };
+}
+
+/// Milliseconds from the Julian epoch SQLite counts in to the Unix epoch.
+const UNIX_EPOCH_JULIAN_MS: i64 = 210_866_760_000_000;
+
+/// Makes SQLite's current time (`'now'`, `CURRENT_TIMESTAMP`, `unixepoch()`) read `epoch_ms`
+/// on this thread until the returned guard is dropped: a replayed libSQL transaction must see
+/// the time it saw when it first ran.
+#[must_use]
+pub fn pin_now(epoch_ms: u64) -> NowPin {
+    NowPin(PINNED_NOW_MS.with(|p| p.replace(Some(epoch_ms))))
+}
+
+/// Restores the previous current time when dropped.
+#[derive(Debug)]
+pub struct NowPin(Option<u64>);
+
+impl Drop for NowPin {
+    fn drop(&mut self) {
+        PINNED_NOW_MS.with(|p| p.set(self.0));
+    }
 }
 
 /// Makes `data` the contents of the file `name` the next time SQLite opens it on this thread.
@@ -434,6 +457,14 @@ unsafe extern "C" fn x_current_time_int64(
     vfs: *mut ffi::sqlite3_vfs,
     out: *mut ffi::sqlite3_int64,
 ) -> c_int {
+    if let Some(ms) = PINNED_NOW_MS.with(std::cell::Cell::get) {
+        // SAFETY: `out` is writable.
+        unsafe {
+            *out =
+                i64::try_from(ms).unwrap_or(i64::MAX - UNIX_EPOCH_JULIAN_MS) + UNIX_EPOCH_JULIAN_MS;
+        }
+        return ffi::SQLITE_OK;
+    }
     // SAFETY: forwarded unchanged to the default VFS's own method.
     let Some(d) = (unsafe { fallback(vfs) }) else {
         return ffi::SQLITE_ERROR;

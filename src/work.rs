@@ -1,5 +1,5 @@
-//! The work the query routes do on an open database, through the one executor: the client's
-//! statements as one transaction (`POST /query`), or a libSQL pipeline.
+//! The work `POST /query` does on an open database, through the one executor: the client's
+//! statements as one transaction (the libSQL routes' work is `stream::Stream`).
 
 use rusqlite::Connection;
 use rusqlite::types::Value;
@@ -7,11 +7,7 @@ use serde_json::Value as Json;
 
 use crate::encoding::from_json;
 use crate::error::Error;
-use crate::exec::{
-    Executor, HRANA_VALUE_COST_BYTES, Limits, Statement, StatementResult, Transactions,
-    run_transaction,
-};
-use crate::hrana::{Runner, StreamRequest};
+use crate::exec::{Executor, Limits, Statement, StatementResult, Transactions, run_transaction};
 use crate::pipeline::Work;
 
 /// `POST /query`: every statement in one transaction, all or nothing.
@@ -29,29 +25,6 @@ impl Work for Transaction {
     fn run(&mut self, conn: &mut Connection) -> Result<Self::Output, Error> {
         let mut exec = Executor::new(conn, self.limits, Transactions::Executor)?;
         run_transaction(&mut exec, &self.statements)
-    }
-}
-
-/// A libSQL pipeline: requests run in order, transactions under the client's control.
-#[derive(Debug, Clone)]
-pub struct Pipeline {
-    /// The stream requests.
-    pub requests: Vec<StreamRequest>,
-    /// The guard rails.
-    pub limits: Limits,
-}
-
-impl Work for Pipeline {
-    type Output = Vec<Json>;
-
-    fn run(&mut self, conn: &mut Connection) -> Result<Self::Output, Error> {
-        // Results are charged at what the protocol's encoder makes of them.
-        let limits = Limits {
-            value_cost_bytes: HRANA_VALUE_COST_BYTES,
-            ..self.limits
-        };
-        let mut exec = Executor::new(conn, limits, Transactions::Client)?;
-        Runner::new(&mut exec).run(&self.requests)
     }
 }
 

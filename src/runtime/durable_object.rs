@@ -259,6 +259,7 @@ fn run_statement(
     let changed = total != *total_changes;
     *total_changes = total;
     Ok(StatementResult {
+        decltypes: vec![None; columns.len()],
         columns,
         rows,
         changes: if changed {

@@ -24,8 +24,9 @@ use crate::layout::FollowUp;
 use crate::pipeline::{self, Context, ListTables};
 use crate::report::{DurableTables, MemoryInfo, Report};
 use crate::request::{self, Route, SaveMode, UserId, durable_paths};
+use crate::stream::{self, Stream, StreamOutput};
 use crate::trend::{Recommendation, Trends};
-use crate::work::{self, Pipeline, Transaction};
+use crate::work::{self, Transaction};
 
 /// Name of the Durable Object binding in wrangler.toml.
 const DO_BINDING: &str = "USER_DB";
@@ -101,8 +102,10 @@ async fn handle(mut req: Request, env: &Env) -> std::result::Result<Response, Er
     let identity =
         auth::authenticate(&config, authorization.as_deref(), JsClock.epoch_ms() / 1000)?;
     let user = match &route {
-        Route::HranaPipeline { user } => Some(UserId::parse(Some(user))?),
-        Route::HranaVersion | Route::SelfTest => None,
+        Route::HranaPipeline { user }
+        | Route::HranaCursor { user }
+        | Route::HranaV1 { user, .. } => Some(UserId::parse(Some(user))?),
+        Route::HranaVersion | Route::Replication | Route::SelfTest => None,
         _ => Some(user_of(&req)?),
     };
     if let Some(user) = &user {
@@ -117,6 +120,13 @@ async fn handle(mut req: Request, env: &Env) -> std::result::Result<Response, Er
         (Route::HranaPipeline { .. }, Some(user)) => {
             handle_pipeline(&mut req, env, &config, &user).await
         }
+        (Route::HranaCursor { .. }, Some(user)) => {
+            handle_cursor(&mut req, env, &config, &user).await
+        }
+        (Route::HranaV1 { batch, .. }, Some(user)) => {
+            handle_v1(&mut req, env, &config, &user, batch).await
+        }
+        (Route::Replication, _) => Err(Error::ReplicationNotSupported),
         (Route::HranaVersion, _) => json_response(&serde_json::json!({"protocol": "hrana"}), 200),
         (Route::DoImport, Some(user)) => forward_post(env, &user, durable_paths::IMPORT).await,
         (Route::DoExport, Some(user)) => forward_post(env, &user, durable_paths::EXPORT).await,
@@ -247,8 +257,37 @@ async fn handle_query(
     }
 }
 
-/// `POST /db/<user>/v2/pipeline`: the libSQL protocol. The delay report rides along as an
-/// extra top-level field, which clients ignore.
+fn baton_key(config: &Config) -> Vec<u8> {
+    stream::baton_key(config.token_secret.as_deref(), config.auth_token.as_deref())
+}
+
+/// Runs one call on a libSQL stream (opening the baton, if any) on the R2 route.
+async fn serve_stream(
+    bytes: &[u8],
+    env: &Env,
+    config: &Config,
+    user: &UserId,
+    baton: Option<&str>,
+    call: stream::Call,
+) -> std::result::Result<(Report, StreamOutput), Error> {
+    let now_ms = JsClock.epoch_ms();
+    let state = baton
+        .map(|b| stream::open(b, &baton_key(config), user.as_str(), now_ms))
+        .transpose()?;
+    serve_body(bytes, env, config, user, |_| {
+        Ok(Stream {
+            user: user.as_str().to_owned(),
+            state,
+            call,
+            limits: config.limits,
+            now_ms,
+        })
+    })
+    .await
+}
+
+/// `POST /db/<user>/v2/pipeline` (and `v3`): the libSQL protocol. The delay report rides
+/// along as an extra top-level field, which clients ignore.
 async fn handle_pipeline(
     req: &mut Request,
     env: &Env,
@@ -256,17 +295,67 @@ async fn handle_pipeline(
     user: &UserId,
 ) -> std::result::Result<Response, Error> {
     let bytes = body(req, config.max_request_bytes).await?;
-    let (report, results) = serve_body(&bytes, env, config, user, |bytes| {
-        Ok(Pipeline {
-            requests: hrana::parse(bytes, config.limits.max_statements)?,
-            limits: config.limits,
-        })
-    })
-    .await?;
+    let request = hrana::parse(&bytes, config.limits.max_statements)?;
+    let call = stream::Call::Pipeline(request.requests);
+    let (report, out) =
+        serve_stream(&bytes, env, config, user, request.baton.as_deref(), call).await?;
+    let baton = out.next.map(|s| stream::seal(&s, &baton_key(config)));
     json_response(
-        &serde_json::json!({"baton": null, "base_url": null, "results": results, "report": report}),
+        &serde_json::json!({"baton": baton, "base_url": null, "results": out.results, "report": report}),
         200,
     )
+}
+
+/// `POST /db/<user>/v3/cursor`: one batch, answered as lines of JSON (the stream's baton,
+/// then the entries).
+async fn handle_cursor(
+    req: &mut Request,
+    env: &Env,
+    config: &Config,
+    user: &UserId,
+) -> std::result::Result<Response, Error> {
+    let bytes = body(req, config.max_request_bytes).await?;
+    let request = hrana::parse_cursor(&bytes, config.limits.max_statements)?;
+    let call = stream::Call::Cursor(request.batch);
+    let (_, out) = serve_stream(&bytes, env, config, user, request.baton.as_deref(), call).await?;
+    let baton = out.next.map(|s| stream::seal(&s, &baton_key(config)));
+    let mut text = serde_json::json!({"baton": baton, "base_url": null}).to_string();
+    for entry in &out.results {
+        text.push('\n');
+        text.push_str(&entry.to_string());
+    }
+    text.push('\n');
+    let mut response = Response::ok(text).map_err(internal)?;
+    let headers = response.headers_mut();
+    headers
+        .set("Content-Type", "text/plain; charset=utf-8")
+        .map_err(internal)?;
+    headers.set("Cache-Control", "no-store").map_err(internal)?;
+    Ok(response)
+}
+
+/// `POST /db/<user>/v1/execute` and `/v1/batch`: Hrana v1 over HTTP, each a fresh stream of
+/// one request. A failed statement is a 400 with the protocol's error.
+async fn handle_v1(
+    req: &mut Request,
+    env: &Env,
+    config: &Config,
+    user: &UserId,
+    batch: bool,
+) -> std::result::Result<Response, Error> {
+    let bytes = body(req, config.max_request_bytes).await?;
+    let request = hrana::parse_v1(&bytes, batch, config.limits.max_statements)?;
+    let call = stream::Call::Pipeline(vec![request, hrana::StreamRequest::Close]);
+    let (_, out) = serve_stream(&bytes, env, config, user, None, call).await?;
+    match out.results.first() {
+        Some(r) if r["type"] == "ok" => {
+            json_response(&serde_json::json!({"result": r["response"]["result"]}), 200)
+        }
+        Some(r) => json_response(&r["error"], 400),
+        None => Err(Error::Internal {
+            detail: "a v1 call returned no result".into(),
+        }),
+    }
 }
 
 fn stub_for(env: &Env, user: &UserId) -> std::result::Result<worker::Stub, Error> {

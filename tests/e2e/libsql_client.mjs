@@ -64,20 +64,36 @@ await assert.rejects(client.execute("SELECT * FROM missing"), (e) => {
   return /no such table/.test(e.message);
 });
 
-// An interactive transaction needs a stream that outlives one HTTP request: refused clearly.
-await assert.rejects(
-  (async () => {
-    const tx = await client.transaction("write");
-    await tx.execute("INSERT INTO vals (i) VALUES (300)");
-    await tx.commit();
-  })(),
-  (e) => {
-    seen.transaction = { code: e.code, message: e.message };
-    return /interactive transactions are not supported/.test(e.message);
-  },
-);
-const none = await client.execute("SELECT count(*) AS c FROM vals WHERE i = 300");
-assert.equal(none.rows[0].c, 0n);
+// Declared column types come back as columnTypes.
+const typed = await client.execute("SELECT i, t, b, n, 1 AS e FROM vals LIMIT 1");
+assert.deepEqual(typed.columnTypes, ["INTEGER", "TEXT", "BLOB", "", ""]);
+
+// A read batch refuses writes (the client opens it with BEGIN TRANSACTION READONLY).
+await assert.rejects(client.batch(["INSERT INTO vals (i) VALUES (250)"], "read"), (e) => {
+  seen.read_batch = { code: e.code, message: e.message };
+  return /readonly/i.test(e.message);
+});
+
+// An interactive transaction across several HTTP requests (the baton carries the stream):
+// its own writes are visible inside, invisible outside until commit.
+const tx = await client.transaction("write");
+await tx.execute("INSERT INTO vals (i) VALUES (300)");
+const inside = await tx.execute("SELECT count(*) AS c FROM vals WHERE i = 300");
+assert.equal(inside.rows[0].c, 1n);
+const outside = await client.execute("SELECT count(*) AS c FROM vals WHERE i = 300");
+assert.equal(outside.rows[0].c, 0n);
+await tx.batch(["INSERT INTO vals (i) VALUES (301)", "INSERT INTO vals (i) VALUES (302)"]);
+await tx.commit();
+const committed = await client.execute("SELECT count(*) AS c FROM vals WHERE i >= 300");
+assert.equal(committed.rows[0].c, 3n);
+seen.transaction = "committed " + String(committed.rows[0].c);
+
+// Rolled back: nothing of it stays.
+const rb = await client.transaction("write");
+await rb.execute("DELETE FROM vals");
+await rb.rollback();
+const kept = await client.execute("SELECT count(*) AS c FROM vals");
+assert.equal(kept.rows[0].c, 6n);
 
 client.close();
 console.log(JSON.stringify(seen));

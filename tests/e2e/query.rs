@@ -316,9 +316,10 @@ fn guard_rails() {
 }
 
 /// The published `@libsql/client`, unchanged, against the libSQL endpoint: execute, batch,
-/// every value type, a failing batch, an SQL error, and a clear refusal of interactive
-/// transactions. Its writes are in the stored database afterwards (the default, incremental
-/// layout: read back through `/export` with the same token).
+/// every value type, a failing batch, an SQL error, column types, a read batch that refuses
+/// writes, and interactive transactions committed and rolled back across requests. Its
+/// writes are in the stored database afterwards (the default, incremental layout: read back
+/// through `/export` with the same token).
 #[test]
 fn libsql_client_works_unchanged() {
     let secret = "e2e-libsql-secret";
@@ -347,12 +348,136 @@ fn libsql_client_works_unchanged() {
     let seen: Value = serde_json::from_str(stdout.trim()).expect("one JSON line");
     eprintln!("@libsql/client session: {seen}");
     assert_eq!(seen["values"]["big"], "9007199254740993");
-    assert_eq!(seen["transaction"]["code"], "TRANSACTION_NOT_SUPPORTED");
+    assert_eq!(seen["transaction"], "committed 3");
+    assert_eq!(seen["read_batch"]["code"], "SQLITE_READONLY");
     let bearer = format!("Bearer {token}");
     let (status, _, stored) =
         worker.get_bytes_with("/export?user=lib", &[("Authorization", &bearer)]);
     assert_eq!(status, 200);
-    assert_eq!(row_counts(&stored), [("vals".to_owned(), 3)]);
+    assert_eq!(row_counts(&stored), [("vals".to_owned(), 6)]);
+}
+
+/// drizzle-orm and kysely (`@libsql/kysely-libsql`) sessions over the published client:
+/// schema, CRUD, a relational query, `db.transaction` committed and rolled back; the Python
+/// clients (`libsql-client` 0.3.1 over Hrana v1, `libsql` over the cursor with its implicit
+/// transactions committed and rolled back), every value type through both. Then Hrana
+/// v1 (`/v1/execute`, `/v1/batch`, as `libsql-client` 0.3.1 sends them), sqld's replication
+/// paths (501), the trailing-slash hint, and per-user tokens on every libSQL endpoint: 403
+/// on another user's database, 401 when expired.
+#[test]
+fn orm_sessions_and_every_libsql_endpoint() {
+    let secret = "e2e-orm-secret";
+    let worker = LocalWorker::start_with_vars(&[], &[("TOKEN_SECRET", secret)]);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let mint = |user: &str, expires: u64| {
+        format!(
+            "Bearer {}",
+            auth::mint(secret, &UserId::parse(Some(user)).unwrap(), expires)
+        )
+    };
+    let token = auth::mint(secret, &UserId::parse(Some("orm")).unwrap(), now + 600);
+    let output = std::process::Command::new("node")
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .arg("tests/e2e/orm_clients.mjs")
+        .arg(format!("{}/db/orm/", worker.base))
+        .arg(&token)
+        .output()
+        .expect("run node");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "drizzle/kysely session failed:\n{stdout}\n{}\n{}",
+        String::from_utf8_lossy(&output.stderr),
+        worker.log_tail()
+    );
+    let seen: Value = serde_json::from_str(stdout.trim()).expect("one JSON line");
+    eprintln!("drizzle/kysely session: {seen}");
+    assert_eq!(seen["kysely_pets"], json!(["Tommy", "Kit"]));
+
+    let python = concat!(env!("CARGO_MANIFEST_DIR"), "/target/venv/bin/python");
+    let py_token = auth::mint(secret, &UserId::parse(Some("py")).unwrap(), now + 600);
+    let output = std::process::Command::new(python)
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .arg("tests/e2e/python_clients.py")
+        .arg(format!("{}/db/py/", worker.base))
+        .arg(&py_token)
+        .output()
+        .expect("run the Python clients (make setup installs target/venv)");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "Python session failed:\n{stdout}\n{}\n{}",
+        String::from_utf8_lossy(&output.stderr),
+        worker.log_tail()
+    );
+    let seen: Value = serde_json::from_str(stdout.trim()).expect("one JSON line");
+    eprintln!("Python session: {seen}");
+    assert_eq!(seen["libsql_committed"], 5);
+
+    let own = mint("orm", now + 600);
+    let v1 = |path: &str, body: Value, auth: &str| {
+        worker.send(
+            "POST",
+            path,
+            &[
+                ("Authorization", auth),
+                ("Content-Type", "application/json"),
+            ],
+            body.to_string().as_bytes(),
+        )
+    };
+    let execute = json!({"stmt": {"sql": "SELECT name FROM authors WHERE id = ?",
+                                   "args": [{"type": "integer", "value": "1"}]}});
+    let answer = v1("/db/orm/v1/execute", execute.clone(), &own);
+    assert_eq!(answer.status, 200, "{}", answer.json);
+    assert_eq!(answer.json["result"]["rows"][0][0]["value"], "Ada");
+    assert_eq!(answer.json["result"]["cols"][0]["decltype"], "TEXT");
+    let batch = json!({"batch": {"steps": [
+        {"stmt": {"sql": "INSERT INTO authors(name) VALUES ('v1')"}},
+        {"condition": {"type": "ok", "step": 0}, "stmt": {"sql": "SELECT count(*) FROM authors"}}
+    ]}});
+    let answer = v1("/db/orm/v1/batch", batch, &own);
+    assert_eq!(answer.status, 200, "{}", answer.json);
+    assert_eq!(
+        answer.json["result"]["step_results"][1]["rows"][0][0]["value"],
+        "3"
+    );
+    let failed = v1(
+        "/db/orm/v1/execute",
+        json!({"stmt": {"sql": "SELECT nope"}}),
+        &own,
+    );
+    assert_eq!(failed.status, 400);
+    assert_eq!(failed.json["code"], "SQLITE_ERROR", "{}", failed.json);
+
+    for path in [
+        "/db/orm/v2/pipeline",
+        "/db/orm/v3/pipeline",
+        "/db/orm/v3/cursor",
+        "/db/orm/v1/execute",
+        "/db/orm/v1/batch",
+    ] {
+        let other = v1(path, execute.clone(), &mint("someone_else", now + 600));
+        assert_eq!(other.status, 403, "{path}: {}", other.json);
+        let expired = v1(path, execute.clone(), &mint("orm", now - 1));
+        assert_eq!(expired.status, 401, "{path}: {}", expired.json);
+    }
+    let replica = v1("/db/orm/info", json!({}), &own);
+    assert_eq!(replica.status, 501);
+    assert_eq!(replica.json["code"], "REPLICATION_NOT_SUPPORTED");
+    let no_slash = v1("/db/v2/pipeline", json!({"requests": []}), &own);
+    assert_eq!(no_slash.status, 404);
+    assert!(
+        no_slash.json["message"]
+            .as_str()
+            .unwrap()
+            .contains("trailing slash"),
+        "{}",
+        no_slash.json
+    );
 }
 
 /// The `ObjectStore` contract body that unit tests run against the memory store, run here
