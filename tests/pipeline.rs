@@ -17,6 +17,7 @@ use workers_sqlite_poc::pipeline::{
 use workers_sqlite_poc::report::{CacheStatus, Report};
 use workers_sqlite_poc::request::{SaveMode, UserId};
 use workers_sqlite_poc::store::{DB_VERSION_KEY, MemoryStore, ObjectStore};
+use workers_sqlite_poc::stream::{self, Stream, StreamOutput, StreamState};
 use workers_sqlite_poc::testing::{
     Action, AfterReads, Before, Call, Fault, FaultPlan, FaultTally, HookStore, Operation,
     StepClock, open, row_counts,
@@ -568,6 +569,75 @@ fn lost_races_rerun_then_conflict(layout: Layout) {
     assert_eq!(projects(&current(&store)), demo + 3);
 }
 both_layouts!(lost_races_rerun_then_conflict);
+
+/// One call on a libSQL stream through the whole request: `state` continues a stream.
+fn stream_call<S: ObjectStore, C: Clock>(
+    ctx: &Context<'_, S, C>,
+    state: Option<StreamState>,
+    requests: serde_json::Value,
+) -> Result<StreamOutput, Error> {
+    let mut work = Stream {
+        user: "a".into(),
+        state,
+        call: stream::Call::Pipeline(serde_json::from_value(requests).unwrap()),
+        limits: Limits::default(),
+        now_ms: 0,
+    };
+    block(serve(ctx, &user("a"), SaveMode::Auto, &mut work)).map(|(_, out)| out)
+}
+
+/// An interactive transaction's COMMIT that loses the race to another writer's save re-runs,
+/// replay included, on the other writer's version: if that writer changed what the
+/// transaction read, the commit fails with `transaction_conflict` and the store holds the
+/// other writer's version only; if not, the transaction commits after it and both are kept.
+#[test]
+fn interactive_commit_losing_a_race() {
+    let demo = fixtures::demo_database().unwrap();
+    let exec = |sql: &str| serde_json::json!({"type": "execute", "stmt": {"sql": sql}});
+    let begin = serde_json::json!([
+        exec("BEGIN"),
+        exec("SELECT count(*) FROM projects"),
+        exec(
+            "INSERT INTO projects(name, created_at, settings) VALUES ('from the transaction', 0, '{}')"
+        ),
+    ]);
+    for (rival_sql, commits) in [
+        ("CREATE TABLE unrelated(x)", true),
+        (
+            "INSERT INTO projects(name, created_at, settings) VALUES ('rival', 0, '{}')",
+            false,
+        ),
+    ] {
+        let rival = apply_sql(&demo, rival_sql);
+        let clock = clock();
+        let store = demo_store();
+        let opened = stream_call(&ctx(&store, &clock, None), None, begin.clone()).unwrap();
+        assert_eq!(
+            store.bytes(KEY).unwrap(),
+            demo,
+            "nothing stored before COMMIT"
+        );
+        let theirs = rival.clone();
+        let racing = HookStore::new(store).with(AfterReads::new(KEY, 1, move |store| {
+            store.insert(KEY, &theirs, &[]);
+        }));
+        let committed = stream_call(
+            &ctx(&racing, &clock, None),
+            opened.next,
+            serde_json::json!([exec("COMMIT"), {"type": "close"}]),
+        );
+        let stored = racing.inner.bytes(KEY).unwrap();
+        if commits {
+            assert_eq!(committed.unwrap().results[0]["type"], "ok");
+            assert_eq!(projects(&stored), projects(&demo) + 1);
+            assert!(row_counts(&stored).iter().any(|(t, _)| t == "unrelated"));
+        } else {
+            let err = committed.unwrap_err();
+            assert_eq!((err.status(), err.code()), (409, "transaction_conflict"));
+            assert_eq!(stored, rival, "nothing of the transaction");
+        }
+    }
+}
 
 /// A request that loses every race leaves nothing in the cache, and the next request loads
 /// the other writer's version.
