@@ -177,7 +177,6 @@ impl std::fmt::Debug for Executor<'_> {
 
 fn refusal(action: &AuthAction<'_>) -> Option<String> {
     const LOCKED_PRAGMAS: &[&str] = &[
-        "query_only",
         "writable_schema",
         "journal_mode",
         "locking_mode",
@@ -285,6 +284,14 @@ impl<'c> Executor<'c> {
                          runs as one transaction (SAVEPOINT works)"
                             .into(),
                     )
+                }
+                AuthAction::Pragma {
+                    pragma_name,
+                    pragma_value: Some(_),
+                } if pragma_name.eq_ignore_ascii_case("query_only")
+                    && auth_state.read_only.load(Ordering::Relaxed) =>
+                {
+                    Some("a read-only transaction stays read-only until it ends".into())
                 }
                 ref action => refusal(action),
             };

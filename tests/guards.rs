@@ -16,8 +16,9 @@ use workers_sqlite_poc::pipeline::{Context, serve};
 use workers_sqlite_poc::report::{CacheStatus, Report};
 use workers_sqlite_poc::request::{SaveMode, UserId};
 use workers_sqlite_poc::store::MemoryStore;
+use workers_sqlite_poc::stream::{Call, Stream};
 use workers_sqlite_poc::testing::{StepClock, open};
-use workers_sqlite_poc::work::{Pipeline, Transaction};
+use workers_sqlite_poc::work::Transaction;
 use workers_sqlite_poc::{config, fixtures, hrana};
 
 const KEY: &str = "a/database.sqlite";
@@ -52,11 +53,16 @@ fn pipeline<C: workers_sqlite_poc::clock::Clock>(
     body: &serde_json::Value,
     limits: Limits,
 ) -> Result<Vec<serde_json::Value>, Error> {
-    let mut work = Pipeline {
-        requests: hrana::parse(body.to_string().as_bytes(), limits.max_statements)?,
+    let mut work = Stream {
+        user: user().as_str().to_owned(),
+        state: None,
+        call: Call::Pipeline(
+            hrana::parse(body.to_string().as_bytes(), limits.max_statements)?.requests,
+        ),
         limits,
+        now_ms: 0,
     };
-    block(serve(ctx, &user(), SaveMode::Auto, &mut work)).map(|(_, out)| out)
+    block(serve(ctx, &user(), SaveMode::Auto, &mut work)).map(|(_, out)| out.results)
 }
 
 fn first_value(results: &[StatementResult]) -> Value {

@@ -14,8 +14,9 @@ use workers_sqlite_poc::pipeline::{Context, serve};
 use workers_sqlite_poc::request::{SaveMode, UserId};
 use workers_sqlite_poc::sqlite::SQLITE_HEAP_MAX_BYTES;
 use workers_sqlite_poc::store::MemoryStore;
+use workers_sqlite_poc::stream::{Call, Stream};
 use workers_sqlite_poc::testing::StepClock;
-use workers_sqlite_poc::work::{Pipeline, Transaction};
+use workers_sqlite_poc::work::Transaction;
 use workers_sqlite_poc::{hrana, sqlite};
 
 struct Counting;
@@ -115,12 +116,19 @@ fn no_request_takes_more_than_its_memory_budget() {
         assert!(used <= budget, "/query {sql}: {used} bytes > {budget}");
         let (outcome, used) = peak_of(|| {
             let body = json!({"requests": [{"type": "execute", "stmt": {"sql": sql}}]});
-            let mut work = Pipeline {
-                requests: hrana::parse(body.to_string().as_bytes(), 100).unwrap(),
+            let mut work = Stream {
+                user: user.as_str().to_owned(),
+                state: None,
+                call: Call::Pipeline(
+                    hrana::parse(body.to_string().as_bytes(), 100)
+                        .unwrap()
+                        .requests,
+                ),
                 limits: Limits::default(),
+                now_ms: 0,
             };
             block(serve(&ctx, &user, SaveMode::Auto, &mut work))
-                .map(|(report, out)| serde_json::to_vec(&(report, out)).unwrap().len())
+                .map(|(report, out)| serde_json::to_vec(&(report, out.results)).unwrap().len())
         });
         report.push(format!(
             "hrana  {used:>10} B  {sql:.60}  {:?}",
