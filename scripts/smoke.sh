@@ -79,7 +79,7 @@ check "POST /query runs SQL and returns lossless results" \
   "status $status: $(head -c 300 "$body")"
 
 status=$(post "/db/$USER_ID/v2/pipeline" '{"requests": [{"type": "execute", "stmt": {"sql": "SELECT 1"}}, {"type": "close"}]}')
-check "the libSQL pipeline answers (stateless: baton null)" \
+check "the libSQL pipeline answers (a closed stream: baton null)" \
   "$([ "$status" = 200 ] && jq -e '.baton == null and .results[0].response.result.rows[0][0].value == "1"' "$body" >/dev/null 2>&1; echo $?)" \
   "status $status: $(head -c 300 "$body")"
 
