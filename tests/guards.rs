@@ -232,7 +232,9 @@ fn a_database_over_the_limit_stays_usable_and_can_shrink() {
     let store = MemoryStore::new();
     store.insert(KEY, &big, &[]);
     let clock = StepClock::stepping(1.0);
+    // The single layout: the stored object is the whole database, read back below.
     let ctx = Context {
+        layout: Layout::Single,
         max_db_bytes: config::load_max_bytes(max),
         max_write_bytes: max,
         ..Context::new(&store, &clock)

@@ -588,56 +588,71 @@ fn stream_call<S: ObjectStore, C: Clock>(
 
 /// An interactive transaction's COMMIT that loses the race to another writer's save re-runs,
 /// replay included, on the other writer's version: if that writer changed what the
-/// transaction read, the commit fails with `transaction_conflict` and the store holds the
-/// other writer's version only; if not, the transaction commits after it and both are kept.
-#[test]
-fn interactive_commit_losing_a_race() {
-    let demo = fixtures::demo_database().unwrap();
+/// transaction read (the projects count), the commit fails with `transaction_conflict` and
+/// the store is exactly as the other writer left it; if not, the transaction commits after
+/// it and both are kept.
+fn interactive_commit_losing_a_race(layout: Layout) {
     let exec = |sql: &str| serde_json::json!({"type": "execute", "stmt": {"sql": sql}});
-    let begin = serde_json::json!([
+    let demo = projects(&fixtures::demo_database().unwrap());
+    let blind = serde_json::json!([
+        exec("BEGIN"),
+        exec("CREATE TABLE mine(x)"),
+        exec("INSERT INTO mine VALUES (1)"),
+    ]);
+    let reader = serde_json::json!([
         exec("BEGIN"),
         exec("SELECT count(*) FROM projects"),
-        exec(
-            "INSERT INTO projects(name, created_at, settings) VALUES ('from the transaction', 0, '{}')"
-        ),
+        exec("INSERT INTO projects(name, created_at, settings) VALUES ('tx', 0, '{}')"),
     ]);
-    for (rival_sql, commits) in [
-        ("CREATE TABLE unrelated(x)", true),
-        (
-            "INSERT INTO projects(name, created_at, settings) VALUES ('rival', 0, '{}')",
-            false,
-        ),
-    ] {
-        let rival = apply_sql(&demo, rival_sql);
+    for (opening, commits) in [(blind, true), (reader, false)] {
         let clock = clock();
         let store = demo_store();
-        let opened = stream_call(&ctx(&store, &clock, None), None, begin.clone()).unwrap();
+        let opened = stream_call(&ctx(layout, &store, &clock, None), None, opening).unwrap();
+        let before = snapshot(&store);
         assert_eq!(
-            store.bytes(KEY).unwrap(),
+            projects(&current(&store)),
             demo,
             "nothing stored before COMMIT"
         );
-        let theirs = rival.clone();
-        let racing = HookStore::new(store).with(AfterReads::new(KEY, 1, move |store| {
-            store.insert(KEY, &theirs, &[]);
+        assert!(opened.next.is_some());
+        let after_rival = RefCell::default();
+        let racing = HookStore::new(store).with(AfterReads::new(KEY, 1, |store| {
+            let rival_clock = self::clock();
+            let rival = Context {
+                nonce: 0xbad0_0001,
+                ..ctx(layout, store, &rival_clock, None)
+            };
+            post(&rival, "a", vec![statement(RIVAL_SQL, vec![])]).unwrap();
+            *after_rival.borrow_mut() = snapshot(store);
         }));
         let committed = stream_call(
-            &ctx(&racing, &clock, None),
+            &ctx(layout, &racing, &clock, None),
             opened.next,
             serde_json::json!([exec("COMMIT"), {"type": "close"}]),
         );
-        let stored = racing.inner.bytes(KEY).unwrap();
+        assert_ne!(snapshot(&racing.inner), before, "the rival wrote");
+        let stored = current(&racing);
         if commits {
-            assert_eq!(committed.unwrap().results[0]["type"], "ok");
-            assert_eq!(projects(&stored), projects(&demo) + 1);
-            assert!(row_counts(&stored).iter().any(|(t, _)| t == "unrelated"));
+            let out = committed.unwrap();
+            assert_eq!(out.results[0]["type"], "ok", "{:?}", out.results);
+            assert_eq!(projects(&stored), demo + 1, "the rival's row");
+            assert!(
+                row_counts(&stored)
+                    .iter()
+                    .any(|(t, n)| t == "mine" && *n == 1)
+            );
         } else {
             let err = committed.unwrap_err();
             assert_eq!((err.status(), err.code()), (409, "transaction_conflict"));
-            assert_eq!(stored, rival, "nothing of the transaction");
+            assert_eq!(
+                snapshot(&racing.inner),
+                *after_rival.borrow(),
+                "nothing of the transaction"
+            );
         }
     }
 }
+both_layouts!(interactive_commit_losing_a_race);
 
 /// A request that loses every race leaves nothing in the cache, and the next request loads
 /// the other writer's version.
