@@ -349,4 +349,19 @@ mod tests {
             assert_eq!(err.code(), "misconfigured");
         }
     }
+
+    /// The shipped `wrangler.toml` keeps the statement cap at the default, which is above the
+    /// batches libSQL clients send (over 1,000 statements).
+    #[test]
+    fn shipped_statement_cap_is_the_default() {
+        let shipped = include_str!("../wrangler.toml")
+            .lines()
+            .find_map(|line| line.trim().strip_prefix("MAX_STATEMENTS = "))
+            .expect("wrangler.toml sets MAX_STATEMENTS");
+        assert_eq!(
+            shipped.trim_matches('"').parse::<usize>().unwrap(),
+            DEFAULT_MAX_STATEMENTS
+        );
+        assert!(DEFAULT_MAX_STATEMENTS >= 2000);
+    }
 }
