@@ -362,6 +362,6 @@ mod tests {
             shipped.trim_matches('"').parse::<usize>().unwrap(),
             DEFAULT_MAX_STATEMENTS
         );
-        assert!(DEFAULT_MAX_STATEMENTS >= 2000);
+        const { assert!(DEFAULT_MAX_STATEMENTS >= 2000) };
     }
 }
