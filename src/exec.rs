@@ -28,7 +28,7 @@ use crate::error::{Corruption, Error};
 
 /// Default most statements per request (`MAX_STATEMENTS`): above the batches of a few
 /// thousand statements libSQL clients send; the CPU and result budgets do the protecting.
-pub const DEFAULT_MAX_STATEMENTS: usize = 2000;
+pub const DEFAULT_MAX_STATEMENTS: usize = 5000;
 /// Default largest result per request (`MAX_RESULT_BYTES`): well inside the isolate's memory
 /// next to a database at `MAX_DB_BYTES`.
 pub const DEFAULT_MAX_RESULT_BYTES: u64 = 8 * 1024 * 1024;
