@@ -145,6 +145,20 @@ pub enum Error {
     /// The user's database is being moved between R2 and their Durable Object; nothing was
     /// written.
     Migrating,
+    /// `PUT /import` while the user is being moved: the file cannot replace a database in
+    /// transit; nothing was written.
+    MoveInProgress,
+    /// `PUT /import` without `If-Match` or `If-None-Match: *`, or with a form not accepted.
+    PreconditionRequired {
+        /// What to send, safe to show.
+        reason: String,
+    },
+    /// `PUT /import` whose `If-Match` / `If-None-Match: *` does not name the stored version;
+    /// nothing was written.
+    VersionMismatch {
+        /// What is stored, safe to show.
+        reason: String,
+    },
     /// The user is served by their Durable Object (the worker forwards the request there;
     /// routes it cannot forward answer this).
     ServedByDurableObject,
@@ -312,8 +326,21 @@ impl std::fmt::Display for Error {
             Self::ServedByDurableObject => write!(
                 f,
                 "this user's database lives in a Durable Object: use POST /query or GET / \
-                 (forwarded there); the libSQL endpoint needs the R2 route \
+                 (forwarded there); the libSQL endpoint and PUT /import need the R2 route \
                  (POST /migrate?to=r2)"
+            ),
+            Self::MoveInProgress => write!(
+                f,
+                "this user's database is being moved between R2 and a Durable Object, so a \
+                 file cannot replace it now; nothing was written; retry once the move is done"
+            ),
+            Self::PreconditionRequired { reason } => {
+                write!(f, "the upload must be conditional: {reason}")
+            }
+            Self::VersionMismatch { reason } => write!(
+                f,
+                "{reason}; nothing was written; pull the current database (GET /export), \
+                 merge, and upload again"
             ),
             Self::StorageUnavailable(e) => write!(f, "{e}"),
             Self::Internal { detail } => write!(f, "internal: {detail}"),
@@ -363,7 +390,12 @@ impl Error {
             Self::NotFound { .. } | Self::UserNotFound { .. } => 404,
             Self::MethodNotAllowed { .. } => 405,
             Self::ReplicationNotSupported => 501,
-            Self::Conflict { .. } | Self::TransactionConflict | Self::ServedByDurableObject => 409,
+            Self::Conflict { .. }
+            | Self::TransactionConflict
+            | Self::ServedByDurableObject
+            | Self::MoveInProgress => 409,
+            Self::VersionMismatch { .. } => 412,
+            Self::PreconditionRequired { .. } => 428,
             Self::RequestTooLarge { .. }
             | Self::TooManyStatements { .. }
             | Self::DatabaseTooLarge { .. }
@@ -407,6 +439,9 @@ impl Error {
             Self::StorageUnavailable(_) => "storage_unavailable",
             Self::Migrating => "migrating",
             Self::ServedByDurableObject => "served_by_durable_object",
+            Self::MoveInProgress => "move_in_progress",
+            Self::PreconditionRequired { .. } => "precondition_required",
+            Self::VersionMismatch { .. } => "version_mismatch",
             Self::Internal { .. } => "internal",
         }
     }
@@ -416,7 +451,7 @@ impl Error {
     pub fn retry_after_s(&self) -> Option<u32> {
         match self {
             Self::StorageUnavailable(_) => Some(2),
-            Self::Conflict { .. } | Self::Migrating => Some(1),
+            Self::Conflict { .. } | Self::Migrating | Self::MoveInProgress => Some(1),
             _ => None,
         }
     }
@@ -484,6 +519,7 @@ impl Error {
                         | Self::StorageUnavailable(_)
                         | Self::Internal { .. }
                         | Self::Migrating
+                        | Self::MoveInProgress
                 ),
                 statement,
                 sqlite_code: match self {

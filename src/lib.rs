@@ -16,6 +16,7 @@
 //! - [`sqlite`]: SQLite initialise, load an image, create, list tables, export.
 //! - [`header`]: validation of the 100-byte SQLite header.
 //! - [`import`]: the copy into a Durable Object (and back out), over [`import::SqlTarget`].
+//! - [`upload`]: a client's whole SQLite file becoming the current database (`PUT /import`).
 //! - [`migrate`]: moving a user between R2 and their Durable Object, with nothing lost.
 //! - [`store`]: the object-store seam, [`store::MemoryStore`], and its failure contract as one
 //!   test body for every backend ([`store::contract`]).
@@ -58,6 +59,7 @@ pub mod stream;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
 pub mod trend;
+pub mod upload;
 pub mod vfs;
 pub mod work;
 

@@ -180,6 +180,8 @@ pub enum Route {
     Migrate,
     /// `GET /export?user=ID`: the current complete SQLite file, whatever the layout.
     Export,
+    /// `PUT /import?user=ID`: a whole SQLite file, conditional, becomes the current database.
+    Upload,
     /// `POST /__self-test/store`: the object-store contract against the real binding (only
     /// with `SELF_TEST=true`).
     SelfTest,
@@ -208,6 +210,7 @@ pub fn route(method: &str, path: &str) -> Result<Route, Error> {
         "/do/export" => (Route::DoExport, "POST"),
         "/migrate" => (Route::Migrate, "POST"),
         "/export" => (Route::Export, "GET"),
+        "/import" => (Route::Upload, "PUT"),
         "/__self-test/store" => (Route::SelfTest, "POST"),
         other => match hrana_path(other) {
             Some(HranaPath::Pipeline(user)) => (Route::HranaPipeline { user }, "POST"),
@@ -355,6 +358,8 @@ mod tests {
             Route::HranaPipeline { user: "a".into() }
         );
         assert_eq!(route("GET", "/db/a/v2").unwrap(), Route::HranaVersion);
+        assert_eq!(route("PUT", "/import").unwrap(), Route::Upload);
+        assert_eq!(route("POST", "/import").unwrap_err().status(), 405);
         assert_eq!(route("GET", "/db/a/v3-protobuf").unwrap_err().status(), 404);
         assert_eq!(
             route("POST", "/db/a/v3-protobuf/pipeline")

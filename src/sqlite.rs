@@ -301,6 +301,16 @@ pub fn clear_changes(conn: &mut Connection) {
     }
 }
 
+/// Records every page of the file as written (a file that replaces the database whole: its
+/// delta is every page). False for a connection this module did not open.
+pub fn mark_all_changed(conn: &mut Connection) -> bool {
+    file_state(conn).is_some_and(|state| {
+        let sectors = (state.data.len() as u64).div_ceil(vfs::SECTOR);
+        state.dirty.extend(0..sectors);
+        true
+    })
+}
+
 /// Runs `patch` on the file's bytes (to apply stored changes to a cached copy); the pager
 /// notices because every commit changes the header's change counter, which SQLite compares at
 /// the start of each transaction (and drops its page cache when it moved). Not recorded.

@@ -26,6 +26,7 @@ use crate::report::{DurableTables, MemoryInfo, Report};
 use crate::request::{self, Route, SaveMode, UserId, durable_paths};
 use crate::stream::{self, Stream, StreamOutput};
 use crate::trend::{Recommendation, Trends};
+use crate::upload;
 use crate::work::{self, Transaction};
 
 /// Name of the Durable Object binding in wrangler.toml.
@@ -135,7 +136,8 @@ async fn handle(mut req: Request, env: &Env) -> std::result::Result<Response, Er
             handle_migrate(env, &config, &user, to.as_deref()).await
         }
         (Route::DoTables, Some(user)) => handle_do(env, &config, &user, None).await,
-        (Route::Export, Some(user)) => handle_export(env, &config, &user).await,
+        (Route::Export, Some(user)) => handle_export(&req, env, &config, &user).await,
+        (Route::Upload, Some(user)) => handle_upload(&mut req, env, &config, &user).await,
         (Route::DoQuery, Some(user)) => {
             let bytes = body(&mut req, config.max_request_bytes).await?;
             handle_do(env, &config, &user, Some(bytes)).await
@@ -443,13 +445,37 @@ async fn handle_migrate(
     }
 }
 
-/// `GET /export?user=ID`: the current complete SQLite file, whatever the layout, streamed
-/// out of the loaded image (which then goes back to the version cache).
-async fn handle_export(
+/// `PUT /import?user=ID`: the body, a SQLite file, becomes the current database if the
+/// stored version is the one `If-Match` names (or none is stored, with `If-None-Match: *`).
+async fn handle_upload(
+    req: &mut Request,
     env: &Env,
     config: &Config,
     user: &UserId,
 ) -> std::result::Result<Response, Error> {
+    let header = |name: &str| req.headers().get(name).map_err(internal);
+    let precondition = upload::Precondition::parse(
+        header("If-Match")?.as_deref(),
+        header("If-None-Match")?.as_deref(),
+    )?;
+    let bytes = body(req, config.max_db_bytes)
+        .await
+        .map_err(upload::body_error)?;
+    let store = R2Store::from_env(env)?;
+    let report = upload::replace(&context(&store, config), user, &bytes, precondition).await?;
+    json_response(&finish(report, user, config), 200)
+}
+
+/// `GET /export?user=ID`: the current complete SQLite file, whatever the layout, streamed
+/// out of the loaded image (which then goes back to the version cache); 304 without a body
+/// when `If-None-Match` names the current `db-version`.
+async fn handle_export(
+    req: &Request,
+    env: &Env,
+    config: &Config,
+    user: &UserId,
+) -> std::result::Result<Response, Error> {
+    let if_none_match = req.headers().get("If-None-Match").map_err(internal)?;
     let store = R2Store::from_env(env)?;
     let ctx = context(&store, config);
     let loaded = pipeline::load(&ctx, user).await?;
@@ -462,6 +488,15 @@ async fn handle_export(
     let layout = loaded.stored.layout();
     let version = loaded.version;
     let (stored, cache) = (loaded.stored, isolate_cache(config.cache_max_bytes));
+    if upload::not_modified(if_none_match.as_deref(), version) {
+        crate::cache::keep(cache, user, loaded.conn, stored, version);
+        let mut response = Response::empty().map_err(internal)?.with_status(304);
+        response
+            .headers_mut()
+            .set("X-Db-Version", &upload::version_token(version))
+            .map_err(internal)?;
+        return Ok(response);
+    }
     let key_user = user.clone();
     let stream = super::r2::stream_image(loaded.conn, move |conn| {
         crate::cache::keep(cache, &key_user, conn, stored, version);
@@ -476,10 +511,7 @@ async fn handle_export(
             format!("attachment; filename=\"{}.sqlite\"", user.as_str()),
         ),
         ("X-Storage-Layout", layout.as_str().to_owned()),
-        (
-            "X-Db-Version",
-            version.map(|v| v.to_string()).unwrap_or_default(),
-        ),
+        ("X-Db-Version", upload::version_token(version)),
     ] {
         headers.set(name, &value).map_err(internal)?;
     }

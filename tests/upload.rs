@@ -1,0 +1,455 @@
+//! Scenario tests of `PUT /import` over the store seam: a client's whole SQLite file replaces
+//! the user's database in either layout, only when it names the stored version, and every
+//! refusal leaves the store byte-identical (most without a single store call).
+
+#[cfg(all(target_family = "wasm", target_os = "unknown"))]
+use wasm_bindgen_test::wasm_bindgen_test as test;
+
+use std::collections::BTreeMap;
+
+use rusqlite::types::Value;
+use workers_sqlite_poc::cache::DbCache;
+use workers_sqlite_poc::layout::{self, FollowUp, Layout};
+use workers_sqlite_poc::pipeline::{self, Context, ListTables};
+use workers_sqlite_poc::request::{SaveMode, UserId};
+use workers_sqlite_poc::store::{DB_VERSION_KEY, MemoryStore, ObjectStore, ROUTE_KEY};
+use workers_sqlite_poc::testing::{CountingStore, RacingStore, StepClock, apply_sql, open};
+use workers_sqlite_poc::upload::{self, Precondition};
+use workers_sqlite_poc::{fixtures, sqlite};
+
+const KEY: &str = "a/database.sqlite";
+const MAX_DB_BYTES: u64 = 1024 * 1024;
+
+fn user() -> UserId {
+    UserId::parse(Some("a")).unwrap()
+}
+
+fn ctx<'a, S, C>(store: &'a S, clock: &'a C, layout: Layout) -> Context<'a, S, C> {
+    Context {
+        max_db_bytes: MAX_DB_BYTES,
+        layout,
+        ..Context::new(store, clock)
+    }
+}
+
+fn block<T>(f: impl std::future::Future<Output = T>) -> T {
+    pollster::block_on(f)
+}
+
+/// Every row of every table, by table name: what "the same database" means through SQLite.
+fn dump(bytes: &[u8]) -> BTreeMap<String, Vec<String>> {
+    let conn = open(bytes);
+    sqlite::list_tables(&conn)
+        .unwrap()
+        .into_iter()
+        .map(|t| {
+            let mut stmt = conn.prepare(&format!("SELECT * FROM \"{t}\"")).unwrap();
+            let n = stmt.column_count();
+            let mut rows = stmt
+                .query_map([], |r| {
+                    let row: Result<Vec<Value>, _> = (0..n).map(|i| r.get::<_, Value>(i)).collect();
+                    row.map(|v| format!("{v:?}"))
+                })
+                .unwrap()
+                .collect::<Result<Vec<String>, _>>()
+                .unwrap();
+            rows.sort();
+            (t, rows)
+        })
+        .collect()
+}
+
+/// The current database as a load sees it.
+fn current<S: ObjectStore>(store: &S, layout: Layout) -> Vec<u8> {
+    let clock = StepClock::stepping(1.0);
+    let ctx = ctx(store, &clock, layout);
+    let mut loaded = block(pipeline::load(&ctx, &user())).unwrap();
+    sqlite::export(&mut loaded.conn).unwrap().to_vec()
+}
+
+/// One stored object: key, bytes, sorted metadata.
+type Object = (String, Vec<u8>, Vec<(String, String)>);
+
+/// Every key, its bytes and metadata.
+fn snapshot(store: &MemoryStore) -> Vec<Object> {
+    store
+        .keys()
+        .into_iter()
+        .map(|k| {
+            let mut meta: Vec<_> = store.metadata(&k).unwrap().into_iter().collect();
+            meta.sort();
+            (k.clone(), store.bytes(&k).unwrap(), meta)
+        })
+        .collect()
+}
+
+fn version(store: &MemoryStore, key: &str) -> u64 {
+    store.metadata(key).unwrap()[DB_VERSION_KEY]
+        .parse()
+        .unwrap()
+}
+
+/// What a backend would push: the demo database with its own edits.
+fn edited(sql: &str) -> Vec<u8> {
+    apply_sql(&fixtures::demo_database().unwrap(), sql)
+}
+
+/// The headers parse to exactly the two accepted forms; anything unconditional or ambiguous
+/// is 428 and names what to send.
+#[test]
+fn preconditions_parse() {
+    assert_eq!(
+        Precondition::parse(Some("\"1700000000000\""), None).unwrap(),
+        Precondition::IfMatch(1_700_000_000_000)
+    );
+    assert_eq!(
+        Precondition::parse(Some(" 7 "), None).unwrap(),
+        Precondition::IfMatch(7)
+    );
+    assert_eq!(
+        Precondition::parse(None, Some("*")).unwrap(),
+        Precondition::CreateOnly
+    );
+    for (m, n) in [
+        (None, None),
+        (Some("*"), None),
+        (None, Some("\"5\"")),
+        (Some("5"), Some("*")),
+    ] {
+        let e = Precondition::parse(m, n).unwrap_err();
+        assert_eq!(
+            (e.status(), e.code()),
+            (428, "precondition_required"),
+            "{m:?} {n:?}"
+        );
+        assert!(e.body().error.message.contains("If-"), "{e}");
+    }
+    let e = Precondition::parse(Some("W/\"abc\""), None).unwrap_err();
+    assert_eq!((e.status(), e.code()), (400, "invalid_request"));
+    // GET /export's If-None-Match: equal versions only; 0 is a database stored without one.
+    assert!(upload::not_modified(Some("\"12\""), Some(12)));
+    assert!(!upload::not_modified(Some("11"), Some(12)));
+    assert!(upload::not_modified(Some("0"), None));
+    assert!(!upload::not_modified(Some("*"), Some(12)));
+    assert!(!upload::not_modified(None, Some(12)));
+}
+
+/// Single layout: create-only stores the file whole with a db-version; If-Match on that
+/// version replaces it with a newer one; the stale version and a second create are 412 with
+/// the store byte-identical.
+#[test]
+fn single_layout_create_replace_and_refuse() {
+    let store = MemoryStore::new();
+    let clock = StepClock::stepping(1.0);
+    let ctx = ctx(&store, &clock, Layout::Single);
+    let first = edited("CREATE TABLE notes(body TEXT); INSERT INTO notes VALUES ('from backend')");
+    let report = block(upload::replace(
+        &ctx,
+        &user(),
+        &first,
+        Precondition::CreateOnly,
+    ))
+    .unwrap();
+    let json = serde_json::to_value(&report).unwrap();
+    assert_eq!(json["db_info"]["saved"], true);
+    assert_eq!(json["storage"]["layout"], "single");
+    assert_ne!(json["delay_analysis"]["save"]["status"], "not_run");
+    let v1 = version(&store, KEY);
+    assert_eq!(json["db_info"]["db_version"], v1.to_string());
+    assert_eq!(dump(&store.bytes(KEY).unwrap()), dump(&first));
+
+    let again = block(upload::replace(
+        &ctx,
+        &user(),
+        &first,
+        Precondition::CreateOnly,
+    ));
+    let e = again.unwrap_err();
+    assert_eq!((e.status(), e.code()), (412, "version_mismatch"));
+    assert!(e.to_string().contains(&v1.to_string()), "{e}");
+
+    let second =
+        edited("DELETE FROM clip_tags; CREATE TABLE extra(x); INSERT INTO extra VALUES (1)");
+    let report = block(upload::replace(
+        &ctx,
+        &user(),
+        &second,
+        Precondition::IfMatch(v1),
+    ))
+    .unwrap();
+    let v2 = version(&store, KEY);
+    assert!(v2 > v1);
+    assert_eq!(
+        serde_json::to_value(&report).unwrap()["db_info"]["loaded_db_version"],
+        v1.to_string()
+    );
+    assert_eq!(dump(&store.bytes(KEY).unwrap()), dump(&second));
+
+    let before = snapshot(&store);
+    let stale = block(upload::replace(
+        &ctx,
+        &user(),
+        &first,
+        Precondition::IfMatch(v1),
+    ));
+    assert_eq!(stale.unwrap_err().code(), "version_mismatch");
+    assert_eq!(snapshot(&store), before, "a refused upload writes nothing");
+}
+
+/// Incremental layout: the file commits as one write through the manifest (a delta of every
+/// page), never as an outside replacement; the next load and the compaction it calls for
+/// both give exactly the file, and no conflict record appears.
+#[test]
+fn incremental_layout_commits_through_the_manifest() {
+    let store = MemoryStore::new();
+    store.insert(
+        KEY,
+        &fixtures::demo_database().unwrap(),
+        &[(DB_VERSION_KEY, "1000".into())],
+    );
+    let clock = StepClock::stepping(1.0);
+    let ctx = ctx(&store, &clock, Layout::Incremental);
+    // An app write first: the user now has a manifest and a pending delta.
+    block(pipeline::serve(
+        &ctx,
+        &user(),
+        SaveMode::Always,
+        &mut workers_sqlite_poc::work::Transaction {
+            statements: workers_sqlite_poc::work::parse_query_body(
+                br#"[{"sql": "CREATE TABLE notes(body TEXT)"}, {"sql": "INSERT INTO notes VALUES ('app write')"}]"#,
+                10,
+            )
+            .unwrap(),
+            limits: Default::default(),
+        },
+    ))
+    .unwrap();
+    let pulled = current(&store, Layout::Incremental);
+    let v = version(&store, "a/manifest.json");
+    // The backend edits what it pulled (the app's row included) and pushes it.
+    let pushed = apply_sql(
+        &pulled,
+        "UPDATE notes SET body = 'renamed'; INSERT INTO notes VALUES ('backend')",
+    );
+    let report = block(upload::replace(
+        &ctx,
+        &user(),
+        &pushed,
+        Precondition::IfMatch(v),
+    ))
+    .unwrap();
+    let json = serde_json::to_value(&report).unwrap();
+    assert_eq!(json["storage"]["layout"], "incremental");
+    assert_eq!(json["storage"]["follow_up"], "compact");
+    assert!(json["storage"]["outside_replacement"].is_null());
+    assert!(version(&store, "a/manifest.json") > v);
+    assert_eq!(dump(&current(&store, Layout::Incremental)), dump(&pushed));
+
+    let done = block(layout::compact(&ctx, &user(), false)).unwrap();
+    assert_eq!(done.outcome, "compacted");
+    assert_eq!(
+        dump(&store.bytes(KEY).unwrap()),
+        dump(&pushed),
+        "the file is the base"
+    );
+    let loaded = block(pipeline::load(&ctx, &user())).unwrap();
+    assert!(loaded.outside.is_none());
+    assert!(!store.keys().iter().any(|k| k.contains("/conflicts/")));
+    assert_eq!(loaded.version, Some(version(&store, "a/manifest.json")));
+}
+
+/// Under `LAYOUT=single`, a user who still has a manifest gets the file committed as a write
+/// and the retirement that folds them back into one object.
+#[test]
+fn single_layout_with_a_live_manifest_retires_it() {
+    let store = MemoryStore::new();
+    store.insert(KEY, &fixtures::demo_database().unwrap(), &[]);
+    let clock = StepClock::stepping(1.0);
+    let inc = ctx(&store, &clock, Layout::Incremental);
+    block(pipeline::serve(
+        &inc,
+        &user(),
+        SaveMode::Always,
+        &mut ListTables,
+    ))
+    .unwrap();
+    let v = version(&store, "a/manifest.json");
+    let pushed = edited("DELETE FROM clip_tags; DELETE FROM raw_clips");
+    let single = ctx(&store, &clock, Layout::Single);
+    let report = block(upload::replace(
+        &single,
+        &user(),
+        &pushed,
+        Precondition::IfMatch(v),
+    ))
+    .unwrap();
+    assert_eq!(report.storage.as_ref().unwrap().follow_up, FollowUp::Retire);
+    block(layout::compact(&single, &user(), true)).unwrap();
+    assert_eq!(dump(&store.bytes(KEY).unwrap()), dump(&pushed));
+    assert_eq!(dump(&current(&store, Layout::Single)), dump(&pushed));
+}
+
+/// Damaged, truncated, oversize and non-SQLite files are refused with a 4xx that says what is
+/// wrong, before any store call: the stored database stays byte-identical.
+#[test]
+fn bad_files_are_refused_before_touching_the_store() {
+    let store = CountingStore::default();
+    let demo = fixtures::demo_database().unwrap();
+    store
+        .inner
+        .insert(KEY, &demo, &[(DB_VERSION_KEY, "5".into())]);
+    let clock = StepClock::stepping(1.0);
+    let ctx = ctx(&store, &clock, Layout::Single);
+    let good = edited("CREATE TABLE notes(body TEXT); INSERT INTO notes VALUES ('x')");
+    let page_size = good.len() / (good.len() / 4096).max(1);
+    let mut bad_page = good.clone();
+    // Scribble over the second page (a b-tree page): the header is fine, quick_check is not.
+    for b in &mut bad_page[page_size..page_size + 64] {
+        *b = 0xA5;
+    }
+    let mut bad_magic = good.clone();
+    bad_magic[0] = b'X';
+    let cases: Vec<(&str, Vec<u8>, u16, &str)> = vec![
+        ("empty", vec![], 422, "corrupt_database"),
+        (
+            "text",
+            b"not a database at all".repeat(10),
+            422,
+            "corrupt_database",
+        ),
+        ("magic", bad_magic, 422, "corrupt_database"),
+        (
+            "truncated",
+            good[..good.len() - 100].to_vec(),
+            422,
+            "corrupt_database",
+        ),
+        ("damaged page", bad_page, 422, "corrupt_database"),
+        (
+            "oversize",
+            vec![0; MAX_DB_BYTES as usize + 1],
+            413,
+            "database_too_large",
+        ),
+    ];
+    for (name, bytes, status, code) in cases {
+        let e = block(upload::replace(
+            &ctx,
+            &user(),
+            &bytes,
+            Precondition::IfMatch(5),
+        ))
+        .unwrap_err();
+        assert_eq!((e.status(), e.code()), (status, code), "{name}: {e}");
+        assert!(!e.body().error.message.is_empty());
+    }
+    assert_eq!(store.inner.bytes(KEY).unwrap(), demo);
+    assert_eq!(store.inner.keys(), [KEY]);
+    assert_eq!((store.inner.get_count(), store.inner.put_count()), (0, 0));
+}
+
+/// A write that lands between the upload's read and its put wins: the upload is 412 and the
+/// other write is what stays stored.
+#[test]
+fn lost_race_is_refused_and_keeps_the_other_write() {
+    let inner = MemoryStore::new();
+    inner.insert(KEY, &fixtures::demo_database().unwrap(), &[]);
+    let rival = edited("CREATE TABLE notes(body TEXT); INSERT INTO notes VALUES ('rival')");
+    let store = RacingStore::new(inner, rival.clone(), 1);
+    let clock = StepClock::stepping(1.0);
+    let ctx = ctx(&store, &clock, Layout::Single);
+    let pushed = edited("DELETE FROM clip_tags");
+    let e = block(upload::replace(
+        &ctx,
+        &user(),
+        &pushed,
+        Precondition::IfMatch(0),
+    ))
+    .unwrap_err();
+    assert_eq!((e.status(), e.code()), (412, "version_mismatch"));
+    assert_eq!(store.inner.bytes(KEY).unwrap(), rival);
+}
+
+/// A user in their Durable Object is 409 `served_by_durable_object`; during a move 409
+/// `move_in_progress`; both write nothing.
+#[test]
+fn moved_and_moving_users_are_409() {
+    for (route, code) in [
+        ("durable_object", "served_by_durable_object"),
+        ("moving", "move_in_progress"),
+    ] {
+        let store = MemoryStore::new();
+        store.insert(
+            KEY,
+            &fixtures::demo_database().unwrap(),
+            &[(ROUTE_KEY, route.into()), (DB_VERSION_KEY, "9".into())],
+        );
+        let before = snapshot(&store);
+        let clock = StepClock::stepping(1.0);
+        let ctx = ctx(&store, &clock, Layout::Incremental);
+        let e = block(upload::replace(
+            &ctx,
+            &user(),
+            &edited("DELETE FROM clip_tags"),
+            Precondition::IfMatch(9),
+        ))
+        .unwrap_err();
+        assert_eq!((e.status(), e.code()), (409, code));
+        assert_eq!(snapshot(&store), before);
+    }
+}
+
+/// Another isolate's cached copy, taken before the upload, is not what it serves after it;
+/// and the stored change counter moves past the one that copy has even when the file carries
+/// that very counter (readers and compaction tell versions apart by it).
+#[test]
+fn another_isolates_cached_copy_sees_the_upload() {
+    for layout in [Layout::Single, Layout::Incremental] {
+        let store = MemoryStore::new();
+        store.insert(
+            KEY,
+            &fixtures::demo_database().unwrap(),
+            &[(DB_VERSION_KEY, "3".into())],
+        );
+        let (uploader, other) = (
+            DbCache::new(MAX_DB_BYTES * 4),
+            DbCache::new(MAX_DB_BYTES * 4),
+        );
+        let clock = StepClock::stepping(1.0);
+        let with = |cache| Context {
+            cache: Some(cache),
+            ..ctx(&store, &clock, layout)
+        };
+        // A write (incremental: the manifest now exists), then the other isolate caches it.
+        block(pipeline::serve(
+            &with(&uploader),
+            &user(),
+            SaveMode::Always,
+            &mut ListTables,
+        ))
+        .unwrap();
+        let mut warm = block(pipeline::load(&with(&other), &user())).unwrap();
+        let same_counter = {
+            let mut conn = open(&sqlite::export(&mut warm.conn).unwrap());
+            conn.execute_batch("DELETE FROM clip_tags").unwrap();
+            let mut image = sqlite::export(&mut conn).unwrap().to_vec();
+            image[24..28].copy_from_slice(&warm.change_counter.to_be_bytes());
+            image
+        };
+        let v = warm.version.unwrap();
+        workers_sqlite_poc::cache::keep(Some(&other), &user(), warm.conn, warm.stored, Some(v));
+        block(upload::replace(
+            &with(&uploader),
+            &user(),
+            &same_counter,
+            Precondition::IfMatch(v),
+        ))
+        .unwrap();
+        let mut after = block(pipeline::load(&with(&other), &user())).unwrap();
+        assert_ne!(after.cache, workers_sqlite_poc::report::CacheStatus::Hit);
+        let image = sqlite::export(&mut after.conn).unwrap().to_vec();
+        assert_eq!(dump(&image), dump(&same_counter), "{layout:?}");
+        let counter = |b: &[u8]| u32::from_be_bytes(b[24..28].try_into().unwrap());
+        assert_ne!(counter(&image), counter(&same_counter), "{layout:?}");
+    }
+}
