@@ -9,7 +9,7 @@ export PATH := $(or $(CARGO_HOME),$(HOME)/.cargo)/bin:$(PATH)
 WRANGLER := node_modules/.bin/wrangler
 SOURCES := $(shell find src -name '*.rs') Cargo.toml Cargo.lock .cargo/config.toml scripts/build.sh
 
-.PHONY: setup build dev seed test lint unit unit-wasm bundle-size e2e smoke dry-run bench token clean
+.PHONY: setup build dev seed test lint unit unit-wasm bundle-size e2e python-test smoke dry-run bench token clean
 
 ## setup: install whatever is missing (idempotent; seconds when everything is present)
 setup:
@@ -36,7 +36,7 @@ dev: setup build seed
 	$(WRANGLER) dev --ip 127.0.0.1 --port $(PORT) --persist-to $(DEV_STATE) --var ALLOW_ANONYMOUS:true
 
 ## test: every check CI runs
-test: setup lint unit unit-wasm build bundle-size dry-run e2e
+test: setup lint unit unit-wasm build bundle-size dry-run e2e python-test
 
 lint:
 	cargo fmt --check
@@ -50,7 +50,7 @@ unit:
 
 ## unit-wasm: the unit tests, the pipeline scenarios and the incremental-layout suite on wasm32, under Node, against the Worker's SQLite build
 unit-wasm:
-	cargo test --locked --lib --test pipeline --test incremental --target wasm32-unknown-unknown
+	cargo test --locked --lib --test pipeline --test incremental --test upload --target wasm32-unknown-unknown
 
 ## bundle-size: fail if the gzipped bundle grew past scripts/bundle-budget (a size check, not timing)
 bundle-size: build
@@ -65,6 +65,10 @@ dry-run: build
 ## One at a time: with wrangler 4.86 an instance starting while another stops sometimes fails to start.
 e2e: build
 	cargo test --locked --features e2e --test e2e -- --test-threads 1
+
+## python-test: the Python package (python/) against the real workerd, and against the worker's Rust bands
+python-test: setup build
+	.venv/bin/python -m pytest -q python/tests
 
 ## smoke: check the JSON contract against BASE_URL (a running `make dev`, or a deployed worker)
 smoke: setup

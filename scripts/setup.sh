@@ -61,6 +61,22 @@ if [ ! -f "$VENV/.installed" ] || [ tests/e2e/requirements.txt -nt "$VENV/.insta
   touch "$VENV/.installed"
 fi
 
+# The Python package's tests (make python-test): a project-local .venv with exactly the pinned
+# test dependencies, and the package itself (editable).
+command -v python3 >/dev/null || apt_install python3 python3-venv
+python3 -c 'import sys; sys.exit(sys.version_info < (3, 11))' \
+  || die "Python $(python3 -V 2>&1) is too old; the Python package needs 3.11 or newer"
+python3 -c 'import ensurepip, venv' 2>/dev/null || apt_install python3-venv
+if [ ! -f .venv/.installed ] || [ python/requirements-test.txt -nt .venv/.installed ] \
+  || [ python/pyproject.toml -nt .venv/.installed ]; then
+  say "creating .venv from python/requirements-test.txt"
+  rm -rf .venv
+  python3 -m venv .venv
+  .venv/bin/pip install --quiet --disable-pip-version-check --no-deps -r python/requirements-test.txt
+  .venv/bin/pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e python
+  touch .venv/.installed
+fi
+
 # wrangler (runs workerd), binaryen (wasm-opt) and esbuild, exactly as package-lock.json pins them.
 if [ ! -f node_modules/.package-lock.json ] || [ package-lock.json -nt node_modules/.package-lock.json ]; then
   say "installing npm packages from package-lock.json"

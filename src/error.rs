@@ -145,6 +145,12 @@ pub enum Error {
     /// The user's database is being moved between R2 and their Durable Object; nothing was
     /// written.
     Migrating,
+    /// `PUT /import` with a file that is not a database the worker would load; nothing was
+    /// written.
+    InvalidUpload {
+        /// What is wrong with the file, safe to show.
+        reason: String,
+    },
     /// `PUT /import` while the user is being moved: the file cannot replace a database in
     /// transit; nothing was written.
     MoveInProgress,
@@ -329,6 +335,11 @@ impl std::fmt::Display for Error {
                  (forwarded there); the libSQL endpoint and PUT /import need the R2 route \
                  (POST /migrate?to=r2)"
             ),
+            Self::InvalidUpload { reason } => write!(
+                f,
+                "the uploaded file is not a SQLite database this worker will store: {reason}; \
+                 nothing was written"
+            ),
             Self::MoveInProgress => write!(
                 f,
                 "this user's database is being moved between R2 and a Durable Object, so a \
@@ -401,6 +412,7 @@ impl Error {
             | Self::DatabaseTooLarge { .. }
             | Self::DatabaseFull { .. } => 413,
             Self::CorruptDatabase(_)
+            | Self::InvalidUpload { .. }
             | Self::ResultTooLarge { .. }
             | Self::CpuBudgetExceeded { .. }
             | Self::MemoryBudgetExceeded { .. } => 422,
@@ -439,6 +451,7 @@ impl Error {
             Self::StorageUnavailable(_) => "storage_unavailable",
             Self::Migrating => "migrating",
             Self::ServedByDurableObject => "served_by_durable_object",
+            Self::InvalidUpload { .. } => "invalid_upload",
             Self::MoveInProgress => "move_in_progress",
             Self::PreconditionRequired { .. } => "precondition_required",
             Self::VersionMismatch { .. } => "version_mismatch",

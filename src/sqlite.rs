@@ -94,6 +94,12 @@ impl Image {
         Ok(Self(data))
     }
 
+    /// Takes over bytes already in memory (a request body) without copying them.
+    #[must_use]
+    pub fn from_vec(bytes: Vec<u8>) -> Self {
+        Self(bytes)
+    }
+
     /// The buffer, to fill.
     pub fn bytes_mut(&mut self) -> &mut [u8] {
         &mut self.0

@@ -137,15 +137,39 @@ pub fn body_error(e: Error) -> Error {
 }
 
 /// Checks `bytes` as a load checks a stored object (size limit, header, schema) and runs
-/// `PRAGMA quick_check`; returns it open, with every page marked written.
-pub fn validate(bytes: &[u8], max_db_bytes: u64) -> Result<rusqlite::Connection, Error> {
+/// `PRAGMA quick_check`; returns it open (the buffer taken over, not copied), with every page
+/// marked written. A file that fails is 422 `invalid_upload` saying why (413 over the limit).
+pub fn validate(bytes: Vec<u8>, max_db_bytes: u64) -> Result<rusqlite::Connection, Error> {
     if bytes.len() as u64 > max_db_bytes {
         return Err(Error::DatabaseTooLarge {
             size_bytes: bytes.len() as u64,
             max_bytes: max_db_bytes,
         });
     }
-    let mut conn = sqlite::load(bytes)?.conn;
+    check_file(bytes).map_err(|e| match e {
+        Error::CorruptDatabase(c) => Error::InvalidUpload {
+            reason: about_the_file(&match c {
+                Corruption::Header(p) => p.to_string(),
+                Corruption::Contents(detail) => detail,
+            }),
+        },
+        other => other,
+    })
+}
+
+/// The load's wording is about "the stored object"; here it is the client's file.
+fn about_the_file(reason: &str) -> String {
+    reason
+        .replace("the stored object", "the file")
+        .replace("the object's", "the file's")
+        .replace("the object holds", "the file holds")
+}
+
+fn check_file(bytes: Vec<u8>) -> Result<rusqlite::Connection, Error> {
+    if bytes.is_empty() {
+        return Err(crate::header::HeaderProblem::Empty.into());
+    }
+    let mut conn = sqlite::open(sqlite::Image::from_vec(bytes))?.conn;
     let verdict: Result<Vec<String>, rusqlite::Error> =
         conn.prepare("PRAGMA quick_check(5)").and_then(|mut stmt| {
             stmt.query_map([], |r| r.get::<_, String>(0))?
@@ -186,7 +210,7 @@ fn set_change_counter(image: &mut [u8], next: u32) {
 pub async fn replace<S: ObjectStore, C: Clock>(
     ctx: &Context<'_, S, C>,
     user: &UserId,
-    bytes: &[u8],
+    bytes: Vec<u8>,
     precondition: Precondition,
 ) -> Result<Report, Error> {
     let clock = ctx.clock;

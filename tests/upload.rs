@@ -13,7 +13,7 @@ use workers_sqlite_poc::layout::{self, FollowUp, Layout};
 use workers_sqlite_poc::pipeline::{self, Context, ListTables};
 use workers_sqlite_poc::request::{SaveMode, UserId};
 use workers_sqlite_poc::store::{DB_VERSION_KEY, MemoryStore, ObjectStore, ROUTE_KEY};
-use workers_sqlite_poc::testing::{CountingStore, RacingStore, StepClock, apply_sql, open};
+use workers_sqlite_poc::testing::{AfterReads, HookStore, StepClock, apply_sql, open};
 use workers_sqlite_poc::upload::{self, Precondition};
 use workers_sqlite_poc::{fixtures, sqlite};
 
@@ -146,7 +146,7 @@ fn single_layout_create_replace_and_refuse() {
     let report = block(upload::replace(
         &ctx,
         &user(),
-        &first,
+        first.clone(),
         Precondition::CreateOnly,
     ))
     .unwrap();
@@ -161,7 +161,7 @@ fn single_layout_create_replace_and_refuse() {
     let again = block(upload::replace(
         &ctx,
         &user(),
-        &first,
+        first.clone(),
         Precondition::CreateOnly,
     ));
     let e = again.unwrap_err();
@@ -173,7 +173,7 @@ fn single_layout_create_replace_and_refuse() {
     let report = block(upload::replace(
         &ctx,
         &user(),
-        &second,
+        second.clone(),
         Precondition::IfMatch(v1),
     ))
     .unwrap();
@@ -189,7 +189,7 @@ fn single_layout_create_replace_and_refuse() {
     let stale = block(upload::replace(
         &ctx,
         &user(),
-        &first,
+        first.clone(),
         Precondition::IfMatch(v1),
     ));
     assert_eq!(stale.unwrap_err().code(), "version_mismatch");
@@ -234,7 +234,7 @@ fn incremental_layout_commits_through_the_manifest() {
     let report = block(upload::replace(
         &ctx,
         &user(),
-        &pushed,
+        pushed.clone(),
         Precondition::IfMatch(v),
     ))
     .unwrap();
@@ -279,7 +279,7 @@ fn single_layout_with_a_live_manifest_retires_it() {
     let report = block(upload::replace(
         &single,
         &user(),
-        &pushed,
+        pushed.clone(),
         Precondition::IfMatch(v),
     ))
     .unwrap();
@@ -293,7 +293,7 @@ fn single_layout_with_a_live_manifest_retires_it() {
 /// wrong, before any store call: the stored database stays byte-identical.
 #[test]
 fn bad_files_are_refused_before_touching_the_store() {
-    let store = CountingStore::default();
+    let store = HookStore::default();
     let demo = fixtures::demo_database().unwrap();
     store
         .inner
@@ -310,21 +310,21 @@ fn bad_files_are_refused_before_touching_the_store() {
     let mut bad_magic = good.clone();
     bad_magic[0] = b'X';
     let cases: Vec<(&str, Vec<u8>, u16, &str)> = vec![
-        ("empty", vec![], 422, "corrupt_database"),
+        ("empty", vec![], 422, "invalid_upload"),
         (
             "text",
             b"not a database at all".repeat(10),
             422,
-            "corrupt_database",
+            "invalid_upload",
         ),
-        ("magic", bad_magic, 422, "corrupt_database"),
+        ("magic", bad_magic, 422, "invalid_upload"),
         (
             "truncated",
             good[..good.len() - 100].to_vec(),
             422,
-            "corrupt_database",
+            "invalid_upload",
         ),
-        ("damaged page", bad_page, 422, "corrupt_database"),
+        ("damaged page", bad_page, 422, "invalid_upload"),
         (
             "oversize",
             vec![0; MAX_DB_BYTES as usize + 1],
@@ -336,12 +336,19 @@ fn bad_files_are_refused_before_touching_the_store() {
         let e = block(upload::replace(
             &ctx,
             &user(),
-            &bytes,
+            bytes.clone(),
             Precondition::IfMatch(5),
         ))
         .unwrap_err();
         assert_eq!((e.status(), e.code()), (status, code), "{name}: {e}");
-        assert!(!e.body().error.message.is_empty());
+        let message = e.body().error.message;
+        let says = if status == 413 {
+            "MAX_DB_BYTES"
+        } else {
+            "nothing was written"
+        };
+        assert!(message.contains(says), "{name}: {message}");
+        assert!(!message.contains("stored object"), "{name}: {message}");
     }
     assert_eq!(store.inner.bytes(KEY).unwrap(), demo);
     assert_eq!(store.inner.keys(), [KEY]);
@@ -355,14 +362,17 @@ fn lost_race_is_refused_and_keeps_the_other_write() {
     let inner = MemoryStore::new();
     inner.insert(KEY, &fixtures::demo_database().unwrap(), &[]);
     let rival = edited("CREATE TABLE notes(body TEXT); INSERT INTO notes VALUES ('rival')");
-    let store = RacingStore::new(inner, rival.clone(), 1);
+    let stored_rival = rival.clone();
+    let store = HookStore::new(inner).with(AfterReads::new(KEY, 1, move |store: &MemoryStore| {
+        store.insert(KEY, &stored_rival, &[]);
+    }));
     let clock = StepClock::stepping(1.0);
     let ctx = ctx(&store, &clock, Layout::Single);
     let pushed = edited("DELETE FROM clip_tags");
     let e = block(upload::replace(
         &ctx,
         &user(),
-        &pushed,
+        pushed.clone(),
         Precondition::IfMatch(0),
     ))
     .unwrap_err();
@@ -390,7 +400,7 @@ fn moved_and_moving_users_are_409() {
         let e = block(upload::replace(
             &ctx,
             &user(),
-            &edited("DELETE FROM clip_tags"),
+            edited("DELETE FROM clip_tags"),
             Precondition::IfMatch(9),
         ))
         .unwrap_err();
@@ -441,7 +451,7 @@ fn another_isolates_cached_copy_sees_the_upload() {
         block(upload::replace(
             &with(&uploader),
             &user(),
-            &same_counter,
+            same_counter.clone(),
             Precondition::IfMatch(v),
         ))
         .unwrap();

@@ -462,7 +462,7 @@ async fn handle_upload(
         .await
         .map_err(upload::body_error)?;
     let store = R2Store::from_env(env)?;
-    let report = upload::replace(&context(&store, config), user, &bytes, precondition).await?;
+    let report = upload::replace(&context(&store, config), user, bytes, precondition).await?;
     json_response(&finish(report, user, config), 200)
 }
 

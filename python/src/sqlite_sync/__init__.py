@@ -1,0 +1,56 @@
+"""Delay-based sync timing for a Python backend, and conditional push/pull of a user's SQLite
+database through the worker (``PUT /import``, ``GET /export``)."""
+
+from .client import (
+    AuthError,
+    ConflictError,
+    PullResult,
+    PushResult,
+    RefusedError,
+    SyncClient,
+    SyncError,
+    UnreachableError,
+    local_version,
+    pull,
+    push,
+)
+from .delay import (
+    SYNC_TIME_ACCEPTABLE_MS,
+    SYNC_TIME_CRITICAL_MS,
+    SYNC_TIME_OPTIMAL_MS,
+    SYNC_TIME_WARNING_MS,
+    SYNC_TIME_WARNING_RATIO,
+    SYNC_TIME_WINDOW,
+    DelayAction,
+    DelayStatus,
+    DelayTracker,
+    Recommendation,
+    Thresholds,
+    Trend,
+)
+
+__all__ = [
+    "AuthError",
+    "ConflictError",
+    "DelayAction",
+    "DelayStatus",
+    "DelayTracker",
+    "PullResult",
+    "PushResult",
+    "Recommendation",
+    "RefusedError",
+    "SYNC_TIME_ACCEPTABLE_MS",
+    "SYNC_TIME_CRITICAL_MS",
+    "SYNC_TIME_OPTIMAL_MS",
+    "SYNC_TIME_WARNING_MS",
+    "SYNC_TIME_WARNING_RATIO",
+    "SYNC_TIME_WINDOW",
+    "SyncClient",
+    "SyncError",
+    "Thresholds",
+    "Trend",
+    "UnreachableError",
+    "local_version",
+    "pull",
+    "push",
+]
