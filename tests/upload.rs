@@ -258,6 +258,41 @@ fn incremental_layout_commits_through_the_manifest() {
     assert_eq!(loaded.version, Some(version(&store, "a/manifest.json")));
 }
 
+/// A file with another page size than the stored database replaces it whole in the
+/// incremental layout too (its delta carries its own page size and length).
+#[test]
+fn incremental_upload_with_another_page_size() {
+    let store = MemoryStore::new();
+    store.insert(KEY, &fixtures::demo_database().unwrap(), &[]);
+    let clock = StepClock::stepping(1.0);
+    let ctx = ctx(&store, &clock, Layout::Incremental);
+    block(pipeline::serve(
+        &ctx,
+        &user(),
+        SaveMode::Always,
+        &mut ListTables,
+    ))
+    .unwrap();
+    for page_size in [1024, 65536] {
+        let pushed = edited(&format!("PRAGMA page_size = {page_size}; VACUUM;"));
+        assert_eq!(
+            workers_sqlite_poc::header::page_size(&pushed),
+            Some(page_size)
+        );
+        let v = version(&store, "a/manifest.json");
+        block(upload::replace(
+            &ctx,
+            &user(),
+            pushed.clone(),
+            Precondition::IfMatch(v),
+        ))
+        .unwrap();
+        let now = current(&store, Layout::Incremental);
+        assert_eq!(workers_sqlite_poc::header::page_size(&now), Some(page_size));
+        assert_eq!(dump(&now), dump(&pushed));
+    }
+}
+
 /// Under `LAYOUT=single`, a user who still has a manifest gets the file committed as a write
 /// and the retirement that folds them back into one object.
 #[test]

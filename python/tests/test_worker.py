@@ -278,3 +278,66 @@ class socket_closed_port:
 
     def __exit__(self, *exc: object) -> None:
         return None
+
+
+def test_wal_mode_changes_not_yet_checkpointed_are_pushed(
+    worker: LocalWorker, tmp_path: Path, user: str
+) -> None:
+    """A backend in WAL mode with changes still in the -wal file: push reads through SQLite,
+    so they reach the worker (the main file's bytes alone lack them)."""
+    path = tmp_path / "wal.sqlite"
+    writer = sqlite3.connect(path)
+    writer.execute("PRAGMA journal_mode=WAL")
+    writer.execute("PRAGMA wal_autocheckpoint=0")
+    writer.execute("CREATE TABLE t(x TEXT)")
+    writer.executemany("INSERT INTO t VALUES (?)", [(f"row {i}",) for i in range(50)])
+    writer.commit()
+    assert (tmp_path / "wal.sqlite-wal").stat().st_size > 0
+    try:
+        c = client(worker)
+        c.push(path, user)
+        copy = tmp_path / "copy.sqlite"
+        c.pull(copy, user)
+        rows = sqlite3.connect(copy).execute("SELECT count(*) FROM t").fetchone()
+        assert rows == (50,)
+    finally:
+        writer.close()
+
+
+def test_concurrent_pushes_of_one_version_one_wins(
+    worker: LocalWorker, tmp_path: Path, user: str
+) -> None:
+    """Twenty backends push different files on the same pulled version at once: exactly one
+    is stored, the others get ConflictError, and the stored database is the winner's."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    c = client(worker)
+    base = make_db(tmp_path / "base.sqlite")
+    c.push(base, user)
+    paths = []
+    for i in range(20):
+        p = tmp_path / f"b{i}.sqlite"
+        p.write_bytes(base.read_bytes())
+        version_path(p).write_bytes(version_path(base).read_bytes())
+        conn = sqlite3.connect(p)
+        conn.execute("INSERT INTO clips(title) VALUES (?)", (f"backend {i}",))
+        conn.commit()
+        conn.close()
+        paths.append(p)
+
+    def attempt(p: Path) -> str:
+        try:
+            return client(worker).push(p, user).db_version
+        except ConflictError as e:
+            assert e.code == "version_mismatch" and e.written.startswith("nothing")
+            return "conflict"
+
+    with ThreadPoolExecutor(max_workers=20) as pool:
+        outcomes = list(pool.map(attempt, paths))
+    winners = [p for p, o in zip(paths, outcomes) if o != "conflict"]
+    assert len(winners) == 1, outcomes
+    pulled = tmp_path / "pulled.sqlite"
+    c.pull(pulled, user)
+    assert dump(pulled) == dump(winners[0])
+    status, storage = worker.request("GET", f"/?user={user}&save=never")
+    assert status == 200 and storage["storage"]["outside_replacement"] is None

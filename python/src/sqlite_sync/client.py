@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import os
 import socket
+import sqlite3
 import tempfile
 import urllib.error
 import urllib.parse
@@ -147,6 +148,19 @@ def _write_atomically(target: Path, data: bytes) -> None:
         raise
 
 
+def read_snapshot(path: str | os.PathLike[str]) -> bytes:
+    """The database at ``path`` as one consistent SQLite image, read through SQLite: pages
+    still in a ``-wal`` file are included, and a write by another connection meanwhile is
+    either wholly in it or not at all (copying the file's bytes would give neither)."""
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"no database file at {os.fspath(path)}")
+    conn = sqlite3.connect(f"file:{Path(path).resolve()}?mode=ro", uri=True)
+    try:
+        return conn.serialize()
+    finally:
+        conn.close()
+
+
 def _record_version(path: str | os.PathLike[str], user: str, version: str) -> None:
     _write_atomically(
         version_path(path), json.dumps({"user": user, "db_version": version}).encode()
@@ -245,9 +259,10 @@ class SyncClient:
         )
 
     def push(self, path: str | os.PathLike[str], user: str) -> PushResult:
-        """Uploads the SQLite file at ``path`` as ``user``'s database, if the worker's is still
-        the version last pulled (or, when none was, if the user has no database yet)."""
-        data = Path(path).read_bytes()
+        """Uploads the SQLite database at ``path`` (read through SQLite, WAL included) as
+        ``user``'s database, if the worker's is still the version last pulled (or, when none
+        was, if the user has no database yet)."""
+        data = read_snapshot(path)
         replaced = local_version(path, user)
         condition = {"If-Match": f'"{replaced}"'} if replaced else {"If-None-Match": "*"}
         headers = {"Content-Type": "application/vnd.sqlite3", **condition}
@@ -271,7 +286,8 @@ class SyncClient:
 
     def pull(self, path: str | os.PathLike[str], user: str) -> PullResult:
         """Downloads ``user``'s database to ``path`` if the worker's version is newer than the
-        local one (temporary file, then rename), and records the new version."""
+        local one (temporary file, then rename), and records the new version. Connections
+        open on ``path`` keep reading the old file: close them first."""
         target = Path(path)
         local = local_version(path, user) if target.exists() else None
         headers = {"If-None-Match": f'"{local}"'} if local else {}
