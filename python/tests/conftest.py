@@ -201,20 +201,16 @@ def dump(path: Path) -> list[str]:
 
 
 class ScriptedClock:
-    """A clock (ms) that makes each timed operation take exactly the next scripted delay."""
+    """A clock (ms) that makes each timed operation take exactly the next scripted delay: it
+    reads 0 at each start and the delay at each end, so the difference is exact."""
 
     def __init__(self, delays_ms: list[float]) -> None:
         self.delays = list(delays_ms)
-        self.now = 1_000_000.0
         self.started = False
 
     def __call__(self) -> float:
-        if self.started:
-            self.now += self.delays.pop(0)
-        else:
-            self.now += 1.0
         self.started = not self.started
-        return self.now
+        return 0.0 if self.started else self.delays.pop(0)
 
 
 _counter = iter(range(1_000_000))

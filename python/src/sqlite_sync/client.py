@@ -151,14 +151,18 @@ def _write_atomically(target: Path, data: bytes) -> None:
 def read_snapshot(path: str | os.PathLike[str]) -> bytes:
     """The database at ``path`` as one consistent SQLite image, read through SQLite: pages
     still in a ``-wal`` file are included, and a write by another connection meanwhile is
-    either wholly in it or not at all (copying the file's bytes would give neither)."""
+    either wholly in it or not at all (copying the file's bytes would give neither). A file
+    SQLite cannot read is returned as it is: the worker checks it and says what is wrong."""
     if not Path(path).is_file():
         raise FileNotFoundError(f"no database file at {os.fspath(path)}")
-    conn = sqlite3.connect(f"file:{Path(path).resolve()}?mode=ro", uri=True)
     try:
-        return conn.serialize()
-    finally:
-        conn.close()
+        conn = sqlite3.connect(f"file:{Path(path).resolve()}?mode=ro", uri=True)
+        try:
+            return conn.serialize()
+        finally:
+            conn.close()
+    except sqlite3.DatabaseError:
+        return Path(path).read_bytes()
 
 
 def _record_version(path: str | os.PathLike[str], user: str, version: str) -> None:
