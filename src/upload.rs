@@ -10,7 +10,9 @@
 //!
 //! Invariants: nothing is read from the store before the file passed validation; nothing is
 //! written unless the stored version is the one the client named; a lost race with another
-//! writer is refused, never re-run (the client has not seen the other write).
+//! writer is refused, never written over (the client has not seen the other write). A lost
+//! race with a compaction, which changes the objects but keeps the `db-version`, is tried
+//! again on the new state.
 
 use crate::clock::Clock;
 use crate::context::Context;
@@ -217,49 +219,65 @@ pub async fn replace<S: ObjectStore, C: Clock>(
     let validate_start = clock.now_ms();
     let mut conn = validate(bytes, ctx.max_db_bytes)?;
     let validate_ms = clock.now_ms() - validate_start;
-    let mut loaded = match pipeline::load(ctx, user).await {
-        Err(Error::Migrating) => return Err(Error::MoveInProgress),
-        other => other?,
-    };
-    if let Err(e) = precondition.check(&loaded.stored, loaded.version) {
-        keep(ctx, user, loaded);
-        return Err(e);
+    let mut attempts = 0;
+    loop {
+        attempts += 1;
+        let mut loaded = match pipeline::load(ctx, user).await {
+            Err(Error::Migrating) => return Err(Error::MoveInProgress),
+            other => other?,
+        };
+        if let Err(e) = precondition.check(&loaded.stored, loaded.version) {
+            keep(ctx, user, loaded);
+            return Err(e);
+        }
+        // Past the current counter (and never equal to it), whatever the file says.
+        let next = loaded.change_counter.wrapping_add(1).max(1);
+        sqlite::patch(&mut conn, |image| set_change_counter(image, next));
+        // The stored copy is no longer needed: the file takes its place.
+        drop(std::mem::replace(&mut loaded.conn, conn));
+        let tables = sqlite::list_tables(&loaded.conn)?;
+        let mut queried = Queried {
+            loaded,
+            output: (),
+            tables,
+            changed: true,
+            query_ms: validate_ms,
+        };
+        let version_read = queried.loaded.version;
+        let saved = pipeline::save(ctx, user, &mut queried, SaveMode::Always).await?;
+        if saved == Saved::Conflict {
+            // Something changed the stored objects since the load: a write (the next load
+            // finds a new version and refuses), or a compaction, which keeps the version,
+            // so the file still replaces what the client named: try again on the new state.
+            // Without a db-version (stored from outside) two states cannot be told apart.
+            if attempts < ctx.retry.max_attempts && version_read.is_some() {
+                conn = queried.loaded.conn;
+                continue;
+            }
+            return Err(Error::VersionMismatch {
+                reason: format!(
+                    "another writer changed the stored database while this file was being \
+                     stored ({attempts} attempts)"
+                ),
+            });
+        }
+        let report = pipeline::report(
+            ctx,
+            &Steps {
+                queried: &queried,
+                saved: &saved,
+                mode: SaveMode::Always,
+                attempts,
+            },
+        );
+        if let Saved::Written {
+            stored, version, ..
+        } = saved
+        {
+            crate::cache::keep(ctx.cache, user, queried.loaded.conn, stored, Some(version));
+        }
+        return Ok(report);
     }
-    // Past the current counter (and never equal to it), whatever the file says.
-    let next = loaded.change_counter.wrapping_add(1).max(1);
-    sqlite::patch(&mut conn, |image| set_change_counter(image, next));
-    // The stored copy is no longer needed: the file takes its place.
-    drop(std::mem::replace(&mut loaded.conn, conn));
-    let tables = sqlite::list_tables(&loaded.conn)?;
-    let mut queried = Queried {
-        loaded,
-        output: (),
-        tables,
-        changed: true,
-        query_ms: validate_ms,
-    };
-    let saved = pipeline::save(ctx, user, &mut queried, SaveMode::Always).await?;
-    if saved == Saved::Conflict {
-        return Err(Error::VersionMismatch {
-            reason: "another write landed while this file was being stored".into(),
-        });
-    }
-    let report = pipeline::report(
-        ctx,
-        &Steps {
-            queried: &queried,
-            saved: &saved,
-            mode: SaveMode::Always,
-            attempts: 1,
-        },
-    );
-    if let Saved::Written {
-        stored, version, ..
-    } = saved
-    {
-        crate::cache::keep(ctx.cache, user, queried.loaded.conn, stored, Some(version));
-    }
-    Ok(report)
 }
 
 /// Returns an unchanged loaded copy to the version cache.

@@ -390,29 +390,77 @@ fn bad_files_are_refused_before_touching_the_store() {
     assert_eq!((store.inner.get_count(), store.inner.put_count()), (0, 0));
 }
 
-/// A write that lands between the upload's read and its put wins: the upload is 412 and the
-/// other write is what stays stored.
+/// A write that lands between the upload's read and its put wins: the upload is 412 (the
+/// retry finds the newer version) and the other write is what stays stored; without a
+/// db-version on the stored object it is 412 at once.
 #[test]
 fn lost_race_is_refused_and_keeps_the_other_write() {
-    let inner = MemoryStore::new();
-    inner.insert(KEY, &fixtures::demo_database().unwrap(), &[]);
-    let rival = edited("CREATE TABLE notes(body TEXT); INSERT INTO notes VALUES ('rival')");
-    let stored_rival = rival.clone();
-    let store = HookStore::new(inner).with(AfterReads::new(KEY, 1, move |store: &MemoryStore| {
-        store.insert(KEY, &stored_rival, &[]);
-    }));
+    for (stored, rival_version) in [(Some("5"), Some("6")), (None, None)] {
+        let inner = MemoryStore::new();
+        let meta = |v: Option<&str>| -> Vec<(&str, String)> {
+            v.map(|v| vec![(DB_VERSION_KEY, v.to_owned())])
+                .unwrap_or_default()
+        };
+        inner.insert(KEY, &fixtures::demo_database().unwrap(), &meta(stored));
+        let rival = edited("CREATE TABLE notes(body TEXT); INSERT INTO notes VALUES ('rival')");
+        let stored_rival = rival.clone();
+        let store =
+            HookStore::new(inner).with(AfterReads::new(KEY, 1, move |store: &MemoryStore| {
+                store.insert(KEY, &stored_rival, &meta(rival_version));
+            }));
+        let clock = StepClock::stepping(1.0);
+        let ctx = ctx(&store, &clock, Layout::Single);
+        let named = stored.map_or(0, |v| v.parse().unwrap());
+        let e = block(upload::replace(
+            &ctx,
+            &user(),
+            edited("DELETE FROM clip_tags"),
+            Precondition::IfMatch(named),
+        ))
+        .unwrap_err();
+        assert_eq!((e.status(), e.code()), (412, "version_mismatch"), "{e}");
+        assert_eq!(store.inner.bytes(KEY).unwrap(), rival);
+    }
+}
+
+/// A compaction that commits between the upload's load and its commit keeps the version, so
+/// the upload is tried again on the new state and lands (`attempts: 2`).
+#[test]
+fn a_compaction_in_between_is_tried_again() {
+    let store = MemoryStore::new();
+    store.insert(KEY, &fixtures::demo_database().unwrap(), &[]);
     let clock = StepClock::stepping(1.0);
-    let ctx = ctx(&store, &clock, Layout::Single);
+    let inc = ctx(&store, &clock, Layout::Incremental);
+    block(pipeline::serve(
+        &inc,
+        &user(),
+        SaveMode::Always,
+        &mut ListTables,
+    ))
+    .unwrap();
+    let v = version(&store, "a/manifest.json");
+    let m = "a/manifest.json";
+    // What a compaction's manifest put looks like to the upload: same version, new etag.
+    let store = HookStore::new(store).with(AfterReads::new(m, 1, move |s: &MemoryStore| {
+        let meta: Vec<(String, String)> = s.metadata(m).unwrap().into_iter().collect();
+        let meta: Vec<(&str, String)> = meta.iter().map(|(k, v)| (k.as_str(), v.clone())).collect();
+        s.insert(m, &s.bytes(m).unwrap(), &meta);
+    }));
+    let ctx = ctx(&store, &clock, Layout::Incremental);
     let pushed = edited("DELETE FROM clip_tags");
-    let e = block(upload::replace(
+    let report = block(upload::replace(
         &ctx,
         &user(),
         pushed.clone(),
-        Precondition::IfMatch(0),
+        Precondition::IfMatch(v),
     ))
-    .unwrap_err();
-    assert_eq!((e.status(), e.code()), (412, "version_mismatch"));
-    assert_eq!(store.inner.bytes(KEY).unwrap(), rival);
+    .unwrap();
+    let json = serde_json::to_value(&report).unwrap();
+    assert_eq!(json["db_info"]["attempts"], 2);
+    assert_eq!(
+        dump(&current(&store.inner, Layout::Incremental)),
+        dump(&pushed)
+    );
 }
 
 /// A user in their Durable Object is 409 `served_by_durable_object`; during a move 409
