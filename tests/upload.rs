@@ -336,7 +336,7 @@ fn bad_files_are_refused_before_touching_the_store() {
     let clock = StepClock::stepping(1.0);
     let ctx = ctx(&store, &clock, Layout::Single);
     let good = edited("CREATE TABLE notes(body TEXT); INSERT INTO notes VALUES ('x')");
-    let page_size = good.len() / (good.len() / 4096).max(1);
+    let page_size = workers_sqlite_poc::header::page_size(&good).unwrap() as usize;
     let mut bad_page = good.clone();
     // Scribble over the second page (a b-tree page): the header is fine, quick_check is not.
     for b in &mut bad_page[page_size..page_size + 64] {
