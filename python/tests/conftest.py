@@ -73,8 +73,9 @@ class LocalWorker:
             # A port picked free can be taken before wrangler binds it: new ports, again.
             if "Address already in use" not in self.log():
                 break
+        log = self.log()
         self.stop()
-        pytest.fail(f"wrangler dev exited before serving:\n{self.log()[-4000:]}")
+        pytest.fail(f"wrangler dev exited before serving:\n{log[-4000:]}")
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
@@ -96,8 +97,9 @@ class LocalWorker:
             except OSError:
                 pass
             time.sleep(0.25)
+        log = self.log()
         self.stop()
-        pytest.fail(f"wrangler dev did not serve within {STARTUP_TIMEOUT_S}s:\n{self.log()[-4000:]}")
+        pytest.fail(f"wrangler dev did not serve within {STARTUP_TIMEOUT_S}s:\n{log[-4000:]}")
 
     def stop(self) -> None:
         if self.proc.poll() is None:
