@@ -168,6 +168,28 @@ pub enum Error {
     /// The user is served by their Durable Object (the worker forwards the request there;
     /// routes it cannot forward answer this).
     ServedByDurableObject,
+    /// A step of a move that does not fit where the user is now (an import of a user who is
+    /// not frozen for a move, an export of a user who does not live in the object, a second
+    /// move in the same direction); nothing was written.
+    MoveOutOfOrder {
+        /// Where the user is and what to do instead, safe to show.
+        reason: String,
+    },
+    /// A move would not carry everything across; nothing was switched and the source is as
+    /// it was. `allow_loss=true` moves anyway and names what was dropped.
+    WouldLoseData {
+        /// Each object that would be lost, with why (`name (kind): reason`).
+        lost: Vec<String>,
+    },
+    /// A number the Durable Object route cannot carry exactly (its SQL API passes JS
+    /// numbers): an integer beyond ±(2^53 − 1) as a parameter, or a result at or beyond 2^53
+    /// that may be a rounded integer. Nothing was written.
+    InexactNumber {
+        /// Index of the statement in the request.
+        statement: usize,
+        /// What and how to get it exactly, safe to show.
+        reason: String,
+    },
     /// The object store failed (after retries, for the failures that are worth retrying).
     StorageUnavailable(StoreError),
     /// The runtime, a binding, a Durable Object or SQLite failed on something the client
@@ -353,6 +375,17 @@ impl std::fmt::Display for Error {
                 "{reason}; nothing was written; pull the current database (GET /export), \
                  merge, and upload again"
             ),
+            Self::MoveOutOfOrder { reason } => write!(f, "{reason}"),
+            Self::WouldLoseData { lost } => write!(
+                f,
+                "the move would lose {}: {}; nothing was moved (add allow_loss=true to move \
+                 without them)",
+                lost.len(),
+                lost.join("; ")
+            ),
+            Self::InexactNumber { statement, reason } => {
+                write!(f, "statement {statement}: {reason}")
+            }
             Self::StorageUnavailable(e) => write!(f, "{e}"),
             Self::Internal { detail } => write!(f, "internal: {detail}"),
         }
@@ -385,6 +418,9 @@ pub struct ErrorDetail {
     /// SQLite's result code name, for a statement SQLite refused.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub sqlite_code: Option<&'static str>,
+    /// What a refused move would have lost, one `name (kind): reason` each.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lost: Option<Vec<String>>,
 }
 
 impl Error {
@@ -404,7 +440,8 @@ impl Error {
             Self::Conflict { .. }
             | Self::TransactionConflict
             | Self::ServedByDurableObject
-            | Self::MoveInProgress => 409,
+            | Self::MoveInProgress
+            | Self::MoveOutOfOrder { .. } => 409,
             Self::VersionMismatch { .. } => 412,
             Self::PreconditionRequired { .. } => 428,
             Self::RequestTooLarge { .. }
@@ -415,7 +452,9 @@ impl Error {
             | Self::InvalidUpload { .. }
             | Self::ResultTooLarge { .. }
             | Self::CpuBudgetExceeded { .. }
-            | Self::MemoryBudgetExceeded { .. } => 422,
+            | Self::MemoryBudgetExceeded { .. }
+            | Self::WouldLoseData { .. }
+            | Self::InexactNumber { .. } => 422,
             Self::Internal { .. } | Self::Misconfigured { .. } => 500,
             Self::AuthNotConfigured | Self::StorageUnavailable(_) | Self::Migrating => 503,
         }
@@ -455,6 +494,9 @@ impl Error {
             Self::MoveInProgress => "move_in_progress",
             Self::PreconditionRequired { .. } => "precondition_required",
             Self::VersionMismatch { .. } => "version_mismatch",
+            Self::MoveOutOfOrder { .. } => "move_out_of_order",
+            Self::WouldLoseData { .. } => "would_lose_data",
+            Self::InexactNumber { .. } => "inexact_number",
             Self::Internal { .. } => "internal",
         }
     }
@@ -504,6 +546,7 @@ impl Error {
             | Self::CpuBudgetExceeded { .. }
             | Self::MemoryBudgetExceeded { .. }
             | Self::DatabaseFull { .. }
+            | Self::InexactNumber { .. }
             | Self::ResultTooLarge { .. } => {
                 format!("{self}; the whole request was rolled back and nothing was written")
             }
@@ -514,6 +557,7 @@ impl Error {
             | Self::StatementNotAllowed { statement, .. }
             | Self::CpuBudgetExceeded { statement, .. }
             | Self::MemoryBudgetExceeded { statement, .. }
+            | Self::InexactNumber { statement, .. }
             | Self::DatabaseFull {
                 statement: Some(statement),
                 ..
@@ -539,6 +583,36 @@ impl Error {
                     Self::SqlError { sqlite_code, .. } => *sqlite_code,
                     _ => None,
                 },
+                lost: match self {
+                    Self::WouldLoseData { lost } => Some(lost.clone()),
+                    _ => None,
+                },
+            },
+        }
+    }
+
+    /// The error a Durable Object answered with (`status`, its JSON `body`), for a route
+    /// that passes it on: a move's own refusals keep their code and detail, anything else is
+    /// internal (logged with the answer).
+    #[must_use]
+    pub fn from_object(status: u16, body: &serde_json::Value) -> Self {
+        let error = &body["error"];
+        let message = error["message"].as_str().unwrap_or_default().to_owned();
+        match error["code"].as_str() {
+            Some("would_lose_data") => Self::WouldLoseData {
+                lost: error["lost"]
+                    .as_array()
+                    .map(|l| {
+                        l.iter()
+                            .filter_map(|v| v.as_str().map(str::to_owned))
+                            .collect()
+                    })
+                    .unwrap_or_default(),
+            },
+            Some("move_out_of_order") => Self::MoveOutOfOrder { reason: message },
+            Some("migrating") => Self::Migrating,
+            _ => Self::Internal {
+                detail: format!("the Durable Object answered {status}: {body}"),
             },
         }
     }

@@ -39,9 +39,6 @@ pub trait SqlTarget {
     ) -> Result<(), Error>;
     /// The database's size in bytes.
     fn size_bytes(&self) -> u64;
-    /// Whether integers beyond 2^53 survive the trip (the Durable Object API passes JS
-    /// numbers, so they do not there).
-    fn exact_integers(&self) -> bool;
     /// Whether the target hosts virtual tables of `module` (lower case). Durable Object
     /// SQLite hosts fts5 only; it refuses rtree, geopoly, fts3 and fts4.
     fn hosts_module(&self, module: &str) -> bool;
@@ -87,10 +84,6 @@ impl SqlTarget for ConnectionTarget<'_> {
             .map_or(0, |n| u64::try_from(n).unwrap_or(0))
     }
 
-    fn exact_integers(&self) -> bool {
-        true
-    }
-
     fn hosts_module(&self, _module: &str) -> bool {
         // Whatever this SQLite was built with; a module it lacks fails its CREATE, which the
         // import reports.
@@ -122,11 +115,35 @@ pub struct TableReport {
     pub rows_source: i64,
     /// Rows in the target after the copy.
     pub rows_copied: i64,
-    /// Every row read back equals its source row, value by value.
+    /// The copy holds exactly the source's content: the same rows, rowids and typed values
+    /// (equal [`TableDigest`]s).
     pub verified: bool,
-    /// The first difference found, if any.
+    /// The source's content digest (SHA-256 over rowids and typed values, storage order).
+    pub sha256: String,
+    /// How the copy differs, if it does.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub mismatch: Option<String>,
+}
+
+impl TableReport {
+    /// The outcome of copying `name` whose source holds `want` and whose copy holds `got`.
+    #[must_use]
+    pub fn compare(name: &str, want: &TableDigest, got: &TableDigest) -> Self {
+        let verified = want == got;
+        Self {
+            name: name.to_owned(),
+            rows_source: want.rows,
+            rows_copied: got.rows,
+            verified,
+            sha256: want.sha256.clone(),
+            mismatch: (!verified).then(|| {
+                format!(
+                    "content differs: {} rows with sha256 {} in the source, {} rows with sha256 {} in the copy",
+                    want.rows, want.sha256, got.rows, got.sha256
+                )
+            }),
+        }
+    }
 }
 
 /// What an import did.
@@ -163,20 +180,6 @@ fn target_names(target: &impl SqlTarget, sql: &str) -> Result<Vec<String>, Error
     Ok(names)
 }
 
-fn target_count(target: &impl SqlTarget, table: &str) -> Result<i64, Error> {
-    let mut n = 0;
-    target.query(
-        &format!("SELECT count(*) FROM {}", quote(table)),
-        &mut |row| {
-            if let Some(Value::Integer(c)) = row.first() {
-                n = *c;
-            }
-            Ok(())
-        },
-    )?;
-    Ok(n)
-}
-
 /// Removes what an earlier import created, so re-importing replaces instead of duplicating.
 fn clear(target: &impl SqlTarget) -> Result<(), Error> {
     for kind in ["trigger", "view"] {
@@ -204,45 +207,6 @@ fn clear(target: &impl SqlTarget) -> Result<(), Error> {
     Ok(())
 }
 
-/// Reads `table` back from the target and compares it with the source row by row (both
-/// scans follow the table's storage order); the first difference, if any.
-fn first_mismatch(
-    source: &Connection,
-    target: &impl SqlTarget,
-    table: &TablePlan,
-) -> Result<Option<String>, Error> {
-    let select = select_columns(table);
-    let mut stmt = source.prepare(&select)?;
-    let mut rows = stmt.query([])?;
-    let mut index = 0;
-    let mut mismatch = None;
-    target.query(&select, &mut |copied| {
-        if mismatch.is_some() {
-            return Ok(());
-        }
-        let Some(row) = rows.next()? else {
-            mismatch = Some(format!("row {index}: extra row in the copy"));
-            return Ok(());
-        };
-        for (i, value) in copied.iter().enumerate() {
-            let original: Value = row.get(i)?;
-            if !same_value(&original, value) {
-                mismatch = Some(format!(
-                    "row {index}, column {}: {original:?} became {value:?}",
-                    table.columns[i]
-                ));
-                return Ok(());
-            }
-        }
-        index += 1;
-        Ok(())
-    })?;
-    if mismatch.is_none() && rows.next()?.is_some() {
-        mismatch = Some(format!("row {index}: missing from the copy"));
-    }
-    Ok(mismatch)
-}
-
 /// What an export did: every table with its row count on both sides.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct ExportReport {
@@ -252,7 +216,8 @@ pub struct ExportReport {
     pub created: Vec<String>,
     /// AUTOINCREMENT counters carried over.
     pub counters: Vec<CounterReport>,
-    /// True if every table has as many rows in the image as in the source.
+    /// True if every table holds the same content in the image as in the source (equal
+    /// digests) and every counter was kept.
     pub verified: bool,
 }
 
@@ -275,7 +240,8 @@ fn text(v: &Value) -> Option<&str> {
 /// Copies a database reachable only through SQL (a Durable Object) into `dest`, a new
 /// in-memory SQLite, so it can be stored as one file: the reverse of [`run`]. Tables (full-text
 /// tables through their module, with rowids) first, then indexes, views and triggers, then
-/// AUTOINCREMENT counters; each table's rows are counted on both sides.
+/// AUTOINCREMENT counters. Every value is read exactly (integers as text, types alongside),
+/// and each table is verified by content: its digest in the image equals its digest as read.
 pub fn export_into(source: &impl SqlTarget, dest: &Connection) -> Result<ExportReport, Error> {
     let objects = source_rows(
         source,
@@ -319,46 +285,37 @@ pub fn export_into(source: &impl SqlTarget, dest: &Connection) -> Result<ExportR
         }
         dest.execute_batch(sql)?;
         let full_text = module.as_ref().is_some_and(|(m, _)| m.starts_with("fts"));
-        let mut columns: Vec<String> = if full_text {
-            vec!["rowid".into()]
-        } else {
-            vec![]
-        };
-        let info = format!(
-            "SELECT name, hidden FROM pragma_table_xinfo('{}')",
-            name.replace('\'', "''")
-        );
-        for row in source_rows(source, &info)? {
-            if let (Some(col), Some(Value::Integer(0))) = (text(&row[0]), row.get(1)) {
-                columns.push(col.to_owned());
+        let (columns, order_by) = if full_text {
+            let mut columns = vec!["rowid".to_owned()];
+            let info = format!(
+                "SELECT name, hidden FROM pragma_table_xinfo({})",
+                literal(name)
+            );
+            for row in source_rows(source, &info)? {
+                if let (Some(col), Some(Value::Integer(0))) = (text(&row[0]), row.get(1)) {
+                    columns.push(col.to_owned());
+                }
             }
-        }
-        let list = column_list(&columns);
+            (columns, "ORDER BY rowid".to_owned())
+        } else {
+            (
+                copy_columns(source, name, sql)?,
+                storage_order(source, name, sql)?,
+            )
+        };
         let insert = format!(
-            "INSERT INTO {} ({list}) VALUES ({})",
+            "INSERT INTO {} ({}) VALUES ({})",
             quote(name),
+            column_list(&columns),
             vec!["?"; columns.len()].join(", ")
         );
         let mut stmt = dest.prepare(&insert)?;
-        let mut rows_source = 0;
-        source.query(&format!("SELECT {list} FROM {}", quote(name)), &mut |row| {
-            rows_source += 1;
+        let want = read_exact(source, name, &columns, &order_by, &mut |row| {
             stmt.execute(rusqlite::params_from_iter(row))?;
             Ok(())
         })?;
-        let rows_copied: i64 =
-            dest.query_row(&format!("SELECT count(*) FROM {}", quote(name)), [], |r| {
-                r.get(0)
-            })?;
-        let verified = rows_copied == rows_source;
-        tables.push(TableReport {
-            name: name.to_owned(),
-            rows_source,
-            rows_copied,
-            verified,
-            mismatch: (!verified)
-                .then(|| format!("{rows_copied} rows in the image, {rows_source} in the source")),
-        });
+        let got = digest(&ConnectionTarget(dest), name, &columns, &order_by)?;
+        tables.push(TableReport::compare(name, &want, &got));
     }
     let mut created = Vec::new();
     for (name, sql) in later.iter().chain(&rebuilds) {
@@ -377,9 +334,15 @@ pub fn export_into(source: &impl SqlTarget, dest: &Connection) -> Result<ExportR
         .iter()
         .any(|o| text(&o[1]) == Some("sqlite_sequence"));
     if has_sequence {
-        for row in source_rows(source, "SELECT name, seq FROM sqlite_sequence")? {
-            if let (Some(table), Some(Value::Integer(seq))) = (text(&row[0]), row.get(1)) {
-                counters.push(keep_counter(&ConnectionTarget(dest), table, *seq)?);
+        for row in source_rows(
+            source,
+            "SELECT name, CAST(seq AS TEXT) FROM sqlite_sequence",
+        )? {
+            if let (Some(table), Some(seq)) = (text(&row[0]), text(&row[1])) {
+                let seq = seq.parse().map_err(|_| Error::Internal {
+                    detail: format!("sqlite_sequence holds {seq:?} for {table}"),
+                })?;
+                counters.push(keep_counter(&ConnectionTarget(dest), table, seq)?);
             }
         }
     }
@@ -401,20 +364,20 @@ fn keep_counter(target: &impl SqlTarget, table: &str, seq: i64) -> Result<Counte
         )
         .and_then(|()| {
             target.exec_with(
-                "INSERT INTO sqlite_sequence(name, seq) VALUES (?, ?)",
-                vec![name, Value::Integer(seq)],
+                "INSERT INTO sqlite_sequence(name, seq) VALUES (?, CAST(? AS INTEGER))",
+                vec![name, Value::Text(seq.to_string())],
             )
         });
     let mut stored = None;
     if written.is_ok() {
         target.query(
             &format!(
-                "SELECT seq FROM sqlite_sequence WHERE name = '{}'",
-                table.replace('\'', "''")
+                "SELECT CAST(seq AS TEXT) FROM sqlite_sequence WHERE name = {}",
+                literal(table)
             ),
             &mut |row| {
-                if let Some(Value::Integer(n)) = row.first() {
-                    stored = Some(*n);
+                if let Some(Value::Text(n)) = row.first() {
+                    stored = n.parse::<i64>().ok();
                 }
                 Ok(())
             },
@@ -433,12 +396,85 @@ fn keep_counter(target: &impl SqlTarget, table: &str, seq: i64) -> Result<Counte
     })
 }
 
+/// What a copy into `target` would lose, as far as the plan shows before anything is
+/// written: names the target reserves, tables of modules it does not host, and contentless
+/// full-text indexes (no text to copy them from).
+fn predicted_losses(plan: &ImportPlan, target: &impl SqlTarget) -> Vec<Skipped> {
+    let mut lost: Vec<Skipped> = plan.skipped.iter().filter(|s| s.lost).cloned().collect();
+    let modules = plan
+        .tables
+        .iter()
+        .filter_map(|t| Some((&t.name, t.module.as_ref()?)))
+        .chain(plan.rebuilds.iter().map(|(name, module, _)| (name, module)));
+    for (name, module) in modules {
+        if !target.hosts_module(module) {
+            lost.push(Skipped {
+                name: name.clone(),
+                kind: "table".into(),
+                reason: unhosted_consequence(module),
+                lost: true,
+            });
+        }
+    }
+    for (name, module, _) in &plan.contentless {
+        lost.push(if target.hosts_module(module) {
+            contentless(name, None)
+        } else {
+            Skipped {
+                name: name.clone(),
+                kind: "table".into(),
+                reason: unhosted_consequence(module),
+                lost: true,
+            }
+        });
+    }
+    lost
+}
+
+fn contentless(name: &str, refused: Option<String>) -> Skipped {
+    Skipped {
+        name: name.to_owned(),
+        kind: "table".into(),
+        reason: refused.unwrap_or_else(|| {
+            "contentless full-text index: it stores no text to copy, so it was created empty; \
+             re-insert its documents to index them again"
+                .into()
+        }),
+        lost: true,
+    }
+}
+
+/// The objects a report lists as lost, as `name (kind): reason`, for [`Error::WouldLoseData`].
+#[must_use]
+pub fn describe_losses(skipped: &[Skipped]) -> Vec<String> {
+    skipped
+        .iter()
+        .filter(|s| s.lost)
+        .map(|s| format!("{} ({}): {}", s.name, s.kind, s.reason))
+        .collect()
+}
+
 /// Copies `source` into `target`, replacing an earlier import: drops what is there, creates
-/// each table the target can host, copies its rows in bounded batches, reads every row back
-/// and compares it, then creates indexes, views and triggers. Everything not copied is in
-/// the report's `skipped`, with the reason.
-pub fn run(source: &Connection, target: &impl SqlTarget) -> Result<ImportReport, Error> {
+/// each table the target can host, copies its rows (rowids included) in bounded batches,
+/// verifies each table by content (its [`TableDigest`] read back from the target equals the
+/// source's), then creates indexes, views and triggers and sets AUTOINCREMENT counters.
+///
+/// Unless `allow_loss`, a copy that would lose anything (a table the target cannot host, a
+/// name it reserves, an object it refuses) is refused with the list: before anything is
+/// written when the plan shows it, else after the copy (the caller then must not switch to
+/// the target). With `allow_loss` the report's `skipped` names what was dropped (`lost`).
+pub fn run(
+    source: &Connection,
+    target: &impl SqlTarget,
+    allow_loss: bool,
+) -> Result<ImportReport, Error> {
     let plan = plan(source)?;
+    let predicted = predicted_losses(&plan, target);
+    if !allow_loss && !predicted.is_empty() {
+        return Err(Error::WouldLoseData {
+            lost: describe_losses(&predicted),
+        });
+    }
     // Foreign keys are checked at commit, so tables can be dropped and filled in schema order
     // whatever their references.
     target
@@ -447,26 +483,8 @@ pub fn run(source: &Connection, target: &impl SqlTarget) -> Result<ImportReport,
     clear(target)?;
     let mut skipped = plan.skipped.clone();
     let mut tables = Vec::new();
+    let source_db = ConnectionTarget(source);
     for table in &plan.tables {
-        let rows_source: i64 = source.query_row(
-            &format!("SELECT count(*) FROM {}", quote(&table.name)),
-            [],
-            |r| r.get(0),
-        )?;
-        // Checked before the table is created, so a table that cannot be copied leaves
-        // nothing behind.
-        if !target.exact_integers()
-            && let Some(column) = unsafe_integer_column(source, table)?
-        {
-            skipped.push(Skipped {
-                name: table.name.clone(),
-                kind: "table".into(),
-                reason: format!(
-                    "column {column} holds an integer beyond 2^53, which the Durable Object API cannot pass exactly"
-                ),
-            });
-            continue;
-        }
         if let Some(module) = &table.module
             && !target.hosts_module(module)
         {
@@ -474,6 +492,7 @@ pub fn run(source: &Connection, target: &impl SqlTarget) -> Result<ImportReport,
                 name: table.name.clone(),
                 kind: "table".into(),
                 reason: unhosted_consequence(module),
+                lost: true,
             });
             continue;
         }
@@ -482,6 +501,7 @@ pub fn run(source: &Connection, target: &impl SqlTarget) -> Result<ImportReport,
                 name: table.name.clone(),
                 kind: "table".into(),
                 reason: format!("the target refused its CREATE statement: {e}"),
+                lost: true,
             });
             continue;
         }
@@ -490,21 +510,9 @@ pub fn run(source: &Connection, target: &impl SqlTarget) -> Result<ImportReport,
                 .exec_with(&batch.sql, batch.values)
                 .map_err(target_error("insert rows"))
         })?;
-        let rows_copied = target_count(target, &table.name)?;
-        let mismatch = if rows_copied == rows_source {
-            first_mismatch(source, target, table)?
-        } else {
-            Some(format!(
-                "{rows_copied} rows copied, {rows_source} in the source"
-            ))
-        };
-        tables.push(TableReport {
-            name: table.name.clone(),
-            rows_source,
-            rows_copied,
-            verified: mismatch.is_none(),
-            mismatch,
-        });
+        let want = digest(&source_db, &table.name, &table.columns, &table.order_by)?;
+        let got = digest(target, &table.name, &table.columns, &table.order_by)?;
+        tables.push(TableReport::compare(&table.name, &want, &got));
     }
     let mut created = Vec::new();
     for (kind, name, create) in &plan.others {
@@ -514,6 +522,7 @@ pub fn run(source: &Connection, target: &impl SqlTarget) -> Result<ImportReport,
                 name: name.clone(),
                 kind: kind.clone(),
                 reason: format!("the target refused its CREATE statement: {e}"),
+                lost: true,
             }),
         }
     }
@@ -535,23 +544,25 @@ pub fn run(source: &Connection, target: &impl SqlTarget) -> Result<ImportReport,
                 name: name.clone(),
                 kind: "table".into(),
                 reason: format!("full-text index over another table could not be rebuilt: {e}"),
+                lost: true,
             }),
         }
     }
     for (name, module, create) in &plan.contentless {
-        let reason = if !target.hosts_module(module) {
-            unhosted_consequence(module)
+        skipped.push(if !target.hosts_module(module) {
+            Skipped {
+                name: name.clone(),
+                kind: "table".into(),
+                reason: unhosted_consequence(module),
+                lost: true,
+            }
         } else if let Err(e) = target.exec(create) {
-            format!("the target refused its CREATE statement: {e}")
+            contentless(
+                name,
+                Some(format!("the target refused its CREATE statement: {e}")),
+            )
         } else {
-            "contentless full-text index: it stores no text to copy, so it was created empty; \
-             re-insert its documents to index them again"
-                .into()
-        };
-        skipped.push(Skipped {
-            name: name.clone(),
-            kind: "table".into(),
-            reason,
+            contentless(name, None)
         });
     }
     let copied: Vec<&str> = tables.iter().map(|t| t.name.as_str()).collect();
@@ -561,8 +572,13 @@ pub fn run(source: &Connection, target: &impl SqlTarget) -> Result<ImportReport,
         .filter(|(table, _)| copied.contains(&table.as_str()))
         .map(|(table, seq)| keep_counter(target, table, *seq))
         .collect::<Result<Vec<_>, _>>()?;
+    if !allow_loss && skipped.iter().any(|s| s.lost) {
+        return Err(Error::WouldLoseData {
+            lost: describe_losses(&skipped),
+        });
+    }
     Ok(ImportReport {
-        verified: tables.iter().all(|t| t.verified),
+        verified: tables.iter().all(|t| t.verified) && counters.iter().all(|c| c.kept),
         tables,
         created,
         skipped,
@@ -596,6 +612,10 @@ pub struct Skipped {
     pub kind: String,
     /// Why it is not copied.
     pub reason: String,
+    /// Whether data goes missing with it. False for what the target rebuilds by itself (a
+    /// full-text table's shadow tables, SQLite's statistics): a move refuses anything true
+    /// here unless told `allow_loss`.
+    pub lost: bool,
 }
 
 /// Everything an import will do, in order.
@@ -698,10 +718,11 @@ pub fn plan(conn: &Connection) -> Result<ImportPlan, Error> {
         .collect();
     let mut plan = ImportPlan::default();
     for (kind, name, sql) in rows {
-        let skip = |reason: String| Skipped {
+        let skip = |reason: String, lost: bool| Skipped {
             name: name.clone(),
             kind: kind.clone(),
             reason,
+            lost,
         };
         if name == "sqlite_sequence" {
             // Its rows become `counters`: the target keeps its own table, set from these.
@@ -715,13 +736,14 @@ pub fn plan(conn: &Connection) -> Result<ImportPlan, Error> {
             if kind == "table" {
                 plan.skipped.push(skip(
                     "SQLite statistics table; ANALYZE in the target rebuilds it".into(),
+                    false,
                 ));
             }
             continue;
         }
         if is_reserved(&name) {
             plan.skipped
-                .push(skip("name reserved by Durable Object storage".into()));
+                .push(skip("name reserved by Durable Object storage".into(), true));
             continue;
         }
         let Some(sql) = sql else {
@@ -731,9 +753,12 @@ pub fn plan(conn: &Connection) -> Result<ImportPlan, Error> {
             .iter()
             .find(|(v, _)| name != *v && name.starts_with(&format!("{v}_")))
         {
-            plan.skipped.push(skip(format!(
-                "shadow table of virtual table {owner} (module {module}); the module rebuilds it"
-            )));
+            plan.skipped.push(skip(
+                format!(
+                    "shadow table of virtual table {owner} (module {module}); the module rebuilds it"
+                ),
+                false,
+            ));
             continue;
         }
         if let Some((_, module)) = virtual_tables.iter().find(|(v, _)| *v == name) {
@@ -758,7 +783,7 @@ pub fn plan(conn: &Connection) -> Result<ImportPlan, Error> {
                         // This SQLite lacks the module (the Worker's build has no rtree), so
                         // the table cannot be read here: what the target loses is the same.
                         Err(_) => {
-                            plan.skipped.push(skip(unhosted_consequence(module)));
+                            plan.skipped.push(skip(unhosted_consequence(module), true));
                             continue;
                         }
                     }
@@ -774,8 +799,8 @@ pub fn plan(conn: &Connection) -> Result<ImportPlan, Error> {
             continue;
         }
         if kind == "table" {
-            let columns = insertable_columns(conn, &name)?;
-            let order_by = storage_order(conn, &name, &sql)?;
+            let columns = copy_columns(&ConnectionTarget(conn), &name, &sql)?;
+            let order_by = storage_order(&ConnectionTarget(conn), &name, &sql)?;
             plan.tables.push(TablePlan {
                 name,
                 create_sql: sql,
@@ -799,39 +824,6 @@ fn visible_columns(conn: &Connection, table: &str) -> Result<Vec<String>, Error>
     Ok(cols)
 }
 
-fn storage_order(conn: &Connection, table: &str, create_sql: &str) -> Result<String, Error> {
-    let without_rowid = create_sql
-        .to_ascii_uppercase()
-        .split_whitespace()
-        .collect::<Vec<_>>()
-        .join(" ")
-        .contains("WITHOUT ROWID");
-    if !without_rowid {
-        return Ok("ORDER BY rowid".into());
-    }
-    let mut stmt =
-        conn.prepare("SELECT name FROM pragma_table_info(?1) WHERE pk > 0 ORDER BY pk")?;
-    let pk = stmt
-        .query_map([table], |r| r.get::<_, String>(0))?
-        .collect::<Result<Vec<_>, _>>()?;
-    Ok(format!("ORDER BY {}", column_list(&pk)))
-}
-
-fn insertable_columns(conn: &Connection, table: &str) -> Result<Vec<String>, Error> {
-    let mut stmt = conn.prepare("SELECT name, hidden FROM pragma_table_xinfo(?1)")?;
-    let cols = stmt
-        .query_map([table], |r| {
-            Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?))
-        })?
-        .collect::<Result<Vec<_>, _>>()?;
-    // hidden: 0 ordinary, 1 hidden (virtual tables), 2/3 generated columns.
-    Ok(cols
-        .into_iter()
-        .filter(|(_, hidden)| *hidden == 0)
-        .map(|(n, _)| n)
-        .collect())
-}
-
 /// One multi-row `INSERT` and its bound values.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Batch {
@@ -841,31 +833,6 @@ pub struct Batch {
     pub values: Vec<Value>,
     /// Rows in this batch.
     pub rows: usize,
-}
-
-/// The first column of `table` holding an integer outside ±(2^53 − 1), which the Durable
-/// Object API (JS numbers) would silently round; checked with SQL, without reading rows out.
-pub fn unsafe_integer_column(
-    conn: &Connection,
-    table: &TablePlan,
-) -> Result<Option<String>, Error> {
-    for column in &table.columns {
-        let q = quote(column);
-        let found: bool = conn
-            .query_row(
-                &format!(
-                    "SELECT EXISTS (SELECT 1 FROM {} WHERE typeof({q}) = 'integer' AND ({q} > ?1 OR {q} < -?1))",
-                    quote(&table.name)
-                ),
-                [MAX_SAFE_INTEGER],
-                |r| r.get(0),
-            )
-            ?;
-        if found {
-            return Ok(Some(column.clone()));
-        }
-    }
-    Ok(None)
 }
 
 /// Streams the rows of `table`, in storage order, as batches within the limits: only one
@@ -880,53 +847,255 @@ pub fn for_each_batch<E: From<Error>>(
     let col_list = column_list(&table.columns);
     let mut stmt = conn.prepare(&select_columns(table)).map_err(Error::from)?;
     let mut rows = stmt.query([]).map_err(Error::from)?;
-    let placeholders = format!("({})", vec!["?"; ncols].join(", "));
-    let make = |values: Vec<Value>, count: usize| Batch {
-        sql: format!(
-            "INSERT INTO {} ({col_list}) VALUES {}",
-            quote(&table.name),
-            vec![placeholders.as_str(); count].join(", ")
-        ),
-        values,
-        rows: count,
-    };
-    let mut values: Vec<Value> = Vec::new();
-    let (mut count, mut bytes) = (0, 0);
+    let head = format!("INSERT INTO {} ({col_list}) VALUES ", quote(&table.name));
+    let (mut sql, mut values, mut count) = (head.clone(), Vec::new(), 0);
     while let Some(row) = rows.next().map_err(Error::from)? {
+        sql.push_str(if count == 0 { "(" } else { ", (" });
         for i in 0..table.columns.len() {
-            let v: Value = row.get(i).map_err(Error::from)?;
-            bytes += match &v {
-                Value::Text(s) => s.len(),
-                Value::Blob(b) => b.len(),
-                _ => 8,
-            };
+            let (placeholder, v) = exact_param(row.get(i).map_err(Error::from)?);
+            if i > 0 {
+                sql.push_str(", ");
+            }
+            sql.push_str(placeholder);
             values.push(v);
         }
+        sql.push(')');
         count += 1;
+        let bytes = sql.len()
+            + values
+                .iter()
+                .map(|v| match v {
+                    Value::Text(s) => s.len(),
+                    Value::Blob(b) => b.len(),
+                    _ => 8,
+                })
+                .sum::<usize>();
         if count == rows_per_batch || bytes >= MAX_STATEMENT_BYTES {
-            f(make(std::mem::take(&mut values), count))?;
-            (count, bytes) = (0, 0);
+            f(Batch {
+                sql: std::mem::replace(&mut sql, head.clone()),
+                values: std::mem::take(&mut values),
+                rows: count,
+            })?;
+            count = 0;
         }
     }
     if count > 0 {
-        f(make(values, count))?;
+        f(Batch {
+            sql,
+            values,
+            rows: count,
+        })?;
     }
     Ok(())
 }
 
-/// Whether a value read back from the Durable Object equals the source value. The SQL API
-/// passes numbers as JS numbers, so a REAL holding a whole number comes back as an integer;
-/// numbers compare by value, everything else exactly.
-#[must_use]
-pub fn same_value(source: &Value, copied: &Value) -> bool {
-    match (source, copied) {
-        (Value::Integer(a), Value::Integer(b)) => a == b,
-        (Value::Real(a), Value::Real(b)) => a == b,
-        (Value::Real(a), Value::Integer(b)) | (Value::Integer(b), Value::Real(a)) => {
-            *a == *b as f64
-        }
-        (a, b) => a == b,
+/// A value as a parameter no target can round or retype, and its placeholder: an integer goes
+/// as its decimal text through `CAST(? AS INTEGER)` (the Durable Object binds every number as
+/// a double, so 9007199254740993 would arrive rounded, and 3 as the REAL 3.0); everything
+/// else as itself (a double carries a REAL exactly).
+fn exact_param(v: Value) -> (&'static str, Value) {
+    match v {
+        Value::Integer(n) => ("CAST(? AS INTEGER)", Value::Text(n.to_string())),
+        other => ("?", other),
     }
+}
+
+/// Whether a `CREATE TABLE` statement makes a table without rowids.
+fn is_without_rowid(create_sql: &str) -> bool {
+    create_sql
+        .to_ascii_uppercase()
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ")
+        .contains("WITHOUT ROWID")
+}
+
+/// A string as a SQL literal.
+fn literal(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "''"))
+}
+
+/// The columns a copy of `table` carries, read through `db`: its rowid first, unless an
+/// INTEGER PRIMARY KEY column already is the rowid, so rowids survive the copy and whatever
+/// refers to them stays true; then every stored column (generated columns are computed
+/// again, hidden ones belong to a module).
+pub fn copy_columns(
+    db: &impl SqlTarget,
+    table: &str,
+    create_sql: &str,
+) -> Result<Vec<String>, Error> {
+    let info = source_rows(
+        db,
+        &format!(
+            "SELECT name, type, pk, hidden FROM pragma_table_xinfo({})",
+            literal(table)
+        ),
+    )?;
+    let (mut names, mut keys) = (Vec::new(), Vec::new());
+    for row in &info {
+        let (Some(name), Some(kind)) = (text(&row[0]), text(&row[1])) else {
+            continue;
+        };
+        if matches!(row.get(2), Some(Value::Integer(n)) if *n > 0) {
+            keys.push(kind.to_owned());
+        }
+        if matches!(row.get(3), Some(Value::Integer(0))) {
+            names.push(name.to_owned());
+        }
+    }
+    let integer_key = keys.len() == 1 && keys[0].eq_ignore_ascii_case("integer");
+    if !is_without_rowid(create_sql) && !integer_key {
+        // A column may take the name `rowid`; SQLite then still answers to the other two.
+        if let Some(alias) = ["rowid", "_rowid_", "oid"]
+            .into_iter()
+            .find(|a| !names.iter().any(|n| n.eq_ignore_ascii_case(a)))
+        {
+            names.insert(0, alias.to_owned());
+        }
+    }
+    Ok(names)
+}
+
+/// `ORDER BY` giving `table`'s storage order (rowid, or the primary key of a `WITHOUT ROWID`
+/// table), so copies and digests never depend on the query planner.
+fn storage_order(db: &impl SqlTarget, table: &str, create_sql: &str) -> Result<String, Error> {
+    if !is_without_rowid(create_sql) {
+        return Ok("ORDER BY rowid".into());
+    }
+    let pk = target_names(
+        db,
+        &format!(
+            "SELECT name FROM pragma_table_info({}) WHERE pk > 0 ORDER BY pk",
+            literal(table)
+        ),
+    )?;
+    Ok(format!("ORDER BY {}", column_list(&pk)))
+}
+
+/// The `SELECT` that reads `columns` of `table` with their types: each column as `typeof`
+/// and its value, integers as decimal text. Through a Durable Object (JS numbers) an integer
+/// beyond 2^53 would round and a REAL 3.0 would read as the integer 3; this way every value
+/// reads back exactly, on every target, and the same SQL serves copies and digests.
+fn typed_select(table: &str, columns: &[String], order_by: &str) -> String {
+    let list = columns
+        .iter()
+        .map(|c| {
+            let q = quote(c);
+            format!(
+                "typeof({q}), CASE typeof({q}) WHEN 'integer' THEN CAST({q} AS TEXT) ELSE {q} END"
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(", ");
+    format!("SELECT {list} FROM {} {order_by}", quote(table))
+}
+
+/// The values of one row read with [`typed_select`].
+fn decode_typed(row: Vec<Value>) -> Result<Vec<Value>, Error> {
+    let bad = |what: String| Error::Internal {
+        detail: format!("typed read: {what}"),
+    };
+    let mut out = Vec::with_capacity(row.len() / 2);
+    let mut it = row.into_iter();
+    while let (Some(kind), Some(value)) = (it.next(), it.next()) {
+        let Value::Text(kind) = kind else {
+            return Err(bad(format!("typeof gave {kind:?}")));
+        };
+        out.push(match (kind.as_str(), value) {
+            ("null", _) => Value::Null,
+            ("integer", Value::Text(t)) => {
+                Value::Integer(t.parse().map_err(|_| bad(format!("integer {t:?}")))?)
+            }
+            ("integer", Value::Integer(n)) => Value::Integer(n),
+            ("real", Value::Real(f)) => Value::Real(f),
+            // A JS number holding a whole REAL reads as an integer; typeof says what it is.
+            #[allow(clippy::cast_precision_loss)]
+            ("real", Value::Integer(n)) => Value::Real(n as f64),
+            ("text", v @ Value::Text(_)) | ("blob", v @ Value::Blob(_)) => v,
+            (kind, v) => return Err(bad(format!("{kind} value read as {v:?}"))),
+        });
+    }
+    Ok(out)
+}
+
+/// What a table holds, by content: its rows and a SHA-256 over every value of every row in
+/// storage order, typed (an INTEGER 3 and a REAL 3.0 differ, rowids included).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct TableDigest {
+    /// Rows.
+    pub rows: i64,
+    /// Lower-case hex SHA-256.
+    pub sha256: String,
+}
+
+/// A running [`TableDigest`].
+#[derive(Default)]
+struct Digester {
+    hash: sha2::Sha256,
+    rows: i64,
+}
+
+impl Digester {
+    fn add(&mut self, row: &[Value]) {
+        use sha2::Digest as _;
+        self.rows += 1;
+        for v in row {
+            let (tag, bytes): (u8, std::borrow::Cow<'_, [u8]>) = match v {
+                Value::Null => (0, (&[][..]).into()),
+                Value::Integer(n) => (1, n.to_be_bytes().to_vec().into()),
+                Value::Real(f) => (2, f.to_bits().to_be_bytes().to_vec().into()),
+                Value::Text(t) => (3, t.as_bytes().into()),
+                Value::Blob(b) => (4, b.as_slice().into()),
+            };
+            self.hash.update([tag]);
+            self.hash.update((bytes.len() as u64).to_be_bytes());
+            self.hash.update(&bytes);
+        }
+        self.hash.update([0xff]);
+    }
+
+    fn finish(self) -> TableDigest {
+        use sha2::Digest as _;
+        let sha256 = self
+            .hash
+            .finalize()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        TableDigest {
+            rows: self.rows,
+            sha256,
+        }
+    }
+}
+
+/// Reads `columns` of `table` through `db` exactly (see [`typed_select`]) and hands each row
+/// to `each`, in storage order; returns the table's digest.
+fn read_exact(
+    db: &impl SqlTarget,
+    table: &str,
+    columns: &[String],
+    order_by: &str,
+    each: &mut dyn FnMut(&[Value]) -> Result<(), Error>,
+) -> Result<TableDigest, Error> {
+    let mut digest = Digester::default();
+    db.query(&typed_select(table, columns, order_by), &mut |row| {
+        let row = decode_typed(row)?;
+        digest.add(&row);
+        each(&row)
+    })?;
+    Ok(digest.finish())
+}
+
+/// The digest of `columns` of `table` as `db` holds them: computed the same way whatever the
+/// database, so a copy and its source compare by content.
+pub fn digest(
+    db: &impl SqlTarget,
+    table: &str,
+    columns: &[String],
+    order_by: &str,
+) -> Result<TableDigest, Error> {
+    read_exact(db, table, columns, order_by, &mut |_| Ok(()))
 }
 
 /// The `SELECT` that reads a planned table's insertable columns in storage order.
@@ -1035,21 +1204,40 @@ mod tests {
         }
     }
 
-    /// Numbers compare by value across INTEGER/REAL; text and blobs exactly.
+    /// A digest is typed and covers rowids: an INTEGER 3 and a REAL 3.0 differ, and so do two
+    /// tables whose only difference is a rowid.
     #[test]
-    fn value_comparison() {
-        assert!(same_value(&Value::Real(3.0), &Value::Integer(3)));
-        assert!(!same_value(&Value::Real(3.5), &Value::Integer(3)));
-        assert!(same_value(
-            &Value::Blob(vec![1, 2]),
-            &Value::Blob(vec![1, 2])
-        ));
-        assert!(!same_value(&Value::Text("1".into()), &Value::Integer(1)));
-        assert!(!same_value(&Value::Null, &Value::Text(String::new())));
+    fn digests_are_typed_and_cover_rowids() {
+        let conn = Connection::open_in_memory().unwrap();
+        conn.execute_batch(
+            "CREATE TABLE i(v); INSERT INTO i VALUES (3);
+             CREATE TABLE r(v); INSERT INTO r VALUES (3.0);
+             CREATE TABLE a(v); INSERT INTO a VALUES ('x');
+             CREATE TABLE b(v); INSERT INTO b VALUES ('y'); INSERT INTO b VALUES ('x');
+             DELETE FROM b WHERE v = 'y';",
+        )
+        .unwrap();
+        let db = ConnectionTarget(&conn);
+        let of = |t: &str| {
+            let sql = format!("CREATE TABLE {t}(v)");
+            let columns = copy_columns(&db, t, &sql).unwrap();
+            digest(&db, t, &columns, "ORDER BY rowid").unwrap()
+        };
+        assert_ne!(of("i").sha256, of("r").sha256);
+        assert_eq!(of("a").rows, of("b").rows);
+        assert_ne!(of("a").sha256, of("b").sha256, "rowid 1 vs rowid 2");
+        assert_eq!(
+            copy_columns(&db, "a", "CREATE TABLE a(v)").unwrap(),
+            ["rowid", "v"]
+        );
     }
 
     fn import_into(source: &Connection, target: &impl SqlTarget) -> ImportReport {
-        run(source, target).unwrap()
+        run(source, target, false).unwrap()
+    }
+
+    fn import_lossy(source: &Connection, target: &impl SqlTarget) -> ImportReport {
+        run(source, target, true).unwrap()
     }
 
     /// The whole import into a real SQLite target: every table copied and verified, indexes
@@ -1088,7 +1276,7 @@ mod tests {
         let projects = report.tables.iter().find(|t| t.name == "projects").unwrap();
         assert!(!projects.verified);
         let mismatch = projects.mismatch.as_deref().unwrap();
-        assert!(mismatch.contains("row 1, column name"), "{mismatch}");
+        assert!(mismatch.contains("content differs"), "{mismatch}");
         assert!(
             report
                 .tables
@@ -1098,39 +1286,92 @@ mod tests {
         );
     }
 
-    /// A target that passes numbers as JS numbers: a table with an integer beyond 2^53 is
-    /// skipped with its reason rather than copied wrong; where integers are exact it is copied.
+    /// Through a target that passes every number as a JS number (the Durable Object binds
+    /// them as doubles and reads them back as numbers), integers beyond 2^53 are copied exactly
+    /// (as text, cast back to INTEGER), REALs stay REAL and rowids stay what they were, there
+    /// and back: the README's `notes.big` moves like any other table.
     #[test]
-    fn unsafe_integers_are_skipped_on_js_number_targets() {
+    fn js_number_targets_keep_integers_reals_and_rowids() {
         let source = Connection::open_in_memory().unwrap();
         source
-            .execute_batch("CREATE TABLE big(n INTEGER); INSERT INTO big VALUES (9007199254740993); CREATE TABLE small(n); INSERT INTO small VALUES (42);")
+            .execute_batch(
+                "CREATE TABLE notes(id INTEGER PRIMARY KEY, body TEXT, big INTEGER);
+                 INSERT INTO notes(body, big) VALUES ('first', 9007199254740993);
+                 CREATE TABLE n(v); INSERT INTO n VALUES (3.0), (3), (-9223372036854775808);
+                 CREATE TABLE kept(x); INSERT INTO kept VALUES ('a'), ('b'), ('c');
+                 DELETE FROM kept WHERE x IN ('a', 'b');",
+            )
+            .unwrap();
+        let middle = sqlite::create().unwrap();
+        let js = DoubleTarget::durable_object(ConnectionTarget(&middle));
+        let report = import_into(&source, &js);
+        assert!(report.verified, "{report:?}");
+        assert!(report.skipped.is_empty(), "{:?}", report.skipped);
+        let typed = |c: &Connection, sql: &str| -> Vec<(String, String)> {
+            c.prepare(sql)
+                .unwrap()
+                .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+                .unwrap()
+                .map(Result::unwrap)
+                .collect()
+        };
+        let values = "SELECT typeof(v), CAST(v AS TEXT) FROM n ORDER BY rowid";
+        assert_eq!(typed(&middle, values), typed(&source, values));
+        let rowid = "SELECT CAST(rowid AS TEXT), x FROM kept";
+        assert_eq!(typed(&middle, rowid), [("3".to_owned(), "c".to_owned())]);
+        let mut back = sqlite::create().unwrap();
+        let exported = export_into(&js, &back).unwrap();
+        assert!(exported.verified, "{exported:?}");
+        let image = sqlite::export(&mut back).unwrap().to_vec();
+        let reloaded = sqlite::load(&image).unwrap().conn;
+        assert_eq!(typed(&reloaded, values), typed(&source, values));
+        assert_eq!(typed(&reloaded, rowid), [("3".to_owned(), "c".to_owned())]);
+        let big = "SELECT typeof(big), CAST(big AS TEXT) FROM notes";
+        assert_eq!(
+            typed(&reloaded, big),
+            [("integer".to_owned(), "9007199254740993".to_owned())]
+        );
+        for t in &exported.tables {
+            let source_table = report.tables.iter().find(|s| s.name == t.name).unwrap();
+            assert_eq!(t.sha256, source_table.sha256, "{}", t.name);
+        }
+    }
+
+    /// A copy that would lose a table is refused with the list, before anything is written;
+    /// `allow_loss` copies the rest and marks what was dropped.
+    #[test]
+    fn a_copy_that_would_lose_data_is_refused() {
+        let source = demo();
+        source
+            .execute_batch("CREATE TABLE _cf_mine(x); INSERT INTO _cf_mine VALUES (1);")
             .unwrap();
         let target_conn = sqlite::create().unwrap();
-        let js = DoubleTarget::durable_object(ConnectionTarget(&target_conn));
-        let report = import_into(&source, &js);
-        assert!(report.verified);
-        assert_eq!(report.skipped.len(), 1, "{:?}", report.skipped);
-        assert_eq!(report.skipped[0].name, "big");
-        assert!(report.skipped[0].reason.contains("2^53"));
-        assert_eq!(
-            report
-                .tables
-                .iter()
-                .map(|t| t.name.as_str())
-                .collect::<Vec<_>>(),
-            ["small"]
-        );
-        // Without the check the copy would be wrong, and verification would say so.
-        let exact_conn = sqlite::create().unwrap();
-        let report = import_into(&source, &ConnectionTarget(&exact_conn));
-        assert!(report.verified && report.skipped.is_empty(), "{report:?}");
-        let lying = DoubleTarget {
-            js_numbers: true,
+        target_conn
+            .execute_batch("CREATE TABLE before(x); INSERT INTO before VALUES (1);")
+            .unwrap();
+        let err = run(&source, &ConnectionTarget(&target_conn), false).unwrap_err();
+        assert_eq!((err.status(), err.code()), (422, "would_lose_data"));
+        assert!(err.to_string().contains("_cf_mine"), "{err}");
+        let before: i64 = target_conn
+            .query_row("SELECT count(*) FROM before", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(before, 1, "a refused copy writes nothing");
+        let report = import_lossy(&source, &ConnectionTarget(&target_conn));
+        let dropped = report
+            .skipped
+            .iter()
+            .find(|s| s.name == "_cf_mine")
+            .unwrap();
+        assert!(dropped.lost);
+        assert_eq!(describe_losses(&report.skipped).len(), 1);
+        // A table whose CREATE the target refuses is only found while copying: refused too.
+        let refusing = DoubleTarget {
+            refuse: Some("CREATE TABLE clip_tags"),
             ..DoubleTarget::new(ConnectionTarget(&target_conn))
         };
-        let report = import_into(&source, &lying);
-        assert!(!report.verified, "{report:?}");
+        let err = run(&demo(), &refusing, false).unwrap_err();
+        assert_eq!(err.code(), "would_lose_data", "{err:?}");
+        assert!(err.to_string().contains("clip_tags"), "{err}");
     }
 
     /// What cannot be copied is reported, never silently dropped: shadow tables (their module
@@ -1154,7 +1395,7 @@ mod tests {
             refuse: Some("CREATE TABLE refused"),
             ..DoubleTarget::new(ConnectionTarget(&target_conn))
         };
-        let report = import_into(&source, &refusing);
+        let report = import_lossy(&source, &refusing);
         let skipped: Vec<(&str, &str)> = report
             .skipped
             .iter()
@@ -1198,7 +1439,7 @@ mod tests {
         for (name, bytes) in fixtures::real_world().unwrap() {
             let source = sqlite::load(&bytes).unwrap().conn;
             let target_conn = sqlite::create().unwrap();
-            let report = import_into(&source, &ConnectionTarget(&target_conn));
+            let report = import_lossy(&source, &ConnectionTarget(&target_conn));
             assert!(report.verified, "{name}: {report:?}");
             assert!(
                 report.counters.iter().all(|c| c.kept),
@@ -1268,7 +1509,7 @@ mod tests {
         for (name, bytes) in fixtures::real_world().unwrap() {
             let source = sqlite::load(&bytes).unwrap().conn;
             let middle = sqlite::create().unwrap();
-            assert!(import_into(&source, &ConnectionTarget(&middle)).verified);
+            assert!(import_lossy(&source, &ConnectionTarget(&middle)).verified);
             let mut back = sqlite::create().unwrap();
             let report = export_into(&ConnectionTarget(&middle), &back).unwrap();
             assert!(report.verified, "{name}: {report:?}");
@@ -1313,7 +1554,7 @@ mod tests {
         for (name, bytes) in fixtures::real_world().unwrap() {
             let source = sqlite::load(&bytes).unwrap().conn;
             let target_conn = sqlite::create().unwrap();
-            let report = import_into(
+            let report = import_lossy(
                 &source,
                 &DoubleTarget::durable_object(ConnectionTarget(&target_conn)),
             );
@@ -1348,42 +1589,18 @@ mod tests {
         }
     }
 
-    /// Integers a JS number cannot hold exactly stop the table's copy with a reason.
-    #[test]
-    fn unsafe_integers_are_refused() {
-        let conn = Connection::open_in_memory().unwrap();
-        conn.execute_batch(
-            "CREATE TABLE big(n INTEGER); INSERT INTO big VALUES (9007199254740993);",
-        )
-        .unwrap();
-        let p = plan(&conn).unwrap();
-        assert_eq!(
-            unsafe_integer_column(&conn, &p.tables[0])
-                .unwrap()
-                .as_deref(),
-            Some("n")
-        );
-        conn.execute_batch("UPDATE big SET n = 9007199254740991")
-            .unwrap();
-        assert_eq!(unsafe_integer_column(&conn, &p.tables[0]).unwrap(), None);
-        let demo = demo();
-        for t in plan(&demo).unwrap().tables {
-            assert_eq!(unsafe_integer_column(&demo, &t).unwrap(), None);
-        }
-    }
-
     // ---- A test double of the Durable Object target ----
 
     /// An import target wrapping a real one, with the Durable Object's ways switched on one
-    /// by one: passing integers as JS numbers (`f64`), hosting only fts5, refusing some
-    /// statements, and (as a fault) altering text on the way in.
+    /// by one: numbers as JS numbers, hosting only fts5, refusing some statements, and (as a
+    /// fault) altering text on the way in.
     #[derive(Debug)]
     pub struct DoubleTarget<T> {
         inner: T,
-        /// Integers go through `f64`, as JS numbers do: beyond 2^53 they lose precision.
+        /// Numbers go as JS numbers do through workerd: every number parameter is bound as a
+        /// double, and every number read back is a JS number (an integer when it is a safe
+        /// one, so a REAL 3.0 reads as 3 and 9007199254740993 as 9007199254740992.0).
         js_numbers: bool,
-        /// What `exact_integers` claims (a lying target shows what verification catches).
-        claims_exact: bool,
         /// Hosts only fts5, as Durable Object SQLite does.
         only_fts5: bool,
         /// Statements starting with this are refused ("not authorized").
@@ -1398,21 +1615,31 @@ mod tests {
             Self {
                 inner,
                 js_numbers: false,
-                claims_exact: true,
                 only_fts5: false,
                 refuse: None,
                 alter_text: None,
             }
         }
 
-        /// As the Durable Object: JS numbers, honest about them, fts5 only.
+        /// As the Durable Object: JS numbers, fts5 only.
         pub fn durable_object(inner: T) -> Self {
             Self {
                 js_numbers: true,
-                claims_exact: false,
                 only_fts5: true,
                 ..Self::new(inner)
             }
+        }
+    }
+
+    /// A value as a JS number would carry it back.
+    #[allow(clippy::cast_precision_loss, clippy::cast_possible_truncation)]
+    fn as_js_number(v: Value) -> Value {
+        let safe = |f: f64| f.fract() == 0.0 && f.abs() <= MAX_SAFE_INTEGER as f64;
+        match v {
+            Value::Integer(n) if safe(n as f64) => Value::Integer(n),
+            Value::Integer(n) => Value::Real(n as f64),
+            Value::Real(f) if safe(f) => Value::Integer(f as i64),
+            other => other,
         }
     }
 
@@ -1423,12 +1650,15 @@ mod tests {
             }
             self.inner.exec(sql)
         }
+        #[allow(clippy::cast_precision_loss)]
         fn exec_with(&self, sql: &str, params: Vec<Value>) -> Result<(), String> {
+            if self.refuse.is_some_and(|r| sql.starts_with(r)) {
+                return Err("not authorized".into());
+            }
             let params = params
                 .into_iter()
                 .map(|v| match v {
-                    // A whole number comes back from a JS number as an integer.
-                    Value::Integer(n) if self.js_numbers => Value::Integer(n as f64 as i64),
+                    Value::Integer(n) if self.js_numbers => Value::Real(n as f64),
                     Value::Text(t) if self.alter_text.is_some_and(|m| t.starts_with(m)) => {
                         Value::Text(format!("{t}!"))
                     }
@@ -1442,13 +1672,15 @@ mod tests {
             sql: &str,
             each: &mut dyn FnMut(Vec<Value>) -> Result<(), Error>,
         ) -> Result<(), Error> {
-            self.inner.query(sql, each)
+            if !self.js_numbers {
+                return self.inner.query(sql, each);
+            }
+            self.inner.query(sql, &mut |row| {
+                each(row.into_iter().map(as_js_number).collect())
+            })
         }
         fn size_bytes(&self) -> u64 {
             self.inner.size_bytes()
-        }
-        fn exact_integers(&self) -> bool {
-            self.claims_exact && self.inner.exact_integers()
         }
         fn hosts_module(&self, module: &str) -> bool {
             (!self.only_fts5 || module == "fts5") && self.inner.hosts_module(module)

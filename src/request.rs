@@ -103,6 +103,18 @@ impl SaveMode {
     }
 }
 
+/// Parses a yes/no query parameter (`allow_loss`): `true` or `false`, absent means `false`.
+pub fn parse_flag(name: &'static str, raw: Option<&str>) -> Result<bool, Error> {
+    match raw {
+        None | Some("false") => Ok(false),
+        Some("true") => Ok(true),
+        Some(other) => Err(Error::InvalidParameter {
+            name,
+            reason: format!("{other:?} is not true or false"),
+        }),
+    }
+}
+
 /// The first value of query parameter `name` in `url`, decoded as a form value (`+` is a
 /// space, `%XX` a byte); `None` if absent. Invalid UTF-8 after decoding is replaced, so it
 /// fails the user-id rule rather than the parser.

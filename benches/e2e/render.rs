@@ -96,7 +96,7 @@ pub fn render_tables(results: &[SizeResult], target: &str, requests: usize) -> S
     }
     let _ = writeln!(
         md,
-        "\n**5. R2 route vs Durable Object route**\n\nThe R2 route moves the whole database on every request (cache off: download + parse + upload; the client's round trip). The Durable Object route (`GET /do`, after a one-off `POST /do/import`) answers the same question from data that already lives in the object: nothing is transferred. Client round trips, ms.\n\n| DB size | R2 route p50 | R2 route p95 | R2 band (load+save p50) | R2 cache hit + save=auto p50 | DO route p50 | DO route p95 | DO band | one-off import |\n|---|---|---|---|---|---|---|---|---|"
+        "\n**5. R2 route vs Durable Object route**\n\nThe R2 route moves the whole database on every request (cache off: download + parse + upload; the client's round trip). The Durable Object route (`GET /do`, after a one-off move there, `POST /migrate?to=durable_object`) answers the same question from data that already lives in the object: nothing is transferred. Client round trips, ms.\n\n| DB size | R2 route p50 | R2 route p95 | R2 band (load+save p50) | R2 cache hit + save=auto p50 | DO route p50 | DO route p95 | DO band | one-off move |\n|---|---|---|---|---|---|---|---|---|"
     );
     let band = |ms: f64| format!("{:?}", t.classify(ms).0).to_lowercase();
     for r in results {

@@ -40,9 +40,10 @@ impl Client {
         self.call("GET", &format!("/?user={user}"))
     }
 
-    /// `POST /do/import` then `requests` timed `GET /do`: (import sample, query samples).
+    /// `POST /migrate?to=durable_object` (the freeze, the import into the object, the switch)
+    /// then `requests` timed `GET /do`: (move sample, query samples).
     pub fn durable_object(&self, user: &str, requests: usize) -> (Sample, Vec<Sample>) {
-        let import = self.call("POST", &format!("/do/import?user={user}"));
+        let import = self.call("POST", &format!("/migrate?user={user}&to=durable_object"));
         assert_eq!(
             import.json["success"], true,
             "import {user}: {}",

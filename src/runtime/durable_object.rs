@@ -25,10 +25,9 @@ use crate::delay::round2;
 use crate::error::Error;
 use crate::exec::{Limits, Statement, StatementResult};
 use crate::import::{self, SqlTarget};
+use crate::migrate::{self, ObjectHome, ObjectState};
 use crate::report::DurableTables;
 use crate::request::{UserId, durable_paths};
-use crate::sqlite;
-use crate::store::ObjectStore;
 
 /// One user's database as a SQLite-backed Durable Object.
 #[durable_object]
@@ -56,8 +55,11 @@ impl DurableObject for UserDb {
         let result = async {
             let user = user_of(&req)?;
             match (req.method(), req.path().as_str()) {
-                (Method::Post, durable_paths::IMPORT) => self.import(&user).await,
-                (Method::Post, durable_paths::QUERY) => self.query(&mut req).await,
+                (Method::Post, durable_paths::IMPORT) => {
+                    let allow_loss = super::http::flag_param(&req, "allow_loss")?;
+                    self.import(&user, allow_loss).await
+                }
+                (Method::Post, durable_paths::QUERY) => self.query(&user, &mut req).await,
                 (Method::Post, durable_paths::EXPORT) => self.export(&user).await,
                 (Method::Get, durable_paths::TABLES) => self.tables(&user).await,
                 (_, path) => Err(Error::NotFound { path: path.into() }),
@@ -69,7 +71,7 @@ impl DurableObject for UserDb {
 }
 
 /// The Durable Object's SQL storage as an import target.
-struct DoTarget(SqlStorage);
+pub struct DoTarget(SqlStorage);
 
 /// What the statements of one `/query` came to inside the transaction.
 type Outcome = std::result::Result<Vec<StatementResult>, Error>;
@@ -94,8 +96,9 @@ fn from_do(v: SqlStorageValue) -> Value {
 fn to_js(v: Value) -> JsValue {
     match v {
         Value::Null => JsValue::NULL,
-        // The import skips tables with integers beyond 2^53 (`exact_integers` is false), so
-        // the f64 is exact.
+        // Callers pass integers beyond 2^53 as text (the import casts them back in SQL) or
+        // refuse them (`param_to_js`), so the f64 is exact.
+        #[allow(clippy::cast_precision_loss)]
         Value::Integer(n) => JsValue::from(n as f64),
         Value::Real(f) => JsValue::from(f),
         Value::Text(s) => JsValue::from(s),
@@ -139,10 +142,6 @@ impl SqlTarget for DoTarget {
         self.0.database_size() as u64
     }
 
-    fn exact_integers(&self) -> bool {
-        false
-    }
-
     fn hosts_module(&self, module: &str) -> bool {
         // Durable Object SQLite answers SQLITE_AUTH for rtree, geopoly, fts3 and fts4.
         module == "fts5"
@@ -182,13 +181,37 @@ fn param_to_js(index: usize, v: &Value) -> std::result::Result<JsValue, Error> {
     if let Value::Integer(n) = v
         && n.unsigned_abs() > crate::encoding::MAX_SAFE_INTEGER as u64
     {
-        return Err(Error::InvalidRequest {
+        return Err(Error::InexactNumber {
+            statement: index,
             reason: format!(
-                "statement {index}: the integer {n} is beyond 2^53, which the Durable Object SQL API cannot pass exactly; send it as text"
+                "the integer {n} is beyond ±(2^53 − 1), which the Durable Object SQL API \
+                 cannot pass exactly (it binds numbers as doubles); send it as text with \
+                 CAST(? AS INTEGER), or use the R2 route"
             ),
         });
     }
     Ok(to_js(v.clone()))
+}
+
+/// A result value from the Durable Object's SQL API. A JS number at or beyond 2^53 holding a
+/// whole number may be an INTEGER rounded on its way out (9007199254740993 arrives as
+/// 9007199254740992): refused rather than answered wrong.
+fn exact_result(index: usize, v: SqlStorageValue) -> std::result::Result<Value, Error> {
+    #[allow(clippy::cast_precision_loss)]
+    let limit = crate::encoding::MAX_SAFE_INTEGER as f64;
+    match v {
+        SqlStorageValue::Float(f) if f.fract() == 0.0 && f.abs() > limit => {
+            Err(Error::InexactNumber {
+                statement: index,
+                reason: format!(
+                    "a result holds the number {f:e}: the Durable Object SQL API returns JS \
+                     numbers, so an INTEGER beyond ±(2^53 − 1) would arrive rounded; select \
+                     it as text (CAST(x AS TEXT)), or use the R2 route"
+                ),
+            })
+        }
+        other => Ok(from_do(other)),
+    }
 }
 
 /// The connection's change counters: (total changes so far, changes by the last statement,
@@ -197,19 +220,19 @@ fn counters(sql: &SqlStorage, index: usize) -> std::result::Result<[i64; 3], Err
     let mut out = [0; 3];
     for row in sql
         .exec(
-            "SELECT total_changes(), changes(), last_insert_rowid()",
+            // As text: a rowid beyond 2^53 would arrive rounded as a JS number.
+            "SELECT CAST(total_changes() AS TEXT), CAST(changes() AS TEXT), \
+             CAST(last_insert_rowid() AS TEXT)",
             None,
         )
         .map_err(|e| statement_error(index, &e))?
         .raw()
     {
-        if let [
-            SqlStorageValue::Integer(t),
-            SqlStorageValue::Integer(c),
-            SqlStorageValue::Integer(r),
-        ] = row.map_err(|e| statement_error(index, &e))?.as_slice()
-        {
-            out = [*t, *c, *r];
+        let row = row.map_err(|e| statement_error(index, &e))?;
+        for (slot, v) in out.iter_mut().zip(row) {
+            if let SqlStorageValue::String(t) = v {
+                *slot = t.parse().unwrap_or(0);
+            }
         }
     }
     Ok(out)
@@ -247,8 +270,8 @@ fn run_statement(
         let row: Vec<Value> = row
             .map_err(|e| statement_error(index, &e))?
             .into_iter()
-            .map(from_do)
-            .collect();
+            .map(|v| exact_result(index, v))
+            .collect::<std::result::Result<_, _>>()?;
         for v in &row {
             crate::exec::charge(result_bytes, limits.max_result_bytes, v)?;
         }
@@ -287,92 +310,85 @@ fn user_tables(target: &DoTarget) -> std::result::Result<Vec<String>, Error> {
     Ok(names)
 }
 
-/// Keys in the object's own key-value storage that say whether it serves queries.
-const FROZEN_KEY: &str = "frozen";
-const ACTIVE_KEY: &str = "active";
+/// Key in the object's own key-value storage holding its [`ObjectState`]; older objects
+/// kept a boolean under `active` instead.
+const STATE_KEY: &str = "move_state";
+const LEGACY_ACTIVE_KEY: &str = "active";
+
+impl ObjectHome for UserDb {
+    type Sql<'a> = DoTarget;
+
+    async fn state(&self) -> std::result::Result<ObjectState, Error> {
+        let storage = self.state.storage();
+        let stored = storage
+            .get::<String>(STATE_KEY)
+            .await
+            .map_err(super::http::internal)?;
+        let legacy = match stored {
+            Some(_) => None,
+            None => storage
+                .get::<bool>(LEGACY_ACTIVE_KEY)
+                .await
+                .map_err(super::http::internal)?,
+        };
+        Ok(ObjectState::parse(stored.as_deref(), legacy))
+    }
+
+    async fn set_state(&self, state: &ObjectState) -> std::result::Result<(), Error> {
+        self.state
+            .storage()
+            .put(STATE_KEY, state.encode())
+            .await
+            .map_err(super::http::internal)
+    }
+
+    fn sql(&self) -> DoTarget {
+        DoTarget(self.state.storage().sql())
+    }
+}
 
 impl UserDb {
-    async fn flag(&self, key: &str) -> std::result::Result<Option<bool>, Error> {
-        self.state
-            .storage()
-            .get::<bool>(key)
-            .await
-            .map_err(super::http::internal)
+    /// A context for the object's R2 calls.
+    fn r2_context<'a>(
+        &self,
+        store: &'a R2Store,
+        clock: &'a JsClock,
+    ) -> std::result::Result<crate::pipeline::Context<'a, R2Store, JsClock>, Error> {
+        let config = load_config(&self.env)?;
+        // A database stored over MAX_DB_BYTES (up to the load ceiling) can still move.
+        Ok(crate::pipeline::Context {
+            max_db_bytes: crate::config::load_max_bytes(config.max_db_bytes),
+            max_write_bytes: config.max_db_bytes,
+            nonce: super::js_clock::nonce(),
+            ..crate::pipeline::Context::new(store, clock)
+        })
     }
 
-    async fn set_flag(&self, key: &str, value: bool) -> std::result::Result<(), Error> {
-        self.state
-            .storage()
-            .put(key, value)
-            .await
-            .map_err(super::http::internal)
+    /// Refuses unless the user lives here (see [`migrate::ensure_serving`]).
+    async fn serving(&self, user: &UserId) -> std::result::Result<(), Error> {
+        let (store, clock) = (R2Store::from_env(&self.env)?, JsClock);
+        migrate::ensure_serving(&self.r2_context(&store, &clock)?, user, self).await
     }
 
-    /// 404 unless an import ever succeeded here. Judged by the flag the import sets, not by
-    /// the tables: a user's database may be empty, and moving it must still work.
-    async fn imported(&self, user: &UserId) -> std::result::Result<(), Error> {
-        if self.flag(ACTIVE_KEY).await?.is_none() {
-            return Err(Error::UserNotFound {
-                user: user.as_str().to_owned(),
-                place: "the Durable Object (import it first: POST /do/import)",
-            });
-        }
-        Ok(())
-    }
-
-    /// Queries are refused (retryable) while an export runs, and after one: R2 serves the user
-    /// then, and a request that was routed here before the move must go there instead.
-    async fn check_serving(&self) -> std::result::Result<(), Error> {
-        if self.flag(FROZEN_KEY).await? == Some(true) || self.flag(ACTIVE_KEY).await? == Some(false)
-        {
-            return Err(Error::Migrating);
-        }
-        Ok(())
-    }
-
-    /// `POST /export` inside the object: freeze, write one SQLite file to R2 (conditional, with
-    /// a newer `db-version`, clearing `route`), and stop serving queries.
+    /// `POST /export` inside the object: the move back (see [`migrate::export_here`]).
     async fn export(&self, user: &UserId) -> std::result::Result<Response, Error> {
         let clock = JsClock;
         let start = clock.now_ms();
-        let config = load_config(&self.env)?;
-        self.set_flag(FROZEN_KEY, true).await?;
-        let result = async {
-            let target = DoTarget(self.state.storage().sql());
-            self.imported(user).await?;
-            let mut conn = sqlite::create()?;
-            let report = import::export_into(&target, &conn)?;
-            if !report.verified {
-                return Err(Error::Internal {
-                    detail: format!("export did not verify: {report:?}"),
-                });
-            }
-            let image = sqlite::export(&mut conn)?;
-            let store = R2Store::from_env(&self.env)?;
-            let ctx = crate::pipeline::Context {
-                max_db_bytes: crate::config::load_max_bytes(config.max_db_bytes),
-                max_write_bytes: config.max_db_bytes,
-                nonce: super::js_clock::nonce(),
-                ..crate::pipeline::Context::new(&store, &clock)
-            };
-            let (etag, version) = crate::migrate::publish_export(&ctx, user, &image).await?;
-            Ok((report, etag, version, image.len()))
-        }
-        .await;
-        if result.is_ok() {
-            self.set_flag(ACTIVE_KEY, false).await?;
-        }
-        self.set_flag(FROZEN_KEY, false).await?;
-        let (report, etag, version, size) = result?;
+        let store = R2Store::from_env(&self.env)?;
+        let done = migrate::export_here(&self.r2_context(&store, &clock)?, user, self).await?;
         json_response(
             &serde_json::json!({
                 "success": true,
                 "route": "r2",
                 "user": user.as_str(),
-                "tables": report.tables,
-                "created": report.created,
-                "counters": report.counters,
-                "r2_object": {"etag": etag, "db_version": version.to_string(), "size_bytes": size},
+                "tables": done.report.tables,
+                "created": done.report.created,
+                "counters": done.report.counters,
+                "r2_object": {
+                    "etag": done.etag,
+                    "db_version": done.db_version.to_string(),
+                    "size_bytes": done.size_bytes,
+                },
                 "timing_breakdown": {"total_ms": round2(clock.now_ms() - start)},
             }),
             200,
@@ -381,8 +397,12 @@ impl UserDb {
 
     /// `POST /query` inside the object: the `/query` body as one transaction
     /// (`storage.transactionSync`: a statement that fails rolls every one back).
-    async fn query(&self, req: &mut Request) -> std::result::Result<Response, Error> {
-        self.check_serving().await?;
+    async fn query(
+        &self,
+        user: &UserId,
+        req: &mut Request,
+    ) -> std::result::Result<Response, Error> {
+        self.serving(user).await?;
         let config = load_config(&self.env)?;
         let bytes = body(req, config.max_request_bytes).await?;
         let statements = crate::work::parse_query_body(&bytes, config.limits.max_statements)?;
@@ -439,62 +459,37 @@ impl UserDb {
         )
     }
 
-    async fn import(&self, user: &UserId) -> std::result::Result<Response, Error> {
+    /// `POST /import` inside the object: the copy step of a move (see
+    /// [`migrate::import_here`]).
+    async fn import(
+        &self,
+        user: &UserId,
+        allow_loss: bool,
+    ) -> std::result::Result<Response, Error> {
         let clock = JsClock;
-        let config = load_config(&self.env)?;
         let start = clock.now_ms();
         let store = R2Store::from_env(&self.env)?;
-        // An incremental user's pending deltas are folded into database.sqlite first, so the
-        // import copies the current database (a move has already folded and frozen it).
-        // A database stored over MAX_DB_BYTES (up to the load ceiling) can still move.
-        let max_load = crate::config::load_max_bytes(config.max_db_bytes);
-        let ctx = crate::pipeline::Context {
-            max_db_bytes: max_load,
-            max_write_bytes: config.max_db_bytes,
-            nonce: super::js_clock::nonce(),
-            compaction: config.compaction,
-            ..crate::pipeline::Context::new(&store, &clock)
-        };
-        crate::layout::fold_pending(&ctx, user).await?;
-        let object = crate::migrate::existing(
-            store.get(&user.db_key(), max_load, None).await?,
-            user,
-            max_load,
-        )?;
-        let download_ms = clock.now_ms() - start;
-        let parse_start = clock.now_ms();
-        let loaded = sqlite::load_body(object.body).await?;
-        let parse_ms = clock.now_ms() - parse_start;
-        let copy_start = clock.now_ms();
-        let report = import::run(&loaded.conn, &DoTarget(self.state.storage().sql()))?;
-        if report.verified {
-            self.set_flag(ACTIVE_KEY, true).await?;
-            self.set_flag(FROZEN_KEY, false).await?;
-        }
-        let copy_ms = clock.now_ms() - copy_start;
+        let report =
+            migrate::import_here(&self.r2_context(&store, &clock)?, user, self, allow_loss).await?;
         json_response(
             &serde_json::json!({
-                "success": report.verified,
+                "success": true,
                 "route": crate::report::Backend::DurableObject,
                 "user": user.as_str(),
                 "tables": report.tables,
                 "created": report.created,
                 "skipped": report.skipped,
+                "dropped": import::describe_losses(&report.skipped),
                 "counters": report.counters,
-                "timing_breakdown": {
-                    "download_ms": round2(download_ms),
-                    "parse_ms": round2(parse_ms),
-                    "copy_ms": round2(copy_ms),
-                    "total_ms": round2(clock.now_ms() - start),
-                },
+                "timing_breakdown": {"total_ms": round2(clock.now_ms() - start)},
                 "do_size_bytes": report.target_size_bytes,
             }),
-            if report.verified { 200 } else { 500 },
+            200,
         )
     }
 
     async fn tables(&self, user: &UserId) -> std::result::Result<Response, Error> {
-        self.imported(user).await?;
+        self.serving(user).await?;
         let clock = JsClock;
         let target = DoTarget(self.state.storage().sql());
         let start = clock.now_ms();

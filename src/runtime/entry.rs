@@ -129,11 +129,17 @@ async fn handle(mut req: Request, env: &Env) -> std::result::Result<Response, Er
         }
         (Route::Replication, _) => Err(Error::ReplicationNotSupported),
         (Route::HranaVersion, _) => json_response(&serde_json::json!({"protocol": "hrana"}), 200),
-        (Route::DoImport, Some(user)) => forward_post(env, &user, durable_paths::IMPORT).await,
-        (Route::DoExport, Some(user)) => forward_post(env, &user, durable_paths::EXPORT).await,
+        (Route::DoImport, Some(user)) => {
+            let allow_loss = super::http::flag_param(&req, "allow_loss")?;
+            forward_post(env, &user, durable_paths::IMPORT, allow_loss).await
+        }
+        (Route::DoExport, Some(user)) => {
+            forward_post(env, &user, durable_paths::EXPORT, false).await
+        }
         (Route::Migrate, Some(user)) => {
             let to = super::http::query_param(&req, "to")?;
-            handle_migrate(env, &config, &user, to.as_deref()).await
+            let allow_loss = super::http::flag_param(&req, "allow_loss")?;
+            handle_migrate(env, &config, &user, to.as_deref(), allow_loss).await
         }
         (Route::DoTables, Some(user)) => handle_do(env, &config, &user, None).await,
         (Route::Export, Some(user)) => handle_export(&req, env, &config, &user).await,
@@ -372,16 +378,21 @@ fn durable_url(path: &str, user: &UserId) -> String {
     format!("https://user-db{path}?user={}", user.as_str())
 }
 
-/// `POST /do/import` and `POST /do/export`: forwards to the user's Durable Object's `path` and
-/// returns its answer.
+/// `POST /do/import` and `POST /do/export`: forwards to the user's Durable Object's `path`
+/// (with `allow_loss=true` if set) and returns its answer.
 async fn forward_post(
     env: &Env,
     user: &UserId,
     path: &str,
+    allow_loss: bool,
 ) -> std::result::Result<Response, Error> {
     let mut init = RequestInit::new();
     init.with_method(Method::Post);
-    let inner = Request::new_with_init(&durable_url(path, user), &init).map_err(internal)?;
+    let mut url = durable_url(path, user);
+    if allow_loss {
+        url.push_str("&allow_loss=true");
+    }
+    let inner = Request::new_with_init(&url, &init).map_err(internal)?;
     stub_for(env, user)?
         .fetch_with_request(inner)
         .await
@@ -397,7 +408,7 @@ async fn auto_migrate(env: &Env, config: &Config, user: &UserId) {
     {
         return;
     }
-    let outcome = handle_migrate(env, config, user, Some("durable_object")).await;
+    let outcome = handle_migrate(env, config, user, Some("durable_object"), false).await;
     TRENDS.with(|t| t.forget(user.as_str()));
     let line = serde_json::json!({
         "level": "warning",
@@ -411,33 +422,34 @@ async fn auto_migrate(env: &Env, config: &Config, user: &UserId) {
     worker::console_warn!("{line}");
 }
 
-/// `POST /migrate?user=ID&to=durable_object|r2`: moves the user (see `crate::migrate`).
+/// `POST /migrate?user=ID&to=durable_object|r2[&allow_loss=true]`: moves the user (see
+/// `crate::migrate`).
 async fn handle_migrate(
     env: &Env,
     config: &Config,
     user: &UserId,
     to: Option<&str>,
+    allow_loss: bool,
 ) -> std::result::Result<Response, Error> {
     match to {
         Some("durable_object") => {
             let store = R2Store::from_env(env)?;
             let moved =
                 crate::migrate::to_durable_object(&context(&store, config), user, async || {
-                    let mut response = forward_post(env, user, durable_paths::IMPORT).await?;
+                    let mut response =
+                        forward_post(env, user, durable_paths::IMPORT, allow_loss).await?;
                     let status = response.status_code();
                     let json: serde_json::Value = response.json().await.map_err(internal)?;
                     if status == 200 && json["success"] == true {
                         Ok(json)
                     } else {
-                        Err(Error::Internal {
-                            detail: format!("the import answered {status}: {json}"),
-                        })
+                        Err(Error::from_object(status, &json))
                     }
                 })
                 .await?;
             json_response(&serde_json::json!({"success": true, "moved": moved}), 200)
         }
-        Some("r2") => forward_post(env, user, durable_paths::EXPORT).await,
+        Some("r2") => forward_post(env, user, durable_paths::EXPORT, false).await,
         other => Err(Error::InvalidParameter {
             name: "to",
             reason: format!("{other:?} is not durable_object or r2"),

@@ -30,6 +30,11 @@ pub(crate) fn query_param(req: &Request, name: &str) -> Result<Option<String>, E
     Ok(crate::request::query_param(&req.inner().url(), name))
 }
 
+/// A yes/no query parameter (see [`crate::request::parse_flag`]).
+pub(crate) fn flag_param(req: &Request, name: &'static str) -> Result<bool, Error> {
+    crate::request::parse_flag(name, query_param(req, name)?.as_deref())
+}
+
 /// The validated `user` parameter (absent means the default user).
 pub(crate) fn user_of(req: &Request) -> Result<UserId, Error> {
     UserId::parse(query_param(req, "user")?.as_deref())

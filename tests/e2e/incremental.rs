@@ -227,9 +227,9 @@ fn export_streams_the_current_database() {
     );
     let (status, _, _) = worker.get_bytes("/export?user=nobody");
     assert_eq!(status, 404);
-    // The Durable Object's import copies the current database, not the older base.
-    let imported = worker.request("POST", "/do/import?user=ex");
-    assert_eq!(imported.status, 200, "{}", imported.json);
+    // A move to the Durable Object copies the current database, not the older base.
+    let moved = worker.request("POST", "/migrate?user=ex&to=durable_object");
+    assert_eq!(moved.status, 200, "{}", moved.json);
     let counted = worker.post_json(
         "/do/query?user=ex",
         &json!({"sql": "SELECT count(*) FROM hits"}),

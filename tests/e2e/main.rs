@@ -297,51 +297,70 @@ fn thresholds_are_configurable() {
     assert_eq!(answer.json["error"]["code"], "misconfigured");
 }
 
-/// The Durable Object alternative: importing a realistic database copies and verifies every
-/// row of every ordinary table (value by value, blobs included), re-importing replaces rather
-/// than duplicates, and `GET /do` lists the same tables as the R2 route.
+/// The Durable Object alternative: moving a realistic database there copies every row of
+/// every ordinary table and verifies each table by content (rowids and typed values), moving
+/// it there again after a move back replaces rather than duplicates, and `GET /do` lists the
+/// same tables as the R2 route did.
 #[test]
 fn durable_object_import_round_trips_every_row() {
     let realistic = fixtures::sized_database(300 * 1024, 21).unwrap();
     let worker = LocalWorker::start(&[("a/database.sqlite", &realistic)]);
     let expected = row_counts(&realistic);
+    let from_r2 = worker.get("/?user=a");
+    assert_eq!(from_r2.json["route"], "r2");
+    let mut digests = Vec::new();
     for attempt in 0..2 {
-        let import = worker.request("POST", "/do/import?user=a");
-        assert_eq!(import.status, 200, "attempt {attempt}: {}", import.json);
-        assert_eq!(import.json["success"], true);
-        let tables = import.json["tables"].as_array().unwrap();
-        assert_eq!(tables.len(), expected.len());
-        for ((name, rows), report) in expected.iter().zip(tables) {
+        let moved = worker.request("POST", "/migrate?user=a&to=durable_object");
+        assert_eq!(moved.status, 200, "attempt {attempt}: {}", moved.json);
+        let import = &moved.json["moved"]["import"];
+        assert_eq!(import["success"], true);
+        let copied = import["tables"].as_array().unwrap();
+        assert_eq!(copied.len(), expected.len());
+        for ((name, rows), report) in expected.iter().zip(copied) {
             assert_eq!(report["name"], name.as_str());
             assert_eq!(report["rows_source"], *rows);
             assert_eq!(report["rows_copied"], *rows, "attempt {attempt}: {report}");
             assert_eq!(report["verified"], true, "{report}");
         }
+        digests.push(import["tables"].clone());
         assert_eq!(
-            import.json["created"],
+            import["created"],
             serde_json::json!(["raw_clips_project", "clip_tags_tag"])
         );
-        assert_eq!(import.json["skipped"], serde_json::json!([]));
+        assert_eq!(import["skipped"], serde_json::json!([]));
+        let from_do = worker.get("/do?user=a");
+        assert_eq!(from_do.status, 200, "{}", from_do.json);
+        assert_eq!(from_do.json["route"], "durable_object");
+        assert_eq!(tables(&from_do.json), tables(&from_r2.json));
+        assert!(from_do.json["delay_analysis"]["load"]["ms"].is_u64());
+        assert!(from_do.json["timing_breakdown"]["query_ms"].is_number());
+        // The same report model: the save that does not exist there is not graded, and the
+        // object's CPU-only query is listed when the clock cannot see it.
+        assert_eq!(from_do.json["delay_analysis"]["save"]["status"], "not_run");
+        assert!(from_do.json["clock"]["unmeasured"].is_array());
+        assert!(from_do.json["not_applicable"].is_array());
+        let back = worker.request("POST", "/migrate?user=a&to=r2");
+        assert_eq!(back.status, 200, "{}", back.json);
+        // The way back verified the same content the way there did, table by table.
+        for (there, back) in import["tables"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .zip(back.json["tables"].as_array().unwrap())
+        {
+            assert_eq!(there["sha256"], back["sha256"], "{there} / {back}");
+        }
     }
-    let from_do = worker.get("/do?user=a");
-    assert_eq!(from_do.status, 200, "{}", from_do.json);
-    assert_eq!(from_do.json["route"], "durable_object");
-    let from_r2 = worker.get("/?user=a");
-    assert_eq!(from_r2.json["route"], "r2");
-    assert_eq!(tables(&from_do.json), tables(&from_r2.json));
-    assert!(from_do.json["delay_analysis"]["load"]["ms"].is_u64());
-    assert!(from_do.json["timing_breakdown"]["query_ms"].is_number());
-    // The same report model: the save that does not exist there is not graded, and the
-    // object's CPU-only query is listed when the clock cannot see it.
-    assert_eq!(from_do.json["delay_analysis"]["save"]["status"], "not_run");
-    assert!(
-        from_do.json["clock"]["unmeasured"].is_array(),
-        "{}",
-        from_do.json
+    assert_eq!(
+        digests[0], digests[1],
+        "the second move copied the same content"
     );
-    assert!(from_do.json["not_applicable"].is_array());
+    assert_eq!(
+        row_counts(&worker.object("a/database.sqlite").unwrap()),
+        expected
+    );
 
-    let missing = worker.request("POST", "/do/import?user=nobody");
+    let missing = worker.request("POST", "/migrate?user=nobody&to=durable_object");
     assert_eq!(
         (missing.status, missing.json["error"]["code"].as_str()),
         (404, Some("user_not_found"))
@@ -350,42 +369,6 @@ fn durable_object_import_round_trips_every_row() {
     assert_eq!(never.status, 404, "{}", never.json);
     assert_eq!(never.json["error"]["code"], "user_not_found");
     assert_eq!(worker.get("/do/import?user=a").status, 405);
-}
-
-/// Tables the import cannot copy are reported with a reason, never silently dropped; a
-/// full-text (FTS5) table is recreated in the Durable Object and refilled with its rows.
-#[test]
-fn durable_object_import_reports_what_it_skips() {
-    let image = workers_sqlite_poc::testing::apply_sql(
-        &fixtures::demo_database().unwrap(),
-        "CREATE VIRTUAL TABLE notes USING fts5(body); INSERT INTO notes VALUES ('hello');
-         CREATE TABLE big(n INTEGER); INSERT INTO big VALUES (9007199254740993);",
-    );
-    let worker = LocalWorker::start(&[("v/database.sqlite", &image)]);
-    let import = worker.request("POST", "/do/import?user=v");
-    assert_eq!(import.status, 200, "{}", import.json);
-    let skipped: Vec<String> = import.json["skipped"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|s| s["name"].as_str().unwrap().to_owned())
-        .collect();
-    for name in ["notes_data", "notes_config", "big"] {
-        assert!(
-            skipped.contains(&name.to_owned()),
-            "{name} not reported: {}",
-            import.json
-        );
-    }
-    let copied: Vec<&str> = import.json["tables"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|t| t["name"].as_str().unwrap())
-        .collect();
-    // Durable Object SQLite hosts FTS5: the full-text table comes across with its rows.
-    assert_eq!(copied, ["projects", "raw_clips", "clip_tags", "notes"]);
-    assert_eq!(import.json["success"], true, "{}", import.json);
 }
 
 /// Real-world-shaped files through the real Durable Object: full-text notes (own content,
@@ -408,11 +391,15 @@ fn durable_object_imports_real_world_files() {
     let worker = LocalWorker::start(&seeds);
     for (name, _) in &files {
         let user = name.replace('_', "-");
-        let import = worker.request("POST", &format!("/do/import?user={user}"));
-        eprintln!("{name}: {}", import.json);
-        assert_eq!(import.status, 200, "{name}: {}", import.json);
-        assert_eq!(import.json["success"], true, "{name}");
-        let skipped = import.json["skipped"].as_array().unwrap();
+        let moved = worker.request(
+            "POST",
+            &format!("/migrate?user={user}&to=durable_object&allow_loss=true"),
+        );
+        eprintln!("{name}: {}", moved.json);
+        assert_eq!(moved.status, 200, "{name}: {}", moved.json);
+        let import = &moved.json["moved"]["import"];
+        assert_eq!(import["success"], true, "{name}");
+        let skipped = import["skipped"].as_array().unwrap();
         let reason = |table: &str| {
             skipped
                 .iter()
@@ -422,23 +409,31 @@ fn durable_object_imports_real_world_files() {
         match *name {
             "fts5_notes" => {
                 assert!(
-                    import.json["created"]
+                    import["created"]
                         .as_array()
                         .unwrap()
                         .iter()
                         .any(|c| c == "clips_fts")
                 );
                 assert!(reason("tags_index").unwrap().contains("contentless"));
+                // allow_loss named what it dropped.
+                assert!(
+                    import["dropped"]
+                        .as_array()
+                        .unwrap()
+                        .iter()
+                        .any(|d| d.as_str().unwrap().starts_with("tags_index")),
+                    "{import}"
+                );
             }
             "autoincrement" => {
-                let counters = import.json["counters"].as_array().unwrap();
-                assert_eq!(counters.len(), 1, "{}", import.json);
+                let counters = import["counters"].as_array().unwrap();
+                assert_eq!(counters.len(), 1, "{import}");
                 assert_eq!(counters[0]["seq"], 10);
                 // Kept, or reported exactly with the reason the object gave.
                 assert!(
                     counters[0]["kept"] == true || counters[0]["reason"].is_string(),
-                    "{}",
-                    import.json
+                    "{import}"
                 );
             }
             "geopackage" => {

@@ -10,7 +10,7 @@ use serde_json::json;
 use workers_sqlite_poc::fixtures;
 use workers_sqlite_poc::testing::{open, row_counts};
 
-use crate::harness::{LocalWorker, sha256};
+use crate::harness::{Answer, LocalWorker, sha256};
 
 /// Three clients insert into one user while the user moves to their Durable Object and back.
 /// Every acknowledged insert is in the final R2 object exactly once, the demo tables keep
@@ -238,4 +238,229 @@ fn an_empty_database_moves_and_comes_back() {
         404,
         "a user never imported is still not found there"
     );
+}
+
+/// Every step of a move is checked against where the user is, on the real Durable Object and
+/// R2 (one worker, one user per case):
+/// 1. moved there, written there, moved back, written in R2 (`after-back`): a second move
+///    back is refused and the write stays;
+/// 2. an import of a user who lives in the object is refused and the object's write stays;
+/// 3. an import with nothing frozen is refused, so the R2 writes that follow stay, and the
+///    export after them is refused (no false outside replacement).
+#[test]
+fn moves_are_checked_at_every_step() {
+    let demo = fixtures::demo_database().unwrap();
+    let worker = LocalWorker::start(&[
+        ("one/database.sqlite", &demo),
+        ("two/database.sqlite", &demo),
+        ("three/database.sqlite", &demo),
+    ]);
+    let q = |user: &str, sql: &str| {
+        let answer = worker.post_json(&format!("/query?user={user}"), &json!({"sql": sql}), &[]);
+        assert_eq!(answer.status, 200, "{user}: {sql}: {}", answer.json);
+        answer
+    };
+    let rows = |user: &str| -> Vec<String> {
+        let (status, _, bytes) = worker.get_bytes(&format!("/export?user={user}"));
+        assert_eq!(status, 200);
+        open(&bytes)
+            .prepare("SELECT v FROM t ORDER BY rowid")
+            .unwrap()
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect()
+    };
+    let refused = |answer: &Answer, status: u16, code: &str| {
+        assert_eq!(
+            (answer.status, answer.json["error"]["code"].as_str()),
+            (status, Some(code)),
+            "{}",
+            answer.json
+        );
+    };
+    for user in ["one", "two", "three"] {
+        q(user, "CREATE TABLE t(v TEXT)");
+        q(user, "INSERT INTO t VALUES ('first')");
+    }
+
+    // 1.
+    let moved = worker.request("POST", "/migrate?user=one&to=durable_object");
+    assert_eq!(moved.status, 200, "{}", moved.json);
+    let there = q("one", "INSERT INTO t VALUES ('in the object')");
+    assert_eq!(there.json["route"], "durable_object");
+    let back = worker.request("POST", "/migrate?user=one&to=r2");
+    assert_eq!(back.status, 200, "{}", back.json);
+    let after = q("one", "INSERT INTO t VALUES ('after-back')");
+    assert_eq!(after.json["route"], "r2");
+    let stored = worker.object("one/database.sqlite");
+    refused(
+        &worker.request("POST", "/migrate?user=one&to=r2"),
+        409,
+        "move_out_of_order",
+    );
+    refused(
+        &worker.request("POST", "/do/export?user=one"),
+        409,
+        "move_out_of_order",
+    );
+    assert_eq!(worker.object("one/database.sqlite"), stored, "R2 untouched");
+    assert_eq!(rows("one"), ["first", "in the object", "after-back"]);
+
+    // 2.
+    let moved = worker.request("POST", "/migrate?user=two&to=durable_object");
+    assert_eq!(moved.status, 200, "{}", moved.json);
+    q("two", "INSERT INTO t VALUES ('kept in the object')");
+    refused(
+        &worker.request("POST", "/do/import?user=two"),
+        409,
+        "move_out_of_order",
+    );
+    let read = q("two", "SELECT v FROM t ORDER BY rowid");
+    assert_eq!(read.json["route"], "durable_object");
+    assert_eq!(
+        read.json["results"][0]["rows"],
+        json!([["first"], ["kept in the object"]])
+    );
+
+    // 3.
+    refused(
+        &worker.request("POST", "/do/import?user=three"),
+        409,
+        "move_out_of_order",
+    );
+    for v in ["r2 write 1", "r2 write 2"] {
+        let w = q("three", &format!("INSERT INTO t VALUES ('{v}')"));
+        assert_eq!(w.json["route"], "r2");
+    }
+    refused(
+        &worker.request("POST", "/do/export?user=three"),
+        404,
+        "user_not_found",
+    );
+    let sync = worker.get("/?user=three");
+    assert_eq!(sync.status, 200, "{}", sync.json);
+    assert!(
+        sync.json["storage"]["outside_replacement"].is_null(),
+        "{}",
+        sync.json
+    );
+    assert_eq!(rows("three"), ["first", "r2 write 1", "r2 write 2"]);
+}
+
+/// A move carries every table, rowid and typed value, or is refused:
+/// 4. a table the object cannot take (`_cf_mine`, a name Durable Object storage reserves) is
+///    refused with the list and the R2 object left as it was; `allow_loss=true` moves the rest
+///    and names what it dropped; the README's `notes.big` (beyond 2^53) moves exactly;
+/// 5. a rowid table without an INTEGER PRIMARY KEY keeps rowid 3, a REAL 3.0 stays REAL;
+/// 6. the object's route refuses integers it cannot carry exactly, as parameters and as
+///    results (`INSERT INTO n VALUES (9007199254740993)` then `SELECT` is a 4xx, never
+///    9007199254740992.0), and the way back stores them exactly.
+#[test]
+fn moves_carry_every_value_or_refuse() {
+    let image = workers_sqlite_poc::testing::apply_sql(
+        &fixtures::demo_database().unwrap(),
+        "CREATE TABLE notes(id INTEGER PRIMARY KEY, body TEXT, big INTEGER);
+         INSERT INTO notes(body, big) VALUES ('first clip reviewed', 9007199254740993);
+         CREATE TABLE _cf_mine(x); INSERT INTO _cf_mine VALUES ('mine');
+         CREATE TABLE kept(x); INSERT INTO kept VALUES ('a'), ('b'), ('c');
+         DELETE FROM kept WHERE x <> 'c';
+         CREATE TABLE r(v); INSERT INTO r VALUES (3.0), (3);",
+    );
+    let worker = LocalWorker::start(&[("four/database.sqlite", &image)]);
+    let q = |body: serde_json::Value| worker.post_json("/query?user=four", &body, &[]);
+
+    // 4.
+    let refused = worker.request("POST", "/migrate?user=four&to=durable_object");
+    assert_eq!(refused.status, 422, "{}", refused.json);
+    assert_eq!(refused.json["error"]["code"], "would_lose_data");
+    let lost = refused.json["error"]["lost"].as_array().unwrap();
+    assert_eq!(lost.len(), 1, "{}", refused.json);
+    assert!(
+        lost[0].as_str().unwrap().starts_with("_cf_mine"),
+        "{lost:?}"
+    );
+    assert_eq!(
+        sha256(&worker.object("four/database.sqlite").unwrap()),
+        sha256(&image),
+        "the source is left as it was"
+    );
+    assert_eq!(worker.get("/?user=four&save=never").json["route"], "r2");
+    let moved = worker.request(
+        "POST",
+        "/migrate?user=four&to=durable_object&allow_loss=true",
+    );
+    assert_eq!(moved.status, 200, "{}", moved.json);
+    let dropped = &moved.json["moved"]["import"]["dropped"];
+    assert_eq!(dropped.as_array().unwrap().len(), 1, "{dropped}");
+    assert!(
+        dropped[0].as_str().unwrap().starts_with("_cf_mine"),
+        "{dropped}"
+    );
+
+    // 5.
+    let kept = q(json!([
+        {"sql": "SELECT rowid, x FROM kept"},
+        {"sql": "SELECT typeof(v) FROM r ORDER BY rowid"},
+    ]));
+    assert_eq!(kept.status, 200, "{}", kept.json);
+    assert_eq!(kept.json["route"], "durable_object");
+    assert_eq!(kept.json["results"][0]["rows"], json!([[3, "c"]]));
+    assert_eq!(
+        kept.json["results"][1]["rows"],
+        json!([["real"], ["integer"]])
+    );
+
+    // 6.
+    let inexact = |answer: Answer| {
+        assert_eq!(answer.status, 422, "{}", answer.json);
+        assert_eq!(
+            answer.json["error"]["code"], "inexact_number",
+            "{}",
+            answer.json
+        );
+    };
+    inexact(q(json!({"sql": "SELECT big FROM notes"})));
+    let exact = q(json!({"sql": "SELECT CAST(big AS TEXT) FROM notes"}));
+    assert_eq!(
+        exact.json["results"][0]["rows"],
+        json!([["9007199254740993"]])
+    );
+    let created = q(json!([
+        {"sql": "CREATE TABLE n(v)"},
+        {"sql": "INSERT INTO n VALUES (9007199254740993)"},
+    ]));
+    assert_eq!(created.status, 200, "{}", created.json);
+    inexact(q(json!({"sql": "SELECT v FROM n"})));
+    inexact(q(
+        json!({"sql": "SELECT ?", "params": [{"integer": "9007199254740995"}]}),
+    ));
+
+    let back = worker.request("POST", "/migrate?user=four&to=r2");
+    assert_eq!(back.status, 200, "{}", back.json);
+    let (status, _, stored) = worker.get_bytes("/export?user=four");
+    assert_eq!(status, 200);
+    let conn = open(&stored);
+    let text = |sql: &str| -> String { conn.query_row(sql, [], |r| r.get(0)).unwrap() };
+    assert_eq!(
+        text("SELECT typeof(big) || ' ' || big FROM notes"),
+        "integer 9007199254740993"
+    );
+    assert_eq!(
+        text("SELECT typeof(v) || ' ' || v FROM n"),
+        "integer 9007199254740993"
+    );
+    assert_eq!(text("SELECT rowid || ' ' || x FROM kept"), "3 c");
+    assert_eq!(
+        text("SELECT group_concat(typeof(v) || ' ' || quote(v), ', ') FROM r"),
+        "real 3.0, integer 3"
+    );
+    let cf: i64 = conn
+        .query_row(
+            "SELECT count(*) FROM sqlite_master WHERE name = '_cf_mine'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(cf, 0, "dropped as the answer said");
 }

@@ -493,15 +493,17 @@ fn object_store_contract_holds_for_local_r2() {
     assert_eq!(off.request("POST", "/__self-test/store").status, 404);
 }
 
-/// The same `/query` bodies on both routes: `POST /query` (R2) and `POST /do/query` (the
-/// user's Durable Object, after an import) answer with the same results encoding and report
+/// The same `/query` bodies on both routes: `POST /query` (a user in R2) and `POST /do/query`
+/// (a user moved to their Durable Object) answer with the same results encoding and report
 /// shape; each request is one transaction in the object too (a failing statement rolls back
 /// the ones before it), and the object's refusals are the same guard-rail errors.
 #[test]
 fn both_query_routes_answer_alike() {
     let demo = fixtures::demo_database().unwrap();
-    let worker = LocalWorker::start(&[("a/database.sqlite", &demo)]);
-    assert_eq!(worker.request("POST", "/do/import?user=a").status, 200);
+    let worker = LocalWorker::start(&[("a/database.sqlite", &demo), ("b/database.sqlite", &demo)]);
+    // User b lives in their Durable Object; a stays in R2.
+    let moved = worker.request("POST", "/migrate?user=b&to=durable_object");
+    assert_eq!(moved.status, 200, "{}", moved.json);
     let write = json!([
         {"sql": "CREATE TABLE IF NOT EXISTS notes(id INTEGER PRIMARY KEY, body TEXT, data BLOB, score REAL)"},
         {"sql": "INSERT INTO notes(body, data, score) VALUES (?, ?, ?)", "params": ["first", {"blob": "AAEC"}, 2.5]},
@@ -511,12 +513,12 @@ fn both_query_routes_answer_alike() {
         {"sql": "SELECT count(*) AS n FROM raw_clips"},
     ]);
     let mut answers = Vec::new();
-    for route in ["/query", "/do/query"] {
-        let w = worker.post_json(&format!("{route}?user=a"), &write, &[]);
+    for (route, user) in [("/query", "a"), ("/do/query", "b")] {
+        let w = worker.post_json(&format!("{route}?user={user}"), &write, &[]);
         assert_eq!(w.status, 200, "{route}: {}", w.json);
         assert_eq!(w.json["results"][1]["changes"], 1, "{route}: {}", w.json);
         assert_eq!(w.json["results"][1]["last_insert_rowid"], 1, "{route}");
-        let r = worker.post_json(&format!("{route}?user=a"), &read, &[]);
+        let r = worker.post_json(&format!("{route}?user={user}"), &read, &[]);
         assert_eq!(r.status, 200, "{route}: {}", r.json);
         for field in [
             "success",
@@ -541,12 +543,12 @@ fn both_query_routes_answer_alike() {
         {"sql": "INSERT INTO notes(body) VALUES ('lost')"},
         {"sql": "INSERT INTO no_such_table VALUES (1)"},
     ]);
-    let answer = worker.post_json("/do/query?user=a", &failing, &[]);
+    let answer = worker.post_json("/do/query?user=b", &failing, &[]);
     assert_eq!(answer.status, 400, "{}", answer.json);
     assert_eq!(answer.json["error"]["code"], "sql_error");
     assert_eq!(answer.json["error"]["statement"], 1);
     let count = worker.post_json(
-        "/do/query?user=a",
+        "/do/query?user=b",
         &json!({"sql": "SELECT count(*) FROM notes"}),
         &[],
     );
@@ -557,15 +559,16 @@ fn both_query_routes_answer_alike() {
         count.json
     );
 
-    let attach = worker.post_json("/do/query?user=a", &json!({"sql": "ATTACH 'x' AS y"}), &[]);
+    let attach = worker.post_json("/do/query?user=b", &json!({"sql": "ATTACH 'x' AS y"}), &[]);
     assert_eq!(attach.status, 403, "{}", attach.json);
     assert_eq!(attach.json["error"]["code"], "statement_not_allowed");
     let big = worker.post_json(
-        "/do/query?user=a",
+        "/do/query?user=b",
         &json!({"sql": "SELECT ?", "params": [{"integer": "9007199254740993"}]}),
         &[],
     );
-    assert_eq!(big.status, 400, "{}", big.json);
+    assert_eq!(big.status, 422, "{}", big.json);
+    assert_eq!(big.json["error"]["code"], "inexact_number");
     assert!(
         big.json["error"]["message"]
             .as_str()
