@@ -18,10 +18,10 @@
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
+use rusqlite::Connection;
 use rusqlite::hooks::{AuthAction, AuthContext, Authorization};
 use rusqlite::limits::Limit;
 use rusqlite::types::Value;
-use rusqlite::{Connection, ErrorCode};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Corruption, Error};
@@ -353,42 +353,6 @@ impl<'c> Executor<'c> {
             .store(vacuum_kind(sql) == Some(false), Ordering::Relaxed);
     }
 
-    /// Maps a failure of statement `index` to what the client should see.
-    fn classify(&self, index: usize, e: &rusqlite::Error) -> Error {
-        if let Some(reason) = self.state.refusal.lock().ok().and_then(|mut r| r.take()) {
-            return Error::StatementNotAllowed {
-                statement: index,
-                reason,
-            };
-        }
-        if self.state.over_budget.load(Ordering::Relaxed) {
-            return Error::CpuBudgetExceeded {
-                statement: index,
-                max_steps: self.limits.max_steps,
-            };
-        }
-        match e.sqlite_error_code() {
-            Some(ErrorCode::DatabaseCorrupt | ErrorCode::NotADatabase) => {
-                Error::CorruptDatabase(Corruption::Contents(e.to_string()))
-            }
-            // The worker's heap limit for SQLite (`sqlite::SQLITE_HEAP_MAX_BYTES`) was reached.
-            Some(ErrorCode::OutOfMemory) => Error::MemoryBudgetExceeded {
-                statement: index,
-                max_bytes: crate::sqlite::SQLITE_HEAP_MAX_BYTES,
-            },
-            // The page cap `sqlite::cap_size` set at load.
-            Some(ErrorCode::DiskFull) => Error::DatabaseFull {
-                statement: Some(index),
-                max_bytes: crate::sqlite::size_cap(self.conn).unwrap_or(0),
-            },
-            _ => Error::SqlError {
-                statement: index,
-                message: sql_message(e),
-                sqlite_code: sqlite_code_name(e),
-            },
-        }
-    }
-
     /// Runs statement `index` of the request. Returns its rows only if `want_rows`.
     pub fn execute(
         &mut self,
@@ -396,69 +360,21 @@ impl<'c> Executor<'c> {
         stmt: &Statement,
         want_rows: bool,
     ) -> Result<StatementResult, Error> {
-        if vacuum_kind(&stmt.sql) == Some(true) {
-            return Err(Error::StatementNotAllowed {
-                statement: index,
-                reason: "VACUUM INTO writes a copy of the database elsewhere".into(),
-            });
-        }
         self.begin_statement(&stmt.sql);
-        let total_before = self.conn.total_changes();
-        let result = self.run(index, stmt, want_rows);
-        self.track_read_only(&stmt.sql, result.is_ok())?;
-        let mut result = match result {
-            Ok(r) => r,
-            Err(Failure::Sqlite(e)) => return Err(self.classify(index, &e)),
-            Err(Failure::Request(e)) => return Err(e),
+        let mut backend = SqliteBackend {
+            conn: &*self.conn,
+            state: &self.state,
         };
-        // `changes()` is stale after statements that change nothing (DDL, SELECT).
-        if self.conn.total_changes() == total_before {
-            result.changes = 0;
-        }
-        Ok(result)
-    }
-
-    fn run(
-        &mut self,
-        index: usize,
-        stmt: &Statement,
-        want_rows: bool,
-    ) -> Result<StatementResult, Failure> {
-        let conn: &Connection = &*self.conn;
-        let limits = self.limits;
-        let used = &mut self.result_bytes;
-        let mut prepared = conn.prepare(&stmt.sql)?;
-        bind(&mut prepared, index, stmt).map_err(Failure::Request)?;
-        let (columns, decltypes): (Vec<String>, Vec<Option<String>>) = prepared
-            .columns()
-            .map(|c| (c.name().to_owned(), c.decl_type().map(str::to_owned)))
-            .unzip();
-        let ncols = columns.len();
-        let mut rows_out = Vec::new();
-        {
-            let mut rows = prepared.raw_query();
-            while let Some(row) = rows.next()? {
-                if !want_rows {
-                    continue;
-                }
-                charge_row(used, &limits).map_err(Failure::Request)?;
-                let mut out = Vec::with_capacity(ncols);
-                for i in 0..ncols {
-                    // Charged before it is copied out of SQLite (a borrowed look first), so a
-                    // huge result stops early instead of filling memory.
-                    charge_value(used, &limits, row.get_ref(i)?).map_err(Failure::Request)?;
-                    out.push(row.get::<_, Value>(i)?);
-                }
-                rows_out.push(out);
-            }
-        }
-        Ok(StatementResult {
-            columns,
-            decltypes,
-            rows: rows_out,
-            changes: conn.changes(),
-            last_insert_rowid: conn.last_insert_rowid(),
-        })
+        let result = run_statement(
+            &mut backend,
+            &self.limits,
+            &mut self.result_bytes,
+            index,
+            stmt,
+            want_rows,
+        );
+        self.track_read_only(&stmt.sql, result.is_ok())?;
+        result
     }
 
     /// Keeps `PRAGMA query_only` on from a successful `BEGIN TRANSACTION READONLY` until the
@@ -493,7 +409,15 @@ impl<'c> Executor<'c> {
         self.begin_statement(sql);
         let result = self.conn.execute_batch(sql);
         self.track_read_only("", result.is_ok())?;
-        result.map_err(|e| self.classify(index, &e))
+        let limits = self.limits;
+        result.map_err(|e| {
+            let guard = SqliteBackend {
+                conn: &*self.conn,
+                state: &self.state,
+            }
+            .guard();
+            sqlite_error(index, guard, &limits, sqlite_code_name(&e), sql_message(&e))
+        })
     }
 
     /// Whether no transaction is open.
@@ -537,14 +461,256 @@ impl Drop for Executor<'_> {
     }
 }
 
-enum Failure {
-    Sqlite(rusqlite::Error),
+/// How a statement failed in a [`Backend`], before [`sqlite_error`] maps it.
+#[derive(Debug)]
+pub enum Failure {
+    /// SQLite refused or failed the statement.
+    Sqlite {
+        /// SQLite's primary result code name (`SQLITE_CONSTRAINT`, ...), when known.
+        code: Option<&'static str>,
+        /// SQLite's message.
+        message: String,
+    },
+    /// Already what the client should see (a parameter that cannot be bound, the result cap,
+    /// a number the backend cannot carry exactly).
     Request(Error),
 }
 
-impl From<rusqlite::Error> for Failure {
-    fn from(e: rusqlite::Error) -> Self {
-        Self::Sqlite(e)
+/// What the guard rails saw while a statement ran, for mapping its failure.
+#[derive(Debug, Default)]
+pub struct Guard {
+    /// The authorizer's reason, if it refused something.
+    pub refusal: Option<String>,
+    /// The step budget ran out.
+    pub over_budget: bool,
+    /// The database's size cap (SQLITE_FULL means a write reached it), where the worker set
+    /// one.
+    pub size_cap_bytes: Option<u64>,
+    /// SQLite runs under the worker's heap limit (SQLITE_NOMEM means a statement reached it).
+    pub heap_limited: bool,
+}
+
+/// A statement's column names and declared types (`None` for expressions, or where the
+/// backend cannot tell).
+pub type Columns = (Vec<String>, Vec<Option<String>>);
+
+/// Where a backend hands a statement's rows, so the result cap holds while they are read: a
+/// row and each of its values are charged before the values are copied out of the database.
+pub trait RowSink {
+    /// Charges a new row.
+    fn row(&mut self) -> Result<(), Error>;
+    /// Charges one of its values, looked at where it lies.
+    fn value(&mut self, value: rusqlite::types::ValueRef<'_>) -> Result<(), Error>;
+    /// Keeps the row's values.
+    fn keep(&mut self, row: Vec<Value>);
+}
+
+/// The request's rows of one statement, charged against `limits` into `used`.
+struct Collected<'a> {
+    used: &'a mut u64,
+    limits: &'a Limits,
+    rows: Vec<Vec<Value>>,
+}
+
+impl RowSink for Collected<'_> {
+    fn row(&mut self) -> Result<(), Error> {
+        charge_row(self.used, self.limits)
+    }
+    fn value(&mut self, value: rusqlite::types::ValueRef<'_>) -> Result<(), Error> {
+        charge_value(self.used, self.limits, value)
+    }
+    fn keep(&mut self, row: Vec<Value>) {
+        self.rows.push(row);
+    }
+}
+
+/// A database the executor runs statements on: a rusqlite connection (the R2 route) or the
+/// Durable Object's SQL storage. Everything else (the statement rules, the result cap,
+/// `changes`, the step budget's error, how a failure maps to an answer) is the executor's,
+/// the same for both ([`run_statement`]).
+pub trait Backend {
+    /// Prepares `stmt`, binds its parameters and runs it to its end, handing each row to
+    /// `rows` (read only when `want_rows`); returns the column names and declared types. A
+    /// step budget that runs out stops the statement with a failure, and [`Backend::guard`]
+    /// says so.
+    fn run(
+        &mut self,
+        index: usize,
+        stmt: &Statement,
+        want_rows: bool,
+        rows: &mut dyn RowSink,
+    ) -> Result<Columns, Failure>;
+    /// The connection's (total changes, changes by the last statement, last inserted rowid).
+    fn counters(&mut self) -> Result<[i64; 3], Error>;
+    /// What the guard rails saw during the last statement.
+    fn guard(&mut self) -> Guard;
+}
+
+/// Runs statement `index` of a request on `backend` under `limits`, counting its result into
+/// `result_bytes` (the request's): the one place where a statement's rules, result cap,
+/// `changes` and errors are decided, whichever database runs it.
+pub fn run_statement<B: Backend + ?Sized>(
+    backend: &mut B,
+    limits: &Limits,
+    result_bytes: &mut u64,
+    index: usize,
+    stmt: &Statement,
+    want_rows: bool,
+) -> Result<StatementResult, Error> {
+    if vacuum_kind(&stmt.sql) == Some(true) {
+        return Err(Error::StatementNotAllowed {
+            statement: index,
+            reason: "VACUUM INTO writes a copy of the database elsewhere".into(),
+        });
+    }
+    let [total_before, _, _] = backend.counters()?;
+    let mut rows = Collected {
+        used: result_bytes,
+        limits,
+        rows: Vec::new(),
+    };
+    let ran = backend.run(index, stmt, want_rows, &mut rows);
+    let rows = rows.rows;
+    let (columns, decltypes) = match ran {
+        Ok(columns) => columns,
+        Err(Failure::Request(e)) => return Err(e),
+        Err(Failure::Sqlite { code, message }) => {
+            return Err(sqlite_error(index, backend.guard(), limits, code, message));
+        }
+    };
+    let [total, changes, last_insert_rowid] = backend.counters()?;
+    Ok(StatementResult {
+        columns,
+        decltypes,
+        rows,
+        // `changes()` is stale after statements that change nothing (DDL, SELECT).
+        changes: if total == total_before {
+            0
+        } else {
+            u64::try_from(changes).unwrap_or(0)
+        },
+        last_insert_rowid,
+    })
+}
+
+/// The one mapping of a SQLite failure of statement `index` to what the client sees, for
+/// every backend: a guard rail's refusal, the step budget, a damaged database, SQLite out of
+/// memory, an authorizer the worker does not own (the Durable Object's), or the statement's
+/// own error.
+#[must_use]
+pub fn sqlite_error(
+    index: usize,
+    guard: Guard,
+    limits: &Limits,
+    code: Option<&'static str>,
+    message: String,
+) -> Error {
+    if let Some(reason) = guard.refusal {
+        return Error::StatementNotAllowed {
+            statement: index,
+            reason,
+        };
+    }
+    if guard.over_budget {
+        return Error::CpuBudgetExceeded {
+            statement: index,
+            max_steps: limits.max_steps,
+        };
+    }
+    match code {
+        Some("SQLITE_CORRUPT" | "SQLITE_NOTADB") => {
+            Error::CorruptDatabase(Corruption::Contents(message))
+        }
+        // The worker's heap limit for SQLite (`sqlite::SQLITE_HEAP_MAX_BYTES`) was reached.
+        Some("SQLITE_NOMEM") if guard.heap_limited => Error::MemoryBudgetExceeded {
+            statement: index,
+            max_bytes: crate::sqlite::SQLITE_HEAP_MAX_BYTES,
+        },
+        Some("SQLITE_NOMEM") => Error::Internal {
+            detail: format!("sqlite: {message}"),
+        },
+        // The page cap `sqlite::cap_size` set at load.
+        Some("SQLITE_FULL") if guard.size_cap_bytes.is_some() => Error::DatabaseFull {
+            statement: Some(index),
+            max_bytes: guard.size_cap_bytes.unwrap_or(0),
+        },
+        Some("SQLITE_AUTH") => Error::StatementNotAllowed {
+            statement: index,
+            reason: format!("the database refused it: {message}"),
+        },
+        _ => Error::SqlError {
+            statement: index,
+            message,
+            sqlite_code: code,
+        },
+    }
+}
+
+/// A rusqlite connection with the guard rails' state, as a [`Backend`].
+struct SqliteBackend<'a> {
+    conn: &'a Connection,
+    state: &'a GuardState,
+}
+
+fn sqlite_failure(e: &rusqlite::Error) -> Failure {
+    Failure::Sqlite {
+        code: sqlite_code_name(e),
+        message: sql_message(e),
+    }
+}
+
+impl Backend for SqliteBackend<'_> {
+    fn run(
+        &mut self,
+        index: usize,
+        stmt: &Statement,
+        want_rows: bool,
+        sink: &mut dyn RowSink,
+    ) -> Result<Columns, Failure> {
+        let mut prepared = self
+            .conn
+            .prepare(&stmt.sql)
+            .map_err(|e| sqlite_failure(&e))?;
+        bind(&mut prepared, index, stmt).map_err(Failure::Request)?;
+        let (columns, decltypes): Columns = prepared
+            .columns()
+            .map(|c| (c.name().to_owned(), c.decl_type().map(str::to_owned)))
+            .unzip();
+        let ncols = columns.len();
+        let mut rows = prepared.raw_query();
+        while let Some(r) = rows.next().map_err(|e| sqlite_failure(&e))? {
+            if !want_rows {
+                continue;
+            }
+            sink.row().map_err(Failure::Request)?;
+            let mut values = Vec::with_capacity(ncols);
+            for i in 0..ncols {
+                // Charged before it is copied out of SQLite (a borrowed look first), so a huge
+                // result stops early instead of filling memory.
+                let look = r.get_ref(i).map_err(|e| sqlite_failure(&e))?;
+                sink.value(look).map_err(Failure::Request)?;
+                values.push(r.get::<_, Value>(i).map_err(|e| sqlite_failure(&e))?);
+            }
+            sink.keep(values);
+        }
+        Ok((columns, decltypes))
+    }
+
+    fn counters(&mut self) -> Result<[i64; 3], Error> {
+        Ok([
+            i64::try_from(self.conn.total_changes()).unwrap_or(i64::MAX),
+            i64::try_from(self.conn.changes()).unwrap_or(i64::MAX),
+            self.conn.last_insert_rowid(),
+        ])
+    }
+
+    fn guard(&mut self) -> Guard {
+        Guard {
+            refusal: self.state.refusal.lock().ok().and_then(|mut r| r.take()),
+            over_budget: self.state.over_budget.load(Ordering::Relaxed),
+            size_cap_bytes: crate::sqlite::size_cap(self.conn),
+            heap_limited: true,
+        }
     }
 }
 
@@ -600,45 +766,46 @@ pub fn charge(used: &mut u64, max_bytes: u64, value: &Value) -> Result<(), Error
     let cost = payload_cost(rusqlite::types::ValueRef::from(value));
     add(used, max_bytes, QUERY_VALUE_COST_BYTES + cost)
 }
+/// SQLite's primary result code names, by code.
+pub const SQLITE_CODE_NAMES: [&str; 27] = [
+    "SQLITE_OK",
+    "SQLITE_ERROR",
+    "SQLITE_INTERNAL",
+    "SQLITE_PERM",
+    "SQLITE_ABORT",
+    "SQLITE_BUSY",
+    "SQLITE_LOCKED",
+    "SQLITE_NOMEM",
+    "SQLITE_READONLY",
+    "SQLITE_INTERRUPT",
+    "SQLITE_IOERR",
+    "SQLITE_CORRUPT",
+    "SQLITE_NOTFOUND",
+    "SQLITE_FULL",
+    "SQLITE_CANTOPEN",
+    "SQLITE_PROTOCOL",
+    "SQLITE_EMPTY",
+    "SQLITE_SCHEMA",
+    "SQLITE_TOOBIG",
+    "SQLITE_CONSTRAINT",
+    "SQLITE_MISMATCH",
+    "SQLITE_MISUSE",
+    "SQLITE_NOLFS",
+    "SQLITE_AUTH",
+    "SQLITE_FORMAT",
+    "SQLITE_RANGE",
+    "SQLITE_NOTADB",
+];
 
 /// The name of SQLite's primary result code, as the libSQL protocol reports it.
 #[must_use]
 pub fn sqlite_code_name(e: &rusqlite::Error) -> Option<&'static str> {
-    const NAMES: [&str; 27] = [
-        "SQLITE_OK",
-        "SQLITE_ERROR",
-        "SQLITE_INTERNAL",
-        "SQLITE_PERM",
-        "SQLITE_ABORT",
-        "SQLITE_BUSY",
-        "SQLITE_LOCKED",
-        "SQLITE_NOMEM",
-        "SQLITE_READONLY",
-        "SQLITE_INTERRUPT",
-        "SQLITE_IOERR",
-        "SQLITE_CORRUPT",
-        "SQLITE_NOTFOUND",
-        "SQLITE_FULL",
-        "SQLITE_CANTOPEN",
-        "SQLITE_PROTOCOL",
-        "SQLITE_EMPTY",
-        "SQLITE_SCHEMA",
-        "SQLITE_TOOBIG",
-        "SQLITE_CONSTRAINT",
-        "SQLITE_MISMATCH",
-        "SQLITE_MISUSE",
-        "SQLITE_NOLFS",
-        "SQLITE_AUTH",
-        "SQLITE_FORMAT",
-        "SQLITE_RANGE",
-        "SQLITE_NOTADB",
-    ];
     let error = match e {
         rusqlite::Error::SqlInputError { error, .. } => error,
         other => other.sqlite_error()?,
     };
     let code = error.extended_code & 0xff;
-    NAMES.get(usize::try_from(code).ok()?).copied()
+    SQLITE_CODE_NAMES.get(usize::try_from(code).ok()?).copied()
 }
 
 /// SQLite's own message, without rusqlite's wrapping where it adds nothing.

@@ -23,7 +23,9 @@ use super::r2::R2Store;
 use crate::clock::Clock;
 use crate::delay::round2;
 use crate::error::Error;
-use crate::exec::{Limits, Statement, StatementResult};
+use crate::exec::{
+    Backend, Failure, Guard, Limits, RowSink, Statement, StatementResult, run_statement,
+};
 use crate::import::{self, SqlTarget};
 use crate::migrate::{self, ObjectHome, ObjectState};
 use crate::report::DurableTables;
@@ -148,32 +150,23 @@ impl SqlTarget for DoTarget {
     }
 }
 
-/// A failure of the Durable Object's SQL on statement `index`: its `SQLITE_AUTH` refusals
-/// (ATTACH, BEGIN, modules it does not host) are the guard rails' `statement_not_allowed`; the
-/// rest are the statement's own errors, as on the R2 route.
-fn statement_error(index: usize, e: &worker::Error) -> Error {
+/// A failure of the Durable Object's SQL, for the executor's one mapping: the API gives a
+/// message only, which names SQLite's result code (`SQLITE_AUTH` for its refusals: ATTACH,
+/// BEGIN, modules it does not host).
+fn do_failure(e: &worker::Error) -> Failure {
     let message = e.to_string();
-    let code = message
-        .rsplit(|c: char| !(c.is_ascii_uppercase() || c == '_'))
-        .find(|w| w.starts_with("SQLITE_"))
-        .map(|w| w.to_owned());
-    if code.as_deref() == Some("SQLITE_AUTH") || message.contains("not authorized") {
-        return Error::StatementNotAllowed {
-            statement: index,
-            reason: format!("the Durable Object refused it: {message}"),
-        };
-    }
-    let sqlite_code = match code.as_deref() {
-        Some("SQLITE_CONSTRAINT") => Some("SQLITE_CONSTRAINT"),
-        Some("SQLITE_MISMATCH") => Some("SQLITE_MISMATCH"),
-        Some("SQLITE_RANGE") => Some("SQLITE_RANGE"),
-        _ => Some("SQLITE_ERROR"),
+    let named = message
+        .split(|c: char| !(c.is_ascii_uppercase() || c == '_'))
+        .find(|w| w.starts_with("SQLITE_"));
+    let code = match named {
+        Some(name) => crate::exec::SQLITE_CODE_NAMES
+            .iter()
+            .copied()
+            .find(|n| *n == name),
+        None if message.contains("not authorized") => Some("SQLITE_AUTH"),
+        None => Some("SQLITE_ERROR"),
     };
-    Error::SqlError {
-        statement: index,
-        message,
-        sqlite_code,
-    }
+    Failure::Sqlite { code, message }
 }
 
 /// A parameter for the Durable Object's SQL API, which passes numbers as JS numbers.
@@ -214,84 +207,132 @@ fn exact_result(index: usize, v: SqlStorageValue) -> std::result::Result<Value, 
     }
 }
 
-/// The connection's change counters: (total changes so far, changes by the last statement,
-/// last inserted rowid), read in one query.
-fn counters(sql: &SqlStorage, index: usize) -> std::result::Result<[i64; 3], Error> {
-    let mut out = [0; 3];
-    for row in sql
-        .exec(
-            // As text: a rowid beyond 2^53 would arrive rounded as a JS number.
-            "SELECT CAST(total_changes() AS TEXT), CAST(changes() AS TEXT), \
-             CAST(last_insert_rowid() AS TEXT)",
-            None,
-        )
-        .map_err(|e| statement_error(index, &e))?
-        .raw()
-    {
-        let row = row.map_err(|e| statement_error(index, &e))?;
-        for (slot, v) in out.iter_mut().zip(row) {
-            if let SqlStorageValue::String(t) = v {
-                *slot = t.parse().unwrap_or(0);
-            }
-        }
-    }
-    Ok(out)
+/// How many rows the Durable Object may read and write for one request: its cursor has no
+/// progress handler, so the VM-step budget is counted in rows as the cursor reports them
+/// (`rowsRead`/`rowsWritten`, which count table and temporary rows alike), at
+/// [`STEPS_PER_ROW`] steps each.
+fn max_rows(limits: &Limits) -> u64 {
+    limits.max_steps / STEPS_PER_ROW
 }
 
-/// One statement through the Durable Object's SQL API, with the `/query` semantics.
-/// `total_changes` is the connection's total before the statement, and after it on return,
-/// so a batch reads the counters once per statement.
-fn run_statement(
-    sql: &SqlStorage,
-    index: usize,
-    stmt: &Statement,
-    limits: &Limits,
-    result_bytes: &mut u64,
-    total_changes: &mut i64,
-) -> std::result::Result<StatementResult, Error> {
-    if !stmt.named_args.is_empty() {
-        return Err(Error::InvalidRequest {
-            reason: format!(
-                "statement {index}: the Durable Object route binds positional parameters only (?); send params as an array"
-            ),
-        });
-    }
-    let params = stmt
-        .args
-        .iter()
-        .map(|v| param_to_js(index, v))
-        .collect::<std::result::Result<Vec<_>, _>>()?;
-    let cursor = sql
-        .exec_raw(&stmt.sql, params)
-        .map_err(|e| statement_error(index, &e))?;
-    let columns = cursor.column_names();
-    let mut rows = Vec::new();
-    for row in cursor.raw() {
-        let row: Vec<Value> = row
-            .map_err(|e| statement_error(index, &e))?
-            .into_iter()
-            .map(|v| exact_result(index, v))
-            .collect::<std::result::Result<_, _>>()?;
-        for v in &row {
-            crate::exec::charge(result_bytes, limits.max_result_bytes, v)?;
+/// VM steps one row read or written costs, about: measured natively at 4 per row of a table
+/// scan and 17 per row of a recursive CTE.
+const STEPS_PER_ROW: u64 = 10;
+
+/// The Durable Object's SQL storage as the executor's backend, with the request's row budget.
+struct DoBackend {
+    sql: SqlStorage,
+    max_rows: u64,
+    rows_used: u64,
+    over_budget: bool,
+}
+
+impl DoBackend {
+    /// Adds what `cursor` has read and written so far to the request's rows; a failure once
+    /// past the budget.
+    fn spend(
+        &mut self,
+        cursor: &worker::SqlCursor,
+        counted: &mut u64,
+    ) -> std::result::Result<(), Failure> {
+        let now = (cursor.rows_read() + cursor.rows_written()) as u64;
+        self.rows_used += now.saturating_sub(*counted);
+        *counted = now;
+        if self.rows_used > self.max_rows {
+            self.over_budget = true;
+            return Err(Failure::Sqlite {
+                code: Some("SQLITE_INTERRUPT"),
+                message: "interrupted".into(),
+            });
         }
-        rows.push(row);
+        Ok(())
     }
-    let [total, changes, last_insert_rowid] = counters(sql, index)?;
-    // `changes()` is stale after statements that change nothing (DDL, SELECT).
-    let changed = total != *total_changes;
-    *total_changes = total;
-    Ok(StatementResult {
-        decltypes: vec![None; columns.len()],
-        columns,
-        rows,
-        changes: if changed {
-            u64::try_from(changes).unwrap_or(0)
-        } else {
-            0
-        },
-        last_insert_rowid,
-    })
+}
+
+impl Backend for DoBackend {
+    fn run(
+        &mut self,
+        index: usize,
+        stmt: &Statement,
+        want_rows: bool,
+        sink: &mut dyn RowSink,
+    ) -> std::result::Result<crate::exec::Columns, Failure> {
+        self.over_budget = false;
+        if !stmt.named_args.is_empty() {
+            return Err(Failure::Request(Error::InvalidRequest {
+                reason: format!(
+                    "statement {index}: the Durable Object route binds positional parameters only (?); send params as an array"
+                ),
+            }));
+        }
+        let params = stmt
+            .args
+            .iter()
+            .map(|v| param_to_js(index, v))
+            .collect::<std::result::Result<Vec<_>, _>>()
+            .map_err(Failure::Request)?;
+        let cursor = self
+            .sql
+            .exec_raw(&stmt.sql, params)
+            .map_err(|e| do_failure(&e))?;
+        let columns = cursor.column_names();
+        let mut counted = 0;
+        self.spend(&cursor, &mut counted)?;
+        for values in cursor.raw() {
+            let values = values.map_err(|e| do_failure(&e))?;
+            self.spend(&cursor, &mut counted)?;
+            if want_rows {
+                sink.row().map_err(Failure::Request)?;
+                let values = values
+                    .into_iter()
+                    .map(|v| exact_result(index, v))
+                    .collect::<std::result::Result<Vec<_>, _>>()
+                    .map_err(Failure::Request)?;
+                for v in &values {
+                    sink.value(v.into()).map_err(Failure::Request)?;
+                }
+                sink.keep(values);
+            }
+        }
+        self.spend(&cursor, &mut counted)?;
+        // The object's cursor does not say what types the columns were declared with.
+        let decltypes = vec![None; columns.len()];
+        Ok((columns, decltypes))
+    }
+
+    fn counters(&mut self) -> std::result::Result<[i64; 3], Error> {
+        let failed = |e: worker::Error| Error::Internal {
+            detail: format!("durable object counters: {e}"),
+        };
+        let mut out = [0; 3];
+        for row in self
+            .sql
+            .exec(
+                // As text: a rowid beyond 2^53 would arrive rounded as a JS number.
+                "SELECT CAST(total_changes() AS TEXT), CAST(changes() AS TEXT), \
+                 CAST(last_insert_rowid() AS TEXT)",
+                None,
+            )
+            .map_err(failed)?
+            .raw()
+        {
+            for (slot, v) in out.iter_mut().zip(row.map_err(failed)?) {
+                if let SqlStorageValue::String(t) = v {
+                    *slot = t.parse().unwrap_or(0);
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    fn guard(&mut self) -> Guard {
+        Guard {
+            refusal: None,
+            over_budget: std::mem::take(&mut self.over_budget),
+            size_cap_bytes: None,
+            heap_limited: false,
+        }
+    }
 }
 
 fn user_tables(target: &DoTarget) -> std::result::Result<Vec<String>, Error> {
@@ -414,15 +455,19 @@ impl UserDb {
             let (outcome, sql, limits) = (Rc::clone(&outcome), sql.clone(), config.limits);
             let run = Closure::once(move || -> std::result::Result<JsValue, JsValue> {
                 let mut result_bytes = 0;
-                let result = counters(&sql, 0).and_then(|[mut total, _, _]| {
-                    statements
-                        .iter()
-                        .enumerate()
-                        .map(|(i, s)| {
-                            run_statement(&sql, i, s, &limits, &mut result_bytes, &mut total)
-                        })
-                        .collect::<std::result::Result<Vec<_>, _>>()
-                });
+                let mut backend = DoBackend {
+                    sql,
+                    max_rows: max_rows(&limits),
+                    rows_used: 0,
+                    over_budget: false,
+                };
+                let result = statements
+                    .iter()
+                    .enumerate()
+                    .map(|(i, s)| {
+                        run_statement(&mut backend, &limits, &mut result_bytes, i, s, true)
+                    })
+                    .collect::<std::result::Result<Vec<_>, _>>();
                 let failed = result.is_err();
                 *outcome.borrow_mut() = Some(result);
                 // Throwing is how transactionSync is told to roll back.

@@ -500,7 +500,15 @@ fn object_store_contract_holds_for_local_r2() {
 #[test]
 fn both_query_routes_answer_alike() {
     let demo = fixtures::demo_database().unwrap();
-    let worker = LocalWorker::start(&[("a/database.sqlite", &demo), ("b/database.sqlite", &demo)]);
+    // A step budget of 5M (a tenth of the default) keeps the runaway statement below short.
+    let worker = LocalWorker::start_with_vars(
+        &[("a/database.sqlite", &demo), ("b/database.sqlite", &demo)],
+        &[
+            ("ALLOW_ANONYMOUS", "true"),
+            ("LAYOUT", "single"),
+            ("QUERY_MAX_STEPS", "5000000"),
+        ],
+    );
     // User b lives in their Durable Object; a stays in R2.
     let moved = worker.request("POST", "/migrate?user=b&to=durable_object");
     assert_eq!(moved.status, 200, "{}", moved.json);
@@ -558,6 +566,32 @@ fn both_query_routes_answer_alike() {
         "{}",
         count.json
     );
+
+    // One executor: a runaway statement is stopped with the same error on both routes (the
+    // object counts its budget in rows read, as its cursor reports them), and a constraint
+    // failure maps to the same code.
+    let runaway = json!({"sql": "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < 6000000) SELECT count(*) FROM c"});
+    let unique = json!([
+        {"sql": "CREATE TABLE IF NOT EXISTS u(k INTEGER PRIMARY KEY)"},
+        {"sql": "INSERT INTO u VALUES (1), (1)"},
+    ]);
+    for (route, user) in [("/query", "a"), ("/do/query", "b")] {
+        let answer = worker.post_json(&format!("{route}?user={user}"), &runaway, &[]);
+        assert_eq!(
+            (answer.status, answer.json["error"]["code"].as_str()),
+            (422, Some("cpu_budget_exceeded")),
+            "{route}: {}",
+            answer.json
+        );
+        assert_eq!(answer.json["error"]["statement"], 0, "{route}");
+        let answer = worker.post_json(&format!("{route}?user={user}"), &unique, &[]);
+        assert_eq!(answer.status, 400, "{route}: {}", answer.json);
+        assert_eq!(
+            answer.json["error"]["sqlite_code"], "SQLITE_CONSTRAINT",
+            "{route}: {}",
+            answer.json
+        );
+    }
 
     let attach = worker.post_json("/do/query?user=b", &json!({"sql": "ATTACH 'x' AS y"}), &[]);
     assert_eq!(attach.status, 403, "{}", attach.json);
