@@ -225,6 +225,11 @@ struct DoBackend {
     max_rows: u64,
     rows_used: u64,
     over_budget: bool,
+    /// The object's `last_insert_rowid()` when the request began, and whether it has moved
+    /// since: its SQLite connection outlives requests, and a request must not see an earlier
+    /// one's rowid (the R2 route opens a fresh connection for each).
+    rowid_at_start: Option<i64>,
+    rowid_moved: bool,
 }
 
 impl DoBackend {
@@ -305,7 +310,7 @@ impl Backend for DoBackend {
             detail: format!("durable object counters: {e}"),
         };
         let mut out = [0; 3];
-        for row in self
+        let rows = self
             .sql
             .exec(
                 // As text: a rowid beyond 2^53 would arrive rounded as a JS number.
@@ -313,14 +318,18 @@ impl Backend for DoBackend {
                  CAST(last_insert_rowid() AS TEXT)",
                 None,
             )
-            .map_err(failed)?
-            .raw()
-        {
+            .map_err(failed)?;
+        for row in rows.raw() {
             for (slot, v) in out.iter_mut().zip(row.map_err(failed)?) {
                 if let SqlStorageValue::String(t) = v {
                     *slot = t.parse().unwrap_or(0);
                 }
             }
+        }
+        let start = *self.rowid_at_start.get_or_insert(out[2]);
+        self.rowid_moved |= out[2] != start;
+        if !self.rowid_moved {
+            out[2] = 0;
         }
         Ok(out)
     }
@@ -460,6 +469,8 @@ impl UserDb {
                     max_rows: max_rows(&limits),
                     rows_used: 0,
                     over_budget: false,
+                    rowid_at_start: None,
+                    rowid_moved: false,
                 };
                 let result = statements
                     .iter()
