@@ -724,6 +724,18 @@ mod tests {
         assert!(!store.metadata(KEY).unwrap().contains_key(ROUTE_KEY));
     }
 
+    /// A context in the single layout: these scenarios read `database.sqlite` back as the
+    /// whole database (the moves of incremental users run end to end in `tests/e2e`).
+    fn single<'a>(
+        store: &'a MemoryStore,
+        clock: &'a StepClock,
+    ) -> Context<'a, MemoryStore, StepClock> {
+        Context {
+            layout: crate::manifest::Layout::Single,
+            ..Context::new(store, clock)
+        }
+    }
+
     /// A Durable Object played by a rusqlite connection, its state in a cell.
     struct SimHome {
         state: std::cell::RefCell<ObjectState>,
@@ -796,7 +808,7 @@ mod tests {
         let store = MemoryStore::new();
         store.insert(KEY, &fixtures::demo_database().unwrap(), &[]);
         let clock = StepClock::stepping(1.0);
-        let ctx = Context::new(&store, &clock);
+        let ctx = single(&store, &clock);
         let home = SimHome::new();
         let before = store.bytes(KEY).unwrap();
         let err = pollster::block_on(import_here(&ctx, &user(), &home, false)).unwrap_err();
@@ -831,7 +843,7 @@ mod tests {
         let store = MemoryStore::new();
         store.insert(KEY, &fixtures::demo_database().unwrap(), &[]);
         let clock = StepClock::stepping(1.0);
-        let ctx = Context::new(&store, &clock);
+        let ctx = single(&store, &clock);
         write_r2(&ctx, "CREATE TABLE t(v TEXT)");
         write_r2(&ctx, "INSERT INTO t VALUES ('before')");
         let home = SimHome::new();
@@ -870,7 +882,7 @@ mod tests {
         let store = MemoryStore::new();
         store.insert(KEY, &fixtures::demo_database().unwrap(), &[]);
         let clock = StepClock::stepping(1.0);
-        let ctx = Context::new(&store, &clock);
+        let ctx = single(&store, &clock);
         let home = SimHome::new();
         assert!(pollster::block_on(import_here(&ctx, &user(), &home, false)).is_err());
         write_r2(&ctx, "CREATE TABLE w(v)");
@@ -896,7 +908,7 @@ mod tests {
             &[(WRITE_ID_KEY, "w-export".into())],
         );
         let clock = StepClock::stepping(1.0);
-        let ctx = Context::new(&store, &clock);
+        let ctx = single(&store, &clock);
         let home = SimHome::new();
         home.set_state_now(ObjectState::Exporting {
             write_id: "w-export".into(),
