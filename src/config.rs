@@ -256,6 +256,16 @@ mod tests {
     }
 
     /// Nothing set: secure and spec defaults.
+    /// At the defaults, one request's memory budget (database at the load ceiling, the cache,
+    /// SQLite's heap, the result, the body, fixed headroom) fits an isolate.
+    #[test]
+    fn default_memory_budget_fits_an_isolate() {
+        let budget = Config::default().memory_budget_bytes();
+        assert!(budget < ISOLATE_MEMORY_BYTES, "{budget}");
+        assert!(budget > 110_000_000, "{budget}: a part is missing");
+        assert_eq!(load_max_bytes(1024 * 1024), 1024 * 1024 + 128 * 1024);
+    }
+
     #[test]
     fn defaults() {
         let c = Config::from_lookup(lookup(&[])).unwrap();

@@ -33,17 +33,20 @@ pub const DEFAULT_MAX_STATEMENTS: usize = 5000;
 /// next to a database at `MAX_DB_BYTES`.
 pub const DEFAULT_MAX_RESULT_BYTES: u64 = 8 * 1024 * 1024;
 /// Default CPU budget per request (`QUERY_MAX_STEPS`), in SQLite virtual-machine steps,
-/// counted across all of a request's statements: measured at about 0.9 s of CPU natively
-/// (58,000 steps per ms, `cargo bench --bench sqlite_ops`), a few times that in wasm: far
-/// beyond any app query, well inside the paid Workers CPU limit.
-pub const DEFAULT_QUERY_MAX_STEPS: u64 = 50_000_000;
+/// counted across all of a request's statements: sized so that a request spending all of it
+/// delays another user's request in the same isolate by less than a second, measured in local
+/// workerd on a loaded machine (`cargo bench --features e2e --bench neighbour`); about 0.05 s
+/// natively on a quiet one (58,000 steps per ms, `cargo bench --bench sqlite_ops`). A scan of
+/// a few hundred thousand rows fits.
+pub const DEFAULT_QUERY_MAX_STEPS: u64 = 3_000_000;
 /// Longest string or blob SQLite may build or read (`SQLITE_LIMIT_LENGTH`): one value of a
 /// request can never take more memory than this (D1 allows 2 MB).
 pub const MAX_VALUE_BYTES: i32 = 4 * 1024 * 1024;
 /// Longest LIKE or GLOB pattern (`SQLITE_LIMIT_LIKE_PATTERN_LENGTH`, SQLite's default 50,000):
-/// one LIKE is a single VM step whose cost grows with the pattern times the text, so the step
-/// budget cannot see it; with this limit the worst one stays in milliseconds.
-pub const MAX_LIKE_PATTERN_BYTES: i32 = 256;
+/// one LIKE is a single VM step whose cost grows with the pattern's wildcards times the text,
+/// so the step budget cannot see it; with this limit one over the longest text stays near
+/// 100 ms (`cargo bench --bench sqlite_ops`, "worst single LIKE").
+pub const MAX_LIKE_PATTERN_BYTES: i32 = 64;
 /// Bytes charged against the result cap for each value beyond its payload, when the answer is
 /// `/query`'s JSON: the `Value` in its row, its `serde_json` form and its text (measured by
 /// `result_cap_counts_real_memory`).
@@ -1145,10 +1148,10 @@ mod tests {
             assert_eq!(count(&conn), 0);
         }
         let mut conn = db();
-        let long = format!("SELECT 'abc' LIKE '{}'", "%a".repeat(200));
+        let long = format!("SELECT 'abc' LIKE '{}'", "%a".repeat(40));
         let err = run(&mut conn, &[stmt(&long, vec![])]).unwrap_err();
         assert!(err.to_string().contains("pattern too complex"), "{err}");
-        let short = format!("SELECT 'abc' LIKE '{}'", "%a".repeat(100));
+        let short = format!("SELECT 'abc' LIKE '{}'", "%a".repeat(32));
         run(&mut conn, &[stmt(&short, vec![])]).unwrap();
     }
 
