@@ -104,12 +104,21 @@ fn main() {
         workers_sqlite_poc::exec::DEFAULT_QUERY_MAX_STEPS as f64 / steps,
         steps
     );
+    let reopen = reopen_cost(quick);
+    let like_ms = worst_like_ms();
+    println!(
+        "Worst single LIKE step (a {} KiB text, a {}-byte pattern of '%x'): {like_ms:.1} ms natively",
+        workers_sqlite_poc::exec::MAX_VALUE_BYTES / 1024,
+        workers_sqlite_poc::exec::MAX_LIKE_PATTERN_BYTES,
+    );
     let out = out_dir().join("sqlite_ops.json");
     let json = serde_json::json!({
         "bench": "sqlite_ops",
         "cores": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
         "rows": rows,
         "vm_steps_per_ms": steps,
+        "reopen": reopen,
+        "worst_like_ms": like_ms,
     });
     std::fs::write(&out, serde_json::to_string_pretty(&json).unwrap()).expect("write json");
     println!("wrote {}", out.display());
@@ -121,12 +130,14 @@ fn vm_steps_per_ms() -> f64 {
     use workers_sqlite_poc::exec::{Executor, Limits, Statement, Transactions};
     let mut conn = sqlite::create().expect("create");
     let limits = Limits::default();
-    let mut exec = Executor::new(&mut conn, limits, Transactions::Client).expect("executor");
     let runaway = Statement::new(
         "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c) SELECT max(x) FROM c",
     );
     let times: Vec<f64> = (0..3)
         .map(|_| {
+            // A new executor each time: the budget is a request's, across its statements.
+            let mut exec =
+                Executor::new(&mut conn, limits, Transactions::Client).expect("executor");
             let start = Instant::now();
             let err = exec
                 .execute(0, &runaway, true)
@@ -137,4 +148,64 @@ fn vm_steps_per_ms() -> f64 {
         .collect();
     let best = times.iter().copied().fold(f64::INFINITY, f64::min);
     limits.max_steps as f64 / best
+}
+
+/// What caching the image rather than the connection costs: `sqlite::reopen` (close, open the
+/// same buffer) plus the next request's first query (which reads the schema again), against
+/// the same query on a connection kept open. Printed and returned per size.
+fn reopen_cost(quick: bool) -> serde_json::Value {
+    let samples = if quick { 5 } else { 30 };
+    let mut out = Vec::new();
+    for kb in [100usize, 20_480] {
+        let image: Rc<[u8]> = fixtures::sized_database(kb * 1024, 5)
+            .expect("fixture")
+            .into();
+        let mut kept = Some(sqlite::load(&image).expect("load").conn);
+        let query = "SELECT count(*) FROM raw_clips";
+        let reopened = measure(samples, || {
+            let conn = sqlite::reopen(kept.take().expect("conn")).expect("reopen");
+            let n: i64 = conn.query_row(query, [], |r| r.get(0)).expect("query");
+            std::hint::black_box(n);
+            kept = Some(conn);
+        });
+        let conn = kept.take().expect("conn");
+        let warm = measure(samples, || {
+            let n: i64 = conn.query_row(query, [], |r| r.get(0)).expect("query");
+            std::hint::black_box(n);
+        });
+        let p50 = |v: &[f64]| percentile(v, 0.5);
+        println!(
+            "Reopen for the cache, {kb} KiB: reopen + first query {:.3} ms p50, the query on a kept connection {:.3} ms p50",
+            p50(&reopened),
+            p50(&warm)
+        );
+        out.push(serde_json::json!({"size_kb": kb, "reopen_and_query_ms_p50": p50(&reopened), "kept_query_ms_p50": p50(&warm)}));
+    }
+    serde_json::Value::Array(out)
+}
+
+/// The longest one LIKE can run under the limits: the longest text SQLite will build, against
+/// the longest pattern it accepts, shaped to defeat the matcher's shortcuts.
+fn worst_like_ms() -> f64 {
+    use workers_sqlite_poc::exec::{
+        Executor, Limits, MAX_LIKE_PATTERN_BYTES, MAX_VALUE_BYTES, Statement, Transactions,
+    };
+    let mut conn = sqlite::create().expect("create");
+    let mut exec =
+        Executor::new(&mut conn, Limits::default(), Transactions::Client).expect("executor");
+    let pairs = usize::try_from(MAX_LIKE_PATTERN_BYTES).unwrap_or(0) / 2 - 1;
+    let pattern = format!("{}y", "%x".repeat(pairs));
+    let text = format!("printf('%.*c', {}, 'x')", MAX_VALUE_BYTES - 1);
+    let mut best = f64::INFINITY;
+    for _ in 0..3 {
+        let start = Instant::now();
+        exec.execute(
+            0,
+            &Statement::new(format!("SELECT {text} LIKE '{pattern}'")),
+            true,
+        )
+        .expect("like");
+        best = best.min(start.elapsed().as_secs_f64() * 1000.0);
+    }
+    best
 }
