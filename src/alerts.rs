@@ -120,6 +120,7 @@ mod tests {
             trend: None,
             memory: None,
             storage: None,
+            write_queue: None,
         }
     }
 

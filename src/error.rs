@@ -9,7 +9,7 @@ use crate::header::HeaderProblem;
 use crate::store::StoreError;
 
 /// Everything that can stop a request.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 #[non_exhaustive]
 pub enum Error {
     /// The `user` query parameter (or path segment) is not a valid user id.
@@ -201,7 +201,7 @@ pub enum Error {
 }
 
 /// Why a stored object was refused.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub enum Corruption {
     /// The 100-byte header is wrong.
     Header(HeaderProblem),

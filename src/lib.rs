@@ -7,6 +7,7 @@
 //! - [`auth`]: the admin token and signed per-user tokens.
 //! - [`config`]: vars and secrets, parsed and checked.
 //! - [`pipeline`]: the R2 route's steps (load → query → save → report) and retries.
+//! - [`queue`]: the isolate's write queue per user and group commit.
 //! - [`work`]: what `/query` runs: one transaction.
 //! - [`exec`]: the one executor and its guard rails.
 //! - [`hrana`]: the libSQL remote protocol (Hrana over HTTP, JSON).
@@ -51,6 +52,7 @@ pub mod layout;
 pub mod manifest;
 pub mod migrate;
 pub mod pipeline;
+pub mod queue;
 pub mod report;
 pub mod request;
 pub mod sqlite;

@@ -484,6 +484,7 @@ pub fn report<S, C: Clock, T>(ctx: &Context<'_, S, C>, steps: &Steps<'_, T>) -> 
         trend: None,
         memory: None,
         storage: Some(storage_info(l, steps.saved)),
+        write_queue: None,
     };
     report.user_warning = alerts::user_warning(&report);
     report
@@ -518,7 +519,7 @@ fn storage_info(l: &Loaded, saved: &Saved) -> StorageInfo {
 }
 
 /// Returns a loaded, unchanged database to the version cache.
-fn keep_loaded<S, C>(ctx: &Context<'_, S, C>, user: &UserId, loaded: Loaded) {
+pub fn keep_loaded<S, C>(ctx: &Context<'_, S, C>, user: &UserId, loaded: Loaded) {
     cache::keep(ctx.cache, user, loaded.conn, loaded.stored, loaded.version);
 }
 
@@ -557,33 +558,46 @@ pub async fn serve<S: ObjectStore, C: Clock, W: Work>(
             }
             return Err(Error::Conflict { attempts });
         }
-        let mut report = report(
-            ctx,
-            &Steps {
-                queried: &queried,
-                saved: &saved,
-                mode,
-                attempts,
-            },
-        );
-        let Queried {
-            loaded,
-            output,
-            changed,
-            ..
-        } = queried;
-        match saved {
-            Saved::Written {
-                stored, version, ..
-            } => cache::keep(ctx.cache, user, loaded.conn, stored, Some(version)),
-            // Unsaved changes must not outlive the request; an unchanged copy may.
-            Saved::Skipped { .. } if !changed => keep_loaded(ctx, user, loaded),
-            _ => {}
-        }
-        if let (Some(info), Some(cache)) = (report.cache.as_mut(), ctx.cache) {
-            // After the copy went back: the cache as the next request finds it.
-            (info.entries, info.bytes) = cache.usage();
-        }
-        return Ok((report, output));
+        return Ok(answer(ctx, user, queried, saved, mode, attempts));
     }
+}
+
+/// Reports a request whose save step is over, and returns its copy to the version cache when
+/// it equals the stored object (saved, or unchanged and not saved).
+pub fn answer<S, C: Clock, T>(
+    ctx: &Context<'_, S, C>,
+    user: &UserId,
+    queried: Queried<T>,
+    saved: Saved,
+    mode: SaveMode,
+    attempts: u32,
+) -> (Report, T) {
+    let mut report = report(
+        ctx,
+        &Steps {
+            queried: &queried,
+            saved: &saved,
+            mode,
+            attempts,
+        },
+    );
+    let Queried {
+        loaded,
+        output,
+        changed,
+        ..
+    } = queried;
+    match saved {
+        Saved::Written {
+            stored, version, ..
+        } => cache::keep(ctx.cache, user, loaded.conn, stored, Some(version)),
+        // Unsaved changes must not outlive the request; an unchanged copy may.
+        Saved::Skipped { .. } if !changed => keep_loaded(ctx, user, loaded),
+        _ => {}
+    }
+    if let (Some(info), Some(cache)) = (report.cache.as_mut(), ctx.cache) {
+        // After the copy went back: the cache as the next request finds it.
+        (info.entries, info.bytes) = cache.usage();
+    }
+    (report, output)
 }

@@ -59,6 +59,22 @@ pub struct Report {
     /// How the database is stored in R2 and what this request moved (R2 route only).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub storage: Option<StorageInfo>,
+    /// The write's place in its user's write queue (R2 route, writes only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub write_queue: Option<QueueInfo>,
+}
+
+/// `write_queue`: how a write was committed together with others of its user in this isolate.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct QueueInfo {
+    /// Requests committed in the same commit (1: alone).
+    pub group_size: u32,
+    /// This request's place in the group, from 0 (the order they ran in).
+    pub position: u32,
+    /// Time spent queued before its group started, behind an earlier commit.
+    pub queued_ms: f64,
+    /// Times the group ran before its commit succeeded (it runs again after losing a race).
+    pub group_runs: u32,
 }
 
 /// `storage`: the layout and what this request read and wrote in it.
@@ -324,6 +340,7 @@ impl Report {
             trend: None,
             memory: None,
             storage: None,
+            write_queue: None,
         }
     }
 }

@@ -22,6 +22,7 @@ use crate::error::Error;
 use crate::hrana;
 use crate::layout::FollowUp;
 use crate::pipeline::{self, Context, ListTables};
+use crate::queue::{self, WriteQueues};
 use crate::report::{DurableTables, MemoryInfo, Report};
 use crate::request::{self, Route, SaveMode, UserId, durable_paths};
 use crate::stream::{self, Stream, StreamOutput};
@@ -41,6 +42,8 @@ thread_local! {
     /// The isolate's version cache, sized by the first request's config (vars are fixed for
     /// an isolate's lifetime).
     static CACHE: OnceCell<&'static DbCache> = const { OnceCell::new() };
+    /// The isolate's write queue per user (group commit), leaked once like the cache.
+    static QUEUES: &'static WriteQueues = Box::leak(Box::new(WriteQueues::new()));
 }
 
 /// The isolate's cache, or `None` when `CACHE_MAX_BYTES` is 0.
@@ -156,12 +159,17 @@ async fn handle(mut req: Request, env: &Env) -> std::result::Result<Response, Er
 }
 
 fn context<'a>(store: &'a R2Store, config: &Config) -> Context<'a, R2Store, JsClock> {
+    let nonce = js_clock::nonce();
     Context {
         thresholds: config.thresholds,
         max_db_bytes: crate::config::load_max_bytes(config.max_db_bytes),
         max_write_bytes: config.max_db_bytes,
         cache: isolate_cache(config.cache_max_bytes),
-        nonce: js_clock::nonce(),
+        nonce,
+        retry: pipeline::RetryPolicy {
+            jitter_seed: nonce,
+            ..pipeline::RetryPolicy::default()
+        },
         layout: config.layout,
         compaction: config.compaction,
         ..Context::new(store, &JsClock)
@@ -223,19 +231,20 @@ async fn handle_sync(
     }
 }
 
-/// Runs a query route's work on the R2 route: parses the body with `parse`, serves it (saved
-/// only if it changed the database) and returns the report with the work's output.
-async fn serve_body<W: pipeline::Work>(
+/// Runs a query route's work on the R2 route: parses the body with `parse`, serves it through
+/// the user's write queue (saved only if it changed the database, committed together with
+/// the writes queued with it) and returns the report with the work's output.
+async fn serve_body<W: pipeline::Work + 'static>(
     bytes: &[u8],
     env: &Env,
     config: &Config,
     user: &UserId,
     parse: impl FnOnce(&[u8]) -> std::result::Result<W, Error>,
 ) -> std::result::Result<(Report, W::Output), Error> {
-    let mut work = parse(bytes)?;
+    let work = parse(bytes)?;
     let store = R2Store::from_env(env)?;
-    let (report, output) =
-        pipeline::serve(&context(&store, config), user, SaveMode::Auto, &mut work).await?;
+    let queues = QUEUES.with(|q| *q);
+    let (report, output) = queue::serve(&context(&store, config), queues, user, work).await?;
     Ok((finish(report, user, config), output))
 }
 

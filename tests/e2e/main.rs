@@ -9,6 +9,7 @@ mod incremental;
 mod memory;
 mod migrate;
 mod query;
+mod queue;
 mod safety;
 
 use harness::{LocalWorker, row_counts};

@@ -1,0 +1,618 @@
+//! The write queue and group commit over the store seam: many requests of one user in one
+//! isolate, driven as concurrent futures on one thread, with the commit's put parked so the
+//! tests decide what happens while a commit is in flight. Both layouts.
+
+#[cfg(all(target_family = "wasm", target_os = "unknown"))]
+use wasm_bindgen_test::wasm_bindgen_test as test;
+
+use std::cell::{Cell, RefCell};
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context as TaskContext, Poll, Wake, Waker};
+
+use rusqlite::types::Value;
+use workers_sqlite_poc::cache::DbCache;
+use workers_sqlite_poc::error::Error;
+use workers_sqlite_poc::exec::{Limits, Statement, StatementResult};
+use workers_sqlite_poc::layout::Layout;
+use workers_sqlite_poc::pipeline::{self, Context, Work};
+use workers_sqlite_poc::queue::{self, WriteQueues};
+use workers_sqlite_poc::report::Report;
+use workers_sqlite_poc::request::UserId;
+use workers_sqlite_poc::store::{
+    Fetched, Listed, MemoryStore, ObjectHead, ObjectStore, PutCondition, PutOutcome, StoreError,
+};
+use workers_sqlite_poc::testing::StepClock;
+use workers_sqlite_poc::work::Transaction;
+
+const LAYOUTS: [Layout; 2] = [Layout::Single, Layout::Incremental];
+
+fn user() -> UserId {
+    UserId::parse(Some("a")).unwrap()
+}
+
+/// Puts of the commit point (`manifest.json`, or `database.sqlite` in the single layout) wait
+/// while the store is parked; every put is counted.
+#[derive(Default)]
+struct ParkedStore {
+    inner: MemoryStore,
+    parked: Cell<bool>,
+    /// Puts parked so far, and how many of them were released.
+    tickets: Cell<u64>,
+    released: Cell<u64>,
+    wakers: RefCell<Vec<Waker>>,
+    commit_puts: Cell<u32>,
+    puts: Cell<u32>,
+}
+
+impl ParkedStore {
+    fn park(&self) {
+        self.parked.set(true);
+    }
+
+    /// Lets every parked put through (puts that come later are parked if `park` is called
+    /// again).
+    fn release(&self) {
+        self.parked.set(false);
+        self.released.set(self.tickets.get());
+        for w in self.wakers.borrow_mut().drain(..) {
+            w.wake();
+        }
+    }
+}
+
+/// The commit point of either layout: the manifest, or the one object of the single layout
+/// (compactions and upgrades are not run by these tests).
+fn is_commit_point(key: &str) -> bool {
+    key.ends_with("manifest.json") || key.ends_with("database.sqlite")
+}
+
+struct Parked<'a>(&'a ParkedStore, u64);
+
+impl Future for Parked<'_> {
+    type Output = ();
+    fn poll(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<()> {
+        if self.0.released.get() <= self.1 {
+            self.0.wakers.borrow_mut().push(cx.waker().clone());
+            Poll::Pending
+        } else {
+            Poll::Ready(())
+        }
+    }
+}
+
+impl ObjectStore for ParkedStore {
+    type Body = <MemoryStore as ObjectStore>::Body;
+
+    async fn get(
+        &self,
+        key: &str,
+        max_bytes: u64,
+        if_none_match: Option<&str>,
+    ) -> Result<Fetched<Self::Body>, StoreError> {
+        self.inner.get(key, max_bytes, if_none_match).await
+    }
+
+    async fn head(&self, key: &str) -> Result<Option<ObjectHead>, StoreError> {
+        self.inner.head(key).await
+    }
+
+    async fn put(
+        &self,
+        key: &str,
+        bytes: &[u8],
+        metadata: &[(&str, String)],
+        condition: &PutCondition,
+    ) -> Result<PutOutcome, StoreError> {
+        self.puts.set(self.puts.get() + 1);
+        if is_commit_point(key) {
+            self.commit_puts.set(self.commit_puts.get() + 1);
+            if self.parked.get() {
+                let ticket = self.tickets.get();
+                self.tickets.set(ticket + 1);
+                Parked(self, ticket).await;
+            }
+        }
+        self.inner.put(key, bytes, metadata, condition).await
+    }
+
+    async fn delete(&self, key: &str) -> Result<(), StoreError> {
+        self.inner.delete(key).await
+    }
+
+    async fn list(&self, prefix: &str) -> Result<Vec<Listed>, StoreError> {
+        self.inner.list(prefix).await
+    }
+}
+
+/// Counts wake-ups, so the driver knows when every future is stuck.
+#[derive(Default)]
+struct CountingWaker(std::sync::atomic::AtomicUsize);
+
+impl Wake for CountingWaker {
+    fn wake(self: Arc<Self>) {
+        self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+type Answer = Result<(Report, Vec<StatementResult>), Error>;
+
+/// Concurrent requests on one thread, polled until none can move.
+struct Tasks<'a> {
+    futures: Vec<Option<Pin<Box<dyn Future<Output = Answer> + 'a>>>>,
+    answers: Vec<Option<Answer>>,
+    waker: Arc<CountingWaker>,
+}
+
+impl<'a> Tasks<'a> {
+    fn new() -> Self {
+        Self {
+            futures: Vec::new(),
+            answers: Vec::new(),
+            waker: Arc::default(),
+        }
+    }
+
+    /// Starts a request and runs everything as far as it goes; returns its index.
+    fn spawn(&mut self, f: impl Future<Output = Answer> + 'a) -> usize {
+        self.futures.push(Some(Box::pin(f)));
+        self.answers.push(None);
+        self.settle();
+        self.futures.len() - 1
+    }
+
+    /// Polls every unfinished future until a whole pass moves nothing.
+    fn settle(&mut self) {
+        let waker = Waker::from(Arc::clone(&self.waker));
+        let mut cx = TaskContext::from_waker(&waker);
+        loop {
+            let before = self.waker.0.load(std::sync::atomic::Ordering::SeqCst);
+            let mut finished = false;
+            for (f, answer) in self.futures.iter_mut().zip(self.answers.iter_mut()) {
+                if let Some(fut) = f
+                    && let Poll::Ready(a) = fut.as_mut().poll(&mut cx)
+                {
+                    *answer = Some(a);
+                    *f = None;
+                    finished = true;
+                }
+            }
+            let after = self.waker.0.load(std::sync::atomic::Ordering::SeqCst);
+            if !finished && before == after {
+                return;
+            }
+        }
+    }
+
+    /// Drops a request's future, as the runtime does with a cancelled request.
+    fn cancel(&mut self, i: usize) {
+        self.futures[i] = None;
+        self.settle();
+    }
+
+    fn done(&self, i: usize) -> bool {
+        self.answers[i].is_some()
+    }
+
+    fn answer(&mut self, i: usize) -> Answer {
+        self.answers[i]
+            .take()
+            .expect("the request has not finished")
+    }
+}
+
+fn insert(n: i64) -> Transaction {
+    transaction(&[("INSERT INTO t(n) VALUES (?)", vec![Value::Integer(n)])])
+}
+
+fn transaction(statements: &[(&str, Vec<Value>)]) -> Transaction {
+    Transaction {
+        statements: statements
+            .iter()
+            .map(|(sql, args)| Statement {
+                args: args.clone(),
+                ..Statement::new(*sql)
+            })
+            .collect(),
+        limits: Limits::default(),
+    }
+}
+
+fn context<'a>(
+    store: &'a ParkedStore,
+    clock: &'a StepClock,
+    cache: &'a DbCache,
+    layout: Layout,
+) -> Context<'a, ParkedStore, StepClock> {
+    // Each request of the worker has its own random nonce, which makes its write ids unique.
+    thread_local!(static NONCE: Cell<u64> = const { Cell::new(0) });
+    Context {
+        cache: Some(cache),
+        layout,
+        nonce: NONCE.with(|n| {
+            n.set(n.get() + 1);
+            n.get()
+        }),
+        ..Context::new(store, clock)
+    }
+}
+
+/// A store holding `CREATE TABLE t(id INTEGER PRIMARY KEY, n UNIQUE)`, written in `layout`.
+fn store_with_table(layout: Layout) -> ParkedStore {
+    let store = ParkedStore::default();
+    let clock = StepClock::stepping(1.0);
+    let cache = DbCache::new(0);
+    let ctx = context(&store, &clock, &cache, layout);
+    let work = transaction(&[("CREATE TABLE t(id INTEGER PRIMARY KEY, n UNIQUE)", vec![])]);
+    pollster::block_on(queue::serve(&ctx, &WriteQueues::new(), &user(), work)).unwrap();
+    store
+}
+
+/// The `n` column, by id, as a fresh load (another isolate) sees it.
+fn stored_rows(store: &ParkedStore) -> Vec<(i64, i64)> {
+    let clock = StepClock::stepping(1.0);
+    let ctx = Context::new(store, &clock);
+    let loaded = pollster::block_on(pipeline::load(&ctx, &user())).unwrap();
+    let mut stmt = loaded
+        .conn
+        .prepare("SELECT id, n FROM t ORDER BY id")
+        .unwrap();
+    let rows = stmt
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+        .unwrap()
+        .collect::<Result<Vec<_>, _>>()
+        .unwrap();
+    drop(stmt);
+    rows
+}
+
+fn rowid(answer: &(Report, Vec<StatementResult>)) -> i64 {
+    answer.1[0].last_insert_rowid
+}
+
+/// While a commit is in flight, further writes queue; when it lands they run in arrival order
+/// on the new version and are committed together with one commit-point put; nobody is
+/// acknowledged before the commit holding their write succeeded.
+#[test]
+fn queued_writes_commit_together_in_order_and_only_then_are_acknowledged() {
+    for layout in LAYOUTS {
+        let store = store_with_table(layout);
+        let clock = StepClock::stepping(1.0);
+        let cache = DbCache::new(64 << 20);
+        let queues = WriteQueues::new();
+        let ctx = context(&store, &clock, &cache, layout);
+        let u = user();
+        let mut tasks = Tasks::new();
+        store.park();
+        let first = tasks.spawn(queue::serve(&ctx, &queues, &u, insert(1)));
+        assert!(
+            !tasks.done(first),
+            "{layout:?}: acknowledged before its commit landed"
+        );
+        assert!(queues.committing(&user()));
+        let queued: Vec<usize> = (2..=6)
+            .map(|n| tasks.spawn(queue::serve(&ctx, &queues, &u, insert(n))))
+            .collect();
+        assert_eq!(queues.waiting(&user()), 5);
+        let puts_before = store.commit_puts.get();
+        // The first commit lands; the group's commit is now the one parked.
+        store.release();
+        store.park();
+        tasks.settle();
+        let a = tasks.answer(first).unwrap();
+        assert_eq!(rowid(&a), 1);
+        assert_eq!(a.0.write_queue.unwrap().group_size, 1);
+        assert!(
+            queued.iter().all(|&i| !tasks.done(i)),
+            "{layout:?}: a queued write was acknowledged before its commit landed"
+        );
+        assert_eq!(stored_rows(&store), [(1, 1)], "{layout:?}");
+        store.release();
+        tasks.settle();
+        for (position, &i) in queued.iter().enumerate() {
+            let a = tasks.answer(i).unwrap();
+            assert_eq!(
+                rowid(&a),
+                2 + position as i64,
+                "{layout:?}: run out of order"
+            );
+            let info = a.0.write_queue.unwrap();
+            assert_eq!((info.group_size, info.position), (5, position as u32));
+            assert!(a.0.db_info.stored.as_ref().unwrap().saved);
+        }
+        assert_eq!(
+            store.commit_puts.get() - puts_before,
+            1,
+            "{layout:?}: the group of five is one commit-point put"
+        );
+        let expected: Vec<(i64, i64)> = (1..=6).map(|n| (n, n)).collect();
+        assert_eq!(stored_rows(&store), expected, "{layout:?}");
+        assert!(!queues.committing(&user()) && queues.waiting(&user()) == 0);
+    }
+}
+
+/// A request of the group whose statement fails is answered with its own error and leaves no
+/// trace; the others commit.
+#[test]
+fn a_failing_request_rolls_back_alone() {
+    for layout in LAYOUTS {
+        let store = store_with_table(layout);
+        let clock = StepClock::stepping(1.0);
+        let cache = DbCache::new(64 << 20);
+        let queues = WriteQueues::new();
+        let ctx = context(&store, &clock, &cache, layout);
+        let u = user();
+        let mut tasks = Tasks::new();
+        store.park();
+        let first = tasks.spawn(queue::serve(&ctx, &queues, &u, insert(1)));
+        let ok_before = tasks.spawn(queue::serve(&ctx, &queues, &u, insert(2)));
+        // Its second statement violates UNIQUE against the first commit, so the whole
+        // request rolls back, its first statement included; on its optimistic run (before the
+        // first commit) it succeeded, which is what made it a write.
+        let failing = tasks.spawn(queue::serve(
+            &ctx,
+            &queues,
+            &u,
+            transaction(&[
+                ("INSERT INTO t(n) VALUES (100)", vec![]),
+                ("INSERT INTO t(n) VALUES (1)", vec![]),
+            ]),
+        ));
+        let ok_after = tasks.spawn(queue::serve(&ctx, &queues, &u, insert(3)));
+        store.release();
+        tasks.settle();
+        assert!(tasks.answer(first).is_ok());
+        assert_eq!(rowid(&tasks.answer(ok_before).unwrap()), 2);
+        let err = tasks.answer(failing).unwrap_err();
+        assert_eq!(err.code(), "sql_error", "{layout:?}: {err:?}");
+        let after = tasks.answer(ok_after).unwrap();
+        assert_eq!(rowid(&after), 3, "{layout:?}");
+        assert_eq!(after.0.write_queue.unwrap().group_size, 3);
+        assert_eq!(stored_rows(&store), [(1, 1), (2, 2), (3, 3)], "{layout:?}");
+    }
+}
+
+/// A work that commits one row and then fails: the group must not save its row.
+struct CommitsThenFails(i64);
+
+impl Work for CommitsThenFails {
+    type Output = Vec<StatementResult>;
+    fn run(&mut self, conn: &mut rusqlite::Connection) -> Result<Self::Output, Error> {
+        conn.execute("INSERT INTO t(n) VALUES (?)", [self.0])?;
+        Err(Error::CpuBudgetExceeded {
+            statement: 1,
+            max_steps: 1,
+        })
+    }
+}
+
+/// A request that fails after committing part of its work is taken out of its group, which
+/// runs again without it: its partial change is never stored, and the others are.
+#[test]
+fn a_request_failing_after_partial_commits_is_taken_out_of_the_group() {
+    for layout in LAYOUTS {
+        let store = store_with_table(layout);
+        let clock = StepClock::stepping(1.0);
+        let cache = DbCache::new(64 << 20);
+        let queues = WriteQueues::new();
+        let ctx = context(&store, &clock, &cache, layout);
+        let u = user();
+        let mut tasks = Tasks::new();
+        store.park();
+        let first = tasks.spawn(queue::serve(&ctx, &queues, &u, insert(1)));
+        let before = tasks.spawn(queue::serve(&ctx, &queues, &u, insert(2)));
+        // Its first run (before the first commit) is a plain insert, so it queues as a write;
+        // its run in the group commits a row and then fails.
+        let bad = tasks.spawn(async {
+            queue::serve(&ctx, &queues, &u, Gate::new(CommitsThenFails(50))).await
+        });
+        let after = tasks.spawn(queue::serve(&ctx, &queues, &u, insert(3)));
+        store.release();
+        tasks.settle();
+        assert!(tasks.answer(first).is_ok());
+        assert_eq!(rowid(&tasks.answer(before).unwrap()), 2);
+        let err = tasks.answer(bad).unwrap_err();
+        assert_eq!(err.code(), "cpu_budget_exceeded", "{layout:?}");
+        assert_eq!(rowid(&tasks.answer(after).unwrap()), 3);
+        assert_eq!(stored_rows(&store), [(1, 1), (2, 2), (3, 3)], "{layout:?}");
+    }
+}
+
+/// Succeeds as a plain insert on its first run (so it queues as a write), then runs `inner`.
+struct Gate<W> {
+    runs: u32,
+    inner: W,
+}
+
+impl<W> Gate<W> {
+    fn new(inner: W) -> Self {
+        Self { runs: 0, inner }
+    }
+}
+
+impl<W: Work<Output = Vec<StatementResult>>> Work for Gate<W> {
+    type Output = Vec<StatementResult>;
+    fn run(&mut self, conn: &mut rusqlite::Connection) -> Result<Self::Output, Error> {
+        self.runs += 1;
+        if self.runs == 1 {
+            conn.execute("INSERT INTO t(n) VALUES (-1)", [])?;
+            return Ok(vec![]);
+        }
+        self.inner.run(conn)
+    }
+}
+
+/// Another isolate commits while the group's commit is in flight: the group loses the race,
+/// runs again on the new version, and commits; the rival's write and every member's are kept.
+#[test]
+fn a_group_that_loses_the_race_runs_again_on_the_new_version() {
+    for layout in LAYOUTS {
+        let store = store_with_table(layout);
+        let clock = StepClock::stepping(1.0);
+        let cache = DbCache::new(64 << 20);
+        let queues = WriteQueues::new();
+        let ctx = context(&store, &clock, &cache, layout);
+        // The rival isolate loads the same version and its commit reaches the store first.
+        let rival_clock = StepClock::stepping(1.0);
+        let rival_cache = DbCache::new(0);
+        let rival_ctx = context(&store, &rival_clock, &rival_cache, layout);
+        let rival_queues = WriteQueues::new();
+        let u = user();
+        let mut tasks = Tasks::new();
+        store.park();
+        let rival = tasks.spawn(queue::serve(&rival_ctx, &rival_queues, &u, insert(99)));
+        let first = tasks.spawn(queue::serve(&ctx, &queues, &u, insert(1)));
+        let second = tasks.spawn(queue::serve(&ctx, &queues, &u, insert(2)));
+        assert_eq!(queues.waiting(&user()), 1);
+        store.release();
+        tasks.settle();
+        let rival = tasks.answer(rival).unwrap();
+        assert_eq!(rowid(&rival), 1);
+        let first = tasks.answer(first).unwrap();
+        assert_eq!(
+            rowid(&first),
+            2,
+            "{layout:?}: not run again on the new version"
+        );
+        assert_eq!(first.0.db_info.stored.as_ref().unwrap().attempts, 2);
+        assert_eq!(first.0.write_queue.unwrap().group_runs, 2);
+        assert_eq!(rowid(&tasks.answer(second).unwrap()), 3);
+        let mut stored: Vec<i64> = stored_rows(&store).into_iter().map(|(_, n)| n).collect();
+        stored.sort_unstable();
+        assert_eq!(stored, [1, 2, 99], "{layout:?}");
+    }
+}
+
+/// Reads are answered while a commit is in flight, from the last committed version.
+#[test]
+fn reads_never_wait_for_a_commit_in_flight() {
+    for layout in LAYOUTS {
+        let store = store_with_table(layout);
+        let clock = StepClock::stepping(1.0);
+        let cache = DbCache::new(64 << 20);
+        let queues = WriteQueues::new();
+        let ctx = context(&store, &clock, &cache, layout);
+        let u = user();
+        let mut tasks = Tasks::new();
+        store.park();
+        let write = tasks.spawn(queue::serve(&ctx, &queues, &u, insert(1)));
+        let queued = tasks.spawn(queue::serve(&ctx, &queues, &u, insert(2)));
+        let read = tasks.spawn(queue::serve(
+            &ctx,
+            &queues,
+            &u,
+            transaction(&[("SELECT count(*) FROM t", vec![])]),
+        ));
+        assert!(tasks.done(read), "{layout:?}: a read waited for a write");
+        let (report, results) = tasks.answer(read).unwrap();
+        assert_eq!(results[0].rows, [[Value::Integer(0)]]);
+        assert!(report.write_queue.is_none());
+        assert!(!tasks.done(write) && !tasks.done(queued));
+        store.release();
+        tasks.settle();
+        assert!(tasks.answer(write).is_ok() && tasks.answer(queued).is_ok());
+    }
+}
+
+/// A request cancelled while it leads a commit, or while it waits, never leaves the queue
+/// stuck: the rest of its group is led by the next request, and each is acknowledged once
+/// committed.
+#[test]
+fn a_cancelled_request_never_leaves_its_queue_stuck() {
+    for layout in LAYOUTS {
+        let store = store_with_table(layout);
+        let clock = StepClock::stepping(1.0);
+        let cache = DbCache::new(64 << 20);
+        let queues = WriteQueues::new();
+        let ctx = context(&store, &clock, &cache, layout);
+        let u = user();
+        let mut tasks = Tasks::new();
+        store.park();
+        let first = tasks.spawn(queue::serve(&ctx, &queues, &u, insert(1)));
+        let second = tasks.spawn(queue::serve(&ctx, &queues, &u, insert(2)));
+        let third = tasks.spawn(queue::serve(&ctx, &queues, &u, insert(3)));
+        let fourth = tasks.spawn(queue::serve(&ctx, &queues, &u, insert(4)));
+        // The first lands; the second leads the group [2, 3, 4] and is cancelled while its
+        // commit is parked; the third is cancelled while it waits.
+        store.release();
+        store.park();
+        tasks.settle();
+        assert!(tasks.answer(first).is_ok());
+        tasks.cancel(second);
+        store.release();
+        store.park();
+        tasks.settle();
+        // The third now leads [3, 4]; it is parked in its commit. Cancel a waiter instead.
+        let fifth = tasks.spawn(queue::serve(&ctx, &queues, &u, insert(5)));
+        let sixth = tasks.spawn(queue::serve(&ctx, &queues, &u, insert(6)));
+        tasks.cancel(fifth);
+        store.release();
+        tasks.settle();
+        for i in [third, fourth, sixth] {
+            assert!(tasks.answer(i).is_ok(), "{layout:?}");
+        }
+        let stored: Vec<i64> = stored_rows(&store).into_iter().map(|(_, n)| n).collect();
+        // The cancelled leader's commit was parked, so it never landed; the cancelled waiter
+        // never ran.
+        assert_eq!(stored, [1, 3, 4, 6], "{layout:?}");
+        assert!(!queues.committing(&u) && queues.waiting(&u) == 0);
+    }
+}
+
+/// A group that keeps losing races gives up at the retry deadline with a conflict, its
+/// members' writes not stored.
+#[test]
+fn a_group_losing_every_race_gives_up_at_the_deadline_with_nothing_written() {
+    let layout = Layout::Incremental;
+    let store: &'static ParkedStore = Box::leak(Box::new(store_with_table(layout)));
+    let clock = StepClock::stepping(1.0);
+    let cache = DbCache::new(64 << 20);
+    let queues = WriteQueues::new();
+    let ctx = context(store, &clock, &cache, layout);
+    let rival: &'static Rival = Box::leak(Box::new(Rival {
+        store,
+        n: Cell::new(1000),
+    }));
+    let err = pollster::block_on(queue::serve(&ctx, &queues, &user(), RacedInsert(rival, 5)))
+        .unwrap_err();
+    assert_eq!(err.code(), "conflict");
+    assert!(clock.slept_ms() > 0 && clock.slept_ms() < u64::from(ctx.retry.deadline_ms));
+    let stored: Vec<i64> = stored_rows(store).into_iter().map(|(_, n)| n).collect();
+    assert!(!stored.contains(&5), "{stored:?}");
+    assert!(!stored.is_empty());
+}
+
+/// Another isolate that commits a row of its own each time it is asked.
+struct Rival {
+    store: &'static ParkedStore,
+    n: Cell<i64>,
+}
+
+impl Rival {
+    fn commit(&self) {
+        let clock = StepClock::stepping(1.0);
+        let cache = DbCache::new(0);
+        let ctx = context(self.store, &clock, &cache, Layout::Incremental);
+        self.n.set(self.n.get() + 1);
+        pollster::block_on(queue::serve(
+            &ctx,
+            &WriteQueues::new(),
+            &user(),
+            insert(self.n.get()),
+        ))
+        .unwrap();
+    }
+}
+
+/// An insert during whose every run the rival commits, so its commit always loses.
+struct RacedInsert(&'static Rival, i64);
+
+impl Work for RacedInsert {
+    type Output = Vec<StatementResult>;
+    fn run(&mut self, conn: &mut rusqlite::Connection) -> Result<Self::Output, Error> {
+        self.0.commit();
+        let mut t = insert(self.1);
+        t.run(conn)
+    }
+}
