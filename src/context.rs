@@ -14,8 +14,6 @@ use crate::store::{
 /// How hard the save tries before giving up.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RetryPolicy {
-    /// Times the whole request runs when another writer changed the object in between.
-    pub max_attempts: u32,
     /// Times a store call is repeated after a 429 or 5xx.
     pub store_retries: u32,
     /// First wait before repeating a store call; doubled each time.
@@ -31,11 +29,11 @@ pub struct RetryPolicy {
 }
 
 impl Default for RetryPolicy {
-    /// 3 runs; 4 repeats waiting 250, 500, 1000, 1000 ms (R2 takes about one write per
-    /// second per key, so the waits straddle its window).
+    /// 4 repeats of a store call waiting 250, 500, 1000, 1000 ms (R2 takes about one write
+    /// per second per key, so the waits straddle its window); runs of the whole write after
+    /// lost races (or a store call that stayed rate limited) for up to 10 s.
     fn default() -> Self {
         Self {
-            max_attempts: 3,
             store_retries: 4,
             base_backoff_ms: 250,
             max_backoff_ms: 1000,
@@ -50,6 +48,15 @@ impl RetryPolicy {
         self.base_backoff_ms
             .saturating_mul(1 << retry.min(16))
             .min(self.max_backoff_ms)
+    }
+
+    /// Whether a write that ran `runs` times over `elapsed_ms` and lost (a race, or a store
+    /// call that stayed rate limited) runs again, and after what wait: only while the wait
+    /// still ends before the deadline.
+    #[must_use]
+    pub fn rerun_wait_ms(&self, runs: u32, elapsed_ms: f64) -> Option<u32> {
+        let wait = self.rerun_backoff_ms(runs);
+        (elapsed_ms + f64::from(wait) < f64::from(self.deadline_ms)).then_some(wait)
     }
 
     /// The wait before run `run + 1` of a write that lost a race: "equal jitter" over a

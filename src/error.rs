@@ -133,8 +133,8 @@ pub enum Error {
     },
     /// The stored object is not a database SQLite can open.
     CorruptDatabase(Corruption),
-    /// The object kept changing in the store between our read and our write; nothing was
-    /// written.
+    /// The object kept changing in the store between our read and our write, every time the
+    /// request ran until the retry deadline; nothing was written (503, `Retry-After`).
     Conflict {
         /// How many times the request ran before giving up.
         attempts: u32,
@@ -437,8 +437,7 @@ impl Error {
             Self::NotFound { .. } | Self::UserNotFound { .. } => 404,
             Self::MethodNotAllowed { .. } => 405,
             Self::ReplicationNotSupported => 501,
-            Self::Conflict { .. }
-            | Self::TransactionConflict
+            Self::TransactionConflict
             | Self::ServedByDurableObject
             | Self::MoveInProgress
             | Self::MoveOutOfOrder { .. } => 409,
@@ -456,7 +455,10 @@ impl Error {
             | Self::WouldLoseData { .. }
             | Self::InexactNumber { .. } => 422,
             Self::Internal { .. } | Self::Misconfigured { .. } => 500,
-            Self::AuthNotConfigured | Self::StorageUnavailable(_) | Self::Migrating => 503,
+            Self::AuthNotConfigured
+            | Self::StorageUnavailable(_)
+            | Self::Migrating
+            | Self::Conflict { .. } => 503,
         }
     }
 

@@ -524,8 +524,8 @@ pub fn keep_loaded<S, C>(ctx: &Context<'_, S, C>, user: &UserId, loaded: Loaded)
 }
 
 /// Loads, runs `work`, saves as `mode` says and reports, re-running everything on the newest
-/// version when another writer saved first (up to `retry.max_attempts` runs, then
-/// [`Error::Conflict`], with nothing written).
+/// version when another writer saved first, after a jittered wait, until `retry.deadline_ms`
+/// (then [`Error::Conflict`], with nothing written).
 pub async fn serve<S: ObjectStore, C: Clock, W: Work>(
     ctx: &Context<'_, S, C>,
     user: &UserId,
@@ -533,6 +533,7 @@ pub async fn serve<S: ObjectStore, C: Clock, W: Work>(
     work: &mut W,
 ) -> Result<(Report, W::Output), Error> {
     let mut attempts = 0;
+    let start = ctx.clock.now_ms();
     loop {
         attempts += 1;
         let loaded = load(ctx, user).await?;
@@ -553,7 +554,9 @@ pub async fn serve<S: ObjectStore, C: Clock, W: Work>(
         };
         let saved = save(ctx, user, &mut queried, mode).await?;
         if saved == Saved::Conflict {
-            if attempts < ctx.retry.max_attempts {
+            let elapsed_ms = ctx.clock.now_ms() - start;
+            if let Some(wait) = ctx.retry.rerun_wait_ms(attempts, elapsed_ms) {
+                ctx.clock.sleep(wait).await;
                 continue;
             }
             return Err(Error::Conflict { attempts });

@@ -153,6 +153,8 @@ trait Member {
     fn queued_at_ms(&self) -> f64;
     /// Where it stands.
     fn turn(&self) -> Turn;
+    /// The request asked for `save=always`: its group is saved even if nothing changed.
+    fn save_always(&self) -> bool;
 }
 
 /// A request's answer: its report and its work's output.
@@ -169,10 +171,11 @@ struct Slot<W: Work> {
     waker: RefCell<Option<Waker>>,
     query_ms: Cell<f64>,
     queued_at_ms: f64,
+    save_always: bool,
 }
 
 impl<W: Work> Slot<W> {
-    fn new(work: W, queued_at_ms: f64) -> Self {
+    fn new(work: W, queued_at_ms: f64, save_always: bool) -> Self {
         Self {
             work: RefCell::new(work),
             ran: RefCell::new(None),
@@ -181,6 +184,7 @@ impl<W: Work> Slot<W> {
             waker: RefCell::new(None),
             query_ms: Cell::new(0.0),
             queued_at_ms,
+            save_always,
         }
     }
 }
@@ -241,6 +245,10 @@ impl<W: Work> Member for Slot<W> {
     fn turn(&self) -> Turn {
         self.turn.get()
     }
+
+    fn save_always(&self) -> bool {
+        self.save_always
+    }
 }
 
 /// Resolves when the slot's turn is no longer [`Turn::Waiting`].
@@ -300,9 +308,10 @@ impl Drop for Guard<'_> {
     }
 }
 
-/// Serves one request's `work` on the R2 route with save mode `auto`, through `user`'s write
-/// queue in `queues` (see the module docs). Answers like [`pipeline::serve`], plus the
-/// report's `write_queue` for a write.
+/// Serves one request's `work` on the R2 route, saved as `mode` says, through `user`'s write
+/// queue in `queues` (see the module docs): a write is a request that changed the database or
+/// asked for `save=always`; `save=never` never queues. Answers like [`pipeline::serve`], plus
+/// the report's `write_queue` for a write.
 ///
 /// # Errors
 /// The work's own error; the load's or the save's, for every member of the group; or
@@ -311,10 +320,11 @@ pub async fn serve<S: ObjectStore, C: Clock, W: Work + 'static>(
     ctx: &Context<'_, S, C>,
     queues: &WriteQueues,
     user: &UserId,
+    mode: SaveMode,
     work: W,
 ) -> Result<(Report, W::Output), Error> {
     let queue = queues.queue(user);
-    let answer = serve_in(ctx, &queue, user, work).await;
+    let answer = serve_in(ctx, &queue, user, mode, work).await;
     queues.tidy(user);
     answer
 }
@@ -323,6 +333,7 @@ async fn serve_in<S: ObjectStore, C: Clock, W: Work + 'static>(
     ctx: &Context<'_, S, C>,
     queue: &UserQueue,
     user: &UserId,
+    mode: SaveMode,
     mut work: W,
 ) -> Result<(Report, W::Output), Error> {
     let loaded = pipeline::load(ctx, user).await?;
@@ -340,20 +351,19 @@ async fn serve_in<S: ObjectStore, C: Clock, W: Work + 'static>(
             return Err(error);
         }
     };
-    if !queried.changed {
+    let write = match mode {
+        SaveMode::Always => true,
+        SaveMode::Auto => queried.changed,
+        SaveMode::Never => false,
+    };
+    if !write {
         // A read: answered now, whatever is queued or committing.
         let size_bytes = sqlite::export(&mut queried.loaded.conn)?.len() as u64;
         let saved = Saved::Skipped { size_bytes };
-        return Ok(pipeline::answer(
-            ctx,
-            user,
-            queried,
-            saved,
-            SaveMode::Auto,
-            1,
-        ));
+        return Ok(pipeline::answer(ctx, user, queried, saved, mode, 1));
     }
-    let slot = Rc::new(Slot::new(work, ctx.clock.now_ms()));
+    let always = mode == SaveMode::Always;
+    let slot = Rc::new(Slot::new(work, ctx.clock.now_ms(), always));
     let me: Rc<dyn Member> = Rc::clone(&slot) as Rc<dyn Member>;
     let mut guard = Guard {
         queue,
@@ -443,39 +453,48 @@ async fn commit_group<S: ObjectStore, C: Clock>(
     mut first: Option<Executed>,
 ) -> (Result<Report, Error>, u32) {
     let start = ctx.clock.now_ms();
+    let mode = if group.iter().any(|m| m.save_always()) {
+        SaveMode::Always
+    } else {
+        SaveMode::Auto
+    };
     // Members taken out of the group: they failed after committing part of their work.
     let mut out = vec![false; group.len()];
     let mut runs = 0;
     loop {
         runs += 1;
-        let executed = match first.take() {
-            Some(e) => e,
-            None => match run_group(ctx, user, group, &mut out).await {
-                Ok(e) => e,
-                Err(e) => return (Err(e), runs),
-            },
+        let attempt = async {
+            let executed = match first.take() {
+                Some(e) => e,
+                None => run_group(ctx, user, group, &mut out).await?,
+            };
+            let mut queried = Queried {
+                loaded: executed.loaded,
+                output: (),
+                tables: executed.tables,
+                changed: executed.changed,
+                query_ms: executed.query_ms,
+            };
+            let saved = pipeline::save(ctx, user, &mut queried, mode).await?;
+            Ok::<_, Error>((queried, saved))
         };
-        let mut queried = Queried {
-            loaded: executed.loaded,
-            output: (),
-            tables: executed.tables,
-            changed: executed.changed,
-            query_ms: executed.query_ms,
-        };
-        let saved = match pipeline::save(ctx, user, &mut queried, SaveMode::Auto).await {
-            Ok(saved) => saved,
-            Err(e) => return (Err(e), runs),
-        };
-        if saved == Saved::Conflict {
-            let wait = ctx.retry.rerun_backoff_ms(runs);
-            if ctx.clock.now_ms() - start + f64::from(wait) < f64::from(ctx.retry.deadline_ms) {
-                ctx.clock.sleep(wait).await;
-                continue;
+        let lost = match attempt.await {
+            Ok((_, Saved::Conflict)) => Error::Conflict { attempts: runs },
+            // R2 kept refusing for the rate, or failing, with nothing written: as good as a
+            // lost race.
+            Err(Error::StorageUnavailable(e)) if e.is_retryable() && !e.write_outcome_unknown => {
+                Error::StorageUnavailable(e)
             }
-            return (Err(Error::Conflict { attempts: runs }), runs);
+            Err(e) => return (Err(e), runs),
+            Ok((queried, saved)) => {
+                let (report, ()) = pipeline::answer(ctx, user, queried, saved, mode, runs);
+                return (Ok(report), runs);
+            }
+        };
+        match ctx.retry.rerun_wait_ms(runs, ctx.clock.now_ms() - start) {
+            Some(wait) => ctx.clock.sleep(wait).await,
+            None => return (Err(lost), runs),
         }
-        let (report, ()) = pipeline::answer(ctx, user, queried, saved, SaveMode::Auto, runs);
-        return (Ok(report), runs);
     }
 }
 

@@ -19,11 +19,11 @@ use workers_sqlite_poc::layout::Layout;
 use workers_sqlite_poc::pipeline::{self, Context, Work};
 use workers_sqlite_poc::queue::{self, WriteQueues};
 use workers_sqlite_poc::report::Report;
-use workers_sqlite_poc::request::UserId;
+use workers_sqlite_poc::request::{SaveMode, UserId};
 use workers_sqlite_poc::store::{
     Fetched, Listed, MemoryStore, ObjectHead, ObjectStore, PutCondition, PutOutcome, StoreError,
 };
-use workers_sqlite_poc::testing::StepClock;
+use workers_sqlite_poc::testing::{Fault, FaultPlan, HookStore, Operation, StepClock, row_counts};
 use workers_sqlite_poc::work::Transaction;
 
 const LAYOUTS: [Layout; 2] = [Layout::Single, Layout::Incremental];
@@ -219,12 +219,12 @@ fn transaction(statements: &[(&str, Vec<Value>)]) -> Transaction {
     }
 }
 
-fn context<'a>(
-    store: &'a ParkedStore,
+fn context<'a, S>(
+    store: &'a S,
     clock: &'a StepClock,
     cache: &'a DbCache,
     layout: Layout,
-) -> Context<'a, ParkedStore, StepClock> {
+) -> Context<'a, S, StepClock> {
     // Each request of the worker has its own random nonce, which makes its write ids unique.
     thread_local!(static NONCE: Cell<u64> = const { Cell::new(0) });
     Context {
@@ -245,7 +245,14 @@ fn store_with_table(layout: Layout) -> ParkedStore {
     let cache = DbCache::new(0);
     let ctx = context(&store, &clock, &cache, layout);
     let work = transaction(&[("CREATE TABLE t(id INTEGER PRIMARY KEY, n UNIQUE)", vec![])]);
-    pollster::block_on(queue::serve(&ctx, &WriteQueues::new(), &user(), work)).unwrap();
+    pollster::block_on(queue::serve(
+        &ctx,
+        &WriteQueues::new(),
+        &user(),
+        SaveMode::Auto,
+        work,
+    ))
+    .unwrap();
     store
 }
 
@@ -285,14 +292,14 @@ fn queued_writes_commit_together_in_order_and_only_then_are_acknowledged() {
         let u = user();
         let mut tasks = Tasks::new();
         store.park();
-        let first = tasks.spawn(queue::serve(&ctx, &queues, &u, insert(1)));
+        let first = tasks.spawn(queue::serve(&ctx, &queues, &u, SaveMode::Auto, insert(1)));
         assert!(
             !tasks.done(first),
             "{layout:?}: acknowledged before its commit landed"
         );
         assert!(queues.committing(&user()));
         let queued: Vec<usize> = (2..=6)
-            .map(|n| tasks.spawn(queue::serve(&ctx, &queues, &u, insert(n))))
+            .map(|n| tasks.spawn(queue::serve(&ctx, &queues, &u, SaveMode::Auto, insert(n))))
             .collect();
         assert_eq!(queues.waiting(&user()), 5);
         let puts_before = store.commit_puts.get();
@@ -345,8 +352,8 @@ fn a_failing_request_rolls_back_alone() {
         let u = user();
         let mut tasks = Tasks::new();
         store.park();
-        let first = tasks.spawn(queue::serve(&ctx, &queues, &u, insert(1)));
-        let ok_before = tasks.spawn(queue::serve(&ctx, &queues, &u, insert(2)));
+        let first = tasks.spawn(queue::serve(&ctx, &queues, &u, SaveMode::Auto, insert(1)));
+        let ok_before = tasks.spawn(queue::serve(&ctx, &queues, &u, SaveMode::Auto, insert(2)));
         // Its second statement violates UNIQUE against the first commit, so the whole
         // request rolls back, its first statement included; on its optimistic run (before the
         // first commit) it succeeded, which is what made it a write.
@@ -354,12 +361,13 @@ fn a_failing_request_rolls_back_alone() {
             &ctx,
             &queues,
             &u,
+            SaveMode::Auto,
             transaction(&[
                 ("INSERT INTO t(n) VALUES (100)", vec![]),
                 ("INSERT INTO t(n) VALUES (1)", vec![]),
             ]),
         ));
-        let ok_after = tasks.spawn(queue::serve(&ctx, &queues, &u, insert(3)));
+        let ok_after = tasks.spawn(queue::serve(&ctx, &queues, &u, SaveMode::Auto, insert(3)));
         store.release();
         tasks.settle();
         assert!(tasks.answer(first).is_ok());
@@ -400,14 +408,21 @@ fn a_request_failing_after_partial_commits_is_taken_out_of_the_group() {
         let u = user();
         let mut tasks = Tasks::new();
         store.park();
-        let first = tasks.spawn(queue::serve(&ctx, &queues, &u, insert(1)));
-        let before = tasks.spawn(queue::serve(&ctx, &queues, &u, insert(2)));
+        let first = tasks.spawn(queue::serve(&ctx, &queues, &u, SaveMode::Auto, insert(1)));
+        let before = tasks.spawn(queue::serve(&ctx, &queues, &u, SaveMode::Auto, insert(2)));
         // Its first run (before the first commit) is a plain insert, so it queues as a write;
         // its run in the group commits a row and then fails.
         let bad = tasks.spawn(async {
-            queue::serve(&ctx, &queues, &u, Gate::new(CommitsThenFails(50))).await
+            queue::serve(
+                &ctx,
+                &queues,
+                &u,
+                SaveMode::Auto,
+                Gate::new(CommitsThenFails(50)),
+            )
+            .await
         });
-        let after = tasks.spawn(queue::serve(&ctx, &queues, &u, insert(3)));
+        let after = tasks.spawn(queue::serve(&ctx, &queues, &u, SaveMode::Auto, insert(3)));
         store.release();
         tasks.settle();
         assert!(tasks.answer(first).is_ok());
@@ -461,9 +476,15 @@ fn a_group_that_loses_the_race_runs_again_on_the_new_version() {
         let u = user();
         let mut tasks = Tasks::new();
         store.park();
-        let rival = tasks.spawn(queue::serve(&rival_ctx, &rival_queues, &u, insert(99)));
-        let first = tasks.spawn(queue::serve(&ctx, &queues, &u, insert(1)));
-        let second = tasks.spawn(queue::serve(&ctx, &queues, &u, insert(2)));
+        let rival = tasks.spawn(queue::serve(
+            &rival_ctx,
+            &rival_queues,
+            &u,
+            SaveMode::Auto,
+            insert(99),
+        ));
+        let first = tasks.spawn(queue::serve(&ctx, &queues, &u, SaveMode::Auto, insert(1)));
+        let second = tasks.spawn(queue::serve(&ctx, &queues, &u, SaveMode::Auto, insert(2)));
         assert_eq!(queues.waiting(&user()), 1);
         store.release();
         tasks.settle();
@@ -496,12 +517,13 @@ fn reads_never_wait_for_a_commit_in_flight() {
         let u = user();
         let mut tasks = Tasks::new();
         store.park();
-        let write = tasks.spawn(queue::serve(&ctx, &queues, &u, insert(1)));
-        let queued = tasks.spawn(queue::serve(&ctx, &queues, &u, insert(2)));
+        let write = tasks.spawn(queue::serve(&ctx, &queues, &u, SaveMode::Auto, insert(1)));
+        let queued = tasks.spawn(queue::serve(&ctx, &queues, &u, SaveMode::Auto, insert(2)));
         let read = tasks.spawn(queue::serve(
             &ctx,
             &queues,
             &u,
+            SaveMode::Auto,
             transaction(&[("SELECT count(*) FROM t", vec![])]),
         ));
         assert!(tasks.done(read), "{layout:?}: a read waited for a write");
@@ -529,10 +551,10 @@ fn a_cancelled_request_never_leaves_its_queue_stuck() {
         let u = user();
         let mut tasks = Tasks::new();
         store.park();
-        let first = tasks.spawn(queue::serve(&ctx, &queues, &u, insert(1)));
-        let second = tasks.spawn(queue::serve(&ctx, &queues, &u, insert(2)));
-        let third = tasks.spawn(queue::serve(&ctx, &queues, &u, insert(3)));
-        let fourth = tasks.spawn(queue::serve(&ctx, &queues, &u, insert(4)));
+        let first = tasks.spawn(queue::serve(&ctx, &queues, &u, SaveMode::Auto, insert(1)));
+        let second = tasks.spawn(queue::serve(&ctx, &queues, &u, SaveMode::Auto, insert(2)));
+        let third = tasks.spawn(queue::serve(&ctx, &queues, &u, SaveMode::Auto, insert(3)));
+        let fourth = tasks.spawn(queue::serve(&ctx, &queues, &u, SaveMode::Auto, insert(4)));
         // The first lands; the second leads the group [2, 3, 4] and is cancelled while its
         // commit is parked; the third is cancelled while it waits.
         store.release();
@@ -544,8 +566,8 @@ fn a_cancelled_request_never_leaves_its_queue_stuck() {
         store.park();
         tasks.settle();
         // The third now leads [3, 4]; it is parked in its commit. Cancel a waiter instead.
-        let fifth = tasks.spawn(queue::serve(&ctx, &queues, &u, insert(5)));
-        let sixth = tasks.spawn(queue::serve(&ctx, &queues, &u, insert(6)));
+        let fifth = tasks.spawn(queue::serve(&ctx, &queues, &u, SaveMode::Auto, insert(5)));
+        let sixth = tasks.spawn(queue::serve(&ctx, &queues, &u, SaveMode::Auto, insert(6)));
         tasks.cancel(fifth);
         store.release();
         tasks.settle();
@@ -574,8 +596,14 @@ fn a_group_losing_every_race_gives_up_at_the_deadline_with_nothing_written() {
         store,
         n: Cell::new(1000),
     }));
-    let err = pollster::block_on(queue::serve(&ctx, &queues, &user(), RacedInsert(rival, 5)))
-        .unwrap_err();
+    let err = pollster::block_on(queue::serve(
+        &ctx,
+        &queues,
+        &user(),
+        SaveMode::Auto,
+        RacedInsert(rival, 5),
+    ))
+    .unwrap_err();
     assert_eq!(err.code(), "conflict");
     assert!(clock.slept_ms() > 0 && clock.slept_ms() < u64::from(ctx.retry.deadline_ms));
     let stored: Vec<i64> = stored_rows(store).into_iter().map(|(_, n)| n).collect();
@@ -599,6 +627,7 @@ impl Rival {
             &ctx,
             &WriteQueues::new(),
             &user(),
+            SaveMode::Auto,
             insert(self.n.get()),
         ))
         .unwrap();
@@ -615,4 +644,67 @@ impl Work for RacedInsert {
         let mut t = insert(self.1);
         t.run(conn)
     }
+}
+
+/// R2 refusing a commit for the rate (429) past a store call's own retries is retried at the
+/// request's level, after jittered waits, until the deadline: the write is acknowledged once
+/// R2 takes it. One that R2 keeps refusing past the deadline answers 503 with `Retry-After`
+/// and nothing written.
+#[test]
+fn rate_limited_commits_are_retried_until_the_deadline_then_refused_with_nothing_written() {
+    let plan = FaultPlan::new();
+    let seeded = |puts: &[Fault]| {
+        let store = HookStore::new(MemoryStore::new()).with(&plan);
+        let clock = StepClock::stepping(1.0);
+        let cache = DbCache::new(0);
+        let ctx = context(&store, &clock, &cache, Layout::Single);
+        let work = transaction(&[("CREATE TABLE t(id INTEGER PRIMARY KEY, n UNIQUE)", vec![])]);
+        pollster::block_on(queue::serve(
+            &ctx,
+            &WriteQueues::new(),
+            &user(),
+            SaveMode::Auto,
+            work,
+        ))
+        .unwrap();
+        plan.set(Operation::Put, puts);
+        store
+    };
+    // Five 429s outlast one put's four repeats; the request runs again and gets through.
+    let store = seeded(&[Fault::RateLimited; 6]);
+    let clock = StepClock::stepping(1.0);
+    let cache = DbCache::new(0);
+    let ctx = context(&store, &clock, &cache, Layout::Single);
+    let (report, _) = pollster::block_on(queue::serve(
+        &ctx,
+        &WriteQueues::new(),
+        &user(),
+        SaveMode::Auto,
+        insert(7),
+    ))
+    .unwrap();
+    assert_eq!(report.db_info.stored.as_ref().unwrap().attempts, 2);
+    assert_eq!(plan.fired(Operation::Put, Fault::RateLimited), 6);
+    let stored = store.inner.bytes("a/database.sqlite").unwrap();
+    assert_eq!(row_counts(&stored), [("t".to_owned(), 1)]);
+
+    // R2 never takes it: refused at the deadline, nothing written.
+    drop(store);
+    let store = seeded(&[Fault::RateLimited; 1000]);
+    let before = store.inner.bytes("a/database.sqlite").unwrap();
+    let clock = StepClock::stepping(1.0);
+    let ctx = context(&store, &clock, &cache, Layout::Single);
+    let err = pollster::block_on(queue::serve(
+        &ctx,
+        &WriteQueues::new(),
+        &user(),
+        SaveMode::Auto,
+        insert(7),
+    ))
+    .unwrap_err();
+    assert_eq!((err.status(), err.code()), (503, "storage_unavailable"));
+    assert!(err.retry_after_s().is_some() && err.nothing_written());
+    assert!(clock.slept_ms() >= u64::from(ctx.retry.deadline_ms) / 2);
+    assert!(clock.slept_ms() < u64::from(ctx.retry.deadline_ms) + 5_000);
+    assert_eq!(store.inner.bytes("a/database.sqlite").unwrap(), before);
 }

@@ -224,7 +224,8 @@ async fn handle_sync(
 ) -> std::result::Result<Response, Error> {
     let save = SaveMode::parse(super::http::query_param(req, "save")?.as_deref())?;
     let store = R2Store::from_env(env)?;
-    match pipeline::serve(&context(&store, config), user, save, &mut ListTables).await {
+    let queues = QUEUES.with(|q| *q);
+    match queue::serve(&context(&store, config), queues, user, save, ListTables).await {
         Ok((report, ())) => json_response(&finish(report, user, config), 200),
         Err(Error::ServedByDurableObject) => handle_do(env, config, user, None).await,
         Err(e) => Err(e),
@@ -244,7 +245,8 @@ async fn serve_body<W: pipeline::Work + 'static>(
     let work = parse(bytes)?;
     let store = R2Store::from_env(env)?;
     let queues = QUEUES.with(|q| *q);
-    let (report, output) = queue::serve(&context(&store, config), queues, user, work).await?;
+    let (report, output) =
+        queue::serve(&context(&store, config), queues, user, SaveMode::Auto, work).await?;
     Ok((finish(report, user, config), output))
 }
 
