@@ -43,6 +43,10 @@ pub const MAX_GROUP: usize = 64;
 #[derive(Default)]
 pub struct WriteQueues {
     users: RefCell<HashMap<String, Rc<UserQueue>>>,
+    /// Waiting requests look at their turn on timers of their own, at most this many
+    /// milliseconds apart, instead of being woken by the request that finished the commit
+    /// (see [`WriteQueues::polling`]).
+    poll_max_ms: Option<u32>,
 }
 
 impl std::fmt::Debug for WriteQueues {
@@ -58,6 +62,18 @@ impl WriteQueues {
     #[must_use]
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// No queues yet; a waiting request looks at its turn on its own timers (1 ms, doubling
+    /// up to `max_ms`). For the Workers runtime: code resumed by another request's wake-up
+    /// runs in that request's I/O context (and fails on its own streams), and a request
+    /// awaiting only another request's work is cancelled as hung.
+    #[must_use]
+    pub fn polling(max_ms: u32) -> Self {
+        Self {
+            poll_max_ms: Some(max_ms),
+            ..Self::default()
+        }
     }
 
     /// Requests of `user` waiting for a commit (not counting the group being committed).
@@ -267,6 +283,23 @@ impl<W: Work> Future for Wait<'_, W> {
     }
 }
 
+/// Waits until the slot's turn comes: woken by whoever changed it, or, with `poll_max_ms`,
+/// looking on timers of its own (see [`WriteQueues::polling`]).
+async fn wait_turn<W: Work, C: Clock>(slot: &Slot<W>, clock: &C, poll_max_ms: Option<u32>) -> Turn {
+    let Some(max_ms) = poll_max_ms else {
+        return Wait(slot).await;
+    };
+    let mut ms = 1;
+    loop {
+        let turn = slot.turn.get();
+        if turn != Turn::Waiting {
+            return turn;
+        }
+        clock.sleep(ms).await;
+        ms = (ms * 2).min(max_ms);
+    }
+}
+
 /// Keeps the queue moving if a request's future is dropped while it waits or leads (the
 /// runtime cancelled it): its group is handed to the next request, never left stuck.
 struct Guard<'q> {
@@ -324,7 +357,7 @@ pub async fn serve<S: ObjectStore, C: Clock, W: Work + 'static>(
     work: W,
 ) -> Result<(Report, W::Output), Error> {
     let queue = queues.queue(user);
-    let answer = serve_in(ctx, &queue, user, mode, work).await;
+    let answer = serve_in(ctx, &queue, queues.poll_max_ms, user, mode, work).await;
     queues.tidy(user);
     answer
 }
@@ -332,6 +365,7 @@ pub async fn serve<S: ObjectStore, C: Clock, W: Work + 'static>(
 async fn serve_in<S: ObjectStore, C: Clock, W: Work + 'static>(
     ctx: &Context<'_, S, C>,
     queue: &UserQueue,
+    poll_max_ms: Option<u32>,
     user: &UserId,
     mode: SaveMode,
     mut work: W,
@@ -377,7 +411,7 @@ async fn serve_in<S: ObjectStore, C: Clock, W: Work + 'static>(
         drop(queried);
         queue.pending.borrow_mut().push_back(Rc::clone(&me));
         guard.waiting = Some(Rc::clone(&me));
-        let turn = Wait(&slot).await;
+        let turn = wait_turn(&slot, ctx.clock, poll_max_ms).await;
         guard.waiting = None;
         if turn == Turn::Done {
             return take_answer(&slot);

@@ -43,7 +43,7 @@ thread_local! {
     /// an isolate's lifetime).
     static CACHE: OnceCell<&'static DbCache> = const { OnceCell::new() };
     /// The isolate's write queue per user (group commit), leaked once like the cache.
-    static QUEUES: &'static WriteQueues = Box::leak(Box::new(WriteQueues::new()));
+    static QUEUES: &'static WriteQueues = Box::leak(Box::new(WriteQueues::polling(16)));
 }
 
 /// The isolate's cache, or `None` when `CACHE_MAX_BYTES` is 0.

@@ -159,7 +159,7 @@ fn access_control_is_secure_by_default() {
 /// (through wrangler dev's local explorer API, which writes the running instance's R2 as an
 /// outside writer would). Conditional puts mean no request ever writes back a copy that
 /// predates a writer's change: every table the writer added is present at the end, and
-/// requests answer only 200 or 409.
+/// requests answer only 200 or 503 (lost every race until the retry deadline).
 #[test]
 fn concurrent_writer_changes_are_never_lost() {
     let demo = fixtures::demo_database().unwrap();
@@ -196,7 +196,7 @@ fn concurrent_writer_changes_are_never_lost() {
     let statuses = statuses.into_inner().unwrap();
     eprintln!("concurrent writer: request statuses {statuses:?}");
     assert!(
-        statuses.keys().all(|s| *s == 200 || *s == 409),
+        statuses.keys().all(|s| *s == 200 || *s == 503),
         "{statuses:?}"
     );
     assert!(statuses.get(&200).copied().unwrap_or(0) > 0, "{statuses:?}");
@@ -276,7 +276,8 @@ fn bounded_mixed_load() {
     assert_eq!(count as usize, total);
     for ((kind, status), n) in &statuses {
         let expected = match kind.as_str() {
-            "valid" => *status == 200 || *status == 409,
+            // One isolate: its write queue commits concurrent writes together, never refusing.
+            "valid" => *status == 200,
             "missing" => *status == 200,
             "corrupt" => *status == 422,
             _ => *status == 400,
