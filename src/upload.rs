@@ -220,6 +220,7 @@ pub async fn replace<S: ObjectStore, C: Clock>(
     let mut conn = validate(bytes, ctx.max_db_bytes)?;
     let validate_ms = clock.now_ms() - validate_start;
     let mut attempts = 0;
+    let start = ctx.clock.now_ms();
     loop {
         attempts += 1;
         let mut loaded = match pipeline::load(ctx, user).await {
@@ -250,8 +251,12 @@ pub async fn replace<S: ObjectStore, C: Clock>(
             // finds a new version and refuses), or a compaction, which keeps the version,
             // so the file still replaces what the client named: try again on the new state.
             // Without a db-version (stored from outside) two states cannot be told apart.
-            if attempts < ctx.retry.max_attempts && version_read.is_some() {
+            let wait = ctx
+                .retry
+                .rerun_wait_ms(attempts, ctx.clock.now_ms() - start);
+            if let (Some(wait), true) = (wait, version_read.is_some()) {
                 conn = queried.loaded.conn;
+                ctx.clock.sleep(wait).await;
                 continue;
             }
             return Err(Error::VersionMismatch {
