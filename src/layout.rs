@@ -60,8 +60,8 @@ pub struct Built {
     pub conn: Connection,
     /// What it equals in R2.
     pub stored: Stored,
-    /// Etag of the `database.sqlite` the image started from (`None` for a cache hit on a
-    /// manifest, where it was not read, or a new database).
+    /// Etag of the `database.sqlite` the image builds on, as read or headed by the load
+    /// (`None` for a new database).
     pub base_etag: Option<String>,
     /// `db-version` of what it equals.
     pub version: Option<u64>,
@@ -90,6 +90,22 @@ pub(crate) fn check_route(metadata: &HashMap<String, String>) -> Result<(), Erro
         Some("durable_object") => Err(Error::ServedByDurableObject),
         _ => Ok(()),
     }
+}
+
+/// The sequence number a base put by a compaction of `m`'s lineage says it covers, if it is one
+/// that `m` can build on: at least `m`'s base (a compaction never covers less than the base it
+/// replaced, so an older one cannot be current). Equal to `m`'s base is a second compaction of
+/// the same state that landed after the one `m` lists (it lost a race, reloaded and folded
+/// again): the same database, so a loader uses it as it would the listed base. Greater than
+/// `m.seq`: `m` is stale.
+fn compaction_covers(m: &Manifest, metadata: &HashMap<String, String>) -> Option<u64> {
+    if metadata.get(LINEAGE_KEY) != Some(&m.lineage) {
+        return None;
+    }
+    metadata
+        .get(COVERS_KEY)
+        .and_then(|v| v.parse().ok())
+        .filter(|k| *k >= m.base.seq)
 }
 
 /// Runs futures together, at most [`PARALLEL_FETCHES`] at a time (a sliding window: the next
@@ -360,17 +376,22 @@ async fn load_once<S: ObjectStore, C: Clock>(
             }
             return Err(e);
         }
-        let base_as_listed = head.as_ref().is_some_and(|h| h.etag == m.base.etag);
+        // The listed base, or a compaction of this manifest (the copy does not depend on which).
+        let base_as_listed = head.as_ref().is_some_and(|h| {
+            h.etag == m.base.etag || compaction_covers(&m, &h.metadata).is_some_and(|k| k <= m.seq)
+        });
         if m.retired || !base_as_listed {
             // Retired, or the base is not the one listed (a compaction between its two puts,
             // or an outside writer): the cold path sorts out which.
             return cold(ctx, user, Some(Some((m, etag, metadata))), None).await;
         }
+        // What a compaction of this copy must be conditional on.
+        let base_etag = head.map(|h| h.etag);
         if !changed {
             return Ok(Step::Done(Built {
                 conn: entry.conn,
                 stored: entry.stored,
-                base_etag: None,
+                base_etag,
                 version: entry.db_version,
                 converted_from_wal: false,
                 cache: CacheStatus::Hit,
@@ -405,7 +426,7 @@ async fn load_once<S: ObjectStore, C: Clock>(
                 manifest: Box::new(m),
                 etag,
             },
-            base_etag: None,
+            base_etag,
             version: version_of(&metadata),
             converted_from_wal: false,
             cache: CacheStatus::Updated,
@@ -554,23 +575,15 @@ async fn cold<S: ObjectStore, C: Clock>(
     };
     let covered = if base_etag == m.base.etag {
         Some(m.base.seq)
-    } else if base_metadata.get(LINEAGE_KEY) == Some(&m.lineage) {
-        let covers: Option<u64> = base_metadata.get(COVERS_KEY).and_then(|v| v.parse().ok());
-        match covers {
+    } else {
+        match compaction_covers(&m, &base_metadata) {
             // A newer compaction than this manifest knows: the manifest is stale.
             Some(k) if k > m.seq => return Ok(Step::Restart),
-            Some(k)
-                if k > m.base.seq
-                    && m.deltas.iter().any(|d| {
-                        d.seq == k && d.change_counter == header::change_counter(image.bytes())
-                    }) =>
-            {
+            Some(k) if m.change_counter_at(k) == Some(header::change_counter(image.bytes())) => {
                 Some(k)
             }
             _ => None,
         }
-    } else {
-        None
     };
     let Some(covered) = covered else {
         return adopt_outside(ctx, user, image, base_etag, base_metadata, m, m_etag, miss).await;
@@ -958,12 +971,25 @@ pub(crate) async fn commit<S: ObjectStore, C: Clock>(
     }
 }
 
+/// How a compaction ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CompactOutcome {
+    /// The deltas were folded into a new base.
+    Compacted,
+    /// Folded, and the manifest retired: the user is back in the single layout.
+    Retired,
+    /// No deltas to fold (or no manifest).
+    NothingToDo,
+    /// Another compaction or an outside writer kept changing the base first.
+    LostRace,
+}
+
 /// What a compaction did.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Compacted {
-    /// `compacted`, `retired` (folded and back to the single layout), `nothing_to_do`, or
-    /// `lost_race` (another compaction or an outside writer changed the base first).
-    pub outcome: &'static str,
+    /// How it ended.
+    pub outcome: CompactOutcome,
     /// Deltas folded into the new base.
     pub deltas_folded: usize,
     /// Folded deltas deleted (the rest are left to the sweep).
@@ -1020,7 +1046,7 @@ pub async fn fold_pending<S: ObjectStore, C: Clock>(
         return Ok(None);
     }
     let done = compact(ctx, user, false).await?;
-    if done.outcome == "lost_race" {
+    if done.outcome == CompactOutcome::LostRace {
         return Err(Error::Conflict { attempts: 1 });
     }
     Ok(Some(done))
@@ -1035,7 +1061,7 @@ pub(crate) async fn freeze_for_move<S: ObjectStore, C: Clock>(
 ) -> Result<Option<FrozenBase>, Error> {
     let (compacted, frozen) = compact_inner(ctx, user, true, Some("moving")).await?;
     match compacted.outcome {
-        "lost_race" => Err(Error::Conflict { attempts: 1 }),
+        CompactOutcome::LostRace => Err(Error::Conflict { attempts: 1 }),
         _ => Ok(frozen),
     }
 }
@@ -1074,70 +1100,35 @@ async fn compact_inner<S: ObjectStore, C: Clock>(
             return Ok((nothing(clock, start), None));
         }
         let (m, m_etag) = ((**manifest).clone(), etag.clone());
-        let base_etag = loaded
-            .base_etag
-            .clone()
-            .unwrap_or_else(|| m.base.etag.clone());
-        let version = loaded.version;
+        let plan = FoldPlan {
+            manifest: &m,
+            manifest_etag: &m_etag,
+            base_etag: loaded
+                .base_etag
+                .clone()
+                .unwrap_or_else(|| m.base.etag.clone()),
+            version: loaded.version,
+            write_id: format!("{:016x}-compact-{}", ctx.nonce, m.seq),
+            retire,
+            route,
+        };
         // The upload streams straight out of the loaded image: no second copy in memory. A
         // request for this user arriving meanwhile loads its own copy from R2.
-        let write_id = format!("{:016x}-compact-{}", ctx.nonce, m.seq);
-        let mut metadata = vec![
-            (WRITE_ID_KEY, write_id.clone()),
-            (LINEAGE_KEY, m.lineage.clone()),
-            (COVERS_KEY, m.seq.to_string()),
-        ];
-        if let Some(v) = version {
-            metadata.push((DB_VERSION_KEY, v.to_string()));
-        }
-        if let Some(r) = route {
-            metadata.push((ROUTE_KEY, r.to_owned()));
-        }
-        let (put, change_counter, size) = {
-            let image = sqlite::export(&mut loaded.conn)?;
-            let put = with_retries(clock, &ctx.retry, async || {
-                ctx.store
-                    .put(
-                        &user.db_key(),
-                        &image,
-                        &metadata,
-                        &PutCondition::IfMatch(base_etag.clone()),
-                    )
-                    .await
-            })
-            .await;
-            (put, header::change_counter(&image), image.len() as u64)
-        };
-        let put = match put {
-            Ok(put) => put,
-            Err(e) => {
-                keep(ctx, user, loaded);
-                return Err(e.into());
-            }
-        };
-        let PutOutcome::Stored { etag: new_base } = put else {
-            // Another compaction, or an outside writer: the next load sorts out which.
-            keep(ctx, user, loaded);
-            continue;
-        };
-        let base = BaseRef {
-            etag: new_base.clone(),
-            seq: m.seq,
-            change_counter,
-            size,
-        };
-        let committed = commit_compaction(
-            ctx, user, &m, &m_etag, base, retire, route, &write_id, version,
-        )
-        .await;
-        let Some((next, next_etag)) = (match committed {
-            Ok(c) => c,
+        let folded = match fold(ctx, user, &mut loaded.conn, &plan).await {
+            Ok(f) => f,
             Err(e) => {
                 keep(ctx, user, loaded);
                 return Err(e);
             }
-        }) else {
-            // Writes kept committing (or, retiring, one did): fold again from the new base.
+        };
+        let Fold::Committed {
+            manifest: next,
+            etag: next_etag,
+            base_etag: new_base,
+        } = folded.outcome
+        else {
+            // Another compaction or an outside writer changed the base first, or (retiring) a
+            // write committed: fold again from what is stored now.
             keep(ctx, user, loaded);
             continue;
         };
@@ -1145,27 +1136,14 @@ async fn compact_inner<S: ObjectStore, C: Clock>(
             Some(_) => Some(FrozenBase {
                 image: sqlite::export(&mut loaded.conn)?.to_vec(),
                 etag: new_base.clone(),
-                version,
-                write_id,
+                version: plan.version,
+                write_id: plan.write_id.clone(),
             }),
             None => None,
         };
-        // The copy equals the new state when no write was adopted into the manifest.
+        // The copy equals the new state when no write was kept in the manifest.
         if next.seq == m.seq {
-            loaded.stored = if retire {
-                Stored::Single {
-                    etag: new_base,
-                    retired_manifest: Some(Retired {
-                        etag: next_etag,
-                        conflicts: next.conflicts.clone(),
-                    }),
-                }
-            } else {
-                Stored::Incremental {
-                    manifest: Box::new(next.clone()),
-                    etag: next_etag,
-                }
-            };
+            loaded.stored = committed_stored(next.clone(), next_etag, new_base, retire);
         }
         if frozen.is_none() {
             keep(ctx, user, loaded);
@@ -1177,7 +1155,11 @@ async fn compact_inner<S: ObjectStore, C: Clock>(
             }
         }
         let mut compacted = Compacted {
-            outcome: if retire { "retired" } else { "compacted" },
+            outcome: if retire {
+                CompactOutcome::Retired
+            } else {
+                CompactOutcome::Compacted
+            },
             deltas_folded: m.deltas.len(),
             deltas_deleted: deleted,
             base_bytes: next.base.size,
@@ -1191,59 +1173,183 @@ async fn compact_inner<S: ObjectStore, C: Clock>(
         return Ok((compacted, frozen));
     }
     let mut lost = nothing(clock, start);
-    lost.outcome = "lost_race";
+    lost.outcome = CompactOutcome::LostRace;
     Ok((lost, None))
 }
 
-/// Commits the manifest that follows a compaction of `m` into `base`: `If-Match` the manifest
-/// read; when writes committed in between, re-reads it and keeps their deltas (those after
-/// `m.seq`), a few times. Retiring cannot keep later deltas, so then it gives up (`None`).
-#[allow(clippy::too_many_arguments)]
-async fn commit_compaction<S: ObjectStore, C: Clock>(
+/// What R2 holds after a fold committed `next` over the base `base_etag`.
+pub(crate) fn committed_stored(
+    next: Manifest,
+    etag: String,
+    base_etag: String,
+    retire: bool,
+) -> Stored {
+    if retire {
+        Stored::Single {
+            etag: base_etag,
+            retired_manifest: Some(Retired {
+                etag,
+                conflicts: next.conflicts,
+            }),
+        }
+    } else {
+        Stored::Incremental {
+            manifest: Box::new(next),
+            etag,
+        }
+    }
+}
+
+/// A fold of a loaded image into a new `database.sqlite`: what it builds on and writes.
+pub(crate) struct FoldPlan<'a> {
+    /// The manifest the image equals.
+    pub manifest: &'a Manifest,
+    /// Its etag.
+    pub manifest_etag: &'a str,
+    /// The `database.sqlite` the load read (the base put is conditional on it).
+    pub base_etag: String,
+    /// `db-version` the new base carries.
+    pub version: Option<u64>,
+    /// Identifies both puts, so a lost answer is resolved by reading it back.
+    pub write_id: String,
+    /// Retire the manifest (the user returns to the single layout).
+    pub retire: bool,
+    /// `route` metadata for both puts (a move's freeze).
+    pub route: Option<&'a str>,
+}
+
+/// How a fold ended.
+#[derive(Debug)]
+pub(crate) enum Fold {
+    /// The base changed since the load (another compaction, an outside writer): nothing was
+    /// written.
+    BaseLost,
+    /// The new base landed and the manifest now lists it (with any writes committed
+    /// meanwhile after it).
+    Committed {
+        /// The committed manifest.
+        manifest: Manifest,
+        /// Its etag.
+        etag: String,
+        /// The new base's etag.
+        base_etag: String,
+    },
+    /// The new base landed but the manifest could not take it (a newer compaction, a
+    /// retirement, an outside replacement, or writes that kept committing; retiring, any
+    /// write). `database.sqlite` holds at least this image's state, and loaders build on it
+    /// ([`compaction_covers`]).
+    Superseded,
+}
+
+/// A fold's outcome and what it moved.
+#[derive(Debug)]
+pub(crate) struct Folded {
+    /// How it ended.
+    pub outcome: Fold,
+    /// The image's size.
+    pub size_bytes: u64,
+    /// Bytes uploaded (the base, and the manifest when it was put).
+    pub bytes_uploaded: u64,
+    /// Objects written.
+    pub objects_written: u32,
+    /// Exporting the image.
+    pub serialize_ms: f64,
+}
+
+/// Writes the image as the new `database.sqlite` (`If-Match` the base read, metadata naming
+/// the lineage and the write it covers), then commits a manifest that lists it (`If-Match` the
+/// manifest read; when writes committed in between, re-reads it and keeps their deltas, a
+/// few times; retiring cannot keep them and gives up). Folded deltas are not deleted here.
+pub(crate) async fn fold<S: ObjectStore, C: Clock>(
     ctx: &Context<'_, S, C>,
     user: &UserId,
-    m: &Manifest,
-    m_etag: &str,
-    base: BaseRef,
-    retire: bool,
-    route: Option<&str>,
-    write_id: &str,
-    version: Option<u64>,
-) -> Result<Option<(Manifest, String)>, Error> {
+    conn: &mut Connection,
+    plan: &FoldPlan<'_>,
+) -> Result<Folded, Error> {
+    let m = plan.manifest;
+    let mut metadata = vec![
+        (WRITE_ID_KEY, plan.write_id.clone()),
+        (LINEAGE_KEY, m.lineage.clone()),
+        (COVERS_KEY, m.seq.to_string()),
+    ];
+    if let Some(v) = plan.version {
+        metadata.push((DB_VERSION_KEY, v.to_string()));
+    }
+    if let Some(r) = plan.route {
+        metadata.push((ROUTE_KEY, r.to_owned()));
+    }
+    let start = ctx.clock.now_ms();
+    let image = sqlite::export(conn)?;
+    let serialize_ms = ctx.clock.now_ms() - start;
+    let put = conditional_put(
+        ctx,
+        &user.db_key(),
+        &image,
+        &metadata,
+        &PutCondition::IfMatch(plan.base_etag.clone()),
+        &plan.write_id,
+    )
+    .await?;
+    let (change_counter, size) = (header::change_counter(&image), image.len() as u64);
+    let mut folded = Folded {
+        outcome: Fold::BaseLost,
+        size_bytes: size,
+        bytes_uploaded: 0,
+        objects_written: 0,
+        serialize_ms,
+    };
+    let PutOutcome::Stored { etag: new_base } = put else {
+        return Ok(folded);
+    };
+    folded.bytes_uploaded = size;
+    folded.objects_written = 1;
+    folded.outcome = Fold::Superseded;
+    let base = BaseRef {
+        etag: new_base.clone(),
+        seq: m.seq,
+        change_counter,
+        size,
+    };
     let key = user.manifest_key();
-    let (mut current, mut current_etag) = (m.clone(), m_etag.to_owned());
+    let (mut current, mut current_etag, mut version) =
+        (m.clone(), plan.manifest_etag.to_owned(), plan.version);
     for _ in 0..ADOPT_ATTEMPTS {
         let mut next = Manifest::new(m.lineage.clone(), base.clone());
-        next.retired = retire;
+        next.retired = plan.retire;
         next.conflicts = current.conflicts.clone();
-        if !retire {
+        if !plan.retire {
             next.deltas = current.deltas_after(m.seq).unwrap_or_default().to_vec();
             next.seq = current.seq;
         }
-        let mut metadata = manifest_metadata(write_id, version);
-        if let Some(r) = route {
+        let mut metadata = manifest_metadata(&plan.write_id, version);
+        if let Some(r) = plan.route {
             metadata.push((ROUTE_KEY, r.to_owned()));
         }
         let bytes = manifest_bytes(&next)?;
-        let put = with_retries(ctx.clock, &ctx.retry, async || {
-            ctx.store
-                .put(
-                    &key,
-                    &bytes,
-                    &metadata,
-                    &PutCondition::IfMatch(current_etag.clone()),
-                )
-                .await
-        })
+        let put = conditional_put(
+            ctx,
+            &key,
+            &bytes,
+            &metadata,
+            &PutCondition::IfMatch(current_etag.clone()),
+            &plan.write_id,
+        )
         .await?;
         if let PutOutcome::Stored { etag } = put {
-            return Ok(Some((next, etag)));
+            folded.bytes_uploaded += bytes.len() as u64;
+            folded.objects_written += 1;
+            folded.outcome = Fold::Committed {
+                manifest: next,
+                etag,
+                base_etag: new_base,
+            };
+            return Ok(folded);
         }
-        if retire {
-            return Ok(None);
+        if plan.retire {
+            return Ok(folded);
         }
-        let Some((latest, etag, _)) = fetch_manifest(ctx, user).await? else {
-            return Ok(None);
+        let Some((latest, etag, latest_metadata)) = fetch_manifest(ctx, user).await? else {
+            return Ok(folded);
         };
         // Only the same history, still on the old base, with every write after m kept.
         if latest.retired
@@ -1251,16 +1357,18 @@ async fn commit_compaction<S: ObjectStore, C: Clock>(
             || latest.base.seq > m.seq
             || latest.deltas_after(m.seq).is_none()
         {
-            return Ok(None);
+            return Ok(folded);
         }
+        // The manifest's db-version is its newest write's: never lower than a kept one's.
+        version = version.max(version_of(&latest_metadata));
         (current, current_etag) = (latest, etag);
     }
-    Ok(None)
+    Ok(folded)
 }
 
 fn nothing<C: Clock>(clock: &C, start: f64) -> Compacted {
     Compacted {
-        outcome: "nothing_to_do",
+        outcome: CompactOutcome::NothingToDo,
         deltas_folded: 0,
         deltas_deleted: 0,
         base_bytes: 0,

@@ -178,6 +178,18 @@ impl Manifest {
         complete.then_some(tail)
     }
 
+    /// The header change counter of the state after write `seq` (the base's, or a listed
+    /// delta's), if this manifest knows it.
+    pub(crate) fn change_counter_at(&self, seq: u64) -> Option<u32> {
+        if seq == self.base.seq {
+            return Some(self.base.change_counter);
+        }
+        self.deltas
+            .iter()
+            .find(|d| d.seq == seq)
+            .map(|d| d.change_counter)
+    }
+
     /// Whether a delta key is kept by this manifest (listed, or part of a conflict copy).
     pub(crate) fn references(&self, key: &str) -> bool {
         (!self.retired && self.deltas.iter().any(|d| d.key == key))

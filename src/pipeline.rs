@@ -216,7 +216,8 @@ pub fn query<C: Clock, W: Work>(
 pub enum Saved {
     /// The changes were committed.
     Written {
-        /// What R2 holds now.
+        /// The stored state the copy now equals (what R2 holds, unless writes committed
+        /// while the save ran: then the state the copy was built on).
         stored: Stored,
         /// Its `db-version`.
         version: u64,
@@ -287,7 +288,12 @@ pub async fn save<S: ObjectStore, C: Clock, T>(
         (Stored::Incremental { .. }, _) | (Stored::Single { .. }, Layout::Incremental) => true,
         (Stored::New | Stored::Single { .. }, Layout::Single) | (Stored::New, _) => false,
     };
-    if incremental {
+    // `always` writes the whole database to database.sqlite in every layout: a user stored
+    // whole is put whole; a manifest user's image is folded into a new base.
+    if mode == SaveMode::Always && matches!(loaded.stored, Stored::Incremental { .. }) {
+        return save_whole(ctx, user, queried, version, &write_id, start).await;
+    }
+    if incremental && mode != SaveMode::Always {
         let at_load = AtLoad {
             stored: &loaded.stored,
             page_size: loaded.page_size,
@@ -363,6 +369,98 @@ pub async fn save<S: ObjectStore, C: Clock, T>(
         },
         PutOutcome::ConditionFailed => Saved::Conflict,
     })
+}
+
+/// `save=always` for a manifest user: any change the work made is committed as a delta
+/// first, then the image is folded into `database.sqlite` with `version` (a compaction,
+/// conditional on the base and the manifest read; writes committed meanwhile stay listed
+/// after it). The base changed since the load: [`Saved::Conflict`], nothing written.
+async fn save_whole<S: ObjectStore, C: Clock, T>(
+    ctx: &Context<'_, S, C>,
+    user: &UserId,
+    queried: &mut Queried<T>,
+    version: u64,
+    write_id: &str,
+    start: f64,
+) -> Result<Saved, Error> {
+    let clock = ctx.clock;
+    let loaded = &mut queried.loaded;
+    let (mut bytes_uploaded, mut objects_written, mut serialize_ms) = (0, 0, 0.0);
+    if queried.changed {
+        let at_load = AtLoad {
+            stored: &loaded.stored,
+            page_size: loaded.page_size,
+            change_counter: loaded.change_counter,
+            len: loaded.len,
+        };
+        let committed =
+            layout::commit(ctx, user, &mut loaded.conn, &at_load, version, write_id).await?;
+        let Some(c) = committed else {
+            return Ok(Saved::Conflict);
+        };
+        (bytes_uploaded, objects_written, serialize_ms) =
+            (c.bytes_uploaded, c.objects_written, c.encode_ms);
+        loaded.stored = c.stored;
+    }
+    let Stored::Incremental { manifest, etag } = &loaded.stored else {
+        return Err(Error::Internal {
+            detail: "a whole save of a user without a manifest".into(),
+        });
+    };
+    let plan = layout::FoldPlan {
+        manifest,
+        manifest_etag: etag,
+        base_etag: loaded
+            .base_etag
+            .clone()
+            .unwrap_or_else(|| manifest.base.etag.clone()),
+        version: Some(version),
+        write_id: format!("{write_id}-whole"),
+        retire: ctx.layout == Layout::Single,
+        route: None,
+    };
+    let folded = layout::fold(ctx, user, &mut loaded.conn, &plan).await?;
+    let (stored, follow_up) = match folded.outcome {
+        // A delta of ours committed above stays committed; only the base lost the race.
+        layout::Fold::BaseLost if !queried.changed => return Ok(Saved::Conflict),
+        layout::Fold::BaseLost | layout::Fold::Superseded => (None, follow_up_of(ctx)),
+        layout::Fold::Committed {
+            manifest,
+            etag,
+            base_etag,
+        } if manifest.seq == plan.manifest.seq => (
+            Some(layout::committed_stored(
+                manifest,
+                etag,
+                base_etag,
+                plan.retire,
+            )),
+            FollowUp::None,
+        ),
+        // Writes committed meanwhile stay listed after the new base: the copy lacks them, so
+        // it stands for the state it was built on (a later load fetches only those deltas).
+        layout::Fold::Committed { .. } => (None, follow_up_of(ctx)),
+    };
+    let total_ms = clock.now_ms() - start;
+    let serialize_ms = serialize_ms + folded.serialize_ms;
+    Ok(Saved::Written {
+        stored: stored.unwrap_or_else(|| loaded.stored.clone()),
+        version,
+        size_bytes: folded.size_bytes,
+        bytes_uploaded: bytes_uploaded + folded.bytes_uploaded,
+        objects_written: objects_written + folded.objects_written,
+        follow_up,
+        serialize_ms,
+        upload_ms: (total_ms - serialize_ms).max(0.0),
+        total_ms,
+    })
+}
+
+fn follow_up_of<S, C>(ctx: &Context<'_, S, C>) -> FollowUp {
+    match ctx.layout {
+        Layout::Single => FollowUp::Retire,
+        Layout::Incremental => FollowUp::Compact,
+    }
 }
 
 /// Everything [`report`] needs from the steps.

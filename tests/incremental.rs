@@ -282,7 +282,7 @@ fn compaction_folds_deltas_and_sweep_removes_orphans() {
     // An orphan: a delta no manifest lists (a writer that died before committing).
     store.insert("a/deltas/000000000099-dead.delta", b"orphan", &[]);
     let done = block(layout::compact(&ctx, &user(), false)).unwrap();
-    assert_eq!(done.outcome, "compacted");
+    assert_eq!(done.outcome, layout::CompactOutcome::Compacted);
     assert_eq!((done.deltas_folded, done.deltas_deleted), (4, 4));
     assert_eq!(done.swept.unwrap().deleted, 1);
     assert!(delta_keys(&store).is_empty());
@@ -330,7 +330,7 @@ fn write_between_compaction_steps_is_kept() {
     assert_eq!(storage(&report)["deltas_applied"], 0);
     assert_eq!(hits(&current(&faulty)), [1, 2, 3, 4]);
     let done = block(layout::compact(&fctx, &user(), false)).unwrap();
-    assert_eq!(done.outcome, "compacted");
+    assert_eq!(done.outcome, layout::CompactOutcome::Compacted);
     assert_eq!(hits(&faulty.inner.bytes(BASE).unwrap()), [1, 2, 3, 4]);
 }
 
@@ -367,13 +367,148 @@ fn compaction_keeps_writes_that_commit_meanwhile() {
     .unwrap();
     assert!(rival_done.get(), "the rival wrote in between");
     let store = interleaved.inner;
-    assert_eq!(done.outcome, "compacted");
+    assert_eq!(done.outcome, layout::CompactOutcome::Compacted);
     assert_eq!((done.deltas_folded, done.deltas_deleted), (3, 3));
     let m = manifest(&store).unwrap();
     assert_eq!((m.base.seq, m.seq), (3, 5));
     assert_eq!(m.deltas.iter().map(|d| d.seq).collect::<Vec<_>>(), [4, 5]);
     assert_eq!(hits(&store.bytes(BASE).unwrap()), [1, 2, 3]);
     assert_eq!(hits(&current(&store)), [1, 2, 3, 4, 5]);
+}
+
+// ---- The spec's request: `save=always` writes the whole database ----
+
+fn base_etag(store: &MemoryStore) -> String {
+    block(store.head(BASE)).unwrap().unwrap().etag
+}
+
+fn db_version(store: &MemoryStore) -> u64 {
+    store.metadata(BASE).unwrap()["db-version"].parse().unwrap()
+}
+
+/// The spec's request (`GET /`, `save=always`), as the worker runs it.
+fn spec_request<S: ObjectStore, C: Clock>(ctx: &Context<'_, S, C>) -> serde_json::Value {
+    let (report, ()) = block(serve(
+        ctx,
+        &user(),
+        SaveMode::Always,
+        &mut pipeline::ListTables,
+    ))
+    .unwrap();
+    serde_json::to_value(report).unwrap()
+}
+
+/// In both layouts, `save=always` puts the current database whole as `database.sqlite` with a
+/// larger `db-version`, and its save timing measures that put. In the incremental layout it is
+/// a compaction: the manifest lists the new base and no deltas, and the folded deltas are
+/// left for the sweep.
+#[test]
+fn spec_request_writes_the_whole_database_in_both_layouts() {
+    for layout in [Layout::Single, Layout::Incremental] {
+        let store = seeded();
+        let clock = StepClock::stepping(1.0);
+        let cache = DbCache::new(1 << 26);
+        let ctx = Context {
+            layout,
+            ..incremental(&store, &clock, Some(&cache))
+        };
+        write(&ctx, 1).unwrap();
+        write(&ctx, 2).unwrap();
+        let before = store.metadata(BASE).unwrap().get("db-version").cloned();
+        let report = spec_request(&ctx);
+        let after = db_version(&store);
+        assert!(
+            before.as_ref().is_none_or(|b| after > b.parse::<u64>().unwrap()),
+            "{layout:?}: db-version {before:?} -> {after}"
+        );
+        assert_eq!(report["db_info"]["db_version"], after.to_string());
+        assert_eq!(hits(&store.bytes(BASE).unwrap()), [1, 2], "{layout:?}");
+        assert_eq!(
+            report["db_info"]["size_bytes"],
+            store.bytes(BASE).unwrap().len()
+        );
+        assert_ne!(report["delay_analysis"]["save"]["status"], "not_run");
+        assert!(
+            report["timing_breakdown"]["save"]["upload_ms"]
+                .as_f64()
+                .unwrap()
+                > 0.0
+        );
+        let s = &report["storage"];
+        assert!(s["bytes_uploaded"].as_u64().unwrap() >= store.bytes(BASE).unwrap().len() as u64);
+        if layout == Layout::Incremental {
+            let m = manifest(&store).unwrap();
+            assert_eq!(m.base.etag, base_etag(&store));
+            assert!(m.deltas.is_empty() && m.base.seq == 2, "{m:?}");
+            assert_eq!(
+                (s["objects_written"].as_u64(), s["deltas_pending"].as_u64()),
+                (Some(2), Some(0))
+            );
+            assert_eq!(s["follow_up"], "none");
+        }
+        // Again, from the cache: still a new, larger version, nothing lost.
+        let again = spec_request(&ctx);
+        assert_eq!(again["cache"]["status"], "hit");
+        assert!(db_version(&store) > after);
+        assert_eq!(hits(&store.bytes(BASE).unwrap()), [1, 2]);
+        assert_eq!(hits(&current(&store)), [1, 2]);
+        // `auto` and `never` still write nothing when nothing changed.
+        let keys = store.keys().len();
+        let v = db_version(&store);
+        for mode in [SaveMode::Auto, SaveMode::Never] {
+            block(serve(&ctx, &user(), mode, &mut pipeline::ListTables)).unwrap();
+        }
+        assert_eq!((store.keys().len(), db_version(&store)), (keys, v));
+        // `/query` keeps writing deltas in the incremental layout.
+        write(&ctx, 3).unwrap();
+        if layout == Layout::Incremental {
+            assert_eq!(manifest(&store).unwrap().deltas.len(), 1);
+            assert_eq!(hits(&store.bytes(BASE).unwrap()), [1, 2]);
+        }
+        assert_eq!(hits(&current(&store)), [1, 2, 3]);
+    }
+}
+
+/// A write that commits while the spec's request folds the database is kept: it stays listed
+/// after the new base, is neither lost nor a conflict, and the spec's request succeeds.
+#[test]
+fn spec_request_keeps_a_write_that_commits_meanwhile() {
+    let store = seeded();
+    let clock = StepClock::stepping(1.0);
+    write(&incremental(&store, &clock, None), 1).unwrap();
+    // Another writer commits right after the spec's request's base put lands, before its
+    // manifest put.
+    let rival_done = std::cell::Cell::new(false);
+    let interleaved = HookStore::new(store).with(After(
+        |call: &Call<'_>, answer: Answer, inner: &MemoryStore| {
+            if call.key() == BASE
+                && call.metadata("covers-seq").is_some()
+                && answer == Answer::Stored
+                && !rival_done.replace(true)
+            {
+                write(&incremental(inner, &clock, None), 2).unwrap();
+            }
+        },
+    ));
+    let report = spec_request(&incremental(&interleaved, &clock, None));
+    assert!(rival_done.get(), "the rival wrote in between");
+    let store = &interleaved.inner;
+    let ctx = incremental(store, &clock, None);
+    assert_eq!(report["db_info"]["attempts"], 1);
+    assert_eq!(report["storage"]["follow_up"], "compact");
+    assert_eq!(hits(&store.bytes(BASE).unwrap()), [1]);
+    let m = manifest(store).unwrap();
+    assert_eq!((m.base.seq, m.seq), (1, 2));
+    assert_eq!(m.base.etag, base_etag(store));
+    assert!(store.keys().iter().all(|k| !k.contains("conflicts/")));
+    assert_eq!(hits(&current(store)), [1, 2]);
+    assert_eq!(
+        block(layout::compact(&ctx, &user(), false))
+            .unwrap()
+            .outcome,
+        layout::CompactOutcome::Compacted
+    );
+    assert_eq!(hits(&store.bytes(BASE).unwrap()), [1, 2]);
 }
 
 /// `LAYOUT=single` on a user with a manifest: the write is committed as a delta and the
@@ -390,7 +525,7 @@ fn single_layout_retires_a_manifest() {
     let report = write(&single, 2).unwrap();
     assert_eq!(storage(&report)["follow_up"], "retire");
     let done = block(layout::compact(&single, &user(), true)).unwrap();
-    assert_eq!(done.outcome, "retired");
+    assert_eq!(done.outcome, layout::CompactOutcome::Retired);
     assert!(manifest(&store).unwrap().retired);
     assert_eq!(hits(&store.bytes(BASE).unwrap()), [1, 2]);
     let report = write(&single, 3).unwrap();
