@@ -370,6 +370,7 @@ fn operations(md: &mut String) {
         rows.push(("read, cold", calls.take()));
         if layout == Layout::Incremental {
             pollster::block_on(layout::compact(&cached, &user, false)).unwrap();
+            pollster::block_on(layout::sweep(&cached, &user)).unwrap();
             rows.push(("compaction (+ sweep)", calls.take()));
         }
         for (name, [g, h, p, d, l]) in rows {

@@ -720,12 +720,22 @@ async fn adopt_outside<S: ObjectStore, C: Clock>(
     miss: CacheStatus,
 ) -> Result<Step<Built>, Error> {
     let manifest_key = user.manifest_key();
-    // Re-read the manifest first: a stale one explains a newer base, and must decide nothing.
-    let head = with_retries(ctx.clock, &ctx.retry, async || {
-        ctx.store.head(&manifest_key).await
-    })
-    .await?;
-    if head.as_ref().map(|h| h.etag.as_str()) != Some(m_etag.as_str()) {
+    let base_key = user.db_key();
+    // Both reads must still be current: a stale manifest explains a newer base, and a stale
+    // base (read before a compaction replaced it, while the manifest was read after) explains
+    // a manifest that lists a newer one. Either decides nothing: the load starts over.
+    let (m_head, base_head) = join2(
+        with_retries(ctx.clock, &ctx.retry, async || {
+            ctx.store.head(&manifest_key).await
+        }),
+        with_retries(ctx.clock, &ctx.retry, async || {
+            ctx.store.head(&base_key).await
+        }),
+    )
+    .await;
+    if m_head?.as_ref().map(|h| h.etag.as_str()) != Some(m_etag.as_str())
+        || base_head?.as_ref().map(|h| h.etag.as_str()) != Some(found_etag.as_str())
+    {
         return Ok(Step::Restart);
     }
     let found = (
@@ -998,8 +1008,6 @@ pub struct Compacted {
     pub base_bytes: u64,
     /// The whole compaction, load included.
     pub ms: f64,
-    /// The sweep that followed, if it ran.
-    pub swept: Option<Swept>,
 }
 
 /// The new base a compaction left, for a move that froze it.
@@ -1017,7 +1025,8 @@ pub struct FrozenBase {
 
 /// Folds the deltas into a new base (`database.sqlite`, `If-Match` the base read), then
 /// commits a manifest without them (`If-Match` the manifest read; writes committed meanwhile
-/// are kept in it), then deletes the folded deltas, then sweeps. With `retire`, the manifest
+/// are kept in it), then deletes the folded deltas; the sweep is a step of its own
+/// ([`sweep`]). With `retire`, the manifest
 /// is retired instead (the user returns to the single layout).
 ///
 /// Safe to run at any time and to stop at any step: until the manifest put, loaders still
@@ -1164,11 +1173,7 @@ async fn compact_inner<S: ObjectStore, C: Clock>(
             deltas_deleted: deleted,
             base_bytes: next.base.size,
             ms: 0.0,
-            swept: None,
         };
-        if route.is_none() {
-            compacted.swept = sweep(ctx, user).await.ok();
-        }
         compacted.ms = clock.now_ms() - start;
         return Ok((compacted, frozen));
     }
@@ -1373,7 +1378,6 @@ fn nothing<C: Clock>(clock: &C, start: f64) -> Compacted {
         deltas_deleted: 0,
         base_bytes: 0,
         ms: clock.now_ms() - start,
-        swept: None,
     }
 }
 

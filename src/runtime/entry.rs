@@ -76,18 +76,23 @@ async fn fetch(req: Request, env: Env, ctx: WorkerContext) -> Result<Response> {
     }
 }
 
-/// Folds a user's deltas into a new base (or retires their manifest) and logs the outcome.
+/// Folds a user's deltas into a new base (or retires their manifest), then sweeps orphaned
+/// deltas, and logs the outcome.
 async fn compact_later(env: Env, user: UserId, retire: bool) {
     let outcome = match (load_config(&env), R2Store::from_env(&env)) {
-        (Ok(config), Ok(store)) => crate::layout::compact(&context(&store, &config), &user, retire)
-            .await
-            .map_err(|e| e.to_string()),
+        (Ok(config), Ok(store)) => {
+            let ctx = context(&store, &config);
+            match crate::layout::compact(&ctx, &user, retire).await {
+                Ok(done) => Ok((done, crate::layout::sweep(&ctx, &user).await.ok())),
+                Err(e) => Err(e.to_string()),
+            }
+        }
         (Err(e), _) | (_, Err(e)) => Err(e.to_string()),
     };
     match outcome {
-        Ok(done) => worker::console_log!(
+        Ok((done, swept)) => worker::console_log!(
             "{}",
-            serde_json::json!({"event": "compaction", "user": user.as_str(), "result": done})
+            serde_json::json!({"event": "compaction", "user": user.as_str(), "result": done, "swept": swept})
         ),
         Err(e) => worker::console_error!(
             "{}",
