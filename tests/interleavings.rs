@@ -773,3 +773,35 @@ fn compaction_whose_base_put_lands_after_a_rival_is_not_an_outside_replacement()
         Run::Finished
     );
 }
+
+/// The order where a loader read `database.sqlite` before a compaction replaced it and the
+/// manifest after that compaction committed: the stale base matched neither, and the load
+/// adopted it as an outside replacement. The load must re-read both and start over.
+#[test]
+fn load_that_read_the_base_before_a_compaction_replaced_it_starts_over() {
+    const M: &str = "a/manifest.json";
+    let script = [
+        (0, false, M),
+        (0, false, BASE),
+        (1, false, M),
+        (1, false, BASE),
+        (2, false, M),
+        (2, false, BASE),
+        (3, false, BASE),
+        (0, true, BASE),
+        (1, true, BASE),
+        (2, true, M),
+        (0, true, M),
+        (1, false, M),
+        (1, false, BASE),
+        (0, false, M),
+        (1, true, BASE),
+        (0, true, M),
+        (3, false, M),
+    ];
+    let scheduler = Scheduler::default();
+    assert_eq!(
+        one_order(Second::Compaction, &scheduler, Driver::Script(&script)),
+        Run::Finished
+    );
+}
