@@ -246,7 +246,10 @@ fn incremental_layout_commits_through_the_manifest() {
     assert_eq!(dump(&current(&store, Layout::Incremental)), dump(&pushed));
 
     let done = block(layout::compact(&ctx, &user(), false)).unwrap();
-    assert_eq!(done.outcome, "compacted");
+    assert_eq!(
+        done.outcome,
+        workers_sqlite_poc::layout::CompactOutcome::Compacted
+    );
     assert_eq!(
         dump(&store.bytes(KEY).unwrap()),
         dump(&pushed),

@@ -349,8 +349,10 @@ fn user_tables(target: &DoTarget) -> std::result::Result<Vec<String>, Error> {
     target.query(
         "SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY rowid",
         &mut |row| {
+            // `sqlite_sequence` belongs to the user's AUTOINCREMENT tables: listed, as the R2
+            // route lists it; the object's own tables are not.
             if let Some(Value::Text(name)) = row.into_iter().next()
-                && !import::is_reserved(&name)
+                && (name == "sqlite_sequence" || !import::is_reserved(&name))
             {
                 names.push(name);
             }

@@ -393,6 +393,25 @@ impl LocalWorker {
     }
 }
 
+impl LocalWorker {
+    /// One custom metadata value of the object in this worker's local R2 (`None` if the
+    /// object or the value is missing).
+    #[allow(dead_code, reason = "used by the e2e tests, not the bench")]
+    pub fn object_metadata(&self, key: &str, name: &str) -> Option<String> {
+        let response = self
+            .agent
+            .get(&self.object_url(key))
+            .call()
+            .unwrap_or_else(|e| panic!("get {key}: {e}"));
+        // The explorer API answers each custom metadata value as a header of its own.
+        response
+            .headers()
+            .get(format!("x-r2-custom-metadata-{name}"))
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
+    }
+}
+
 impl Drop for LocalWorker {
     fn drop(&mut self) {
         let group = format!("-{}", self.child.id());

@@ -241,3 +241,78 @@ fn export_streams_the_current_database() {
         counted.json
     );
 }
+
+/// The spec's request on the default configuration and on the single layout: after `GET
+/// /?user=a`, `a/database.sqlite` is the current database (a `/query` write made before it is
+/// in the file) and carries a new, larger `db-version`, the one the report gives; the save
+/// timing measured that write.
+#[test]
+fn spec_request_writes_the_current_database_in_both_layouts() {
+    let (image, key) = seeded("a");
+    for layout in ["incremental", "single"] {
+        // The incremental run uses wrangler.toml's defaults: no LAYOUT var at all.
+        let vars: &[(&str, &str)] = if layout == "single" {
+            &[("ALLOW_ANONYMOUS", "true"), ("LAYOUT", "single")]
+        } else {
+            &[("ALLOW_ANONYMOUS", "true")]
+        };
+        let worker = LocalWorker::start_with_vars(&[(&key, &image)], vars);
+        let version = |w: &LocalWorker| -> u64 {
+            w.object_metadata(&key, "db-version")
+                .expect("database.sqlite has a db-version")
+                .parse()
+                .unwrap()
+        };
+        let first = worker.get("/?user=a");
+        assert_eq!(first.status, 200, "{layout}: {}", first.json);
+        let v1 = version(&worker);
+        assert_eq!(
+            first.json["db_info"]["db_version"],
+            v1.to_string(),
+            "{layout}"
+        );
+        let inserted = insert(&worker, "a", 1, 7);
+        assert_eq!(inserted.status, 200, "{layout}: {}", inserted.json);
+        assert_eq!(inserted.json["storage"]["layout"], layout);
+        let second = worker.get("/?user=a");
+        assert_eq!(second.status, 200, "{layout}: {}", second.json);
+        let v2 = version(&worker);
+        assert!(v2 > v1, "{layout}: db-version {v1} -> {v2}");
+        assert_eq!(
+            second.json["db_info"]["db_version"],
+            v2.to_string(),
+            "{layout}"
+        );
+        let stored = worker.object(&key).unwrap();
+        assert_eq!(
+            ids(&stored),
+            [1],
+            "{layout}: the /query write is in the file"
+        );
+        assert_eq!(
+            stored,
+            export(&worker, "a"),
+            "{layout}: the file is the current database"
+        );
+        assert_eq!(
+            second.json["db_info"]["size_bytes"],
+            stored.len(),
+            "{layout}"
+        );
+        let save = &second.json["timing_breakdown"]["save"];
+        assert!(
+            save["upload_ms"].as_f64().unwrap() > 0.0,
+            "{layout}: {save}"
+        );
+        assert_ne!(second.json["delay_analysis"]["save"]["status"], "not_run");
+        if layout == "incremental" {
+            assert_eq!(
+                second.json["storage"]["deltas_pending"], 0,
+                "{}",
+                second.json
+            );
+            let m = manifest(&worker, "a");
+            assert_eq!(m["deltas"], json!([]), "{m}");
+        }
+    }
+}
