@@ -289,11 +289,13 @@ pub async fn save<S: ObjectStore, C: Clock, T>(
         (Stored::New | Stored::Single { .. }, Layout::Single) | (Stored::New, _) => false,
     };
     // `always` writes the whole database to database.sqlite in every layout: a user stored
-    // whole is put whole; a manifest user's image is folded into a new base.
-    if mode == SaveMode::Always && matches!(loaded.stored, Stored::Incremental { .. }) {
+    // whole under `LAYOUT=single` is put whole; a manifest user's image is folded into a new
+    // base, after upgrading a user stored whole under `LAYOUT=incremental` (the manifest's
+    // create-only put is what notices a writer that upgraded them meanwhile).
+    if mode == SaveMode::Always && incremental {
         return save_whole(ctx, user, queried, version, &write_id, start).await;
     }
-    if incremental && mode != SaveMode::Always {
+    if incremental {
         let at_load = AtLoad {
             stored: &loaded.stored,
             page_size: loaded.page_size,
@@ -371,8 +373,8 @@ pub async fn save<S: ObjectStore, C: Clock, T>(
     })
 }
 
-/// `save=always` for a manifest user: any change the work made is committed as a delta
-/// first, then the image is folded into `database.sqlite` with `version` (a compaction,
+/// `save=always` for a manifest user: any change the work made (or the upgrade of a user
+/// stored whole) is committed as a delta first, then the image is folded into `database.sqlite` with `version` (a compaction,
 /// conditional on the base and the manifest read; writes committed meanwhile stay listed
 /// after it). The base changed since the load: [`Saved::Conflict`], nothing written.
 async fn save_whole<S: ObjectStore, C: Clock, T>(
@@ -386,7 +388,7 @@ async fn save_whole<S: ObjectStore, C: Clock, T>(
     let clock = ctx.clock;
     let loaded = &mut queried.loaded;
     let (mut bytes_uploaded, mut objects_written, mut serialize_ms) = (0, 0, 0.0);
-    if queried.changed {
+    if queried.changed || matches!(loaded.stored, Stored::Single { .. }) {
         let at_load = AtLoad {
             stored: &loaded.stored,
             page_size: loaded.page_size,
@@ -422,7 +424,7 @@ async fn save_whole<S: ObjectStore, C: Clock, T>(
     let folded = layout::fold(ctx, user, &mut loaded.conn, &plan).await?;
     let (stored, follow_up) = match folded.outcome {
         // A delta of ours committed above stays committed; only the base lost the race.
-        layout::Fold::BaseLost if !queried.changed => return Ok(Saved::Conflict),
+        layout::Fold::BaseLost if objects_written == 0 => return Ok(Saved::Conflict),
         layout::Fold::BaseLost | layout::Fold::Superseded => (None, follow_up_of(ctx)),
         layout::Fold::Committed {
             manifest,

@@ -130,6 +130,9 @@ fn counted_demo() -> (HookStore<'static>, DbCache, StepClock) {
     )
 }
 
+/// The write that races the rival in the conflict tests (it touches no table the rival does).
+const OUR_SQL: &str = "CREATE TABLE ours(x)";
+
 /// The SQL the other writer of [`racing`] runs each time.
 const RIVAL_SQL: &str =
     "INSERT INTO projects(name, created_at, settings) VALUES ('rival', 0, '{}')";
@@ -324,13 +327,14 @@ fn save_step_outcomes(layout: Layout) {
         written,
         "a conflict leaves nothing behind"
     );
-    // Single: one put each. Incremental: a delta and the manifest each (the losing delta
-    // is then deleted).
-    let puts_per_save = match layout {
-        Layout::Single => 1,
-        Layout::Incremental => 2,
+    // Single: one put each. Incremental: `always` upgrades the user (a delta and the
+    // manifest) and folds the image into database.sqlite (the base and the manifest); the
+    // stale save's base put fails.
+    let puts = match layout {
+        Layout::Single => 2,
+        Layout::Incremental => 5,
     };
-    assert_eq!(store.put_count(), 2 * puts_per_save);
+    assert_eq!(store.put_count(), puts);
 }
 both_layouts!(save_step_outcomes);
 
@@ -553,14 +557,25 @@ fn lost_races_rerun_then_conflict(layout: Layout) {
     let clock = clock();
     let after_rival = RefCell::default();
     let store = racing(layout, 1, &after_rival);
-    let report = get(&ctx(layout, &store, &clock, None), "a", SaveMode::Always).unwrap();
+    let (report, _) = post(
+        &ctx(layout, &store, &clock, None),
+        "a",
+        vec![statement(OUR_SQL, vec![])],
+    )
+    .unwrap();
+    let report = serde_json::to_value(report).unwrap();
     assert_eq!(report["db_info"]["attempts"], 2);
     assert_eq!(projects(&current(&store)), demo + 1, "the rival's write");
 
     let after_all = RefCell::default();
     let store = racing(layout, u32::MAX, &after_all);
     let clock = self::clock();
-    let err = get(&ctx(layout, &store, &clock, None), "a", SaveMode::Always).unwrap_err();
+    let err = post(
+        &ctx(layout, &store, &clock, None),
+        "a",
+        vec![statement(OUR_SQL, vec![])],
+    )
+    .unwrap_err();
     assert!(
         matches!(err, Error::Conflict { attempts } if attempts > 3),
         "{err:?}"
@@ -667,10 +682,12 @@ fn conflict_does_not_poison_the_cache(layout: Layout) {
     let clock = clock();
     let after_rival = RefCell::default();
     let store = racing(layout, u32::MAX, &after_rival);
-    let err = get(
+    // A write: the spec's request in the incremental layout keeps a rival's write instead
+    // of losing to it.
+    let err = post(
         &ctx(layout, &store, &clock, Some(&cache)),
         "a",
-        SaveMode::Always,
+        vec![statement(OUR_SQL, vec![])],
     )
     .unwrap_err();
     assert!(matches!(err, Error::Conflict { .. }), "{err:?}");
@@ -751,19 +768,15 @@ fn copies_per_load_and_save_are_counted(layout: Layout) {
     let mut entry = cache.take(KEY).unwrap();
     let image = sqlite::export(&mut entry.conn).unwrap();
     let puts = puts.borrow();
-    match layout {
-        Layout::Single => assert_eq!(
-            puts.last(),
-            Some(&(image.as_ptr() as usize, image.len())),
-            "the save must hand over SQLite's own image, not a copy"
-        ),
-        Layout::Incremental => {
-            assert_eq!(puts.len(), 4, "a delta and the manifest per save");
-            assert!(
-                puts.iter().all(|&(_, len)| len < image.len() / 4),
-                "an image was uploaded: {puts:?}"
-            );
-        }
+    // `always` writes the whole database in both layouts: the put of database.sqlite hands
+    // over SQLite's own image, not a copy.
+    assert!(
+        puts.contains(&(image.as_ptr() as usize, image.len())),
+        "{puts:?}"
+    );
+    if layout == Layout::Incremental {
+        // The upgrade (a delta and the manifest), then per request the base and the manifest.
+        assert_eq!(puts.len(), 6, "{puts:?}");
     }
 }
 both_layouts!(copies_per_load_and_save_are_counted);
