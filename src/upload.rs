@@ -245,7 +245,9 @@ pub async fn replace<S: ObjectStore, C: Clock>(
             query_ms: validate_ms,
         };
         let version_read = queried.loaded.version;
-        let saved = pipeline::save(ctx, user, &mut queried, SaveMode::Always).await?;
+        // `Auto` on a change: the layout's own write (a delta in the incremental layout);
+        // `Always` would fold the file into database.sqlite, as the spec's request does.
+        let saved = pipeline::save(ctx, user, &mut queried, SaveMode::Auto).await?;
         if saved == Saved::Conflict {
             // Something changed the stored objects since the load: a write (the next load
             // finds a new version and refuses), or a compaction, which keeps the version,
