@@ -57,7 +57,15 @@ pub fn keep(
     });
 }
 
-/// A least-recently-used cache bounded by the total size of the cached images.
+/// Most entries the cache holds. Each cached connection keeps about 19 KiB on SQLite's heap
+/// (its schema and bookkeeping, measured natively with lookaside and the initial page-cache
+/// allocation off, as both builds are), whatever its image's size, and that heap is capped
+/// for the whole isolate ([`crate::sqlite::SQLITE_HEAP_MAX_BYTES`]): without a count, many
+/// small databases fit the byte budget and exhaust the heap for every request.
+pub const MAX_ENTRIES: usize = 64;
+
+/// A least-recently-used cache bounded by the total size of the cached images and by
+/// [`MAX_ENTRIES`].
 ///
 /// A request *takes* its user's entry (so two concurrent requests never share a connection)
 /// and puts it back only after a successful save or a skipped one.
@@ -110,7 +118,10 @@ impl DbCache {
             let old = inner.entries.remove(pos);
             inner.bytes -= old.size_bytes;
         }
-        while inner.bytes + entry.size_bytes > self.max_bytes && !inner.entries.is_empty() {
+        while (inner.bytes + entry.size_bytes > self.max_bytes
+            || inner.entries.len() >= MAX_ENTRIES)
+            && !inner.entries.is_empty()
+        {
             let evicted = inner.entries.remove(0);
             inner.bytes -= evicted.size_bytes;
         }
@@ -173,6 +184,19 @@ mod tests {
         let off = DbCache::new(0);
         off.put(entry("a", 1));
         assert!(off.take("a").is_none());
+    }
+
+    /// Many small databases never hold more than MAX_ENTRIES connections (each keeps SQLite
+    /// heap whatever its size); the least recently used go first.
+    #[test]
+    fn entry_count_is_capped() {
+        let cache = DbCache::new(u64::MAX);
+        for i in 0..MAX_ENTRIES + 10 {
+            cache.put(entry(&format!("u{i}"), 4096));
+        }
+        assert_eq!(cache.usage().0, MAX_ENTRIES);
+        assert!(cache.take("u0").is_none());
+        assert!(cache.take(&format!("u{}", MAX_ENTRIES + 9)).is_some());
     }
 
     /// Re-inserting a key replaces its old entry instead of double-charging it.
