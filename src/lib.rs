@@ -13,6 +13,11 @@
 //! - [`hrana`]: the libSQL remote protocol (Hrana over HTTP, JSON).
 //! - [`stream`]: Hrana streams across requests, carried by their batons.
 //! - [`encoding`]: lossless JSON for SQLite values, base64, `/query` bodies.
+//! - [`layout`]: the storage layouts' steps: load either layout, commit, compact, fold, sweep.
+//! - [`manifest`]: the incremental layout's data (manifest, policy, what a load found).
+//! - [`delta`]: the delta object format (changed pages, checksum, verify, apply).
+//! - [`vfs`]: the memory VFS that holds every image and records the pages each write touches.
+//! - [`context`]: what a request runs with (store, clock, settings), retries, conditional puts.
 //! - [`cache`]: the version cache of open databases, keyed by object and entity tag.
 //! - [`sqlite`]: SQLite initialise, load an image, create, list tables, export.
 //! - [`header`]: validation of the 100-byte SQLite header.

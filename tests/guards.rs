@@ -1,7 +1,8 @@
 //! The guard rails between requests, over the store seam: a cached copy carries nothing of one
 //! request's connection into the next, writes cannot grow a database past `MAX_DB_BYTES` while
-//! one stored larger stays usable, and the CPU and statement budgets are per request. They run
-//! on the host and on wasm32.
+//! one stored larger stays usable, and the CPU and statement budgets are per request. `make unit`
+//! runs them on the host (the wasm32 alias below lets them run there too; `make unit-wasm` does
+//! not include them yet).
 
 #[cfg(all(target_family = "wasm", target_os = "unknown"))]
 use wasm_bindgen_test::wasm_bindgen_test as test;
