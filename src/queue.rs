@@ -103,13 +103,45 @@ impl WriteQueues {
         )
     }
 
+    /// Runs `step` holding `user`'s commit slot in this isolate: no group commits while it
+    /// runs, and writes that arrive meanwhile queue behind it (they then run on the state it
+    /// leaves). For a move's freeze, which is a write of its own: without the slot it loses
+    /// every race to back-to-back group commits. New writers queue as soon as it asks, so a
+    /// steady stream of them cannot starve it; it waits only for the commit in flight.
+    pub async fn exclusive<C: Clock, T>(
+        &self,
+        user: &UserId,
+        clock: &C,
+        step: impl AsyncFnOnce() -> T,
+    ) -> T {
+        let queue = self.queue(user);
+        queue.reserved.set(queue.reserved.get() + 1);
+        let mut ms = 1;
+        while queue.busy.get() {
+            clock.sleep(ms).await;
+            ms = (ms * 2).min(self.poll_max_ms.unwrap_or(16).max(1));
+        }
+        queue.busy.set(true);
+        struct Release<'q>(&'q UserQueue);
+        impl Drop for Release<'_> {
+            fn drop(&mut self) {
+                self.0.reserved.set(self.0.reserved.get() - 1);
+                self.0.hand_over();
+            }
+        }
+        let release = Release(&queue);
+        let out = step().await;
+        drop(release);
+        self.tidy(user);
+        out
+    }
+
     /// Forgets `user`'s queue once nothing is queued or committing (the map stays small).
     fn tidy(&self, user: &UserId) {
         let mut users = self.users.borrow_mut();
-        if users
-            .get(user.as_str())
-            .is_some_and(|q| !q.busy.get() && q.pending.borrow().is_empty())
-        {
+        if users.get(user.as_str()).is_some_and(|q| {
+            !q.busy.get() && q.reserved.get() == 0 && q.pending.borrow().is_empty()
+        }) {
             users.remove(user.as_str());
         }
     }
@@ -120,6 +152,9 @@ impl WriteQueues {
 struct UserQueue {
     /// A leader holds the user's commit slot.
     busy: Cell<bool>,
+    /// Exclusive steps ([`WriteQueues::exclusive`]) waiting for or holding the slot: while
+    /// any is, the slot is not handed to queued writers and new writers queue.
+    reserved: Cell<u32>,
     /// Requests waiting for the next group, in arrival order.
     pending: RefCell<VecDeque<Rc<dyn Member>>>,
 }
@@ -127,6 +162,11 @@ struct UserQueue {
 impl UserQueue {
     /// The slot passes to the first waiting request, or is freed.
     fn hand_over(&self) {
+        if self.reserved.get() > 0 {
+            // An exclusive step goes first; it hands over when it is done.
+            self.busy.set(false);
+            return;
+        }
         let next = self.pending.borrow_mut().pop_front();
         match next {
             Some(next) => next.wake(Turn::Lead),
@@ -405,7 +445,7 @@ async fn serve_in<S: ObjectStore, C: Clock, W: Work + 'static>(
         waiting: None,
         leading: false,
     };
-    let first = if queue.busy.get() {
+    let first = if queue.busy.get() || queue.reserved.get() > 0 {
         // Its run is thrown away (the copy is never cached): the group runs it again on the
         // version the commit in flight leaves.
         drop(queried);

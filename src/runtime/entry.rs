@@ -450,17 +450,24 @@ async fn handle_migrate(
     match to {
         Some("durable_object") => {
             let store = R2Store::from_env(env)?;
-            let moved =
-                crate::migrate::to_durable_object(&context(&store, config), user, async || {
-                    let mut response =
-                        forward_post(env, user, durable_paths::IMPORT, allow_loss).await?;
-                    let status = response.status_code();
-                    let json: serde_json::Value = response.json().await.map_err(internal)?;
-                    if status == 200 && json["success"] == true {
-                        Ok(json)
-                    } else {
-                        Err(Error::from_object(status, &json))
-                    }
+            let ctx = context(&store, config);
+            // The freeze is a write: it takes the user's commit slot in this isolate, so
+            // back-to-back group commits of writers cannot win every race against it.
+            let queues = QUEUES.with(|q| *q);
+            let moved = queues
+                .exclusive(user, ctx.clock, async || {
+                    crate::migrate::to_durable_object(&ctx, user, async || {
+                        let mut response =
+                            forward_post(env, user, durable_paths::IMPORT, allow_loss).await?;
+                        let status = response.status_code();
+                        let json: serde_json::Value = response.json().await.map_err(internal)?;
+                        if status == 200 && json["success"] == true {
+                            Ok(json)
+                        } else {
+                            Err(Error::from_object(status, &json))
+                        }
+                    })
+                    .await
                 })
                 .await?;
             json_response(&serde_json::json!({"success": true, "moved": moved}), 200)
