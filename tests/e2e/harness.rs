@@ -29,6 +29,38 @@ fn wrangler() -> Command {
     cmd
 }
 
+/// The wrangler config that runs the worker under an R2 model (tests and benches only).
+pub const MODEL_CONFIG: &str = "tests/model/wrangler.toml";
+
+/// An R2 model and a number of isolates to run the worker under (tests/model/).
+#[derive(Clone, Copy, Debug)]
+pub struct Under {
+    /// A model file's name in tests/model/models/: `local` or `spec`.
+    pub model: &'static str,
+    /// Copies of the worker serving requests, each with its own memory: 1 or 2.
+    pub isolates: u8,
+    /// The Durable Object round trip (one of the model's choices); `None`: its default.
+    pub do_hop_ms: Option<u32>,
+}
+
+impl Under {
+    /// `model` with one isolate and the model's default hop.
+    #[allow(dead_code, reason = "used by some e2e tests and the benches")]
+    pub const fn model(model: &'static str) -> Self {
+        Self {
+            model,
+            isolates: 1,
+            do_hop_ms: None,
+        }
+    }
+
+    /// The same, with `isolates` copies of the worker.
+    #[allow(dead_code, reason = "used by some e2e tests and the benches")]
+    pub const fn isolates(self, isolates: u8) -> Self {
+        Self { isolates, ..self }
+    }
+}
+
 /// A running local worker; dropping it stops its whole process group.
 pub struct LocalWorker {
     child: Child,
@@ -48,6 +80,9 @@ pub struct Answer {
     /// The `Retry-After` header, if any.
     #[allow(dead_code, reason = "read by some tests only")]
     pub retry_after: Option<String>,
+    /// Which copy of the worker answered (`X-Model-Isolate`), under a model only.
+    #[allow(dead_code, reason = "read by some tests only")]
+    pub isolate: Option<String>,
     /// The parsed body.
     pub json: Value,
 }
@@ -66,10 +101,33 @@ impl LocalWorker {
 
     /// As [`LocalWorker::start`], with exactly these `--var NAME:VALUE` settings.
     pub fn start_with_vars(objects: &[(&str, &[u8])], vars: &[(&str, &str)]) -> Self {
+        Self::start_config(None, objects, vars)
+    }
+
+    /// As [`LocalWorker::start_with_vars`], the worker running under an R2 model and with
+    /// `under.isolates` copies of it (tests/model/entry.mjs).
+    #[allow(dead_code, reason = "used by some e2e tests and the benches")]
+    pub fn start_under(under: &Under, objects: &[(&str, &[u8])], vars: &[(&str, &str)]) -> Self {
+        let isolates = under.isolates.to_string();
+        let hop = under.do_hop_ms.map(|ms| ms.to_string());
+        let mut all: Vec<(&str, &str)> = vars.to_vec();
+        all.push(("R2_MODEL", under.model));
+        all.push(("MODEL_ISOLATES", &isolates));
+        if let Some(hop) = &hop {
+            all.push(("R2_MODEL_DO_HOP_MS", hop));
+        }
+        Self::start_config(Some(&root().join(MODEL_CONFIG)), objects, &all)
+    }
+
+    fn start_config(
+        config: Option<&Path>,
+        objects: &[(&str, &[u8])],
+        vars: &[(&str, &str)],
+    ) -> Self {
         let mut attempt = 0;
         let worker = loop {
             attempt += 1;
-            let mut worker = Self::spawn(None, vars);
+            let mut worker = Self::spawn(config, vars);
             match worker.wait_ready() {
                 Ok(()) => break worker,
                 // The ports are picked free and then handed to wrangler, which restarts
@@ -267,6 +325,7 @@ impl LocalWorker {
         };
         let allow = header("allow");
         let retry_after = header("retry-after");
+        let isolate = header("x-model-isolate");
         let text = response.body_mut().read_to_string()?;
         let json = serde_json::from_str(&text).unwrap_or_else(|e| {
             panic!("{method} {path}: status {status}, body is not JSON ({e}): {text:?}")
@@ -275,6 +334,7 @@ impl LocalWorker {
             status,
             allow,
             retry_after,
+            isolate,
             json,
         })
     }
@@ -348,6 +408,18 @@ impl LocalWorker {
     /// `GET path`.
     pub fn get(&self, path: &str) -> Answer {
         self.request("GET", path)
+    }
+
+    /// What the R2 model injected so far (`GET /__model/stats`): calls, 429s, 5xx, delays.
+    #[allow(dead_code, reason = "used by some e2e tests and the benches")]
+    pub fn model_stats(&self) -> Value {
+        let answer = self.get("/__model/stats");
+        assert_eq!(
+            answer.status, 200,
+            "not running under a model: {:?}",
+            answer.json
+        );
+        answer.json
     }
 
     fn object_url(&self, key: &str) -> String {

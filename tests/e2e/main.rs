@@ -8,6 +8,7 @@ mod harness;
 mod incremental;
 mod memory;
 mod migrate;
+mod model;
 mod query;
 mod queue;
 mod safety;

@@ -3,16 +3,26 @@
 
 use serde_json::Value;
 
-use super::harness::LocalWorker;
+use super::harness::{LocalWorker, Under};
 
 /// 20 inserts for one user at once (`Promise.all`), through the published `@libsql/client`
-/// and then through plain `/query`, in both layouts: none is refused, every one is stored
-/// once, and the write queue grouped them (fewer commits than writes).
+/// and then through plain `/query`, in both layouts, on local R2 and under the `spec` model
+/// (latency, one write per second per key, transient 5xx): none is refused, every one is
+/// stored once, and the write queue grouped them (fewer commits than writes).
 #[test]
 fn twenty_concurrent_inserts_are_all_acknowledged_and_stored() {
-    for layout in ["incremental", "single"] {
-        let worker =
-            LocalWorker::start_with_vars(&[], &[("ALLOW_ANONYMOUS", "true"), ("LAYOUT", layout)]);
+    for (model, layout) in [
+        (None, "incremental"),
+        (None, "single"),
+        (Some("spec"), "incremental"),
+        (Some("spec"), "single"),
+    ] {
+        let vars = [("ALLOW_ANONYMOUS", "true"), ("LAYOUT", layout)];
+        let worker = match model {
+            None => LocalWorker::start_with_vars(&[], &vars),
+            Some(model) => LocalWorker::start_under(&Under::model(model), &[], &vars),
+        };
+        let layout = format!("{layout} under {}", model.unwrap_or("local R2"));
         let output = std::process::Command::new("node")
             .current_dir(env!("CARGO_MANIFEST_DIR"))
             .arg("tests/e2e/concurrent_writes.mjs")
@@ -40,5 +50,10 @@ fn twenty_concurrent_inserts_are_all_acknowledged_and_stored() {
             grouped > 0,
             "{layout}: no write was committed in a group: {seen}"
         );
+        if model.is_some() {
+            let stats = worker.model_stats();
+            eprintln!("{layout}: {stats}");
+            assert!(stats["delayed_calls"].as_u64().unwrap() > 0, "{stats}");
+        }
     }
 }
