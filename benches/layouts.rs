@@ -23,12 +23,12 @@ mod runner;
 use std::fmt::Write as _;
 
 use serde_json::{Value, json};
-use workers_sqlite_poc::cache::DbCache;
 use workers_sqlite_poc::exec::{Limits, Statement};
 use workers_sqlite_poc::fixtures;
-use workers_sqlite_poc::layout::{self, Layout};
 use workers_sqlite_poc::pipeline::{Context, ListTables, serve};
 use workers_sqlite_poc::request::{SaveMode, UserId};
+use workers_sqlite_poc::storage::cache::DbCache;
+use workers_sqlite_poc::storage::{self, Layout};
 use workers_sqlite_poc::testing::{Calls, HookStore, StepClock, apply_sql};
 use workers_sqlite_poc::work::Transaction;
 
@@ -256,14 +256,14 @@ fn cold_loads(args: &Args, md: &mut String, raw: &mut Vec<Value>) {
         let key = format!("{user}/database.sqlite");
         single.put_object(&key, &bytes);
         inc.put_object(&key, &bytes);
-        let policy = workers_sqlite_poc::layout::CompactionPolicy::default();
+        let policy = workers_sqlite_poc::storage::CompactionPolicy::default();
         let mut pending = 0;
         loop {
             cs.query_at("/query", &user, &insert_body(pending));
             let answer = ci.query_at("/query", &user, &insert_body(pending));
             assert_eq!(answer.json["storage"]["layout"], "incremental");
             pending += 1;
-            let manifest: workers_sqlite_poc::layout::Manifest =
+            let manifest: workers_sqlite_poc::storage::Manifest =
                 serde_json::from_slice(&inc.object(&format!("{user}/manifest.json")).unwrap())
                     .unwrap();
             let enough = if args.pending == 0 {
@@ -369,8 +369,8 @@ fn operations(md: &mut String) {
         run(&cold, false);
         rows.push(("read, cold", calls.take()));
         if layout == Layout::Incremental {
-            pollster::block_on(layout::compact(&cached, &user, false)).unwrap();
-            pollster::block_on(layout::sweep(&cached, &user)).unwrap();
+            pollster::block_on(storage::compact(&cached, &user, false)).unwrap();
+            pollster::block_on(storage::sweep(&cached, &user)).unwrap();
             rows.push(("compaction (+ sweep)", calls.take()));
         }
         for (name, [g, h, p, d, l]) in rows {

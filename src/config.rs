@@ -44,10 +44,10 @@ pub struct Config {
     /// to their Durable Object at their next request. Off by default.
     pub auto_migrate: bool,
     /// `LAYOUT`: `single` (default) or `incremental`; how writes are stored.
-    pub layout: crate::manifest::Layout,
+    pub layout: crate::storage::Layout,
     /// `COMPACT_AFTER_DELTAS`, `COMPACT_DELTA_PERCENT`, `SWEEP_GRACE_MS`: when deltas are
     /// folded, when orphans go.
-    pub compaction: crate::manifest::CompactionPolicy,
+    pub compaction: crate::storage::CompactionPolicy,
 }
 
 impl Default for Config {
@@ -64,8 +64,8 @@ impl Default for Config {
             limits: Limits::default(),
             self_test: false,
             auto_migrate: false,
-            layout: crate::manifest::Layout::default(),
-            compaction: crate::manifest::CompactionPolicy::default(),
+            layout: crate::storage::Layout::default(),
+            compaction: crate::storage::CompactionPolicy::default(),
         }
     }
 }
@@ -146,7 +146,7 @@ impl Config {
             config.auto_migrate = parse_bool("AUTO_MIGRATE", &v)?;
         }
         if let Some(v) = lookup("LAYOUT") {
-            config.layout = crate::manifest::Layout::parse(&v)
+            config.layout = crate::storage::Layout::parse(&v)
                 .ok_or_else(|| misconfigured("LAYOUT", &v, "single or incremental"))?;
         }
         if let Some(v) = lookup("COMPACT_AFTER_DELTAS") {
@@ -285,11 +285,7 @@ mod tests {
         ]))
         .unwrap();
         assert_eq!(c.cache_max_bytes, 0);
-        assert_eq!(
-            c.layout,
-            crate::manifest::Layout::Incremental,
-            "the default"
-        );
+        assert_eq!(c.layout, crate::storage::Layout::Incremental, "the default");
         let single = Config::from_lookup(lookup(&[
             ("LAYOUT", "single"),
             ("COMPACT_AFTER_DELTAS", "3"),
@@ -297,7 +293,7 @@ mod tests {
             ("SWEEP_GRACE_MS", "0"),
         ]))
         .unwrap();
-        assert_eq!(single.layout, crate::manifest::Layout::Single);
+        assert_eq!(single.layout, crate::storage::Layout::Single);
         assert_eq!(
             (
                 single.compaction.max_deltas,

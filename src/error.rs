@@ -6,7 +6,7 @@
 use serde::Serialize;
 
 use crate::header::HeaderProblem;
-use crate::store::StoreError;
+use crate::storage::StoreError;
 
 /// Everything that can stop a request.
 #[derive(Debug, Clone)]
@@ -636,7 +636,7 @@ mod tests {
     use wasm_bindgen_test::wasm_bindgen_test as test;
 
     use super::*;
-    use crate::store::StoreErrorKind;
+    use crate::storage::StoreErrorKind;
 
     fn store_error(unknown: bool) -> Error {
         Error::StorageUnavailable(StoreError {

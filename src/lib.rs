@@ -13,19 +13,24 @@
 //! - [`hrana`]: the libSQL remote protocol (Hrana over HTTP, JSON).
 //! - [`stream`]: Hrana streams across requests, carried by their batons.
 //! - [`encoding`]: lossless JSON for SQLite values, base64, `/query` bodies.
-//! - [`layout`]: the storage layouts' steps: load either layout, commit, compact, fold, sweep.
-//! - [`manifest`]: the incremental layout's data (manifest, policy, what a load found).
-//! - [`delta`]: the delta object format (changed pages, checksum, verify, apply).
+//! - [`storage`]: everything about how a database is kept in R2, both layouts:
+//!   - [`storage::keys`]: object keys, metadata keys, the `db-version` rule;
+//!   - [`storage::store`]: the object-store seam, [`storage::MemoryStore`], and its failure
+//!     contract as one test body for every backend ([`storage::store::contract`]);
+//!   - [`storage::retry`]: retries after 429/5xx, conditional puts resolved by `write-id`;
+//!   - [`storage::cache`]: the version cache of open databases, keyed by object and state;
+//!   - [`storage::manifest`], [`storage::delta`]: the incremental layout's data and format;
+//!   - [`storage::load`], [`storage::adopt`]: loading either layout, adopting an outside file;
+//!   - [`storage::commit`], [`storage::compact`], [`storage::sweep`]: a delta commit,
+//!     compaction (fold, retire, a move's freeze), the sweep of orphans;
+//!   - [`storage::moves`]: a move's reads and writes of the R2 object.
 //! - [`vfs`]: the memory VFS that holds every image and records the pages each write touches.
-//! - [`context`]: what a request runs with (store, clock, settings), retries, conditional puts.
-//! - [`cache`]: the version cache of open databases, keyed by object and entity tag.
+//! - [`context`]: what a request runs with (store, clock, settings in force).
 //! - [`sqlite`]: SQLite initialise, load an image, create, list tables, export.
 //! - [`header`]: validation of the 100-byte SQLite header.
 //! - [`import`]: the copy into a Durable Object (and back out), over [`import::SqlTarget`].
 //! - [`upload`]: a client's whole SQLite file becoming the current database (`PUT /import`).
 //! - [`migrate`]: moving a user between R2 and their Durable Object, with nothing lost.
-//! - [`store`]: the object-store seam, [`store::MemoryStore`], and its failure contract as one
-//!   test body for every backend ([`store::contract`]).
 //! - [`clock`]: the time seam.
 //! - [`delay`]: the spec's thresholds, bands and rounding.
 //! - [`report`]: the response JSON of both routes.
@@ -39,12 +44,10 @@
 
 pub mod alerts;
 pub mod auth;
-pub mod cache;
 pub mod clock;
 pub mod config;
 pub mod context;
 pub mod delay;
-pub mod delta;
 pub mod encoding;
 pub mod error;
 pub mod exec;
@@ -53,15 +56,13 @@ pub mod fixtures;
 pub mod header;
 pub mod hrana;
 pub mod import;
-pub mod layout;
-pub mod manifest;
 pub mod migrate;
 pub mod pipeline;
 pub mod queue;
 pub mod report;
 pub mod request;
 pub mod sqlite;
-pub mod store;
+pub mod storage;
 pub mod stream;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;

@@ -21,15 +21,12 @@ use serde::Serialize;
 use crate::clock::Clock;
 use std::collections::HashMap;
 
-use crate::context::{Context, conditional_put, with_retries};
+use crate::context::Context;
 use crate::error::Error;
 use crate::import::{self, ExportReport, ImportReport, SqlTarget};
 use crate::request::UserId;
-use crate::sqlite::Image;
-use crate::store::{
-    Body, DB_VERSION_KEY, Fetched, ObjectHead, ObjectStore, PutCondition, PutOutcome, ROUTE_KEY,
-    WRITE_ID_KEY,
-};
+use crate::storage::moves::{self, fetch_frozen, head_of, publish_export};
+use crate::storage::{DB_VERSION_KEY, ObjectHead, ObjectStore, ROUTE_KEY, WRITE_ID_KEY};
 
 /// The R2 object left behind by a move to the Durable Object.
 #[derive(Debug, Clone, Serialize)]
@@ -55,104 +52,8 @@ pub struct MovedToDurableObject {
     pub r2_object: KeptObject,
 }
 
-async fn put<S: ObjectStore, C: Clock>(
-    ctx: &Context<'_, S, C>,
-    key: &str,
-    bytes: &[u8],
-    metadata: &[(&str, String)],
-    condition: &PutCondition,
-) -> Result<String, Error> {
-    match with_retries(ctx.clock, &ctx.retry, async || {
-        ctx.store.put(key, bytes, metadata, condition).await
-    })
-    .await?
-    {
-        PutOutcome::Stored { etag } => Ok(etag),
-        PutOutcome::ConditionFailed => Err(Error::Conflict { attempts: 1 }),
-    }
-}
-
-/// The object a user must already have in R2 (to move it, or to import it into their Durable
-/// Object): 404 `user_not_found` if missing, 413 if over `max_db_bytes`.
-pub fn existing<B>(
-    fetched: Fetched<B>,
-    user: &UserId,
-    max_db_bytes: u64,
-) -> Result<crate::store::StoredObject<B>, Error> {
-    match fetched {
-        Fetched::Found(object) => Ok(object),
-        Fetched::Missing | Fetched::NotModified { .. } => Err(Error::UserNotFound {
-            user: user.as_str().to_owned(),
-            place: "R2",
-        }),
-        Fetched::TooLarge { size_bytes } => Err(Error::DatabaseTooLarge {
-            size_bytes,
-            max_bytes: max_db_bytes,
-        }),
-    }
-}
-
 /// Times a move tries to freeze the object before giving up to its writers.
 const FREEZE_ATTEMPTS: u32 = 20;
-
-fn metadata(
-    write_id: &str,
-    version: Option<&String>,
-    route: Option<&str>,
-) -> Vec<(&'static str, String)> {
-    let mut m = vec![(WRITE_ID_KEY, write_id.to_owned())];
-    if let Some(v) = version {
-        m.push((DB_VERSION_KEY, v.clone()));
-    }
-    if let Some(r) = route {
-        m.push((ROUTE_KEY, r.to_owned()));
-    }
-    m
-}
-
-/// Reads the user's object and stores it again with `route=moving`, if no one wrote in
-/// between: (its bytes, its `db-version`, the frozen etag, the write id).
-async fn freeze<S: ObjectStore, C: Clock>(
-    ctx: &Context<'_, S, C>,
-    user: &UserId,
-) -> Result<(Image, Option<String>, String, String), Error> {
-    let key = user.db_key();
-    // A user in the incremental layout is folded into one complete, frozen database.sqlite
-    // (and their manifest retired) first; writers then meet the freeze either way.
-    if let Some(frozen) = crate::layout::freeze_for_move(ctx, user).await? {
-        let mut image = Image::allocate(frozen.image.len())?;
-        image.bytes_mut().copy_from_slice(&frozen.image);
-        return Ok((
-            image,
-            frozen.version.map(|v| v.to_string()),
-            frozen.etag,
-            frozen.write_id,
-        ));
-    }
-    let object = with_retries(ctx.clock, &ctx.retry, async || {
-        ctx.store.get(&key, ctx.max_db_bytes, None).await
-    })
-    .await?;
-    let object = existing(object, user, ctx.max_db_bytes)?;
-    crate::layout::check_route(&object.metadata)?;
-    let version = object.metadata.get(DB_VERSION_KEY).cloned();
-    let mut image = Image::allocate(object.body.len())?;
-    object
-        .body
-        .read_into(image.bytes_mut())
-        .await
-        .map_err(Error::StorageUnavailable)?;
-    let write_id = format!("{:016x}-move", ctx.nonce);
-    let frozen = put(
-        ctx,
-        &key,
-        image.bytes(),
-        &metadata(&write_id, version.as_ref(), Some("moving")),
-        &PutCondition::IfMatch(object.etag),
-    )
-    .await?;
-    Ok((image, version, frozen, write_id))
-}
 
 /// Moves `user` to their Durable Object: freeze, `import` (the object copies the frozen
 /// version from R2), switch. A failed import lifts the freeze and is the error.
@@ -165,7 +66,7 @@ pub async fn to_durable_object<S: ObjectStore, C: Clock>(
     let mut attempt = 0;
     let (bytes, version, frozen, write_id) = loop {
         attempt += 1;
-        match freeze(ctx, user).await {
+        match moves::freeze(ctx, user).await {
             Err(Error::Conflict { .. }) if attempt < FREEZE_ATTEMPTS => {
                 ctx.clock.sleep(ctx.retry.base_backoff_ms / 5).await;
             }
@@ -176,16 +77,16 @@ pub async fn to_durable_object<S: ObjectStore, C: Clock>(
         }
     };
     let bytes = bytes.bytes();
-    let key = user.db_key();
-    let with_route = |route: Option<&str>| metadata(&write_id, version.as_ref(), route);
     match import().await {
         Ok(report) => {
-            let etag = put(
+            let etag = moves::set_route(
                 ctx,
-                &key,
+                user,
                 bytes,
-                &with_route(Some("durable_object")),
-                &PutCondition::IfMatch(frozen),
+                &write_id,
+                version.as_deref(),
+                Some("durable_object"),
+                frozen,
             )
             .await?;
             let age_ms = version
@@ -206,12 +107,14 @@ pub async fn to_durable_object<S: ObjectStore, C: Clock>(
         Err(e) => {
             // Best effort: if lifting the freeze fails too, the object stays frozen (writes
             // refused, retryable), which loses nothing; a later move or an operator lifts it.
-            let _ = put(
+            let _ = moves::set_route(
                 ctx,
-                &key,
+                user,
                 bytes,
-                &with_route(None),
-                &PutCondition::IfMatch(frozen),
+                &write_id,
+                version.as_deref(),
+                None,
+                frozen,
             )
             .await;
             Err(e)
@@ -349,34 +252,6 @@ pub fn check_serving(
     }
 }
 
-/// The user's R2 object for a Durable Object's import, once [`check_import`] allows it:
-/// (the object, the move's write id). Refused before its body is read.
-pub async fn fetch_frozen<S: ObjectStore, C: Clock>(
-    ctx: &Context<'_, S, C>,
-    user: &UserId,
-    state: &ObjectState,
-) -> Result<(crate::store::StoredObject<S::Body>, String), Error> {
-    let object = with_retries(ctx.clock, &ctx.retry, async || {
-        ctx.store.get(&user.db_key(), ctx.max_db_bytes, None).await
-    })
-    .await?;
-    let object = existing(object, user, ctx.max_db_bytes)?;
-    let write_id = check_import(state, &object.metadata)?;
-    Ok((object, write_id))
-}
-
-/// The user's R2 object's version and metadata (what [`check_serving`] and [`check_export`]
-/// look at), or `None`.
-pub async fn head_of<S: ObjectStore, C: Clock>(
-    ctx: &Context<'_, S, C>,
-    user: &UserId,
-) -> Result<Option<ObjectHead>, Error> {
-    Ok(with_retries(ctx.clock, &ctx.retry, async || {
-        ctx.store.head(&user.db_key()).await
-    })
-    .await?)
-}
-
 /// The next step of a move back to R2.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ExportStep {
@@ -452,49 +327,6 @@ pub fn check_export(
             })
         }
         (_, h) => Err(elsewhere(h)),
-    }
-}
-
-/// Stores a Durable Object's exported image as the user's R2 object (the last step of a move
-/// back), `If-Match` the object [`check_export`] found saying the user lives in the Durable
-/// Object: clears `route`, with a `db-version` newer than the one it replaces. A lost answer
-/// is resolved by `write_id`; a changed object is a conflict, with nothing written.
-pub async fn publish_export<S: ObjectStore, C: Clock>(
-    ctx: &Context<'_, S, C>,
-    user: &UserId,
-    image: &[u8],
-    step: &ExportStep,
-) -> Result<(String, u64), Error> {
-    let (write_id, etag, old_version) = match step {
-        ExportStep::AlreadyPublished { etag, db_version } => {
-            return Ok((etag.clone(), db_version.unwrap_or(0)));
-        }
-        ExportStep::Publish {
-            write_id,
-            etag,
-            db_version,
-        } => (write_id, etag, db_version),
-    };
-    let version = ctx
-        .clock
-        .epoch_ms()
-        .max(old_version.map_or(0, |v| v.saturating_add(1)));
-    let metadata = [
-        (DB_VERSION_KEY, version.to_string()),
-        (WRITE_ID_KEY, write_id.clone()),
-    ];
-    match conditional_put(
-        ctx,
-        &user.db_key(),
-        image,
-        &metadata,
-        &PutCondition::IfMatch(etag.clone()),
-        write_id,
-    )
-    .await?
-    {
-        PutOutcome::Stored { etag } => Ok((etag, version)),
-        PutOutcome::ConditionFailed => Err(Error::Conflict { attempts: 1 }),
     }
 }
 
@@ -636,7 +468,7 @@ mod tests {
     use wasm_bindgen_test::wasm_bindgen_test as test;
 
     use super::*;
-    use crate::store::MemoryStore;
+    use crate::storage::MemoryStore;
     use crate::testing::StepClock;
     use crate::{fixtures, pipeline};
 
@@ -731,7 +563,7 @@ mod tests {
         clock: &'a StepClock,
     ) -> Context<'a, MemoryStore, StepClock> {
         Context {
-            layout: crate::manifest::Layout::Single,
+            layout: crate::storage::Layout::Single,
             ..Context::new(store, clock)
         }
     }

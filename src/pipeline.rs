@@ -13,21 +13,22 @@
 use rusqlite::Connection;
 
 use crate::alerts;
-use crate::cache::{self, DbCache};
 use crate::clock::Clock;
-use crate::context::conditional_put;
-pub use crate::context::{Context, RetryPolicy};
+pub use crate::context::Context;
 use crate::delay::PhaseDelay;
 use crate::error::Error;
 use crate::header;
-use crate::layout::{self, AtLoad, FollowUp, Layout, OutsideReplacement, Stored};
 use crate::report::{
     Backend, CacheInfo, CacheStatus, ClockInfo, CpuSpan, DbInfo, DelayAnalysis, LoadTiming, Report,
     SaveTiming, StorageInfo, StoredInfo, TimingBreakdown,
 };
 use crate::request::{SaveMode, UserId};
 use crate::sqlite;
-use crate::store::{DB_VERSION_KEY, ObjectStore, PutCondition, PutOutcome, WRITE_ID_KEY};
+pub use crate::storage::RetryPolicy;
+use crate::storage::cache::{self, DbCache};
+use crate::storage::retry::conditional_put;
+use crate::storage::{self, AtLoad, FollowUp, Layout, OutsideReplacement, Stored};
+use crate::storage::{DB_VERSION_KEY, ObjectStore, PutCondition, PutOutcome, WRITE_ID_KEY};
 
 /// What a request does with the open database. It may run more than once (when another
 /// writer wins the race to save), each time on a fresh copy of the newest version.
@@ -83,7 +84,7 @@ pub struct Loaded {
     /// See `page_size`.
     pub len: u64,
     /// `database.sqlite` was found replaced from outside and adopted (see
-    /// [`layout::OUTSIDE_RULE`]).
+    /// [`storage::OUTSIDE_RULE`]).
     pub outside: Option<OutsideReplacement>,
 }
 
@@ -113,7 +114,7 @@ pub async fn load<S: ObjectStore, C: Clock>(
     // Taken, not borrowed: a concurrent request for the same user loads its own copy.
     let cached = ctx.cache.and_then(|c| c.take(&user.db_key()));
     let fetch_start = clock.now_ms();
-    let mut built = layout::load(ctx, user, cached).await?;
+    let mut built = storage::load::load(ctx, user, cached).await?;
     let fetch_ms = clock.now_ms() - fetch_start;
     let (page_size, change_counter, len) = {
         let image = sqlite::export(&mut built.conn)?;
@@ -248,7 +249,7 @@ pub enum Saved {
 /// Decides whether to write, and writes conditionally, in the user's layout:
 /// - one object (`database.sqlite`, `If-Match` the loaded etag or create-only) for a new
 ///   user, or a single-layout user under `LAYOUT=single`;
-/// - a delta and the manifest ([`layout::commit`]) for a user with a manifest, or any stored
+/// - a delta and the manifest ([`storage::commit`]) for a user with a manifest, or any stored
 ///   user under `LAYOUT=incremental` (upgrading them on this first write).
 ///
 /// 429s and 5xx are repeated with backoff; a put whose answer was lost is resolved by reading
@@ -303,7 +304,8 @@ pub async fn save<S: ObjectStore, C: Clock, T>(
             len: loaded.len,
         };
         let committed =
-            layout::commit(ctx, user, &mut loaded.conn, &at_load, version, &write_id).await?;
+            storage::commit::commit(ctx, user, &mut loaded.conn, &at_load, version, &write_id)
+                .await?;
         let Some(c) = committed else {
             return Ok(Saved::Conflict);
         };
@@ -396,7 +398,8 @@ async fn save_whole<S: ObjectStore, C: Clock, T>(
             len: loaded.len,
         };
         let committed =
-            layout::commit(ctx, user, &mut loaded.conn, &at_load, version, write_id).await?;
+            storage::commit::commit(ctx, user, &mut loaded.conn, &at_load, version, write_id)
+                .await?;
         let Some(c) = committed else {
             return Ok(Saved::Conflict);
         };
@@ -409,7 +412,7 @@ async fn save_whole<S: ObjectStore, C: Clock, T>(
             detail: "a whole save of a user without a manifest".into(),
         });
     };
-    let plan = layout::FoldPlan {
+    let plan = storage::compact::FoldPlan {
         manifest,
         manifest_etag: etag,
         base_etag: loaded
@@ -421,17 +424,19 @@ async fn save_whole<S: ObjectStore, C: Clock, T>(
         retire: ctx.layout == Layout::Single,
         route: None,
     };
-    let folded = layout::fold(ctx, user, &mut loaded.conn, &plan).await?;
+    let folded = storage::compact::fold(ctx, user, &mut loaded.conn, &plan).await?;
     let (stored, follow_up) = match folded.outcome {
         // A delta of ours committed above stays committed; only the base lost the race.
-        layout::Fold::BaseLost if objects_written == 0 => return Ok(Saved::Conflict),
-        layout::Fold::BaseLost | layout::Fold::Superseded => (None, follow_up_of(ctx)),
-        layout::Fold::Committed {
+        storage::compact::Fold::BaseLost if objects_written == 0 => return Ok(Saved::Conflict),
+        storage::compact::Fold::BaseLost | storage::compact::Fold::Superseded => {
+            (None, follow_up_of(ctx))
+        }
+        storage::compact::Fold::Committed {
             manifest,
             etag,
             base_etag,
         } if manifest.seq == plan.manifest.seq => (
-            Some(layout::committed_stored(
+            Some(storage::compact::committed_stored(
                 manifest,
                 etag,
                 base_etag,
@@ -441,7 +446,7 @@ async fn save_whole<S: ObjectStore, C: Clock, T>(
         ),
         // Writes committed meanwhile stay listed after the new base: the copy lacks them, so
         // it stands for the state it was built on (a later load fetches only those deltas).
-        layout::Fold::Committed { .. } => (None, follow_up_of(ctx)),
+        storage::compact::Fold::Committed { .. } => (None, follow_up_of(ctx)),
     };
     let total_ms = clock.now_ms() - start;
     let serialize_ms = serialize_ms + folded.serialize_ms;

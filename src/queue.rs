@@ -33,7 +33,7 @@ use crate::pipeline::{self, Context, Loaded, Queried, QueryFailed, Saved, Work};
 use crate::report::{QueueInfo, Report};
 use crate::request::{SaveMode, UserId};
 use crate::sqlite;
-use crate::store::ObjectStore;
+use crate::storage::ObjectStore;
 
 /// Most requests one commit holds; more wait for the next one (bounds a commit's CPU time
 /// and the delta it uploads).

@@ -81,7 +81,7 @@ pub struct QueueInfo {
 #[derive(Debug, Clone, Serialize)]
 pub struct StorageInfo {
     /// `single` (one object) or `incremental` (base + deltas + manifest), after the request.
-    pub layout: crate::manifest::Layout,
+    pub layout: crate::storage::Layout,
     /// Bytes this request uploaded.
     pub bytes_uploaded: u64,
     /// Objects this request wrote.
@@ -94,10 +94,10 @@ pub struct StorageInfo {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub manifest_seq: Option<u64>,
     /// What runs after the response: `none`, `compact` or `retire`.
-    pub follow_up: crate::manifest::FollowUp,
+    pub follow_up: crate::storage::FollowUp,
     /// Set when `database.sqlite` was found replaced from outside (see the README).
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub outside_replacement: Option<crate::manifest::OutsideReplacement>,
+    pub outside_replacement: Option<crate::storage::OutsideReplacement>,
 }
 
 /// `memory`: what the measurement of peak memory per byte of database is built on.

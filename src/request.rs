@@ -43,36 +43,6 @@ impl UserId {
     pub fn as_str(&self) -> &str {
         &self.0
     }
-
-    /// The R2 key of this user's database: `<user>/database.sqlite`.
-    #[must_use]
-    pub fn db_key(&self) -> String {
-        format!("{}/database.sqlite", self.0)
-    }
-
-    /// The incremental layout's manifest: `<user>/manifest.json`.
-    #[must_use]
-    pub fn manifest_key(&self) -> String {
-        format!("{}/manifest.json", self.0)
-    }
-
-    /// Where the incremental layout's deltas live: `<user>/deltas/`.
-    #[must_use]
-    pub fn delta_prefix(&self) -> String {
-        format!("{}/deltas/", self.0)
-    }
-
-    /// The delta of write `seq` by `write_id` (zero-padded, so keys sort in commit order).
-    #[must_use]
-    pub fn delta_key(&self, seq: u64, write_id: &str) -> String {
-        format!("{}/deltas/{seq:012}-{write_id}.delta", self.0)
-    }
-
-    /// A conflict record (see `layout::OUTSIDE_RULE`).
-    #[must_use]
-    pub fn conflict_key(&self, seq: u64, write_id: &str) -> String {
-        format!("{}/conflicts/{seq:012}-{write_id}.json", self.0)
-    }
 }
 
 /// Whether a request writes the database back (`save` query parameter).

@@ -10,7 +10,7 @@ use rusqlite::{Connection, MAIN_DB, OpenFlags, ffi};
 
 use crate::error::{Corruption, Error};
 use crate::header::{self, HeaderInfo};
-use crate::store::Body;
+use crate::storage::Body;
 use crate::vfs;
 
 static INITIALIZED: AtomicBool = AtomicBool::new(false);

@@ -14,7 +14,7 @@ use rusqlite::Connection;
 
 use crate::clock::Clock;
 use crate::sqlite;
-use crate::store::{
+use crate::storage::{
     Body, Fetched, Listed, MemoryStore, ObjectHead, ObjectStore, PutCondition, PutOutcome,
     StoreError, StoreErrorKind, StoredObject,
 };

@@ -17,12 +17,12 @@
 use crate::clock::Clock;
 use crate::context::Context;
 use crate::error::{Corruption, Error};
-use crate::layout::Stored;
 use crate::pipeline::{self, Queried, Saved, Steps};
 use crate::report::Report;
 use crate::request::{SaveMode, UserId};
 use crate::sqlite;
-use crate::store::ObjectStore;
+use crate::storage::ObjectStore;
+use crate::storage::Stored;
 
 /// Which stored state a client's file may replace.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -281,7 +281,13 @@ pub async fn replace<S: ObjectStore, C: Clock>(
             stored, version, ..
         } = saved
         {
-            crate::cache::keep(ctx.cache, user, queried.loaded.conn, stored, Some(version));
+            crate::storage::cache::keep(
+                ctx.cache,
+                user,
+                queried.loaded.conn,
+                stored,
+                Some(version),
+            );
         }
         return Ok(report);
     }
@@ -289,5 +295,5 @@ pub async fn replace<S: ObjectStore, C: Clock>(
 
 /// Returns an unchanged loaded copy to the version cache.
 fn keep<S, C>(ctx: &Context<'_, S, C>, user: &UserId, loaded: pipeline::Loaded) {
-    crate::cache::keep(ctx.cache, user, loaded.conn, loaded.stored, loaded.version);
+    crate::storage::cache::keep(ctx.cache, user, loaded.conn, loaded.stored, loaded.version);
 }

@@ -3,7 +3,7 @@
 //! Each open database lives in one `Vec<u8>` this module owns (the one copy of the image in
 //! memory). SQLite reads and writes it through the VFS methods below; every `xWrite` to a main
 //! database file records the 512-byte sectors it covered. The incremental layout turns those
-//! into the changed pages of a save (`crate::delta`), so finding what a write changed costs
+//! into the changed pages of a save (`crate::storage::delta`), so finding what a write changed costs
 //! O(changed pages), never a scan or hash of the image.
 //!
 //! Why not memdb (what `sqlite3_deserialize` uses): it writes with a plain `memcpy` and has no

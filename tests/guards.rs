@@ -9,14 +9,14 @@ use wasm_bindgen_test::wasm_bindgen_test as test;
 
 use rusqlite::types::Value;
 use serde_json::json;
-use workers_sqlite_poc::cache::DbCache;
 use workers_sqlite_poc::error::Error;
 use workers_sqlite_poc::exec::{Limits, Statement, StatementResult};
-use workers_sqlite_poc::layout::Layout;
 use workers_sqlite_poc::pipeline::{Context, serve};
 use workers_sqlite_poc::report::{CacheStatus, Report};
 use workers_sqlite_poc::request::{SaveMode, UserId};
-use workers_sqlite_poc::store::MemoryStore;
+use workers_sqlite_poc::storage::Layout;
+use workers_sqlite_poc::storage::MemoryStore;
+use workers_sqlite_poc::storage::cache::DbCache;
 use workers_sqlite_poc::stream::{Call, Stream};
 use workers_sqlite_poc::testing::{StepClock, open};
 use workers_sqlite_poc::work::Transaction;
@@ -316,7 +316,7 @@ fn describe_counts_against_max_statements() {
 /// can still be built, with nothing written; on a cold load and on a cache refresh.
 #[test]
 fn a_missing_delta_is_corrupt_database() {
-    use workers_sqlite_poc::layout::CompactionPolicy;
+    use workers_sqlite_poc::storage::CompactionPolicy;
     for cached in [false, true] {
         let store = MemoryStore::new();
         let cache = DbCache::new(1024 * 1024);

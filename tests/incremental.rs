@@ -6,15 +6,15 @@
 use wasm_bindgen_test::wasm_bindgen_test as test;
 
 use rusqlite::types::Value;
-use workers_sqlite_poc::cache::DbCache;
 use workers_sqlite_poc::clock::Clock;
 use workers_sqlite_poc::error::Error;
 use workers_sqlite_poc::exec::{Limits, Statement};
-use workers_sqlite_poc::layout::{self, CompactionPolicy, Layout, Manifest, Stored};
 use workers_sqlite_poc::pipeline::{self, Context, Saved, load, query, save, serve};
 use workers_sqlite_poc::report::{CacheStatus, Report};
 use workers_sqlite_poc::request::{SaveMode, UserId};
-use workers_sqlite_poc::store::{MemoryStore, ObjectStore};
+use workers_sqlite_poc::storage::cache::DbCache;
+use workers_sqlite_poc::storage::{self, CompactionPolicy, Layout, Manifest, Stored};
+use workers_sqlite_poc::storage::{MemoryStore, ObjectStore};
 use workers_sqlite_poc::testing::{
     After, Answer, Call, Fault, FaultPlan, FaultTally, HookStore, Operation, Rng, StepClock,
     apply_sql, open,
@@ -281,10 +281,10 @@ fn compaction_folds_deltas_and_sweep_removes_orphans() {
     assert_eq!(follow, "compact", "4 deltas pass the threshold of 4");
     // An orphan: a delta no manifest lists (a writer that died before committing).
     store.insert("a/deltas/000000000099-dead.delta", b"orphan", &[]);
-    let done = block(layout::compact(&ctx, &user(), false)).unwrap();
-    assert_eq!(done.outcome, layout::CompactOutcome::Compacted);
+    let done = block(storage::compact(&ctx, &user(), false)).unwrap();
+    assert_eq!(done.outcome, storage::CompactOutcome::Compacted);
     assert_eq!((done.deltas_folded, done.deltas_deleted), (4, 4));
-    assert_eq!(block(layout::sweep(&ctx, &user())).unwrap().deleted, 1);
+    assert_eq!(block(storage::sweep(&ctx, &user())).unwrap().deleted, 1);
     assert!(delta_keys(&store).is_empty());
     let m = manifest(&store).unwrap();
     assert!(m.deltas.is_empty() && m.base.seq == 4 && !m.retired);
@@ -299,7 +299,7 @@ fn compaction_folds_deltas_and_sweep_removes_orphans() {
         compaction: CompactionPolicy::default(),
         ..ctx
     };
-    let swept = block(layout::sweep(&graceful, &user())).unwrap();
+    let swept = block(storage::sweep(&graceful, &user())).unwrap();
     assert_eq!((swept.deleted, swept.kept_young), (0, 1));
 }
 
@@ -317,7 +317,7 @@ fn write_between_compaction_steps_is_kept() {
     let faulty = HookStore::new(store).with(&stops);
     let fctx = incremental(&faulty, &clock, None);
     stops.stop_after(Some(6));
-    assert!(block(layout::compact(&fctx, &user(), false)).is_err());
+    assert!(block(storage::compact(&fctx, &user(), false)).is_err());
     assert!(stops.stops() > 0, "the compaction was stopped");
     stops.stop_after(None);
     let base = faulty.inner.metadata(BASE).unwrap();
@@ -329,8 +329,8 @@ fn write_between_compaction_steps_is_kept() {
     let report = write(&fctx, 4).unwrap();
     assert_eq!(storage(&report)["deltas_applied"], 0);
     assert_eq!(hits(&current(&faulty)), [1, 2, 3, 4]);
-    let done = block(layout::compact(&fctx, &user(), false)).unwrap();
-    assert_eq!(done.outcome, layout::CompactOutcome::Compacted);
+    let done = block(storage::compact(&fctx, &user(), false)).unwrap();
+    assert_eq!(done.outcome, storage::CompactOutcome::Compacted);
     assert_eq!(hits(&faulty.inner.bytes(BASE).unwrap()), [1, 2, 3, 4]);
 }
 
@@ -359,7 +359,7 @@ fn compaction_keeps_writes_that_commit_meanwhile() {
             }
         },
     ));
-    let done = block(layout::compact(
+    let done = block(storage::compact(
         &incremental(&interleaved, &clock, None),
         &user(),
         false,
@@ -367,7 +367,7 @@ fn compaction_keeps_writes_that_commit_meanwhile() {
     .unwrap();
     assert!(rival_done.get(), "the rival wrote in between");
     let store = interleaved.inner;
-    assert_eq!(done.outcome, layout::CompactOutcome::Compacted);
+    assert_eq!(done.outcome, storage::CompactOutcome::Compacted);
     assert_eq!((done.deltas_folded, done.deltas_deleted), (3, 3));
     let m = manifest(&store).unwrap();
     assert_eq!((m.base.seq, m.seq), (3, 5));
@@ -505,10 +505,10 @@ fn spec_request_keeps_a_write_that_commits_meanwhile() {
     assert!(store.keys().iter().all(|k| !k.contains("conflicts/")));
     assert_eq!(hits(&current(store)), [1, 2]);
     assert_eq!(
-        block(layout::compact(&ctx, &user(), false))
+        block(storage::compact(&ctx, &user(), false))
             .unwrap()
             .outcome,
-        layout::CompactOutcome::Compacted
+        storage::CompactOutcome::Compacted
     );
     assert_eq!(hits(&store.bytes(BASE).unwrap()), [1, 2]);
 }
@@ -526,8 +526,8 @@ fn single_layout_retires_a_manifest() {
     };
     let report = write(&single, 2).unwrap();
     assert_eq!(storage(&report)["follow_up"], "retire");
-    let done = block(layout::compact(&single, &user(), true)).unwrap();
-    assert_eq!(done.outcome, layout::CompactOutcome::Retired);
+    let done = block(storage::compact(&single, &user(), true)).unwrap();
+    assert_eq!(done.outcome, storage::CompactOutcome::Retired);
     assert!(manifest(&store).unwrap().retired);
     assert_eq!(hits(&store.bytes(BASE).unwrap()), [1, 2]);
     let report = write(&single, 3).unwrap();
@@ -548,18 +548,20 @@ fn pending_deltas_are_folded_before_an_import() {
     let clock = StepClock::stepping(1.0);
     let ctx = incremental(&store, &clock, None);
     assert!(
-        block(layout::fold_pending(&ctx, &user()))
+        block(storage::fold_pending(&ctx, &user()))
             .unwrap()
             .is_none()
     );
     write(&ctx, 1).unwrap();
     write(&ctx, 2).unwrap();
-    let done = block(layout::fold_pending(&ctx, &user())).unwrap().unwrap();
+    let done = block(storage::fold_pending(&ctx, &user()))
+        .unwrap()
+        .unwrap();
     assert_eq!(done.deltas_folded, 2);
     assert_eq!(hits(&store.bytes(BASE).unwrap()), [1, 2]);
     let puts = store.put_count();
     assert!(
-        block(layout::fold_pending(&ctx, &user()))
+        block(storage::fold_pending(&ctx, &user()))
             .unwrap()
             .is_none()
     );
@@ -628,10 +630,10 @@ fn outside_replacement_keeps_a_conflict_copy() {
     assert_eq!(listed, worker_deltas);
     // Compaction and the sweep keep the conflict copy's deltas, and so do a retirement to the
     // single layout and the next upgrade.
-    block(layout::compact(&ctx, &user(), false)).unwrap();
-    block(layout::compact(&ctx, &user(), true)).unwrap();
+    block(storage::compact(&ctx, &user(), false)).unwrap();
+    block(storage::compact(&ctx, &user(), true)).unwrap();
     write(&ctx, 4).unwrap();
-    block(layout::compact(&ctx, &user(), false)).unwrap();
+    block(storage::compact(&ctx, &user(), false)).unwrap();
     assert_eq!(manifest(&store).unwrap().conflicts.len(), 1);
     for key in &worker_deltas {
         assert!(store.bytes(key).is_some(), "{key} was swept");
@@ -684,14 +686,14 @@ fn scenario<S: ObjectStore, C: Clock>(ctx: &Context<'_, S, C>, first: i64) -> (V
             Ok(report) => {
                 acked.push(id);
                 if storage(&report)["follow_up"] == "compact" {
-                    let _ = block(layout::compact(ctx, &user(), false));
+                    let _ = block(storage::compact(ctx, &user(), false));
                 }
             }
             Err(e) if !e.nothing_written() => unknown.push(id),
             Err(_) => {}
         }
     }
-    let _ = block(layout::sweep(ctx, &user()));
+    let _ = block(storage::sweep(ctx, &user()));
     (acked, unknown)
 }
 
@@ -748,8 +750,8 @@ fn worker_stopping_at_any_step_loses_nothing() {
         // A new worker: writes, compacts, sweeps.
         let next = incremental(&store, &clock, None);
         write(&next, 100).unwrap();
-        block(layout::compact(&next, &user(), false)).unwrap();
-        block(layout::sweep(&next, &user())).unwrap();
+        block(storage::compact(&next, &user(), false)).unwrap();
+        block(storage::sweep(&next, &user())).unwrap();
         let mut expected = before.clone();
         expected.push(100);
         let mut acked = acked;
@@ -861,7 +863,7 @@ fn both_layouts_store_the_same_database() {
                 ))
                 .unwrap();
                 if storage(&report)["follow_up"] == "compact" {
-                    block(layout::compact(ctx, &user(), false)).unwrap();
+                    block(storage::compact(ctx, &user(), false)).unwrap();
                 }
             }
         }

@@ -25,11 +25,11 @@ use std::task::{Context as TaskContext, Poll, Waker};
 
 use rusqlite::types::Value;
 use workers_sqlite_poc::exec::{Limits, Statement};
-use workers_sqlite_poc::layout::{self, CompactionPolicy, Layout};
 use workers_sqlite_poc::pipeline::{self, Context, serve};
 use workers_sqlite_poc::request::{SaveMode, UserId};
 use workers_sqlite_poc::sqlite;
-use workers_sqlite_poc::store::{
+use workers_sqlite_poc::storage::{self, CompactionPolicy, Layout};
+use workers_sqlite_poc::storage::{
     Fetched, Listed, MemoryStore, ObjectHead, ObjectStore, PutCondition, PutOutcome, StoreError,
 };
 use workers_sqlite_poc::testing::{StepClock, open};
@@ -621,12 +621,12 @@ fn one_order(second: Second, scheduler: &Scheduler, driver: Driver<'_>) -> Run {
     let outcome_ref = &outcome;
     let actors: Vec<Option<Actor<'_>>> = vec![
         Some(Box::pin(async move {
-            let _ = layout::compact(&ctx(0), &user(), false).await;
+            let _ = storage::compact(&ctx(0), &user(), false).await;
         })),
         Some(Box::pin(async move {
             match second {
                 Second::Compaction => {
-                    let _ = layout::compact(&ctx(1), &user(), false).await;
+                    let _ = storage::compact(&ctx(1), &user(), false).await;
                 }
                 Second::SpecRequest => {
                     let got = serve(

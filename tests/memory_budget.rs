@@ -13,7 +13,7 @@ use workers_sqlite_poc::exec::{DEFAULT_MAX_RESULT_BYTES, Limits, Statement};
 use workers_sqlite_poc::pipeline::{Context, serve};
 use workers_sqlite_poc::request::{SaveMode, UserId};
 use workers_sqlite_poc::sqlite::SQLITE_HEAP_MAX_BYTES;
-use workers_sqlite_poc::store::MemoryStore;
+use workers_sqlite_poc::storage::MemoryStore;
 use workers_sqlite_poc::stream::{Call, Stream};
 use workers_sqlite_poc::testing::StepClock;
 use workers_sqlite_poc::work::Transaction;

@@ -6,17 +6,17 @@ use std::cell::{Cell, RefCell};
 
 use rusqlite::types::Value;
 use workers_sqlite_poc::alerts::{Level, log_lines};
-use workers_sqlite_poc::cache::DbCache;
 use workers_sqlite_poc::clock::Clock;
 use workers_sqlite_poc::error::Error;
 use workers_sqlite_poc::exec::{Limits, Statement, StatementResult};
-use workers_sqlite_poc::manifest::Layout;
 use workers_sqlite_poc::pipeline::{
     self, Context, ListTables, RetryPolicy, Saved, Work, load, query, save, serve,
 };
 use workers_sqlite_poc::report::{CacheStatus, Report};
 use workers_sqlite_poc::request::{SaveMode, UserId};
-use workers_sqlite_poc::store::{DB_VERSION_KEY, MemoryStore, ObjectStore};
+use workers_sqlite_poc::storage::Layout;
+use workers_sqlite_poc::storage::cache::DbCache;
+use workers_sqlite_poc::storage::{DB_VERSION_KEY, MemoryStore, ObjectStore};
 use workers_sqlite_poc::stream::{self, Stream, StreamOutput, StreamState};
 use workers_sqlite_poc::testing::{
     Action, AfterReads, Before, Call, Fault, FaultPlan, FaultTally, HookStore, Operation,

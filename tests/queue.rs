@@ -12,15 +12,15 @@ use std::sync::Arc;
 use std::task::{Context as TaskContext, Poll, Wake, Waker};
 
 use rusqlite::types::Value;
-use workers_sqlite_poc::cache::DbCache;
 use workers_sqlite_poc::error::Error;
 use workers_sqlite_poc::exec::{Limits, Statement, StatementResult};
-use workers_sqlite_poc::layout::Layout;
 use workers_sqlite_poc::pipeline::{self, Context, Work};
 use workers_sqlite_poc::queue::{self, WriteQueues};
 use workers_sqlite_poc::report::Report;
 use workers_sqlite_poc::request::{SaveMode, UserId};
-use workers_sqlite_poc::store::{
+use workers_sqlite_poc::storage::Layout;
+use workers_sqlite_poc::storage::cache::DbCache;
+use workers_sqlite_poc::storage::{
     Fetched, Listed, MemoryStore, ObjectHead, ObjectStore, PutCondition, PutOutcome, StoreError,
 };
 use workers_sqlite_poc::testing::{Fault, FaultPlan, HookStore, Operation, StepClock, row_counts};

@@ -8,11 +8,11 @@ use wasm_bindgen_test::wasm_bindgen_test as test;
 use std::collections::BTreeMap;
 
 use rusqlite::types::Value;
-use workers_sqlite_poc::cache::DbCache;
-use workers_sqlite_poc::layout::{self, FollowUp, Layout};
 use workers_sqlite_poc::pipeline::{self, Context, ListTables};
 use workers_sqlite_poc::request::{SaveMode, UserId};
-use workers_sqlite_poc::store::{DB_VERSION_KEY, MemoryStore, ObjectStore, ROUTE_KEY};
+use workers_sqlite_poc::storage::cache::DbCache;
+use workers_sqlite_poc::storage::{self, FollowUp, Layout};
+use workers_sqlite_poc::storage::{DB_VERSION_KEY, MemoryStore, ObjectStore, ROUTE_KEY};
 use workers_sqlite_poc::testing::{AfterReads, HookStore, StepClock, apply_sql, open};
 use workers_sqlite_poc::upload::{self, Precondition};
 use workers_sqlite_poc::{fixtures, sqlite};
@@ -245,10 +245,10 @@ fn incremental_layout_commits_through_the_manifest() {
     assert!(version(&store, "a/manifest.json") > v);
     assert_eq!(dump(&current(&store, Layout::Incremental)), dump(&pushed));
 
-    let done = block(layout::compact(&ctx, &user(), false)).unwrap();
+    let done = block(storage::compact(&ctx, &user(), false)).unwrap();
     assert_eq!(
         done.outcome,
-        workers_sqlite_poc::layout::CompactOutcome::Compacted
+        workers_sqlite_poc::storage::CompactOutcome::Compacted
     );
     assert_eq!(
         dump(&store.bytes(KEY).unwrap()),
@@ -322,7 +322,7 @@ fn single_layout_with_a_live_manifest_retires_it() {
     ))
     .unwrap();
     assert_eq!(report.storage.as_ref().unwrap().follow_up, FollowUp::Retire);
-    block(layout::compact(&single, &user(), true)).unwrap();
+    block(storage::compact(&single, &user(), true)).unwrap();
     assert_eq!(dump(&store.bytes(KEY).unwrap()), dump(&pushed));
     assert_eq!(dump(&current(&store, Layout::Single)), dump(&pushed));
 }
@@ -533,7 +533,13 @@ fn another_isolates_cached_copy_sees_the_upload() {
             image
         };
         let v = warm.version.unwrap();
-        workers_sqlite_poc::cache::keep(Some(&other), &user(), warm.conn, warm.stored, Some(v));
+        workers_sqlite_poc::storage::cache::keep(
+            Some(&other),
+            &user(),
+            warm.conn,
+            warm.stored,
+            Some(v),
+        );
         block(upload::replace(
             &with(&uploader),
             &user(),

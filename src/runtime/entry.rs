@@ -15,16 +15,16 @@ use super::js_clock::{self, JsClock};
 use super::r2::R2Store;
 use crate::alerts::{self, Level};
 use crate::auth::{self, Identity};
-use crate::cache::DbCache;
 use crate::clock::Clock;
 use crate::config::Config;
 use crate::error::Error;
 use crate::hrana;
-use crate::layout::FollowUp;
 use crate::pipeline::{self, Context, ListTables};
 use crate::queue::{self, WriteQueues};
 use crate::report::{DurableTables, MemoryInfo, Report};
 use crate::request::{self, Route, SaveMode, UserId, durable_paths};
+use crate::storage::FollowUp;
+use crate::storage::cache::DbCache;
 use crate::stream::{self, Stream, StreamOutput};
 use crate::trend::{Recommendation, Trends};
 use crate::upload;
@@ -82,8 +82,8 @@ async fn compact_later(env: Env, user: UserId, retire: bool) {
     let outcome = match (load_config(&env), R2Store::from_env(&env)) {
         (Ok(config), Ok(store)) => {
             let ctx = context(&store, &config);
-            match crate::layout::compact(&ctx, &user, retire).await {
-                Ok(done) => Ok((done, crate::layout::sweep(&ctx, &user).await.ok())),
+            match crate::storage::compact(&ctx, &user, retire).await {
+                Ok(done) => Ok((done, crate::storage::sweep(&ctx, &user).await.ok())),
                 Err(e) => Err(e.to_string()),
             }
         }
@@ -514,7 +514,7 @@ async fn handle_export(
     let store = R2Store::from_env(env)?;
     let ctx = context(&store, config);
     let loaded = pipeline::load(&ctx, user).await?;
-    if matches!(loaded.stored, crate::layout::Stored::New) {
+    if matches!(loaded.stored, crate::storage::Stored::New) {
         return Err(Error::UserNotFound {
             user: user.as_str().to_owned(),
             place: "R2",
@@ -524,7 +524,7 @@ async fn handle_export(
     let version = loaded.version;
     let (stored, cache) = (loaded.stored, isolate_cache(config.cache_max_bytes));
     if upload::not_modified(if_none_match.as_deref(), version) {
-        crate::cache::keep(cache, user, loaded.conn, stored, version);
+        crate::storage::cache::keep(cache, user, loaded.conn, stored, version);
         let mut response = Response::empty().map_err(internal)?.with_status(304);
         response
             .headers_mut()
@@ -534,7 +534,7 @@ async fn handle_export(
     }
     let key_user = user.clone();
     let stream = super::r2::stream_image(loaded.conn, move |conn| {
-        crate::cache::keep(cache, &key_user, conn, stored, version);
+        crate::storage::cache::keep(cache, &key_user, conn, stored, version);
     })?;
     let mut response =
         Response::from_body(worker::ResponseBody::Stream(stream)).map_err(internal)?;
@@ -608,7 +608,7 @@ async fn handle_self_test(
     }
     let store = R2Store::from_env(env)?;
     let prefix = format!("__self-test/{:016x}", js_clock::nonce());
-    let result = crate::store::contract::check(&store, &prefix).await;
+    let result = crate::storage::store::contract::check(&store, &prefix).await;
     json_response(
         &serde_json::json!({"success": result.is_ok(), "backend": "r2", "error": result.err()}),
         200,

@@ -10,7 +10,7 @@ use wasm_bindgen_futures::JsFuture;
 use worker::Env;
 
 use crate::error::Error;
-use crate::store::{
+use crate::storage::{
     Body, Fetched, Listed, ObjectHead, ObjectStore, PutCondition, PutOutcome, StoreError,
     StoreErrorKind, StoredObject,
 };

@@ -17,9 +17,6 @@ use std::rc::Rc;
 
 pub mod contract;
 
-/// Custom metadata key carrying the database version (epoch milliseconds as a decimal string).
-pub const DB_VERSION_KEY: &str = "db-version";
-
 /// The bytes of a fetched object, not yet read: they are copied once, straight into the
 /// buffer that will hold the database, as they arrive.
 #[allow(async_fn_in_trait)]
@@ -105,15 +102,6 @@ pub enum PutOutcome {
     /// The condition did not hold, so nothing was written.
     ConditionFailed,
 }
-
-/// Custom metadata key saying where the user is served while it is set: `moving` during a
-/// migration (writes are refused, retryable) and `durable_object` after one (requests go to
-/// the user's Durable Object). Absent: R2.
-pub const ROUTE_KEY: &str = "route";
-
-/// Custom metadata key carrying a unique id per write attempt, so a writer whose `put` failed
-/// in flight can tell whether the stored object is its own.
-pub const WRITE_ID_KEY: &str = "write-id";
 
 /// Whether a failed operation is worth repeating.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

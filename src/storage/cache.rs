@@ -5,9 +5,9 @@ use std::cell::RefCell;
 
 use rusqlite::Connection;
 
-use crate::manifest::Stored;
 use crate::request::UserId;
 use crate::sqlite;
+use crate::storage::Stored;
 
 /// One cached database: the open connection and the version of the object it equals.
 #[derive(Debug)]

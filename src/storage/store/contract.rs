@@ -112,7 +112,7 @@ mod tests {
     use wasm_bindgen_test::wasm_bindgen_test as test;
 
     use super::*;
-    use crate::store::MemoryStore;
+    use crate::storage::MemoryStore;
 
     /// The in-memory backend honours the failure contract the pipeline relies on (the same
     /// contract body runs against local R2 in the end-to-end suite).

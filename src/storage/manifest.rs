@@ -1,6 +1,6 @@
 //! The incremental layout's data: the layout setting, the compaction policy, the manifest and
 //! what it lists, and what a load found stored. Plain data with serde; the steps that read
-//! and write it are in `crate::layout`, which re-exports all of this.
+//! and write it are its siblings in `storage`, which re-exports all of this.
 
 use serde::{Deserialize, Serialize};
 
@@ -84,11 +84,6 @@ impl CompactionPolicy {
 
 /// What a loader does when `database.sqlite` was replaced behind the manifest's back.
 pub const OUTSIDE_RULE: &str = "the outside file becomes the new base (it is what the other writer considers current); the worker's deltas that it replaced are kept, listed in a conflict record under <user>/conflicts/, and never swept";
-
-/// Metadata on a base written by compaction: the lineage and the sequence number it covers.
-pub const LINEAGE_KEY: &str = "lineage";
-/// See [`LINEAGE_KEY`].
-pub const COVERS_KEY: &str = "covers-seq";
 
 /// Deltas fetched at once: the Workers limit on simultaneous connections.
 pub const PARALLEL_FETCHES: usize = 6;
@@ -263,7 +258,7 @@ pub struct OutsideReplacement {
 pub enum FollowUp {
     /// Nothing.
     None,
-    /// The deltas passed a threshold: fold them into a new base (`crate::layout::compact`).
+    /// The deltas passed a threshold: fold them into a new base (`crate::storage::compact`).
     Compact,
     /// `LAYOUT=single` but the user has a manifest: fold and retire it, so the user is one
     /// object again.

@@ -1,0 +1,467 @@
+//! Compaction: folding the deltas into a new `database.sqlite` (conditional on the base read,
+//! naming the lineage and the write it covers), then a manifest without them, then deleting
+//! the folded deltas; retiring the manifest (back to the single layout) and a move's freeze
+//! are compactions too.
+
+use rusqlite::Connection;
+use serde::Serialize;
+
+use super::cache;
+use super::commit::{manifest_bytes, manifest_metadata};
+use super::keys::{COVERS_KEY, DB_VERSION_KEY, LINEAGE_KEY, ROUTE_KEY, WRITE_ID_KEY, version_of};
+use super::load::{Built, LOAD_ATTEMPTS, fetch_manifest, load};
+use super::manifest::{BaseRef, Manifest, Retired, Stored};
+use super::retry::conditional_put;
+use super::store::{ObjectStore, PutCondition, PutOutcome};
+use crate::clock::Clock;
+use crate::context::Context;
+use crate::error::Error;
+use crate::header;
+use crate::request::UserId;
+use crate::sqlite;
+
+/// How a compaction ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CompactOutcome {
+    /// The deltas were folded into a new base.
+    Compacted,
+    /// Folded, and the manifest retired: the user is back in the single layout.
+    Retired,
+    /// No deltas to fold (or no manifest).
+    NothingToDo,
+    /// Another compaction or an outside writer kept changing the base first.
+    LostRace,
+}
+
+/// What a compaction did.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Compacted {
+    /// How it ended.
+    pub outcome: CompactOutcome,
+    /// Deltas folded into the new base.
+    pub deltas_folded: usize,
+    /// Folded deltas deleted (the rest are left to the sweep).
+    pub deltas_deleted: usize,
+    /// The new base's size.
+    pub base_bytes: u64,
+    /// The whole compaction, load included.
+    pub ms: f64,
+}
+
+/// The new base a compaction left, for a move that froze it.
+#[derive(Debug)]
+pub struct FrozenBase {
+    /// The image.
+    pub image: Vec<u8>,
+    /// `database.sqlite`'s etag now.
+    pub etag: String,
+    /// Its `db-version`.
+    pub version: Option<u64>,
+    /// The write id its put carried.
+    pub write_id: String,
+}
+
+/// Folds the deltas into a new base (`database.sqlite`, `If-Match` the base read), then
+/// commits a manifest without them (`If-Match` the manifest read; writes committed meanwhile
+/// are kept in it), then deletes the folded deltas; the sweep is a step of its own
+/// ([`sweep`]). With `retire`, the manifest
+/// is retired instead (the user returns to the single layout).
+///
+/// Safe to run at any time and to stop at any step: until the manifest put, loaders still
+/// find every delta they need (the new base says which deltas it covers); after it, the
+/// folded deltas are referenced by nothing.
+pub async fn compact<S: ObjectStore, C: Clock>(
+    ctx: &Context<'_, S, C>,
+    user: &UserId,
+    retire: bool,
+) -> Result<Compacted, Error> {
+    let (compacted, _) = compact_inner(ctx, user, retire, None).await?;
+    Ok(compacted)
+}
+
+/// Folds an incremental user's pending deltas into `database.sqlite` (a compaction), so that
+/// a reader of that one object (the Durable Object's import) sees the current database.
+/// Costs one small get when there is nothing to fold.
+pub async fn fold_pending<S: ObjectStore, C: Clock>(
+    ctx: &Context<'_, S, C>,
+    user: &UserId,
+) -> Result<Option<Compacted>, Error> {
+    let pending = fetch_manifest(ctx, user)
+        .await?
+        .is_some_and(|(m, _, _)| !m.retired && !m.deltas.is_empty());
+    if !pending {
+        return Ok(None);
+    }
+    let done = compact(ctx, user, false).await?;
+    if done.outcome == CompactOutcome::LostRace {
+        return Err(Error::Conflict { attempts: 1 });
+    }
+    Ok(Some(done))
+}
+
+/// For a move: folds and retires the manifest with `route=moving` on the new base and the
+/// manifest, so the move can copy one complete, frozen `database.sqlite`. `None` when the
+/// user has no live manifest (the move freezes the single object itself).
+pub(crate) async fn freeze_for_move<S: ObjectStore, C: Clock>(
+    ctx: &Context<'_, S, C>,
+    user: &UserId,
+) -> Result<Option<FrozenBase>, Error> {
+    let (compacted, frozen) = compact_inner(ctx, user, true, Some("moving")).await?;
+    match compacted.outcome {
+        CompactOutcome::LostRace => Err(Error::Conflict { attempts: 1 }),
+        _ => Ok(frozen),
+    }
+}
+
+/// Returns a loaded copy to the version cache.
+fn keep<S, C>(ctx: &Context<'_, S, C>, user: &UserId, built: Built) {
+    cache::keep(ctx.cache, user, built.conn, built.stored, built.version);
+}
+
+/// Times the manifest put is re-tried over writes that commit during a compaction.
+const ADOPT_ATTEMPTS: u32 = 8;
+
+async fn compact_inner<S: ObjectStore, C: Clock>(
+    ctx: &Context<'_, S, C>,
+    user: &UserId,
+    retire: bool,
+    route: Option<&str>,
+) -> Result<(Compacted, Option<FrozenBase>), Error> {
+    let clock = ctx.clock;
+    let start = clock.now_ms();
+    let uncached = Context {
+        cache: None,
+        ..*ctx
+    };
+    for attempt in 0..LOAD_ATTEMPTS {
+        // First from the cache; after a lost race, from R2.
+        let lctx = if attempt == 0 { ctx } else { &uncached };
+        let cached = lctx.cache.and_then(|c| c.take(&user.db_key()));
+        let mut loaded = load(lctx, user, cached).await?;
+        let Stored::Incremental { manifest, etag } = &loaded.stored else {
+            keep(ctx, user, loaded);
+            return Ok((nothing(clock, start), None));
+        };
+        if manifest.deltas.is_empty() && !retire {
+            keep(ctx, user, loaded);
+            return Ok((nothing(clock, start), None));
+        }
+        let (m, m_etag) = ((**manifest).clone(), etag.clone());
+        let plan = FoldPlan {
+            manifest: &m,
+            manifest_etag: &m_etag,
+            base_etag: loaded
+                .base_etag
+                .clone()
+                .unwrap_or_else(|| m.base.etag.clone()),
+            version: loaded.version,
+            write_id: format!("{:016x}-compact-{}", ctx.nonce, m.seq),
+            retire,
+            route,
+        };
+        // The upload streams straight out of the loaded image: no second copy in memory. A
+        // request for this user arriving meanwhile loads its own copy from R2.
+        let folded = match fold(ctx, user, &mut loaded.conn, &plan).await {
+            Ok(f) => f,
+            Err(e) => {
+                keep(ctx, user, loaded);
+                return Err(e);
+            }
+        };
+        let Fold::Committed {
+            manifest: next,
+            etag: next_etag,
+            base_etag: new_base,
+        } = folded.outcome
+        else {
+            // Another compaction or an outside writer changed the base first, or (retiring) a
+            // write committed: fold again from what is stored now.
+            keep(ctx, user, loaded);
+            continue;
+        };
+        let frozen = match route {
+            Some(_) => Some(FrozenBase {
+                image: sqlite::export(&mut loaded.conn)?.to_vec(),
+                etag: new_base.clone(),
+                version: plan.version,
+                write_id: plan.write_id.clone(),
+            }),
+            None => None,
+        };
+        // The copy equals the new state when no write was kept in the manifest.
+        if next.seq == m.seq {
+            loaded.stored = committed_stored(next.clone(), next_etag, new_base, retire);
+        }
+        if frozen.is_none() {
+            keep(ctx, user, loaded);
+        }
+        let mut deleted = 0;
+        for d in &m.deltas {
+            if !next.references(&d.key) && ctx.store.delete(&d.key).await.is_ok() {
+                deleted += 1;
+            }
+        }
+        let mut compacted = Compacted {
+            outcome: if retire {
+                CompactOutcome::Retired
+            } else {
+                CompactOutcome::Compacted
+            },
+            deltas_folded: m.deltas.len(),
+            deltas_deleted: deleted,
+            base_bytes: next.base.size,
+            ms: 0.0,
+        };
+        compacted.ms = clock.now_ms() - start;
+        return Ok((compacted, frozen));
+    }
+    let mut lost = nothing(clock, start);
+    lost.outcome = CompactOutcome::LostRace;
+    Ok((lost, None))
+}
+
+/// What R2 holds after a fold committed `next` over the base `base_etag`.
+pub(crate) fn committed_stored(
+    next: Manifest,
+    etag: String,
+    base_etag: String,
+    retire: bool,
+) -> Stored {
+    if retire {
+        Stored::Single {
+            etag: base_etag,
+            retired_manifest: Some(Retired {
+                etag,
+                conflicts: next.conflicts,
+            }),
+        }
+    } else {
+        Stored::Incremental {
+            manifest: Box::new(next),
+            etag,
+        }
+    }
+}
+
+/// A fold of a loaded image into a new `database.sqlite`: what it builds on and writes.
+pub(crate) struct FoldPlan<'a> {
+    /// The manifest the image equals.
+    pub manifest: &'a Manifest,
+    /// Its etag.
+    pub manifest_etag: &'a str,
+    /// The `database.sqlite` the load read (the base put is conditional on it).
+    pub base_etag: String,
+    /// `db-version` the new base carries.
+    pub version: Option<u64>,
+    /// Identifies both puts, so a lost answer is resolved by reading it back.
+    pub write_id: String,
+    /// Retire the manifest (the user returns to the single layout).
+    pub retire: bool,
+    /// `route` metadata for both puts (a move's freeze).
+    pub route: Option<&'a str>,
+}
+
+/// How a fold ended.
+#[derive(Debug)]
+pub(crate) enum Fold {
+    /// The base changed since the load (another compaction, an outside writer): nothing was
+    /// written.
+    BaseLost,
+    /// The new base landed and the manifest now lists it (with any writes committed
+    /// meanwhile after it).
+    Committed {
+        /// The committed manifest.
+        manifest: Manifest,
+        /// Its etag.
+        etag: String,
+        /// The new base's etag.
+        base_etag: String,
+    },
+    /// The new base landed but the manifest could not take it (a newer compaction, a
+    /// retirement, an outside replacement, or writes that kept committing; retiring, any
+    /// write). `database.sqlite` holds at least this image's state, and loaders build on it
+    /// ([`compaction_covers`]).
+    Superseded,
+}
+
+/// A fold's outcome and what it moved.
+#[derive(Debug)]
+pub(crate) struct Folded {
+    /// How it ended.
+    pub outcome: Fold,
+    /// The image's size.
+    pub size_bytes: u64,
+    /// Bytes uploaded (the base, and the manifest when it was put).
+    pub bytes_uploaded: u64,
+    /// Objects written.
+    pub objects_written: u32,
+    /// Exporting the image.
+    pub serialize_ms: f64,
+}
+
+/// Writes the image as the new `database.sqlite` (`If-Match` the base read, metadata naming
+/// the lineage and the write it covers), then commits a manifest that lists it (`If-Match` the
+/// manifest read; when writes committed in between, re-reads it and keeps their deltas, a
+/// few times; retiring cannot keep them and gives up). Folded deltas are not deleted here.
+pub(crate) async fn fold<S: ObjectStore, C: Clock>(
+    ctx: &Context<'_, S, C>,
+    user: &UserId,
+    conn: &mut Connection,
+    plan: &FoldPlan<'_>,
+) -> Result<Folded, Error> {
+    let m = plan.manifest;
+    let mut metadata = vec![
+        (WRITE_ID_KEY, plan.write_id.clone()),
+        (LINEAGE_KEY, m.lineage.clone()),
+        (COVERS_KEY, m.seq.to_string()),
+    ];
+    if let Some(v) = plan.version {
+        metadata.push((DB_VERSION_KEY, v.to_string()));
+    }
+    if let Some(r) = plan.route {
+        metadata.push((ROUTE_KEY, r.to_owned()));
+    }
+    let start = ctx.clock.now_ms();
+    let image = sqlite::export(conn)?;
+    let serialize_ms = ctx.clock.now_ms() - start;
+    let put = conditional_put(
+        ctx,
+        &user.db_key(),
+        &image,
+        &metadata,
+        &PutCondition::IfMatch(plan.base_etag.clone()),
+        &plan.write_id,
+    )
+    .await?;
+    let (change_counter, size) = (header::change_counter(&image), image.len() as u64);
+    let mut folded = Folded {
+        outcome: Fold::BaseLost,
+        size_bytes: size,
+        bytes_uploaded: 0,
+        objects_written: 0,
+        serialize_ms,
+    };
+    let PutOutcome::Stored { etag: new_base } = put else {
+        return Ok(folded);
+    };
+    folded.bytes_uploaded = size;
+    folded.objects_written = 1;
+    folded.outcome = Fold::Superseded;
+    let base = BaseRef {
+        etag: new_base.clone(),
+        seq: m.seq,
+        change_counter,
+        size,
+    };
+    let key = user.manifest_key();
+    let (mut current, mut current_etag, mut version) =
+        (m.clone(), plan.manifest_etag.to_owned(), plan.version);
+    for _ in 0..ADOPT_ATTEMPTS {
+        let mut next = Manifest::new(m.lineage.clone(), base.clone());
+        next.retired = plan.retire;
+        next.conflicts = current.conflicts.clone();
+        if !plan.retire {
+            next.deltas = current.deltas_after(m.seq).unwrap_or_default().to_vec();
+            next.seq = current.seq;
+        }
+        let mut metadata = manifest_metadata(&plan.write_id, version);
+        if let Some(r) = plan.route {
+            metadata.push((ROUTE_KEY, r.to_owned()));
+        }
+        let bytes = manifest_bytes(&next)?;
+        let put = conditional_put(
+            ctx,
+            &key,
+            &bytes,
+            &metadata,
+            &PutCondition::IfMatch(current_etag.clone()),
+            &plan.write_id,
+        )
+        .await?;
+        if let PutOutcome::Stored { etag } = put {
+            folded.bytes_uploaded += bytes.len() as u64;
+            folded.objects_written += 1;
+            folded.outcome = Fold::Committed {
+                manifest: next,
+                etag,
+                base_etag: new_base,
+            };
+            return Ok(folded);
+        }
+        if plan.retire {
+            return Ok(folded);
+        }
+        let Some((latest, etag, latest_metadata)) = fetch_manifest(ctx, user).await? else {
+            return Ok(folded);
+        };
+        // Only the same history, still on the old base, with every write after m kept.
+        if latest.retired
+            || latest.lineage != m.lineage
+            || latest.base.seq > m.seq
+            || latest.deltas_after(m.seq).is_none()
+        {
+            return Ok(folded);
+        }
+        // The manifest's db-version is its newest write's: never lower than a kept one's.
+        version = version.max(version_of(&latest_metadata));
+        (current, current_etag) = (latest, etag);
+    }
+    Ok(folded)
+}
+
+fn nothing<C: Clock>(clock: &C, start: f64) -> Compacted {
+    Compacted {
+        outcome: CompactOutcome::NothingToDo,
+        deltas_folded: 0,
+        deltas_deleted: 0,
+        base_bytes: 0,
+        ms: clock.now_ms() - start,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[cfg(all(target_family = "wasm", target_os = "unknown"))]
+    use wasm_bindgen_test::wasm_bindgen_test as test;
+
+    use crate::storage::manifest::{BaseRef, CompactionPolicy, DeltaRef, Manifest};
+
+    /// The compaction policy: a count or a share of the base.
+    #[test]
+    fn compaction_thresholds() {
+        let policy = CompactionPolicy::default();
+        let mut m = Manifest::new(
+            "l".into(),
+            BaseRef {
+                etag: "e".into(),
+                seq: 0,
+                change_counter: 1,
+                size: 1_000_000,
+            },
+        );
+        let delta = |seq, size| DeltaRef {
+            key: format!("k{seq}"),
+            seq,
+            size,
+            checksum: String::new(),
+            change_counter: 0,
+            len: 0,
+        };
+        m.deltas = (1..=5).map(|s| delta(s, 1000)).collect();
+        assert!(!policy.due(&m));
+        m.deltas.push(delta(6, 1000));
+        assert!(policy.due(&m), "6 deltas");
+        m.deltas = vec![delta(1, 9_999)];
+        assert!(!policy.due(&m));
+        m.deltas = vec![delta(1, 10_000)];
+        assert!(policy.due(&m), "1 % of the base");
+        // Deltas after a sequence number: complete, or none when some are missing.
+        m.seq = 3;
+        m.deltas = (1..=3).map(|s| delta(s, 1)).collect();
+        assert_eq!(m.deltas_after(1).map(<[DeltaRef]>::len), Some(2));
+        assert_eq!(m.deltas_after(3).map(<[DeltaRef]>::len), Some(0));
+        m.deltas.remove(1);
+        assert!(m.deltas_after(0).is_none());
+    }
+}

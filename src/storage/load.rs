@@ -1,0 +1,604 @@
+//! Loading a user's database in whichever layout it is stored: from the version cache when R2
+//! confirms the copy (fetching only the deltas it lacks), otherwise the manifest, the base and
+//! the deltas read together; a base that is neither the manifest's nor a compaction of it is
+//! handed to [`super::adopt`].
+
+use std::collections::HashMap;
+
+use super::adopt::adopt_outside;
+use super::cache::Entry;
+use super::delta;
+use super::join::{join_all, join2};
+use super::keys::{COVERS_KEY, LINEAGE_KEY, check_route, version_of};
+use super::manifest::{DeltaRef, Manifest, OutsideReplacement, Retired, Stored};
+use super::retry::with_retries;
+use super::store::{Body, Fetched, ObjectStore, StoreError, StoreErrorKind, StoredObject};
+use crate::clock::Clock;
+use crate::context::Context;
+use crate::error::{Corruption, Error};
+use crate::header;
+use crate::report::CacheStatus;
+use crate::request::UserId;
+use crate::sqlite;
+use rusqlite::Connection;
+
+/// Largest manifest read (about 40,000 deltas; compaction keeps it far smaller).
+const MANIFEST_MAX_BYTES: u64 = 4 * 1024 * 1024;
+/// Times a load starts over when the manifest moved on under it.
+pub(super) const LOAD_ATTEMPTS: u32 = 4;
+
+/// What the load step built.
+#[derive(Debug)]
+pub struct Built {
+    /// The open database.
+    pub conn: Connection,
+    /// What it equals in R2.
+    pub stored: Stored,
+    /// Etag of the `database.sqlite` the image builds on, as read or headed by the load
+    /// (`None` for a new database).
+    pub base_etag: Option<String>,
+    /// `db-version` of what it equals.
+    pub version: Option<u64>,
+    /// The stored header said WAL mode.
+    pub converted_from_wal: bool,
+    /// The cache's part.
+    pub cache: CacheStatus,
+    /// Whether an image was parsed (not a cache hit).
+    pub parsed: bool,
+    /// Deltas fetched and applied.
+    pub deltas_applied: u32,
+    /// CPU time spent applying deltas and opening the image (the rest of the step is network).
+    pub parse_ms: f64,
+    /// Set when an outside replacement was found and adopted.
+    pub outside: Option<OutsideReplacement>,
+}
+
+/// The sequence number a base put by a compaction of `m`'s lineage says it covers, if it is one
+/// that `m` can build on: at least `m`'s base (a compaction never covers less than the base it
+/// replaced, so an older one cannot be current). Equal to `m`'s base is a second compaction of
+/// the same state that landed after the one `m` lists (it lost a race, reloaded and folded
+/// again): the same database, so a loader uses it as it would the listed base. Greater than
+/// `m.seq`: `m` is stale.
+fn compaction_covers(m: &Manifest, metadata: &HashMap<String, String>) -> Option<u64> {
+    if metadata.get(LINEAGE_KEY) != Some(&m.lineage) {
+        return None;
+    }
+    metadata
+        .get(COVERS_KEY)
+        .and_then(|v| v.parse().ok())
+        .filter(|k| *k >= m.base.seq)
+}
+
+/// A manifest read from the store: itself, its etag and metadata.
+pub(super) type FetchedManifest = (Manifest, String, HashMap<String, String>);
+
+async fn parse_manifest<B: Body>(object: StoredObject<B>) -> Result<FetchedManifest, Error> {
+    let bytes = object
+        .body
+        .into_vec()
+        .await
+        .map_err(Error::StorageUnavailable)?;
+    let manifest: Manifest = serde_json::from_slice(&bytes)
+        .map_err(|e| Error::CorruptDatabase(Corruption::Contents(format!("manifest.json: {e}"))))?;
+    if manifest.format != 1 {
+        return Err(Error::CorruptDatabase(Corruption::Contents(format!(
+            "manifest.json has format {}, this worker reads format 1",
+            manifest.format
+        ))));
+    }
+    Ok((manifest, object.etag, object.metadata))
+}
+
+/// The user's manifest, if there is one; one too large to be a manifest is damage.
+pub(super) async fn fetch_manifest<S: ObjectStore, C: Clock>(
+    ctx: &Context<'_, S, C>,
+    user: &UserId,
+) -> Result<Option<FetchedManifest>, Error> {
+    let key = user.manifest_key();
+    match with_retries(ctx.clock, &ctx.retry, async || {
+        ctx.store.get(&key, MANIFEST_MAX_BYTES, None).await
+    })
+    .await?
+    {
+        Fetched::Found(object) => Ok(Some(parse_manifest(object).await?)),
+        Fetched::Missing | Fetched::NotModified { .. } => Ok(None),
+        Fetched::TooLarge { size_bytes } => Err(too_large_manifest(size_bytes)),
+    }
+}
+
+fn too_large_manifest(size_bytes: u64) -> Error {
+    corrupt(format!("manifest.json is {size_bytes} bytes"))
+}
+
+fn corrupt(detail: String) -> Error {
+    Error::CorruptDatabase(Corruption::Contents(detail))
+}
+
+/// Why a load step must start over.
+pub(super) enum Step<T> {
+    Done(T),
+    /// The manifest moved on (a delta it listed is gone, or it changed while adopting).
+    Restart,
+}
+
+/// Fetches the deltas in `refs` (in parallel, verified against the manifest); `None` if one
+/// is missing (compaction removed it after the manifest was read).
+async fn fetch_deltas<S: ObjectStore, C: Clock>(
+    ctx: &Context<'_, S, C>,
+    refs: &[DeltaRef],
+) -> Result<Result<Vec<Vec<u8>>, DeltaRef>, Error> {
+    let fetches = refs
+        .iter()
+        .map(|r| async move {
+            let got = with_retries(ctx.clock, &ctx.retry, async || {
+                ctx.store.get(&r.key, r.size, None).await
+            })
+            .await?;
+            match got {
+                Fetched::Found(object) => {
+                    let bytes = object
+                        .body
+                        .into_vec()
+                        .await
+                        .map_err(Error::StorageUnavailable)?;
+                    let summary =
+                        delta::verify(&bytes).map_err(|e| corrupt(format!("{}: {e}", r.key)))?;
+                    if format!("{:016x}", summary.checksum) != r.checksum
+                        || summary.change_counter != r.change_counter
+                        || summary.len != r.len
+                    {
+                        return Err(corrupt(format!(
+                            "{}: the delta is not the one the manifest lists",
+                            r.key
+                        )));
+                    }
+                    Ok(Ok(bytes))
+                }
+                Fetched::Missing => Ok(Err(r.clone())),
+                Fetched::TooLarge { size_bytes } => Err(corrupt(format!(
+                    "{}: {size_bytes} bytes, the manifest says {}",
+                    r.key, r.size
+                ))),
+                Fetched::NotModified { .. } => Err(Error::Internal {
+                    detail: "store answered 'not modified' to an unconditional get".into(),
+                }),
+            }
+        })
+        .collect();
+    let mut out = Vec::with_capacity(refs.len());
+    for result in join_all(fetches).await {
+        match result? {
+            Ok(bytes) => out.push(bytes),
+            Err(missing) => return Ok(Err(missing)),
+        }
+    }
+    Ok(Ok(out))
+}
+
+/// A delta the manifest lists was not found. If the manifest is still the one read, no
+/// compaction explains it (a delta is deleted only after a committed manifest stopped listing
+/// it): the stored database is damaged, and retrying cannot help. Otherwise, start over.
+async fn missing_delta<S: ObjectStore, C: Clock>(
+    ctx: &Context<'_, S, C>,
+    user: &UserId,
+    m_etag: &str,
+    m: &Manifest,
+    missing: &DeltaRef,
+) -> Result<Step<Built>, Error> {
+    let manifest_key = user.manifest_key();
+    let head = with_retries(ctx.clock, &ctx.retry, async || {
+        ctx.store.head(&manifest_key).await
+    })
+    .await?;
+    if head.as_ref().map(|h| h.etag.as_str()) != Some(m_etag) {
+        return Ok(Step::Restart);
+    }
+    let last = missing.seq.saturating_sub(1).max(m.base.seq);
+    Err(corrupt(format!(
+        "manifest.json (seq {}) lists {} (seq {}), which is missing; the last state that can be \
+         built is seq {last} (the base and the deltas listed before it); nothing was changed",
+        m.seq, missing.key, missing.seq
+    )))
+}
+
+fn apply_all(image: &mut Vec<u8>, deltas: &[Vec<u8>], refs: &[DeltaRef]) -> Result<(), Error> {
+    for (bytes, r) in deltas.iter().zip(refs) {
+        delta::apply(image, bytes).map_err(|e| corrupt(format!("{}: {e}", r.key)))?;
+    }
+    Ok(())
+}
+
+/// Loads a user's database in whichever layout it is stored, from the version cache when R2
+/// confirms it (fetching only the deltas it lacks), otherwise from R2.
+pub(crate) async fn load<S: ObjectStore, C: Clock>(
+    ctx: &Context<'_, S, C>,
+    user: &UserId,
+    mut cached: Option<Entry>,
+) -> Result<Built, Error> {
+    for _ in 0..LOAD_ATTEMPTS {
+        match load_once(ctx, user, cached.take()).await? {
+            Step::Done(built) => return Ok(built),
+            Step::Restart => {}
+        }
+    }
+    Err(Error::StorageUnavailable(StoreError::new(
+        "get",
+        StoreErrorKind::Transient,
+        "the manifest kept changing while loading",
+    )))
+}
+
+async fn load_once<S: ObjectStore, C: Clock>(
+    ctx: &Context<'_, S, C>,
+    user: &UserId,
+    cached: Option<Entry>,
+) -> Result<Step<Built>, Error> {
+    let manifest_key = user.manifest_key();
+    let clock = ctx.clock;
+    // A cached copy of a manifest user: ask for the manifest (conditionally) and, in
+    // parallel, the base's etag: an outside replacement of database.sqlite is noticed at
+    // once, not at the next cold load.
+    if let Some(entry) = cached {
+        let Stored::Incremental { manifest, etag } = &entry.stored else {
+            return cold(ctx, user, None, Some(entry)).await;
+        };
+        let (m0, e0) = (manifest.clone(), etag.clone());
+        let base_key = user.db_key();
+        let (got, head) = join2(
+            with_retries(clock, &ctx.retry, async || {
+                ctx.store
+                    .get(&manifest_key, MANIFEST_MAX_BYTES, Some(&e0))
+                    .await
+            }),
+            with_retries(clock, &ctx.retry, async || ctx.store.head(&base_key).await),
+        )
+        .await;
+        let (got, head) = (got?, head?);
+        let (m, etag, metadata, changed) = match got {
+            Fetched::NotModified { metadata } => (*m0.clone(), e0, metadata, false),
+            Fetched::Found(object) => {
+                let (m, etag, metadata) = parse_manifest(object).await?;
+                (m, etag, metadata, true)
+            }
+            Fetched::Missing => return cold(ctx, user, Some(None), None).await,
+            Fetched::TooLarge { size_bytes } => {
+                return Err(too_large_manifest(size_bytes));
+            }
+        };
+        if let Err(e) = check_route(&metadata)
+            .and_then(|()| head.as_ref().map_or(Ok(()), |h| check_route(&h.metadata)))
+        {
+            if !changed {
+                // The copy is still current; keep it, so the next check is as cheap.
+                put_back(ctx, entry);
+            }
+            return Err(e);
+        }
+        // The listed base, or a compaction of this manifest (the copy does not depend on which).
+        let base_as_listed = head.as_ref().is_some_and(|h| {
+            h.etag == m.base.etag || compaction_covers(&m, &h.metadata).is_some_and(|k| k <= m.seq)
+        });
+        if m.retired || !base_as_listed {
+            // Retired, or the base is not the one listed (a compaction between its two puts,
+            // or an outside writer): the cold path sorts out which.
+            return cold(ctx, user, Some(Some((m, etag, metadata))), None).await;
+        }
+        // What a compaction of this copy must be conditional on.
+        let base_etag = head.map(|h| h.etag);
+        if !changed {
+            return Ok(Step::Done(Built {
+                conn: entry.conn,
+                stored: entry.stored,
+                base_etag,
+                version: entry.db_version,
+                converted_from_wal: false,
+                cache: CacheStatus::Hit,
+                parsed: false,
+                deltas_applied: 0,
+                parse_ms: 0.0,
+                outside: None,
+            }));
+        }
+        let tail = (m.lineage == m0.lineage)
+            .then(|| m.deltas_after(m0.seq))
+            .flatten();
+        let Some(tail) = tail else {
+            return cold(ctx, user, Some(Some((m, etag, metadata))), None).await;
+        };
+        let deltas = match fetch_deltas(ctx, tail).await? {
+            Ok(deltas) => deltas,
+            Err(missing) => return missing_delta(ctx, user, &etag, &m, &missing).await,
+        };
+        let apply_start = clock.now_ms();
+        let mut conn = entry.conn;
+        sqlite::patch(&mut conn, |image| apply_all(image, &deltas, tail)).ok_or_else(|| {
+            Error::Internal {
+                detail: "cached database is not in the page VFS".into(),
+            }
+        })??;
+        let parse_ms = clock.now_ms() - apply_start;
+        let applied = u32::try_from(tail.len()).unwrap_or(u32::MAX);
+        return Ok(Step::Done(Built {
+            conn,
+            stored: Stored::Incremental {
+                manifest: Box::new(m),
+                etag,
+            },
+            base_etag,
+            version: version_of(&metadata),
+            converted_from_wal: false,
+            cache: CacheStatus::Updated,
+            parsed: false,
+            deltas_applied: applied,
+            parse_ms,
+            outside: None,
+        }));
+    }
+    cold(ctx, user, None, None).await
+}
+
+fn put_back<S, C>(ctx: &Context<'_, S, C>, entry: Entry) {
+    if let Some(cache) = ctx.cache {
+        cache.put(entry);
+    }
+}
+
+/// `database.sqlite` as a cold load read it: the body is already in an image.
+enum BaseRead {
+    Image {
+        image: sqlite::Image,
+        etag: String,
+        metadata: HashMap<String, String>,
+    },
+    NotModified {
+        metadata: HashMap<String, String>,
+    },
+    Missing,
+    TooLarge(u64),
+}
+
+/// Gets `database.sqlite` and streams its body into a new image. The route is checked before
+/// the body is read: a moved user's body is never downloaded.
+async fn read_base<S: ObjectStore, C: Clock>(
+    ctx: &Context<'_, S, C>,
+    key: &str,
+    if_none_match: Option<&str>,
+) -> Result<BaseRead, Error> {
+    let fetched = with_retries(ctx.clock, &ctx.retry, async || {
+        ctx.store.get(key, ctx.max_db_bytes, if_none_match).await
+    })
+    .await?;
+    Ok(match fetched {
+        Fetched::Found(object) => {
+            check_route(&object.metadata)?;
+            // One copy, straight into the image buffer; none in JS.
+            let mut image = sqlite::Image::allocate(object.body.len())?;
+            object
+                .body
+                .read_into(image.bytes_mut())
+                .await
+                .map_err(Error::StorageUnavailable)?;
+            BaseRead::Image {
+                image,
+                etag: object.etag,
+                metadata: object.metadata,
+            }
+        }
+        Fetched::NotModified { metadata } => BaseRead::NotModified { metadata },
+        Fetched::Missing => BaseRead::Missing,
+        Fetched::TooLarge { size_bytes } => BaseRead::TooLarge(size_bytes),
+    })
+}
+
+/// The manifest (unless already `known`) and, for a live one, every delta it lists, fetched
+/// while the base is still downloading. `Err` for the deltas: the first one that was missing
+/// (compaction removed it after the manifest was read, or the store lost it).
+async fn manifest_and_deltas<S: ObjectStore, C: Clock>(
+    ctx: &Context<'_, S, C>,
+    user: &UserId,
+    known: Option<Option<FetchedManifest>>,
+) -> Result<(Option<FetchedManifest>, Result<Vec<Vec<u8>>, DeltaRef>), Error> {
+    let manifest = match known {
+        Some(m) => m,
+        None => fetch_manifest(ctx, user).await?,
+    };
+    let deltas = match &manifest {
+        Some((m, _, metadata)) if !m.retired => {
+            check_route(metadata)?;
+            fetch_deltas(ctx, &m.deltas).await?
+        }
+        _ => Ok(vec![]),
+    };
+    Ok((manifest, deltas))
+}
+
+/// A load that reads `database.sqlite` and the manifest (unless `known` already holds it) in
+/// parallel, and the manifest's deltas while the base downloads. `cached_single` is a cached
+/// copy of a single-layout user, revalidated by its etag.
+async fn cold<S: ObjectStore, C: Clock>(
+    ctx: &Context<'_, S, C>,
+    user: &UserId,
+    known: Option<Option<FetchedManifest>>,
+    cached_single: Option<Entry>,
+) -> Result<Step<Built>, Error> {
+    let clock = ctx.clock;
+    let base_key = user.db_key();
+    let base_etag = match cached_single.as_ref().map(|e| &e.stored) {
+        Some(Stored::Single { etag, .. }) => Some(etag.clone()),
+        _ => None,
+    };
+    let (listed, base) = join2(
+        manifest_and_deltas(ctx, user, known),
+        read_base(ctx, &base_key, base_etag.as_deref()),
+    )
+    .await;
+    let (manifest, prefetched) = listed?;
+    let miss = match (&cached_single, ctx.cache) {
+        (Some(_), _) => CacheStatus::Stale,
+        (None, Some(_)) => CacheStatus::Miss,
+        (None, None) => CacheStatus::Disabled,
+    };
+    let (live, retired_manifest) = match manifest {
+        Some((m, etag, metadata)) if !m.retired => (Some((m, etag, metadata)), None),
+        Some((m, etag, _)) => (
+            None,
+            Some(Retired {
+                etag,
+                conflicts: m.conflicts,
+            }),
+        ),
+        None => (None, None),
+    };
+    // The single layout (or a retired manifest): database.sqlite is the database.
+    let Some((m, m_etag, m_metadata)) = live else {
+        return single(ctx, base?, cached_single, retired_manifest, miss);
+    };
+    let (mut image, base_etag, base_metadata) = match base? {
+        BaseRead::Image {
+            image,
+            etag,
+            metadata,
+        } => (image, etag, metadata),
+        BaseRead::TooLarge(size_bytes) => {
+            return Err(Error::DatabaseTooLarge {
+                size_bytes,
+                max_bytes: ctx.max_db_bytes,
+            });
+        }
+        BaseRead::Missing | BaseRead::NotModified { .. } => {
+            return Err(corrupt(format!(
+                "{base_key} is missing but manifest.json lists it as the base; nothing was changed (restore the base, or delete manifest.json to start over from nothing)"
+            )));
+        }
+    };
+    let covered = if base_etag == m.base.etag {
+        Some(m.base.seq)
+    } else {
+        match compaction_covers(&m, &base_metadata) {
+            // A newer compaction than this manifest knows: the manifest is stale.
+            Some(k) if k > m.seq => return Ok(Step::Restart),
+            Some(k) if m.change_counter_at(k) == Some(header::change_counter(image.bytes())) => {
+                Some(k)
+            }
+            _ => None,
+        }
+    };
+    let Some(covered) = covered else {
+        return adopt_outside(ctx, user, image, base_etag, base_metadata, m, m_etag, miss).await;
+    };
+    let prefetched = match prefetched {
+        Ok(prefetched) => prefetched,
+        Err(missing) => return missing_delta(ctx, user, &m_etag, &m, &missing).await,
+    };
+    let tail = m
+        .deltas_after(covered)
+        .ok_or_else(|| corrupt("manifest.json skips sequence numbers".into()))?;
+    // The prefetch holds every listed delta; those the base already contains are skipped.
+    let skip = prefetched.len() - tail.len();
+    let parse_start = clock.now_ms();
+    apply_all(image.vec_mut(), &prefetched[skip..], tail)?;
+    let applied = u32::try_from(tail.len()).unwrap_or(u32::MAX);
+    let loaded = sqlite::open(image)?;
+    let parse_ms = clock.now_ms() - parse_start;
+    Ok(Step::Done(Built {
+        conn: loaded.conn,
+        stored: Stored::Incremental {
+            manifest: Box::new(m),
+            etag: m_etag,
+        },
+        base_etag: Some(base_etag),
+        version: version_of(&m_metadata),
+        converted_from_wal: loaded.header.wal_mode,
+        cache: miss,
+        parsed: true,
+        deltas_applied: applied,
+        parse_ms,
+        outside: None,
+    }))
+}
+
+fn single<S, C: Clock>(
+    ctx: &Context<'_, S, C>,
+    base: BaseRead,
+    cached: Option<Entry>,
+    retired_manifest: Option<Retired>,
+    miss: CacheStatus,
+) -> Result<Step<Built>, Error> {
+    let built = |conn, etag: Option<String>, version, wal, cache, parsed, parse_ms| Built {
+        conn,
+        stored: match &etag {
+            Some(etag) => Stored::Single {
+                etag: etag.clone(),
+                retired_manifest: retired_manifest.clone(),
+            },
+            None => Stored::New,
+        },
+        base_etag: etag,
+        version,
+        converted_from_wal: wal,
+        cache,
+        parsed,
+        deltas_applied: 0,
+        parse_ms,
+        outside: None,
+    };
+    match (base, cached) {
+        (BaseRead::NotModified { metadata }, Some(entry)) => {
+            if let Err(e) = check_route(&metadata) {
+                // The copy is still current; keep it, so the next check is as cheap.
+                put_back(ctx, entry);
+                return Err(e);
+            }
+            let etag = match &entry.stored {
+                Stored::Single { etag, .. } => Some(etag.clone()),
+                _ => None,
+            };
+            Ok(Step::Done(built(
+                entry.conn,
+                etag,
+                entry.db_version,
+                false,
+                CacheStatus::Hit,
+                false,
+                0.0,
+            )))
+        }
+        (BaseRead::NotModified { .. }, None) => Err(Error::Internal {
+            detail: "store answered 'not modified' to an unconditional get".into(),
+        }),
+        (BaseRead::TooLarge(size_bytes), _) => Err(Error::DatabaseTooLarge {
+            size_bytes,
+            max_bytes: ctx.max_db_bytes,
+        }),
+        (BaseRead::Missing, _) => {
+            let parse_start = ctx.clock.now_ms();
+            let conn = sqlite::create()?;
+            let parse_ms = ctx.clock.now_ms() - parse_start;
+            Ok(Step::Done(built(
+                conn, None, None, false, miss, true, parse_ms,
+            )))
+        }
+        (
+            BaseRead::Image {
+                image,
+                etag,
+                metadata,
+            },
+            _,
+        ) => {
+            let version = version_of(&metadata);
+            let parse_start = ctx.clock.now_ms();
+            let loaded = sqlite::open(image)?;
+            let parse_ms = ctx.clock.now_ms() - parse_start;
+            Ok(Step::Done(built(
+                loaded.conn,
+                Some(etag),
+                version,
+                loaded.header.wal_mode,
+                miss,
+                true,
+                parse_ms,
+            )))
+        }
+    }
+}

@@ -1,0 +1,187 @@
+//! A move's reads and writes of the user's R2 object: the freeze (`route=moving`, `If-Match`
+//! the version read; an incremental user is folded and retired first), the switch or the
+//! lift of the freeze, the import's read of the frozen object, and the way back's conditional
+//! put of the exported image. The move's steps and their order are in `crate::migrate`.
+
+use super::keys::{DB_VERSION_KEY, WRITE_ID_KEY, check_route, metadata, next_version};
+use super::retry::{conditional_put, with_retries};
+use super::store::{
+    Body, Fetched, ObjectHead, ObjectStore, PutCondition, PutOutcome, StoredObject,
+};
+use crate::clock::Clock;
+use crate::context::Context;
+use crate::error::Error;
+use crate::migrate::{ExportStep, ObjectState, check_import};
+use crate::request::UserId;
+use crate::sqlite::Image;
+
+async fn put_or_conflict<S: ObjectStore, C: Clock>(
+    ctx: &Context<'_, S, C>,
+    key: &str,
+    bytes: &[u8],
+    metadata: &[(&str, String)],
+    condition: &PutCondition,
+) -> Result<String, Error> {
+    match with_retries(ctx.clock, &ctx.retry, async || {
+        ctx.store.put(key, bytes, metadata, condition).await
+    })
+    .await?
+    {
+        PutOutcome::Stored { etag } => Ok(etag),
+        PutOutcome::ConditionFailed => Err(Error::Conflict { attempts: 1 }),
+    }
+}
+
+/// The object a user must already have in R2 (to move it, or to import it into their Durable
+/// Object): 404 `user_not_found` if missing, 413 if over `max_db_bytes`.
+pub fn existing<B>(
+    fetched: Fetched<B>,
+    user: &UserId,
+    max_db_bytes: u64,
+) -> Result<StoredObject<B>, Error> {
+    match fetched {
+        Fetched::Found(object) => Ok(object),
+        Fetched::Missing | Fetched::NotModified { .. } => Err(Error::UserNotFound {
+            user: user.as_str().to_owned(),
+            place: "R2",
+        }),
+        Fetched::TooLarge { size_bytes } => Err(Error::DatabaseTooLarge {
+            size_bytes,
+            max_bytes: max_db_bytes,
+        }),
+    }
+}
+
+/// Puts `bytes` as the user's object with `route` (none: the user is served by R2 again),
+/// `If-Match` the frozen etag, keeping the move's write id and `db-version`: the switch to the
+/// Durable Object, or the lift of a freeze whose copy failed.
+pub(crate) async fn set_route<S: ObjectStore, C: Clock>(
+    ctx: &Context<'_, S, C>,
+    user: &UserId,
+    bytes: &[u8],
+    write_id: &str,
+    version: Option<&str>,
+    route: Option<&str>,
+    frozen: String,
+) -> Result<String, Error> {
+    put_or_conflict(
+        ctx,
+        &user.db_key(),
+        bytes,
+        &metadata(write_id, version, route),
+        &PutCondition::IfMatch(frozen),
+    )
+    .await
+}
+
+/// Reads the user's object and stores it again with `route=moving`, if no one wrote in
+/// between: (its bytes, its `db-version`, the frozen etag, the write id).
+pub(crate) async fn freeze<S: ObjectStore, C: Clock>(
+    ctx: &Context<'_, S, C>,
+    user: &UserId,
+) -> Result<(Image, Option<String>, String, String), Error> {
+    let key = user.db_key();
+    // A user in the incremental layout is folded into one complete, frozen database.sqlite
+    // (and their manifest retired) first; writers then meet the freeze either way.
+    if let Some(frozen) = super::compact::freeze_for_move(ctx, user).await? {
+        let mut image = Image::allocate(frozen.image.len())?;
+        image.bytes_mut().copy_from_slice(&frozen.image);
+        return Ok((
+            image,
+            frozen.version.map(|v| v.to_string()),
+            frozen.etag,
+            frozen.write_id,
+        ));
+    }
+    let object = with_retries(ctx.clock, &ctx.retry, async || {
+        ctx.store.get(&key, ctx.max_db_bytes, None).await
+    })
+    .await?;
+    let object = existing(object, user, ctx.max_db_bytes)?;
+    check_route(&object.metadata)?;
+    let version = object.metadata.get(DB_VERSION_KEY).cloned();
+    let mut image = Image::allocate(object.body.len())?;
+    object
+        .body
+        .read_into(image.bytes_mut())
+        .await
+        .map_err(Error::StorageUnavailable)?;
+    let write_id = format!("{:016x}-move", ctx.nonce);
+    let frozen = put_or_conflict(
+        ctx,
+        &key,
+        image.bytes(),
+        &metadata(&write_id, version.as_deref(), Some("moving")),
+        &PutCondition::IfMatch(object.etag),
+    )
+    .await?;
+    Ok((image, version, frozen, write_id))
+}
+
+/// The user's R2 object for a Durable Object's import, once [`check_import`] allows it:
+/// (the object, the move's write id). Refused before its body is read.
+pub async fn fetch_frozen<S: ObjectStore, C: Clock>(
+    ctx: &Context<'_, S, C>,
+    user: &UserId,
+    state: &ObjectState,
+) -> Result<(StoredObject<S::Body>, String), Error> {
+    let object = with_retries(ctx.clock, &ctx.retry, async || {
+        ctx.store.get(&user.db_key(), ctx.max_db_bytes, None).await
+    })
+    .await?;
+    let object = existing(object, user, ctx.max_db_bytes)?;
+    let write_id = check_import(state, &object.metadata)?;
+    Ok((object, write_id))
+}
+
+/// The user's R2 object's version and metadata (what [`check_serving`] and [`check_export`]
+/// look at), or `None`.
+pub async fn head_of<S: ObjectStore, C: Clock>(
+    ctx: &Context<'_, S, C>,
+    user: &UserId,
+) -> Result<Option<ObjectHead>, Error> {
+    Ok(with_retries(ctx.clock, &ctx.retry, async || {
+        ctx.store.head(&user.db_key()).await
+    })
+    .await?)
+}
+
+/// Stores a Durable Object's exported image as the user's R2 object (the last step of a move
+/// back), `If-Match` the object [`check_export`] found saying the user lives in the Durable
+/// Object: clears `route`, with a `db-version` newer than the one it replaces. A lost answer
+/// is resolved by `write_id`; a changed object is a conflict, with nothing written.
+pub async fn publish_export<S: ObjectStore, C: Clock>(
+    ctx: &Context<'_, S, C>,
+    user: &UserId,
+    image: &[u8],
+    step: &ExportStep,
+) -> Result<(String, u64), Error> {
+    let (write_id, etag, old_version) = match step {
+        ExportStep::AlreadyPublished { etag, db_version } => {
+            return Ok((etag.clone(), db_version.unwrap_or(0)));
+        }
+        ExportStep::Publish {
+            write_id,
+            etag,
+            db_version,
+        } => (write_id, etag, db_version),
+    };
+    let version = next_version(ctx.clock.epoch_ms(), *old_version);
+    let metadata = [
+        (DB_VERSION_KEY, version.to_string()),
+        (WRITE_ID_KEY, write_id.clone()),
+    ];
+    match conditional_put(
+        ctx,
+        &user.db_key(),
+        image,
+        &metadata,
+        &PutCondition::IfMatch(etag.clone()),
+        write_id,
+    )
+    .await?
+    {
+        PutOutcome::Stored { etag } => Ok((etag, version)),
+        PutOutcome::ConditionFailed => Err(Error::Conflict { attempts: 1 }),
+    }
+}
