@@ -238,15 +238,19 @@ fn hrana_path(path: &str) -> Option<HranaPath> {
         "v3/cursor" => HranaPath::Cursor(user),
         "v1/execute" => HranaPath::V1 { user, batch: false },
         "v1/batch" => HranaPath::V1 { user, batch: true },
-        "info" => HranaPath::Replication,
-        t if ["wal_log.", "proxy.", "sync/", "export/"]
-            .iter()
-            .any(|p| t.starts_with(p)) =>
-        {
-            HranaPath::Replication
-        }
+        // The embedded replica client appends `/info`, `/wal_log...` to a URL that already
+        // ends in a slash: `/db/<user>//info`.
+        t if is_replication(t.trim_start_matches('/')) => HranaPath::Replication,
         _ => return None,
     })
+}
+
+/// One of sqld's replication paths (embedded replicas), relative to `/db/<user>/`.
+fn is_replication(tail: &str) -> bool {
+    tail == "info"
+        || ["wal_log.", "proxy.", "sync/", "export/"]
+            .iter()
+            .any(|p| tail.starts_with(p))
 }
 
 #[cfg(test)]
@@ -365,6 +369,9 @@ mod tests {
             "/db/a/sync/1/0/10",
             "/db/a/export/1",
             "/db/a/wal_log.ReplicationLog/Hello",
+            // As the embedded replica client sends them, from a URL with its trailing slash.
+            "/db/a//info",
+            "/db/a//wal_log.ReplicationLog/Hello",
         ] {
             let err = route("POST", replication).unwrap_err();
             assert_eq!(

@@ -3,6 +3,7 @@
 //! Run with `make e2e` (needs `make setup` and the release bundle). Each test starts its own
 //! worker with a private persisted R2 directory and stops it when done.
 
+mod clients;
 mod guards;
 mod harness;
 mod incremental;
