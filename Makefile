@@ -74,11 +74,13 @@ python-test: setup build
 smoke: setup
 	@bash scripts/smoke.sh $(BASE_URL)
 
-## bench: native CPU benchmark, the end-to-end benchmark (URL=https://... for a deployed worker), then single vs incremental layouts side by side (local)
+## bench: native CPU benchmark, the end-to-end benchmark (URL=https://... for a deployed worker), single vs incremental layouts side by side (local), then under the R2 model: one user's write rate, and reads and writes by size
 bench: setup build
 	cargo bench --locked --bench sqlite_ops
 	cargo bench --locked --features e2e --bench e2e $(if $(URL),-- --url $(URL))
 	cargo bench --locked --features e2e --bench layouts
+	cargo bench --locked --features e2e --bench write_rate
+	cargo bench --locked --features e2e --bench by_size
 
 ## token: TOKEN_SECRET=... make token USER=a [TTL=3600] prints a per-user token
 token:
