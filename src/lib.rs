@@ -6,7 +6,7 @@
 //! - [`request`]: route table, user ids, save modes.
 //! - [`auth`]: the admin token and signed per-user tokens.
 //! - [`config`]: vars and secrets, parsed and checked.
-//! - [`pipeline`]: the R2 route's steps (load → query → save → report) and retries.
+//! - [`pipeline`]: orchestrates the R2 route's steps (load → query → save → report), re-runs.
 //! - [`queue`]: the isolate's write queue per user and group commit.
 //! - [`work`]: what `/query` runs: one transaction.
 //! - [`exec`]: the one executor and its guard rails.
@@ -20,7 +20,9 @@
 //!   - [`storage::retry`]: retries after 429/5xx, conditional puts resolved by `write-id`;
 //!   - [`storage::cache`]: the version cache of open databases, keyed by object and state;
 //!   - [`storage::manifest`], [`storage::delta`]: the incremental layout's data and format;
-//!   - [`storage::load`], [`storage::adopt`]: loading either layout, adopting an outside file;
+//!   - [`storage::load`], [`storage::adopt`]: loading either layout (the one
+//!     [`storage::Loaded`]), deciding the adoption of an outside file (a load never writes);
+//!   - [`storage::save`]: the save step in either layout (an adoption committed with it);
 //!   - [`storage::commit`], [`storage::compact`], [`storage::sweep`]: a delta commit,
 //!     compaction (fold, retire, a move's freeze), the sweep of orphans;
 //!   - [`storage::moves`]: a move's reads and writes of the R2 object.

@@ -420,7 +420,7 @@ async fn serve_in<S: ObjectStore, C: Clock, W: Work + 'static>(
                 changed,
             } = *failed;
             if !changed {
-                pipeline::keep_loaded(ctx, user, loaded);
+                crate::storage::cache::keep_loaded(ctx.cache, user, loaded);
             }
             return Err(error);
         }

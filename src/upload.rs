@@ -228,7 +228,7 @@ pub async fn replace<S: ObjectStore, C: Clock>(
             other => other?,
         };
         if let Err(e) = precondition.check(&loaded.stored, loaded.version) {
-            keep(ctx, user, loaded);
+            crate::storage::cache::keep_loaded(ctx.cache, user, loaded);
             return Err(e);
         }
         // Past the current counter (and never equal to it), whatever the file says.
@@ -281,19 +281,10 @@ pub async fn replace<S: ObjectStore, C: Clock>(
             stored, version, ..
         } = saved
         {
-            crate::storage::cache::keep(
-                ctx.cache,
-                user,
-                queried.loaded.conn,
-                stored,
-                Some(version),
-            );
+            let mut loaded = queried.loaded;
+            (loaded.stored, loaded.version) = (stored, Some(version));
+            crate::storage::cache::keep_loaded(ctx.cache, user, loaded);
         }
         return Ok(report);
     }
-}
-
-/// Returns an unchanged loaded copy to the version cache.
-fn keep<S, C>(ctx: &Context<'_, S, C>, user: &UserId, loaded: pipeline::Loaded) {
-    crate::storage::cache::keep(ctx.cache, user, loaded.conn, loaded.stored, loaded.version);
 }

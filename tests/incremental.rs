@@ -15,9 +15,10 @@ use workers_sqlite_poc::request::{SaveMode, UserId};
 use workers_sqlite_poc::storage::cache::DbCache;
 use workers_sqlite_poc::storage::{self, CompactionPolicy, Layout, Manifest, Stored};
 use workers_sqlite_poc::storage::{MemoryStore, ObjectStore};
+use workers_sqlite_poc::storage::{StoreError, StoreErrorKind};
 use workers_sqlite_poc::testing::{
-    After, Answer, Call, Fault, FaultPlan, FaultTally, HookStore, Operation, Rng, StepClock,
-    apply_sql, open,
+    Action, After, Answer, Before, Call, Fault, FaultPlan, FaultTally, HookStore, Operation, Rng,
+    StepClock, apply_sql, open,
 };
 use workers_sqlite_poc::work::Transaction;
 use workers_sqlite_poc::{fixtures, migrate, sqlite};
@@ -638,6 +639,125 @@ fn outside_replacement_keeps_a_conflict_copy() {
     for key in &worker_deltas {
         assert!(store.bytes(key).is_some(), "{key} was swept");
     }
+}
+
+/// Every object in the store with its bytes: what "nothing was written" compares.
+fn snapshot(store: &MemoryStore) -> Vec<(String, Vec<u8>)> {
+    store
+        .keys()
+        .into_iter()
+        .map(|k| {
+            let bytes = store.bytes(&k).unwrap();
+            (k, bytes)
+        })
+        .collect()
+}
+
+/// Two committed writes, then database.sqlite replaced from outside (with row 500).
+fn replaced_from_outside(store: &MemoryStore) {
+    let clock = StepClock::stepping(1.0);
+    let ctx = incremental(store, &clock, None);
+    write(&ctx, 1).unwrap();
+    write(&ctx, 2).unwrap();
+    let outside = apply_sql(
+        &store.bytes(BASE).unwrap(),
+        "INSERT INTO hits(id, note) VALUES (500, 'outside')",
+    );
+    store.insert(BASE, &outside, &[]);
+}
+
+/// A load never writes, not even to adopt a database.sqlite replaced from outside: against a
+/// store that refuses every put and delete it loads the outside file and reports the
+/// replacement, and every stored object is byte-identical afterwards (the adoption is the save
+/// step's commit).
+#[test]
+fn a_load_never_writes_even_when_it_finds_an_outside_replacement() {
+    let store =
+        HookStore::new(seeded()).with(Before(|call: &Call<'_>, _: &MemoryStore| {
+            match call.operation() {
+                Operation::Put | Operation::Delete => Action::Fail(StoreError::new(
+                    call.operation().as_str(),
+                    StoreErrorKind::Permanent,
+                    "this store refuses every write",
+                )),
+                _ => Action::Proceed,
+            }
+        }));
+    replaced_from_outside(&store.inner);
+    let before = snapshot(&store.inner);
+    let clock = StepClock::stepping(1.0);
+    let ctx = incremental(&store, &clock, None);
+    let mut loaded = block(load(&ctx, &user())).unwrap();
+    assert_eq!(hits(&sqlite::export(&mut loaded.conn).unwrap()), [500]);
+    let outside = loaded
+        .outside
+        .as_ref()
+        .expect("the replacement is reported");
+    assert_eq!(outside.deltas_kept, 2);
+    assert!(
+        loaded.adoption.is_some(),
+        "the adoption is left to the save step"
+    );
+    // A read that saves nothing (`never`) loads it too, and writes nothing either.
+    let (report, ()) = block(serve(
+        &ctx,
+        &user(),
+        SaveMode::Never,
+        &mut pipeline::ListTables,
+    ))
+    .unwrap();
+    assert!(storage(&report)["outside_replacement"].is_object());
+    assert_eq!(snapshot(&store.inner), before);
+    assert!(
+        store
+            .inner
+            .keys()
+            .iter()
+            .all(|k| !k.starts_with("a/conflicts/"))
+    );
+}
+
+/// The adoption's commit is conditional on the manifest the load read: when another writer
+/// adopted the file and committed first, this save is a lost race that writes nothing (its
+/// conflict record is deleted again), runs again on the new state, and both writes are kept
+/// beside the outside file, with one conflict record.
+#[test]
+fn an_adoption_is_committed_only_over_the_manifest_its_load_read() {
+    let store = seeded();
+    replaced_from_outside(&store);
+    let clock = StepClock::stepping(1.0);
+    let (ours, theirs) = (
+        incremental(&store, &clock, None),
+        Context {
+            nonce: 7,
+            ..incremental(&store, &clock, None)
+        },
+    );
+    let loaded = block(load(&ours, &user())).unwrap();
+    assert!(loaded.adoption.is_some());
+    let manifest_read = store.bytes(MANIFEST).unwrap();
+    write(&theirs, 3).unwrap();
+    let mut queried = query(&clock, loaded, &mut insert(4)).unwrap();
+    let after_theirs = snapshot(&store);
+    assert_ne!(store.bytes(MANIFEST).unwrap(), manifest_read);
+    let saved = block(save(&ours, &user(), &mut queried, SaveMode::Auto)).unwrap();
+    assert_eq!(saved, Saved::Conflict);
+    assert_eq!(
+        snapshot(&store),
+        after_theirs,
+        "a lost adoption leaves nothing behind"
+    );
+    drop(queried);
+    write(&ours, 4).unwrap();
+    assert_eq!(hits(&current(&store)), [3, 4, 500]);
+    let m = manifest(&store).unwrap();
+    assert_eq!(m.conflicts.len(), 1);
+    let records: Vec<String> = store
+        .keys()
+        .into_iter()
+        .filter(|k| k.starts_with("a/conflicts/"))
+        .collect();
+    assert_eq!(records, [m.conflicts[0].record.clone()]);
 }
 
 /// A manifest that lists a base which is gone is an error that changes nothing.

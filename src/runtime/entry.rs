@@ -522,7 +522,10 @@ async fn handle_export(
     }
     let layout = loaded.stored.layout();
     let version = loaded.version;
-    let (stored, cache) = (loaded.stored, isolate_cache(config.cache_max_bytes));
+    // A copy whose adoption of an outside file is still to be committed equals no stored
+    // state: it is not cached (an export never writes).
+    let cache = isolate_cache(config.cache_max_bytes).filter(|_| loaded.adoption.is_none());
+    let stored = loaded.stored;
     if upload::not_modified(if_none_match.as_deref(), version) {
         crate::storage::cache::keep(cache, user, loaded.conn, stored, version);
         let mut response = Response::empty().map_err(internal)?.with_status(304);

@@ -1,16 +1,16 @@
 //! Adopting a `database.sqlite` that something outside the worker replaced: the outside file
 //! becomes the base and the worker's deltas are kept under a conflict record
-//! ([`super::OUTSIDE_RULE`]).
+//! ([`super::OUTSIDE_RULE`]). The load only decides this ([`Adoption`]); the save step's commit
+//! writes it, conditional on the manifest the load read, as one commit point.
 
 use std::collections::HashMap;
 
-use super::commit::{manifest_bytes, manifest_metadata};
 use super::join::join2;
 use super::keys::{DB_VERSION_KEY, version_of};
-use super::load::{Built, Step};
+use super::load::{Loaded, Step};
 use super::manifest::{BaseRef, ConflictRef, Manifest, OUTSIDE_RULE, OutsideReplacement, Stored};
 use super::retry::with_retries;
-use super::store::{ObjectStore, PutCondition, PutOutcome};
+use super::store::ObjectStore;
 use crate::clock::Clock;
 use crate::context::Context;
 use crate::error::Error;
@@ -19,9 +19,20 @@ use crate::report::CacheStatus;
 use crate::request::UserId;
 use crate::sqlite;
 
+/// An adoption decided by a load and not yet committed: the manifest that adopts the outside
+/// file (its deltas are the commit's to add) and the conflict record to write first.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Adoption {
+    /// The manifest after the adoption: the outside file as base, the worker's deltas listed
+    /// under a conflict record. Committed `If-Match` the manifest the load read.
+    pub next: Manifest,
+    /// The conflict record (key and body), when the worker had deltas the file replaced.
+    pub record: Option<(String, Vec<u8>)>,
+}
+
 /// `database.sqlite` is neither the manifest's base nor a compaction of it: something outside
-/// the worker replaced it. Applies [`OUTSIDE_RULE`] and commits that (conditionally: if the
-/// manifest changed meanwhile, the load starts over and nothing was decided).
+/// the worker replaced it. Decides [`OUTSIDE_RULE`] for the save step to commit; writes
+/// nothing. If either object changed since it was read, the load starts over.
 #[allow(clippy::too_many_arguments)]
 pub(super) async fn adopt_outside<S: ObjectStore, C: Clock>(
     ctx: &Context<'_, S, C>,
@@ -32,7 +43,7 @@ pub(super) async fn adopt_outside<S: ObjectStore, C: Clock>(
     m: Manifest,
     m_etag: String,
     miss: CacheStatus,
-) -> Result<Step<Built>, Error> {
+) -> Result<Step<Loaded>, Error> {
     let manifest_key = user.manifest_key();
     let base_key = user.db_key();
     // Both reads must still be current: a stale manifest explains a newer base, and a stale
@@ -56,13 +67,13 @@ pub(super) async fn adopt_outside<S: ObjectStore, C: Clock>(
         header::change_counter(image.bytes()),
         image.bytes().len() as u64,
     );
-    let loaded = sqlite::open(image)?;
-    let write_id = format!("{:016x}-adopt-{}", ctx.nonce, m.seq + 1);
+    let opened = sqlite::open(image)?;
+    let record_id = format!("{:016x}-adopt-{}", ctx.nonce, m.seq + 1);
     let kept: Vec<String> = m.deltas.iter().map(|d| d.key.clone()).collect();
     let record = if kept.is_empty() {
         None
     } else {
-        let key = user.conflict_key(m.seq, &write_id);
+        let key = user.conflict_key(m.seq, &record_id);
         let body = serde_json::json!({
             "detected_at_ms": ctx.clock.epoch_ms(),
             "rule": OUTSIDE_RULE,
@@ -75,13 +86,7 @@ pub(super) async fn adopt_outside<S: ObjectStore, C: Clock>(
         let bytes = serde_json::to_vec_pretty(&body).map_err(|e| Error::Internal {
             detail: e.to_string(),
         })?;
-        with_retries(ctx.clock, &ctx.retry, async || {
-            ctx.store
-                .put(&key, &bytes, &[], &PutCondition::IfAbsent)
-                .await
-        })
-        .await?;
-        Some(key)
+        Some((key, bytes))
     };
     let mut next = Manifest::new(
         m.lineage.clone(),
@@ -93,52 +98,32 @@ pub(super) async fn adopt_outside<S: ObjectStore, C: Clock>(
         },
     );
     next.conflicts = m.conflicts.clone();
-    if let Some(record) = &record {
+    if let Some((key, _)) = &record {
         next.conflicts.push(ConflictRef {
-            record: record.clone(),
+            record: key.clone(),
             deltas: kept.clone(),
         });
     }
-    let version = version_of(&found_metadata);
-    let bytes = manifest_bytes(&next)?;
-    let metadata = manifest_metadata(&write_id, version);
-    let outcome = with_retries(ctx.clock, &ctx.retry, async || {
-        ctx.store
-            .put(
-                &manifest_key,
-                &bytes,
-                &metadata,
-                &PutCondition::IfMatch(m_etag.clone()),
-            )
-            .await
-    })
-    .await?;
-    let PutOutcome::Stored { etag } = outcome else {
-        if let Some(record) = &record {
-            let _ = ctx.store.delete(record).await;
-        }
-        return Ok(Step::Restart);
-    };
     let outside = OutsideReplacement {
         rule: OUTSIDE_RULE,
         expected_base: m.base.etag.clone(),
         found_base: found_etag.clone(),
-        record,
+        record: record.as_ref().map(|(key, _)| key.clone()),
         deltas_kept: kept.len(),
     };
-    Ok(Step::Done(Built {
-        conn: loaded.conn,
-        stored: Stored::Incremental {
-            manifest: Box::new(next),
-            etag,
+    let mut loaded = Loaded::built(
+        opened.conn,
+        Stored::Incremental {
+            manifest: Box::new(m),
+            etag: m_etag,
         },
-        base_etag: Some(found_etag),
-        version,
-        converted_from_wal: loaded.header.wal_mode,
-        cache: miss,
-        parsed: true,
-        deltas_applied: 0,
-        parse_ms: 0.0,
-        outside: Some(outside),
-    }))
+        Some(found_etag),
+        version_of(&found_metadata),
+        opened.header.wal_mode,
+        miss,
+    )
+    .parsed(0.0);
+    loaded.outside = Some(outside);
+    loaded.adoption = Some(Adoption { next, record });
+    Ok(Step::Done(loaded))
 }

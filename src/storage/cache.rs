@@ -5,9 +5,10 @@ use std::cell::RefCell;
 
 use rusqlite::Connection;
 
+use super::load::Loaded;
+use super::manifest::Stored;
 use crate::request::UserId;
 use crate::sqlite;
-use crate::storage::Stored;
 
 /// One cached database: the open connection and the version of the object it equals.
 #[derive(Debug)]
@@ -24,8 +25,9 @@ pub struct Entry {
     pub size_bytes: u64,
 }
 
-/// Returns a database to the version cache (when there is one); only for a copy equal to
-/// `stored`, which a new database is not until its first save.
+/// Returns a database to the version cache (when there is one): the one place a copy goes
+/// back ([`DbCache::put`] has no other caller); only for a copy equal to `stored`, which a new
+/// database is not until its first save.
 ///
 /// What is kept is the image, on a connection opened afresh ([`sqlite::reopen`]): nothing a
 /// request set on its connection (TEMP objects, pragmas, `last_insert_rowid`, `changes`)
@@ -55,6 +57,16 @@ pub fn keep(
         conn,
         size_bytes,
     });
+}
+
+/// Returns a loaded copy to the version cache through [`keep`], in the state the save left
+/// it (`loaded.stored`, `loaded.version`). Not while an adoption of an outside file the load
+/// found is still to be committed: the copy then equals no stored state.
+pub fn keep_loaded(cache: Option<&DbCache>, user: &UserId, loaded: Loaded) {
+    if loaded.adoption.is_some() {
+        return;
+    }
+    keep(cache, user, loaded.conn, loaded.stored, loaded.version);
 }
 
 /// Most entries the cache holds. Each cached connection keeps about 19 KiB on SQLite's heap
@@ -109,7 +121,7 @@ impl DbCache {
 
     /// Inserts `entry` as most recently used, evicting least recently used entries to stay
     /// within budget; an entry larger than the whole budget is not kept.
-    pub fn put(&self, entry: Entry) {
+    fn put(&self, entry: Entry) {
         if entry.size_bytes > self.max_bytes {
             return;
         }

@@ -1,10 +1,10 @@
-//! Committing a write in the incremental layout: one delta object under a unique key, then
-//! the manifest's conditional put, the commit point.
-
-use rusqlite::Connection;
+//! Committing a write in the incremental layout: the conflict record of an adoption (if the
+//! load decided one), one delta object under a unique key, then the manifest's conditional
+//! put, the commit point.
 
 use super::delta;
 use super::keys::{DB_VERSION_KEY, WRITE_ID_KEY};
+use super::load::Loaded;
 use super::manifest::{BaseRef, DeltaRef, Manifest, Stored};
 use super::retry::{conditional_put, with_retries};
 use super::store::{ObjectStore, PutCondition, PutOutcome};
@@ -32,27 +32,15 @@ pub(super) fn manifest_metadata(
     m
 }
 
-/// The state at load that a commit builds on.
-#[derive(Debug, Clone)]
-pub struct AtLoad<'a> {
-    /// What R2 held.
-    pub stored: &'a Stored,
-    /// The image's page size then.
-    pub page_size: u32,
-    /// Its header's change counter then.
-    pub change_counter: u32,
-    /// Its length then.
-    pub len: u64,
-}
-
 /// What an incremental commit stored.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Committed {
     /// The new state in R2.
     pub stored: Stored,
-    /// Bytes uploaded: the delta and the manifest.
+    /// Bytes uploaded: the conflict record, the delta and the manifest.
     pub bytes_uploaded: u64,
-    /// Objects written: 2.
+    /// Objects written: the delta (none for an adoption with no change) and the manifest,
+    /// plus an adoption's conflict record.
     pub objects_written: u32,
     /// Pages in the delta.
     pub pages: u32,
@@ -62,31 +50,45 @@ pub struct Committed {
     pub compact_due: bool,
 }
 
+/// Whether a failed store call may have stored its bytes after all.
+fn may_have_landed(e: &Error) -> bool {
+    matches!(e, Error::StorageUnavailable(s) if s.write_outcome_unknown)
+}
+
 /// Commits the changes since the load as one delta and a manifest (`If-Match` the manifest
-/// read, or creating it for a user stored whole). `Ok(None)`: another writer committed first;
-/// nothing of ours is referenced, and our delta was deleted (or is left for the sweep).
+/// read, or creating it for a user stored whole). An adoption the load decided is part of the
+/// same commit: its conflict record is written first, and its manifest (the outside file as
+/// base) is the one the delta extends; with no change, the manifest alone. `Ok(None)`: another
+/// writer committed first; nothing of ours is referenced, and our delta and record were
+/// deleted (or the delta is left for the sweep). On success `loaded` equals the new state.
 pub(crate) async fn commit<S: ObjectStore, C: Clock>(
     ctx: &Context<'_, S, C>,
     user: &UserId,
-    conn: &mut Connection,
-    at_load: &AtLoad<'_>,
-    version: u64,
+    loaded: &mut Loaded,
+    version: Option<u64>,
     write_id: &str,
 ) -> Result<Option<Committed>, Error> {
-    let (manifest, condition) = match at_load.stored {
-        Stored::Incremental { manifest, etag } => {
+    let adoption = loaded.adoption.as_ref();
+    let (manifest, condition) = match (&loaded.stored, adoption) {
+        (Stored::Incremental { etag, .. }, Some(a)) => {
+            (a.next.clone(), PutCondition::IfMatch(etag.clone()))
+        }
+        (Stored::Incremental { manifest, etag }, None) => {
             ((**manifest).clone(), PutCondition::IfMatch(etag.clone()))
         }
-        Stored::Single {
-            etag,
-            retired_manifest,
-        } => {
+        (
+            Stored::Single {
+                etag,
+                retired_manifest,
+            },
+            _,
+        ) => {
             let lineage = format!("{:016x}{:x}", ctx.nonce, ctx.clock.epoch_ms());
             let base = BaseRef {
                 etag: etag.clone(),
                 seq: 0,
-                change_counter: at_load.change_counter,
-                size: at_load.len,
+                change_counter: loaded.change_counter,
+                size: loaded.len,
             };
             let mut manifest = Manifest::new(lineage, base);
             let condition = match retired_manifest {
@@ -99,73 +101,118 @@ pub(crate) async fn commit<S: ObjectStore, C: Clock>(
             };
             (manifest, condition)
         }
-        Stored::New => {
+        (Stored::New, _) => {
             return Err(Error::Internal {
                 detail: "a new database is stored whole, not as a delta".into(),
             });
         }
     };
+    let record = adoption.and_then(|a| a.record.clone());
     let encode_start = ctx.clock.now_ms();
-    let changes = sqlite::changes(conn);
+    let changes = sqlite::changes(&mut loaded.conn);
     let (bytes, summary) = {
-        let image = sqlite::export(conn)?;
+        let image = sqlite::export(&mut loaded.conn)?;
         let page_size = header::page_size(&image).ok_or_else(|| Error::Internal {
             detail: "the image has no valid page size".into(),
         })?;
         let pages: Vec<u32> = match changes {
-            Some(c) if c.page_size == at_load.page_size => c.pages,
+            Some(c) if c.page_size == loaded.page_size => c.pages,
             // Unrecorded, or the page size changed (VACUUM): every page.
             _ => (0..u32::try_from(image.len() / page_size as usize).unwrap_or(u32::MAX)).collect(),
         };
         delta::encode(&image, page_size, &pages)
     };
     let encode_ms = ctx.clock.now_ms() - encode_start;
-    let seq = manifest.seq + 1;
-    let key = user.delta_key(seq, write_id);
-    let delta_metadata = [(WRITE_ID_KEY, write_id.to_owned())];
-    // Unique key: a failed condition can only mean an earlier attempt of ours landed.
-    with_retries(ctx.clock, &ctx.retry, async || {
-        ctx.store
-            .put(&key, &bytes, &delta_metadata, &PutCondition::IfAbsent)
-            .await
-    })
-    .await?;
+    // An adoption with nothing changed commits the manifest alone.
+    let with_delta = summary.pages > 0 || adoption.is_none();
     let mut next = manifest;
-    next.seq = seq;
-    next.deltas.push(DeltaRef {
-        key: key.clone(),
-        seq,
-        size: bytes.len() as u64,
-        checksum: format!("{:016x}", summary.checksum),
-        change_counter: summary.change_counter,
-        len: summary.len,
-    });
+    let mut bytes_uploaded = 0;
+    let mut objects_written = 1;
+    if let Some((key, body)) = &record {
+        // Unique key, referenced by nothing until the manifest below commits.
+        with_retries(ctx.clock, &ctx.retry, async || {
+            ctx.store.put(key, body, &[], &PutCondition::IfAbsent).await
+        })
+        .await?;
+        bytes_uploaded += body.len() as u64;
+        objects_written += 1;
+    }
+    let seq = next.seq + 1;
+    let key = user.delta_key(seq, write_id);
+    let delete_ours = async |with_delta: bool| {
+        // Unreferenced for certain; if a delete fails the sweep removes the delta later (a
+        // record is not swept, so it is deleted here or not written at all).
+        if with_delta {
+            let _ = ctx.store.delete(&key).await;
+        }
+        if let Some((record, _)) = &record {
+            let _ = ctx.store.delete(record).await;
+        }
+    };
+    if with_delta {
+        let delta_metadata = [(WRITE_ID_KEY, write_id.to_owned())];
+        // Unique key: a failed condition can only mean an earlier attempt of ours landed.
+        let put = with_retries(ctx.clock, &ctx.retry, async || {
+            ctx.store
+                .put(&key, &bytes, &delta_metadata, &PutCondition::IfAbsent)
+                .await
+        })
+        .await;
+        if let Err(e) = put {
+            delete_ours(false).await;
+            return Err(e.into());
+        }
+        next.seq = seq;
+        next.deltas.push(DeltaRef {
+            key: key.clone(),
+            seq,
+            size: bytes.len() as u64,
+            checksum: format!("{:016x}", summary.checksum),
+            change_counter: summary.change_counter,
+            len: summary.len,
+        });
+        bytes_uploaded += bytes.len() as u64;
+        objects_written += 1;
+    }
     let manifest_bytes = manifest_bytes(&next)?;
     let outcome = conditional_put(
         ctx,
         &user.manifest_key(),
         &manifest_bytes,
-        &manifest_metadata(write_id, Some(version)),
+        &manifest_metadata(write_id, version),
         &condition,
         write_id,
     )
-    .await?;
+    .await;
     match outcome {
-        PutOutcome::Stored { etag } => Ok(Some(Committed {
-            compact_due: ctx.compaction.due(&next),
-            stored: Stored::Incremental {
-                manifest: Box::new(next),
+        Ok(PutOutcome::Stored { etag }) => {
+            let stored = Stored::Incremental {
+                manifest: Box::new(next.clone()),
                 etag,
-            },
-            bytes_uploaded: (bytes.len() + manifest_bytes.len()) as u64,
-            objects_written: 2,
-            pages: summary.pages,
-            encode_ms,
-        })),
-        PutOutcome::ConditionFailed => {
-            // Unreferenced for certain; if this delete fails the sweep removes it later.
-            let _ = ctx.store.delete(&key).await;
+            };
+            loaded.stored = stored.clone();
+            loaded.adoption = None;
+            if let Some(v) = version {
+                loaded.version = Some(v);
+            }
+            Ok(Some(Committed {
+                compact_due: ctx.compaction.due(&next),
+                stored,
+                bytes_uploaded: bytes_uploaded + manifest_bytes.len() as u64,
+                objects_written,
+                pages: if with_delta { summary.pages } else { 0 },
+                encode_ms,
+            }))
+        }
+        Ok(PutOutcome::ConditionFailed) => {
+            delete_ours(with_delta).await;
             Ok(None)
+        }
+        Err(e) => {
+            if !may_have_landed(&e) {
+                delete_ours(false).await;
+            }
+            Err(e)
         }
     }
 }

@@ -7,9 +7,10 @@ use rusqlite::Connection;
 use serde::Serialize;
 
 use super::cache;
+use super::commit::commit;
 use super::commit::{manifest_bytes, manifest_metadata};
 use super::keys::{COVERS_KEY, DB_VERSION_KEY, LINEAGE_KEY, ROUTE_KEY, WRITE_ID_KEY, version_of};
-use super::load::{Built, LOAD_ATTEMPTS, fetch_manifest, load};
+use super::load::{LOAD_ATTEMPTS, Loaded, build, fetch_manifest};
 use super::manifest::{BaseRef, Manifest, Retired, Stored};
 use super::retry::conditional_put;
 use super::store::{ObjectStore, PutCondition, PutOutcome};
@@ -115,8 +116,8 @@ pub(crate) async fn freeze_for_move<S: ObjectStore, C: Clock>(
 }
 
 /// Returns a loaded copy to the version cache.
-fn keep<S, C>(ctx: &Context<'_, S, C>, user: &UserId, built: Built) {
-    cache::keep(ctx.cache, user, built.conn, built.stored, built.version);
+fn keep<S, C>(ctx: &Context<'_, S, C>, user: &UserId, loaded: Loaded) {
+    cache::keep_loaded(ctx.cache, user, loaded);
 }
 
 /// Times the manifest put is re-tried over writes that commit during a compaction.
@@ -138,7 +139,19 @@ async fn compact_inner<S: ObjectStore, C: Clock>(
         // First from the cache; after a lost race, from R2.
         let lctx = if attempt == 0 { ctx } else { &uncached };
         let cached = lctx.cache.and_then(|c| c.take(&user.db_key()));
-        let mut loaded = load(lctx, user, cached).await?;
+        let mut loaded = build(lctx, user, cached).await?;
+        if loaded.adoption.is_some() {
+            // The outside file is adopted first, by its own commit (conditional on the
+            // manifest read); the fold below then builds on the adopted state.
+            let write_id = format!("{:016x}-adopt-compact", ctx.nonce);
+            let version = loaded.version;
+            if commit(ctx, user, &mut loaded, version, &write_id)
+                .await?
+                .is_none()
+            {
+                continue;
+            }
+        }
         let Stored::Incremental { manifest, etag } = &loaded.stored else {
             keep(ctx, user, loaded);
             return Ok((nothing(clock, start), None));

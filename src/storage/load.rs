@@ -5,7 +5,7 @@
 
 use std::collections::HashMap;
 
-use super::adopt::adopt_outside;
+use super::adopt::{Adoption, adopt_outside};
 use super::cache::Entry;
 use super::delta;
 use super::join::{join_all, join2};
@@ -27,30 +27,124 @@ const MANIFEST_MAX_BYTES: u64 = 4 * 1024 * 1024;
 /// Times a load starts over when the manifest moved on under it.
 pub(super) const LOAD_ATTEMPTS: u32 = 4;
 
-/// What the load step built.
+/// The load step's result: an open database and what is known about its stored state.
 #[derive(Debug)]
-pub struct Built {
+pub struct Loaded {
     /// The open database.
     pub conn: Connection,
-    /// What it equals in R2.
+    /// What R2 holds that this image equals (a new database, one object, or a manifest);
+    /// with [`Loaded::adoption`] set, the manifest the adoption's commit replaces.
     pub stored: Stored,
     /// Etag of the `database.sqlite` the image builds on, as read or headed by the load
     /// (`None` for a new database).
     pub base_etag: Option<String>,
-    /// `db-version` of what it equals.
+    /// That state's `db-version`.
     pub version: Option<u64>,
-    /// The stored header said WAL mode.
+    /// The stored header said WAL mode (the image is now rollback mode).
     pub converted_from_wal: bool,
-    /// The cache's part.
+    /// The version cache's part.
     pub cache: CacheStatus,
-    /// Whether an image was parsed (not a cache hit).
-    pub parsed: bool,
-    /// Deltas fetched and applied.
+    /// Deltas fetched and applied (incremental layout).
     pub deltas_applied: u32,
-    /// CPU time spent applying deltas and opening the image (the rest of the step is network).
-    pub parse_ms: f64,
-    /// Set when an outside replacement was found and adopted.
+    /// `database.sqlite` was found replaced from outside (see [`super::OUTSIDE_RULE`]).
     pub outside: Option<OutsideReplacement>,
+    /// The adoption of that outside file, which the save step commits (a load never writes).
+    pub adoption: Option<Adoption>,
+    /// The image's page size at load: what a delta builds on.
+    pub page_size: u32,
+    /// Its header's change counter at load.
+    pub change_counter: u32,
+    /// Its length at load.
+    pub len: u64,
+    /// This request initialised SQLite in this isolate.
+    pub initialized_here: bool,
+    /// SQLite initialisation.
+    pub wasm_init_ms: f64,
+    /// The gets, bodies included.
+    pub download_ms: f64,
+    /// Applying deltas, opening the image; `None` when nothing was parsed (a cache hit, or
+    /// a cached copy patched with the deltas it lacked).
+    pub parse_ms: Option<f64>,
+    /// CPU time of the step (applying deltas, opening the image), parsed or not.
+    pub cpu_ms: f64,
+    /// The whole step.
+    pub total_ms: f64,
+}
+
+impl Loaded {
+    /// A database built by the load, before its image facts and timings are filled in.
+    pub(super) fn built(
+        conn: Connection,
+        stored: Stored,
+        base_etag: Option<String>,
+        version: Option<u64>,
+        converted_from_wal: bool,
+        cache: CacheStatus,
+    ) -> Self {
+        Self {
+            conn,
+            stored,
+            base_etag,
+            version,
+            converted_from_wal,
+            cache,
+            deltas_applied: 0,
+            outside: None,
+            adoption: None,
+            page_size: 0,
+            change_counter: 0,
+            len: 0,
+            initialized_here: false,
+            wasm_init_ms: 0.0,
+            download_ms: 0.0,
+            parse_ms: None,
+            cpu_ms: 0.0,
+            total_ms: 0.0,
+        }
+    }
+
+    /// Marks the image as parsed, in `ms` of CPU.
+    pub(super) fn parsed(mut self, ms: f64) -> Self {
+        self.parse_ms = Some(ms);
+        self.cpu_ms = ms;
+        self
+    }
+
+    /// Entity tag of the object the next write is conditional on (`None`: nothing stored).
+    #[must_use]
+    pub fn etag(&self) -> Option<&str> {
+        match &self.stored {
+            Stored::New => None,
+            Stored::Single { etag, .. } | Stored::Incremental { etag, .. } => Some(etag),
+        }
+    }
+}
+
+/// Loads `user`'s database, whatever its layout: from the version cache when R2 confirms it
+/// is current (fetching only the deltas it lacks), otherwise from R2, or a new empty database
+/// when nothing is stored. Never writes: an outside replacement found here is adopted by the
+/// save step's commit ([`Loaded::adoption`]).
+pub async fn load<S: ObjectStore, C: Clock>(
+    ctx: &Context<'_, S, C>,
+    user: &UserId,
+) -> Result<Loaded, Error> {
+    let clock = ctx.clock;
+    let start = clock.now_ms();
+    let initialized_here = sqlite::initialize()?;
+    let wasm_init_ms = clock.now_ms() - start;
+    // Taken, not borrowed: a concurrent request for the same user loads its own copy.
+    let cached = ctx.cache.and_then(|c| c.take(&user.db_key()));
+    let fetch_start = clock.now_ms();
+    let mut loaded = build(ctx, user, cached).await?;
+    let fetch_ms = clock.now_ms() - fetch_start;
+    // Writes may not grow the database past the limit; one stored larger keeps its size.
+    sqlite::cap_size(&loaded.conn, ctx.max_write_bytes.max(loaded.len))?;
+    // Network (requests, bodies) versus CPU (applying deltas, opening the image).
+    loaded.download_ms = (fetch_ms - loaded.cpu_ms).max(0.0);
+    loaded.initialized_here = initialized_here;
+    loaded.wasm_init_ms = wasm_init_ms;
+    loaded.total_ms = clock.now_ms() - start;
+    Ok(loaded)
 }
 
 /// The sequence number a base put by a compaction of `m`'s lineage says it covers, if it is one
@@ -184,7 +278,7 @@ async fn missing_delta<S: ObjectStore, C: Clock>(
     m_etag: &str,
     m: &Manifest,
     missing: &DeltaRef,
-) -> Result<Step<Built>, Error> {
+) -> Result<Step<Loaded>, Error> {
     let manifest_key = user.manifest_key();
     let head = with_retries(ctx.clock, &ctx.retry, async || {
         ctx.store.head(&manifest_key).await
@@ -208,16 +302,23 @@ fn apply_all(image: &mut Vec<u8>, deltas: &[Vec<u8>], refs: &[DeltaRef]) -> Resu
     Ok(())
 }
 
-/// Loads a user's database in whichever layout it is stored, from the version cache when R2
-/// confirms it (fetching only the deltas it lacks), otherwise from R2.
-pub(crate) async fn load<S: ObjectStore, C: Clock>(
+/// Builds a user's database in whichever layout it is stored, from `cached` when R2 confirms
+/// it (fetching only the deltas it lacks), otherwise from R2, and records the image's page
+/// size, change counter and length.
+pub(super) async fn build<S: ObjectStore, C: Clock>(
     ctx: &Context<'_, S, C>,
     user: &UserId,
     mut cached: Option<Entry>,
-) -> Result<Built, Error> {
+) -> Result<Loaded, Error> {
     for _ in 0..LOAD_ATTEMPTS {
         match load_once(ctx, user, cached.take()).await? {
-            Step::Done(built) => return Ok(built),
+            Step::Done(mut loaded) => {
+                let image = sqlite::export(&mut loaded.conn)?;
+                loaded.page_size = header::page_size(&image).unwrap_or(0);
+                loaded.change_counter = header::change_counter(&image);
+                loaded.len = image.len() as u64;
+                return Ok(loaded);
+            }
             Step::Restart => {}
         }
     }
@@ -232,7 +333,7 @@ async fn load_once<S: ObjectStore, C: Clock>(
     ctx: &Context<'_, S, C>,
     user: &UserId,
     cached: Option<Entry>,
-) -> Result<Step<Built>, Error> {
+) -> Result<Step<Loaded>, Error> {
     let manifest_key = user.manifest_key();
     let clock = ctx.clock;
     // A cached copy of a manifest user: ask for the manifest (conditionally) and, in
@@ -270,7 +371,7 @@ async fn load_once<S: ObjectStore, C: Clock>(
         {
             if !changed {
                 // The copy is still current; keep it, so the next check is as cheap.
-                put_back(ctx, entry);
+                put_back(ctx, user, entry);
             }
             return Err(e);
         }
@@ -286,18 +387,14 @@ async fn load_once<S: ObjectStore, C: Clock>(
         // What a compaction of this copy must be conditional on.
         let base_etag = head.map(|h| h.etag);
         if !changed {
-            return Ok(Step::Done(Built {
-                conn: entry.conn,
-                stored: entry.stored,
+            return Ok(Step::Done(Loaded::built(
+                entry.conn,
+                entry.stored,
                 base_etag,
-                version: entry.db_version,
-                converted_from_wal: false,
-                cache: CacheStatus::Hit,
-                parsed: false,
-                deltas_applied: 0,
-                parse_ms: 0.0,
-                outside: None,
-            }));
+                entry.db_version,
+                false,
+                CacheStatus::Hit,
+            )));
         }
         let tail = (m.lineage == m0.lineage)
             .then(|| m.deltas_after(m0.seq))
@@ -318,29 +415,27 @@ async fn load_once<S: ObjectStore, C: Clock>(
         })??;
         let parse_ms = clock.now_ms() - apply_start;
         let applied = u32::try_from(tail.len()).unwrap_or(u32::MAX);
-        return Ok(Step::Done(Built {
+        let mut loaded = Loaded::built(
             conn,
-            stored: Stored::Incremental {
+            Stored::Incremental {
                 manifest: Box::new(m),
                 etag,
             },
             base_etag,
-            version: version_of(&metadata),
-            converted_from_wal: false,
-            cache: CacheStatus::Updated,
-            parsed: false,
-            deltas_applied: applied,
-            parse_ms,
-            outside: None,
-        }));
+            version_of(&metadata),
+            false,
+            CacheStatus::Updated,
+        );
+        (loaded.deltas_applied, loaded.cpu_ms) = (applied, parse_ms);
+        return Ok(Step::Done(loaded));
     }
     cold(ctx, user, None, None).await
 }
 
-fn put_back<S, C>(ctx: &Context<'_, S, C>, entry: Entry) {
-    if let Some(cache) = ctx.cache {
-        cache.put(entry);
-    }
+/// A cached copy whose stored state R2 just confirmed goes back as it was taken (the request
+/// is refused for its route, so the copy was not used).
+fn put_back<S, C>(ctx: &Context<'_, S, C>, user: &UserId, entry: Entry) {
+    super::cache::keep(ctx.cache, user, entry.conn, entry.stored, entry.db_version);
 }
 
 /// `database.sqlite` as a cold load read it: the body is already in an image.
@@ -420,7 +515,7 @@ async fn cold<S: ObjectStore, C: Clock>(
     user: &UserId,
     known: Option<Option<FetchedManifest>>,
     cached_single: Option<Entry>,
-) -> Result<Step<Built>, Error> {
+) -> Result<Step<Loaded>, Error> {
     let clock = ctx.clock;
     let base_key = user.db_key();
     let base_etag = match cached_single.as_ref().map(|e| &e.stored) {
@@ -451,7 +546,7 @@ async fn cold<S: ObjectStore, C: Clock>(
     };
     // The single layout (or a retired manifest): database.sqlite is the database.
     let Some((m, m_etag, m_metadata)) = live else {
-        return single(ctx, base?, cached_single, retired_manifest, miss);
+        return single(ctx, user, base?, cached_single, retired_manifest, miss);
     };
     let (mut image, base_etag, base_metadata) = match base? {
         BaseRead::Image {
@@ -500,53 +595,45 @@ async fn cold<S: ObjectStore, C: Clock>(
     let applied = u32::try_from(tail.len()).unwrap_or(u32::MAX);
     let loaded = sqlite::open(image)?;
     let parse_ms = clock.now_ms() - parse_start;
-    Ok(Step::Done(Built {
-        conn: loaded.conn,
-        stored: Stored::Incremental {
+    let mut loaded = Loaded::built(
+        loaded.conn,
+        Stored::Incremental {
             manifest: Box::new(m),
             etag: m_etag,
         },
-        base_etag: Some(base_etag),
-        version: version_of(&m_metadata),
-        converted_from_wal: loaded.header.wal_mode,
-        cache: miss,
-        parsed: true,
-        deltas_applied: applied,
-        parse_ms,
-        outside: None,
-    }))
+        Some(base_etag),
+        version_of(&m_metadata),
+        loaded.header.wal_mode,
+        miss,
+    )
+    .parsed(parse_ms);
+    loaded.deltas_applied = applied;
+    Ok(Step::Done(loaded))
 }
 
 fn single<S, C: Clock>(
     ctx: &Context<'_, S, C>,
+    user: &UserId,
     base: BaseRead,
     cached: Option<Entry>,
     retired_manifest: Option<Retired>,
     miss: CacheStatus,
-) -> Result<Step<Built>, Error> {
-    let built = |conn, etag: Option<String>, version, wal, cache, parsed, parse_ms| Built {
-        conn,
-        stored: match &etag {
+) -> Result<Step<Loaded>, Error> {
+    let built = |conn, etag: Option<String>, version, wal, cache| {
+        let stored = match &etag {
             Some(etag) => Stored::Single {
                 etag: etag.clone(),
                 retired_manifest: retired_manifest.clone(),
             },
             None => Stored::New,
-        },
-        base_etag: etag,
-        version,
-        converted_from_wal: wal,
-        cache,
-        parsed,
-        deltas_applied: 0,
-        parse_ms,
-        outside: None,
+        };
+        Loaded::built(conn, stored, etag, version, wal, cache)
     };
     match (base, cached) {
         (BaseRead::NotModified { metadata }, Some(entry)) => {
             if let Err(e) = check_route(&metadata) {
                 // The copy is still current; keep it, so the next check is as cheap.
-                put_back(ctx, entry);
+                put_back(ctx, user, entry);
                 return Err(e);
             }
             let etag = match &entry.stored {
@@ -559,8 +646,6 @@ fn single<S, C: Clock>(
                 entry.db_version,
                 false,
                 CacheStatus::Hit,
-                false,
-                0.0,
             )))
         }
         (BaseRead::NotModified { .. }, None) => Err(Error::Internal {
@@ -574,9 +659,9 @@ fn single<S, C: Clock>(
             let parse_start = ctx.clock.now_ms();
             let conn = sqlite::create()?;
             let parse_ms = ctx.clock.now_ms() - parse_start;
-            Ok(Step::Done(built(
-                conn, None, None, false, miss, true, parse_ms,
-            )))
+            Ok(Step::Done(
+                built(conn, None, None, false, miss).parsed(parse_ms),
+            ))
         }
         (
             BaseRead::Image {
@@ -590,15 +675,16 @@ fn single<S, C: Clock>(
             let parse_start = ctx.clock.now_ms();
             let loaded = sqlite::open(image)?;
             let parse_ms = ctx.clock.now_ms() - parse_start;
-            Ok(Step::Done(built(
-                loaded.conn,
-                Some(etag),
-                version,
-                loaded.header.wal_mode,
-                miss,
-                true,
-                parse_ms,
-            )))
+            Ok(Step::Done(
+                built(
+                    loaded.conn,
+                    Some(etag),
+                    version,
+                    loaded.header.wal_mode,
+                    miss,
+                )
+                .parsed(parse_ms),
+            ))
         }
     }
 }

@@ -28,7 +28,7 @@
 //! Submodules: [`keys`] (object and metadata keys, the version rule), [`store`] (the seam and
 //! its failure contract), [`retry`] (retries, conditional puts), [`cache`] (the version cache),
 //! [`manifest`] and [`delta`] (the incremental layout's data and format), [`load`], [`adopt`],
-//! [`commit`], [`compact`], [`sweep`], [`moves`] (a move's reads and writes of the R2 object),
+//! [`save`] (the save step), [`commit`], [`compact`], [`sweep`], [`moves`] (a move's reads and writes of the R2 object),
 //! [`join`] (running fetches together).
 
 pub mod adopt;
@@ -42,19 +42,22 @@ pub mod load;
 pub mod manifest;
 pub mod moves;
 pub mod retry;
+pub mod save;
 pub mod store;
 pub mod sweep;
 
-pub use commit::{AtLoad, Committed};
+pub use adopt::Adoption;
+pub use commit::Committed;
 pub use compact::{CompactOutcome, Compacted, FrozenBase, compact, fold_pending};
 pub use join::join_all;
 pub use keys::{COVERS_KEY, DB_VERSION_KEY, LINEAGE_KEY, ROUTE_KEY, WRITE_ID_KEY, next_version};
-pub use load::Built;
+pub use load::{Loaded, load};
 pub use manifest::{
     BaseRef, CompactionPolicy, ConflictRef, DeltaRef, FollowUp, Layout, Manifest, OUTSIDE_RULE,
     OutsideReplacement, PARALLEL_FETCHES, Retired, Stored,
 };
 pub use retry::RetryPolicy;
+pub use save::{Saved, save};
 pub use store::{
     Body, Fetched, Listed, MemoryStore, ObjectHead, ObjectStore, PutCondition, PutOutcome,
     StoreError, StoreErrorKind, StoredObject,
