@@ -25,8 +25,9 @@ use crate::context::Context;
 use crate::error::Error;
 use crate::import::{self, ExportReport, ImportReport, SqlTarget};
 use crate::request::UserId;
+use crate::storage::keys::Home;
 use crate::storage::moves::{self, fetch_frozen, head_of, publish_export};
-use crate::storage::{DB_VERSION_KEY, ObjectHead, ObjectStore, ROUTE_KEY, WRITE_ID_KEY};
+use crate::storage::{DB_VERSION_KEY, ObjectHead, ObjectStore, WRITE_ID_KEY};
 
 /// The R2 object left behind by a move to the Durable Object.
 #[derive(Debug, Clone, Serialize)]
@@ -85,7 +86,7 @@ pub async fn to_durable_object<S: ObjectStore, C: Clock>(
                 bytes,
                 &write_id,
                 version.as_deref(),
-                Some("durable_object"),
+                Home::DurableObject,
                 frozen,
             )
             .await?;
@@ -113,7 +114,7 @@ pub async fn to_durable_object<S: ObjectStore, C: Clock>(
                 bytes,
                 &write_id,
                 version.as_deref(),
-                None,
+                Home::R2,
                 frozen,
             )
             .await;
@@ -183,10 +184,6 @@ impl ObjectState {
     }
 }
 
-fn route_of(head: &HashMap<String, String>) -> &str {
-    head.get(ROUTE_KEY).map_or("r2", String::as_str)
-}
-
 fn out_of_order(reason: impl Into<String>) -> Error {
     Error::MoveOutOfOrder {
         reason: reason.into(),
@@ -197,15 +194,15 @@ fn out_of_order(reason: impl Into<String>) -> Error {
 /// `state`: only a user frozen for a move (`route=moving`), and never over a live database.
 /// Returns the move's write id, which the object keeps until the move switches.
 pub fn check_import(state: &ObjectState, r2: &HashMap<String, String>) -> Result<String, Error> {
-    match route_of(r2) {
-        "moving" => {}
-        "durable_object" => {
+    match Home::of(r2) {
+        Home::Moving => {}
+        Home::DurableObject => {
             return Err(out_of_order(
                 "the user lives in their Durable Object already; importing again would drop \
                  the writes it holds (move back first: POST /migrate?to=r2)",
             ));
         }
-        _ => {
+        Home::R2 => {
             return Err(out_of_order(
                 "the user lives in R2 and is not frozen for a move; an import is a step of \
                  POST /migrate?to=durable_object, which stops R2 writes first",
@@ -236,10 +233,12 @@ pub fn check_serving(
             place: "the Durable Object (move it there first: POST /migrate?to=durable_object)",
         }),
         ObjectState::Imported { write_id } => match r2 {
-            Some(m) if route_of(m) == "durable_object" && m.get(WRITE_ID_KEY) == Some(write_id) => {
+            Some(m)
+                if Home::of(m) == Home::DurableObject && m.get(WRITE_ID_KEY) == Some(write_id) =>
+            {
                 Ok(true)
             }
-            Some(m) if route_of(m) == "moving" => Err(Error::Migrating),
+            Some(m) if Home::of(m) == Home::Moving => Err(Error::Migrating),
             _ => Err(out_of_order(
                 "the move that imported into this Durable Object did not complete; the user \
                  lives in R2",
@@ -282,7 +281,7 @@ pub fn check_export(
     r2: Option<&ObjectHead>,
     new_write_id: &str,
 ) -> Result<ExportStep, Error> {
-    let lives_here = |h: &ObjectHead| route_of(&h.metadata) == "durable_object";
+    let lives_here = |h: &ObjectHead| Home::of(&h.metadata) == Home::DurableObject;
     let db_version = |h: &ObjectHead| {
         h.metadata
             .get(DB_VERSION_KEY)
@@ -297,7 +296,7 @@ pub fn check_export(
         out_of_order(format!(
             "the user's R2 object says route={}: the user does not live in their Durable \
              Object, so there is nothing to move back",
-            h.map_or("(no object)", |h| route_of(&h.metadata))
+            h.map_or("(no object)", |h| Home::of(&h.metadata).as_str())
         ))
     };
     match (state, r2) {
@@ -468,7 +467,7 @@ mod tests {
     use wasm_bindgen_test::wasm_bindgen_test as test;
 
     use super::*;
-    use crate::storage::MemoryStore;
+    use crate::storage::{MemoryStore, ROUTE_KEY};
     use crate::testing::StepClock;
     use crate::{fixtures, pipeline};
 

@@ -9,7 +9,9 @@ use serde::Serialize;
 use super::cache;
 use super::commit::commit;
 use super::commit::{manifest_bytes, manifest_metadata};
-use super::keys::{COVERS_KEY, DB_VERSION_KEY, LINEAGE_KEY, ROUTE_KEY, WRITE_ID_KEY, version_of};
+use super::keys::{
+    COVERS_KEY, DB_VERSION_KEY, Home, LINEAGE_KEY, WRITE_ID_KEY, push_home, version_of,
+};
 use super::load::{LOAD_ATTEMPTS, Loaded, build, fetch_manifest};
 use super::manifest::{BaseRef, Manifest, Retired, Stored};
 use super::retry::conditional_put;
@@ -77,7 +79,7 @@ pub async fn compact<S: ObjectStore, C: Clock>(
     user: &UserId,
     retire: bool,
 ) -> Result<Compacted, Error> {
-    let (compacted, _) = compact_inner(ctx, user, retire, None).await?;
+    let (compacted, _) = compact_inner(ctx, user, retire, Home::R2).await?;
     Ok(compacted)
 }
 
@@ -108,7 +110,7 @@ pub(crate) async fn freeze_for_move<S: ObjectStore, C: Clock>(
     ctx: &Context<'_, S, C>,
     user: &UserId,
 ) -> Result<Option<FrozenBase>, Error> {
-    let (compacted, frozen) = compact_inner(ctx, user, true, Some("moving")).await?;
+    let (compacted, frozen) = compact_inner(ctx, user, true, Home::Moving).await?;
     match compacted.outcome {
         CompactOutcome::LostRace => Err(Error::Conflict { attempts: 1 }),
         _ => Ok(frozen),
@@ -127,7 +129,7 @@ async fn compact_inner<S: ObjectStore, C: Clock>(
     ctx: &Context<'_, S, C>,
     user: &UserId,
     retire: bool,
-    route: Option<&str>,
+    home: Home,
 ) -> Result<(Compacted, Option<FrozenBase>), Error> {
     let clock = ctx.clock;
     let start = clock.now_ms();
@@ -171,7 +173,7 @@ async fn compact_inner<S: ObjectStore, C: Clock>(
             version: loaded.version,
             write_id: format!("{:016x}-compact-{}", ctx.nonce, m.seq),
             retire,
-            route,
+            home,
         };
         // The upload streams straight out of the loaded image: no second copy in memory. A
         // request for this user arriving meanwhile loads its own copy from R2.
@@ -193,14 +195,14 @@ async fn compact_inner<S: ObjectStore, C: Clock>(
             keep(ctx, user, loaded);
             continue;
         };
-        let frozen = match route {
-            Some(_) => Some(FrozenBase {
+        let frozen = match home {
+            Home::Moving => Some(FrozenBase {
                 image: sqlite::export(&mut loaded.conn)?.to_vec(),
                 etag: new_base.clone(),
                 version: plan.version,
                 write_id: plan.write_id.clone(),
             }),
-            None => None,
+            Home::R2 | Home::DurableObject => None,
         };
         // The copy equals the new state when no write was kept in the manifest.
         if next.seq == m.seq {
@@ -271,8 +273,8 @@ pub(crate) struct FoldPlan<'a> {
     pub write_id: String,
     /// Retire the manifest (the user returns to the single layout).
     pub retire: bool,
-    /// `route` metadata for both puts (a move's freeze).
-    pub route: Option<&'a str>,
+    /// Where both puts say the user is served (`Moving` for a move's freeze).
+    pub home: Home,
 }
 
 /// How a fold ended.
@@ -332,9 +334,7 @@ pub(crate) async fn fold<S: ObjectStore, C: Clock>(
     if let Some(v) = plan.version {
         metadata.push((DB_VERSION_KEY, v.to_string()));
     }
-    if let Some(r) = plan.route {
-        metadata.push((ROUTE_KEY, r.to_owned()));
-    }
+    push_home(&mut metadata, plan.home);
     let start = ctx.clock.now_ms();
     let image = sqlite::export(conn)?;
     let serialize_ms = ctx.clock.now_ms() - start;
@@ -379,9 +379,7 @@ pub(crate) async fn fold<S: ObjectStore, C: Clock>(
             next.seq = current.seq;
         }
         let mut metadata = manifest_metadata(&plan.write_id, version);
-        if let Some(r) = plan.route {
-            metadata.push((ROUTE_KEY, r.to_owned()));
-        }
+        push_home(&mut metadata, plan.home);
         let bytes = manifest_bytes(&next)?;
         let put = conditional_put(
             ctx,

@@ -67,28 +67,102 @@ pub(crate) fn version_of(metadata: &HashMap<String, String>) -> Option<u64> {
     metadata.get(DB_VERSION_KEY).and_then(|v| v.parse().ok())
 }
 
-/// Whether the stored object says its user is served elsewhere right now.
-pub(crate) fn check_route(metadata: &HashMap<String, String>) -> Result<(), Error> {
-    match metadata.get(ROUTE_KEY).map(String::as_str) {
-        Some("moving") => Err(Error::Migrating),
-        Some("durable_object") => Err(Error::ServedByDurableObject),
-        _ => Ok(()),
+/// Where the stored object says its user is served: its `route` metadata.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Home {
+    /// No `route` (or one this worker never writes): R2 serves the user.
+    R2,
+    /// `route=moving`: frozen for a move; R2-route requests answer 503 `migrating`.
+    Moving,
+    /// `route=durable_object`: the user's Durable Object serves them.
+    DurableObject,
+}
+
+impl Home {
+    /// What an object's metadata says.
+    #[must_use]
+    pub fn of(metadata: &HashMap<String, String>) -> Self {
+        match metadata.get(ROUTE_KEY).map(String::as_str) {
+            Some("moving") => Self::Moving,
+            Some("durable_object") => Self::DurableObject,
+            _ => Self::R2,
+        }
+    }
+
+    /// Its name, as `route` metadata spells it (`r2` is the absence of the key).
+    #[must_use]
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::R2 => "r2",
+            Self::Moving => "moving",
+            Self::DurableObject => "durable_object",
+        }
     }
 }
 
-/// The metadata of a write: its `write-id`, the `db-version` it stores (if known) and the
-/// `route` it sets (if any).
+/// Whether the stored object says its user is served elsewhere right now.
+pub(crate) fn check_route(metadata: &HashMap<String, String>) -> Result<(), Error> {
+    match Home::of(metadata) {
+        Home::Moving => Err(Error::Migrating),
+        Home::DurableObject => Err(Error::ServedByDurableObject),
+        Home::R2 => Ok(()),
+    }
+}
+
+/// The metadata of a write: its `write-id`, the `db-version` it stores (if known) and where
+/// the user is served (`route`, absent for R2).
 pub(crate) fn metadata(
     write_id: &str,
     version: Option<&str>,
-    route: Option<&str>,
+    home: Home,
 ) -> Vec<(&'static str, String)> {
     let mut m = vec![(WRITE_ID_KEY, write_id.to_owned())];
     if let Some(v) = version {
         m.push((DB_VERSION_KEY, v.to_owned()));
     }
-    if let Some(r) = route {
-        m.push((ROUTE_KEY, r.to_owned()));
-    }
+    push_home(&mut m, home);
     m
+}
+
+/// Adds `route` metadata for `home` (nothing for R2).
+pub(crate) fn push_home(metadata: &mut Vec<(&'static str, String)>, home: Home) {
+    if home != Home::R2 {
+        metadata.push((ROUTE_KEY, home.as_str().to_owned()));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[cfg(all(target_family = "wasm", target_os = "unknown"))]
+    use wasm_bindgen_test::wasm_bindgen_test as test;
+
+    use super::*;
+
+    /// `route` metadata reads back as the home it was written for, and an unknown or absent
+    /// value is R2 (the worker serves the user).
+    #[test]
+    fn route_metadata_round_trips_through_home() {
+        for home in [Home::R2, Home::Moving, Home::DurableObject] {
+            let written: HashMap<String, String> = metadata("w", Some("7"), home)
+                .into_iter()
+                .map(|(k, v)| (k.to_owned(), v))
+                .collect();
+            assert_eq!(Home::of(&written), home);
+            assert_eq!(written.contains_key(ROUTE_KEY), home != Home::R2);
+        }
+        let odd = HashMap::from([(ROUTE_KEY.to_owned(), "elsewhere".to_owned())]);
+        assert_eq!(Home::of(&odd), Home::R2);
+        assert!(check_route(&odd).is_ok());
+        let moving = HashMap::from([(ROUTE_KEY.to_owned(), "moving".to_owned())]);
+        assert!(matches!(check_route(&moving), Err(Error::Migrating)));
+    }
+
+    /// A new `db-version` is the clock, but always past the one it replaces.
+    #[test]
+    fn next_version_always_increases() {
+        assert_eq!(next_version(100, None), 100);
+        assert_eq!(next_version(100, Some(50)), 100);
+        assert_eq!(next_version(100, Some(100)), 101);
+        assert_eq!(next_version(5, Some(u64::MAX)), u64::MAX);
+    }
 }

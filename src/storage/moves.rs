@@ -3,7 +3,7 @@
 //! lift of the freeze, the import's read of the frozen object, and the way back's conditional
 //! put of the exported image. The move's steps and their order are in `crate::migrate`.
 
-use super::keys::{DB_VERSION_KEY, WRITE_ID_KEY, check_route, metadata, next_version};
+use super::keys::{DB_VERSION_KEY, Home, WRITE_ID_KEY, check_route, metadata, next_version};
 use super::retry::{conditional_put, with_retries};
 use super::store::{
     Body, Fetched, ObjectHead, ObjectStore, PutCondition, PutOutcome, StoredObject,
@@ -52,7 +52,7 @@ pub fn existing<B>(
     }
 }
 
-/// Puts `bytes` as the user's object with `route` (none: the user is served by R2 again),
+/// Puts `bytes` as the user's object saying it is served at `home` (R2 again: no `route`),
 /// `If-Match` the frozen etag, keeping the move's write id and `db-version`: the switch to the
 /// Durable Object, or the lift of a freeze whose copy failed.
 pub(crate) async fn set_route<S: ObjectStore, C: Clock>(
@@ -61,14 +61,14 @@ pub(crate) async fn set_route<S: ObjectStore, C: Clock>(
     bytes: &[u8],
     write_id: &str,
     version: Option<&str>,
-    route: Option<&str>,
+    home: Home,
     frozen: String,
 ) -> Result<String, Error> {
     put_or_conflict(
         ctx,
         &user.db_key(),
         bytes,
-        &metadata(write_id, version, route),
+        &metadata(write_id, version, home),
         &PutCondition::IfMatch(frozen),
     )
     .await
@@ -111,7 +111,7 @@ pub(crate) async fn freeze<S: ObjectStore, C: Clock>(
         ctx,
         &key,
         image.bytes(),
-        &metadata(&write_id, version.as_deref(), Some("moving")),
+        &metadata(&write_id, version.as_deref(), Home::Moving),
         &PutCondition::IfMatch(object.etag),
     )
     .await?;

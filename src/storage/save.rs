@@ -5,7 +5,7 @@
 
 use super::commit::commit;
 use super::compact::{Fold, FoldPlan, committed_stored, fold};
-use super::keys::{DB_VERSION_KEY, WRITE_ID_KEY, next_version};
+use super::keys::{DB_VERSION_KEY, Home, WRITE_ID_KEY, next_version};
 use super::load::Loaded;
 use super::manifest::{FollowUp, Layout, Stored};
 use super::retry::conditional_put;
@@ -209,7 +209,7 @@ async fn save_whole<S: ObjectStore, C: Clock>(
         version: Some(version),
         write_id: format!("{write_id}-whole"),
         retire: ctx.layout == Layout::Single,
-        route: None,
+        home: Home::R2,
     };
     let folded = fold(ctx, user, &mut loaded.conn, &plan).await?;
     let (stored, follow_up) = match folded.outcome {
