@@ -3,7 +3,7 @@
 //! `libsql` crate in remote mode (`tests/rust-client`), and per-user tokens honoured by every
 //! client family.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
@@ -11,7 +11,7 @@ use serde_json::Value;
 use workers_sqlite_poc::auth;
 use workers_sqlite_poc::request::UserId;
 
-use crate::harness::LocalWorker;
+use crate::harness::{LocalWorker, row_counts};
 
 fn root() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -191,4 +191,180 @@ fn official_suite_passes(scheme: &str) {
 #[test]
 fn official_client_suite_over_http() {
     official_suite_passes("http");
+}
+
+/// Builds `tests/rust-client` (its own crate and lock file, into `target/rust-client`, where a
+/// CI run's later builds find it) and returns the binary.
+fn rust_client() -> PathBuf {
+    let target = root().join("target/rust-client");
+    let started = Instant::now();
+    let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+        .args(["build", "--locked", "--quiet", "--manifest-path"])
+        .arg(root().join("tests/rust-client/Cargo.toml"))
+        .env("CARGO_TARGET_DIR", &target)
+        .status()
+        .expect("run cargo");
+    assert!(status.success(), "cargo build of tests/rust-client failed");
+    eprintln!("tests/rust-client built in {:.1?}", started.elapsed());
+    target.join("debug/rust-client")
+}
+
+/// Runs `program args...` from the project root and parses the one JSON line it prints.
+fn run_json(worker: &LocalWorker, what: &str, program: &Path, args: &[&str]) -> Value {
+    let output = Command::new(program)
+        .current_dir(root())
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("run {what} ({}): {e}", program.display()));
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{what} failed:\n{stdout}\n{}\n{}",
+        String::from_utf8_lossy(&output.stderr),
+        worker.log_tail()
+    );
+    serde_json::from_str(stdout.trim())
+        .unwrap_or_else(|e| panic!("{what} printed no JSON line ({e}): {stdout}"))
+}
+
+/// One `SELECT 1` through every client family with `token` against `url`: what each saw,
+/// by client name in order (`{"ok": true}` or `{"error": "..."}`).
+fn probe_every_client(
+    worker: &LocalWorker,
+    rust: &Path,
+    url: &str,
+    token: &str,
+) -> Vec<(String, Value)> {
+    let python = root().join("target/venv/bin/python");
+    let mut seen = Vec::new();
+    for (what, program, script) in [
+        (
+            "node token_probe.mjs",
+            Path::new("node"),
+            "tests/e2e/token_probe.mjs",
+        ),
+        (
+            "python token_probe.py",
+            python.as_path(),
+            "tests/e2e/token_probe.py",
+        ),
+    ] {
+        let answers = run_json(worker, what, program, &[script, url, token]);
+        seen.extend(answers.as_object().expect("one answer per client").clone());
+    }
+    let answer = run_json(worker, "rust-client probe", rust, &["probe", url, token]);
+    seen.push(("rust libsql".to_owned(), answer));
+    seen
+}
+
+/// The Rust `libsql` crate in remote mode (`Builder::new_remote`, `tests/rust-client`) against
+/// the default layout: execute, every value type read back exactly, a batch, a failing
+/// transactional batch that stores nothing, `transaction()` committed and rolled back; the
+/// commit is in the stored database (`/export`). Then per-user tokens in every client family
+/// (`@libsql/client`, drizzle-orm, Python `libsql-client` and `libsql`, the Rust crate): each
+/// is served with its own token, refused with 403 on another user's database and 401 with an
+/// expired token, and a refused request stores nothing.
+#[test]
+fn rust_crate_remote_mode_and_tokens_in_every_client() {
+    let rust = rust_client();
+    let secret = "e2e-clients-secret";
+    let worker = LocalWorker::start_with_vars(&[], &[("TOKEN_SECRET", secret)]);
+    let now = now_s();
+    let url = |user: &str| format!("{}/db/{user}/", worker.base);
+
+    let own = token(secret, "rust", now + 600);
+    let seen = run_json(
+        &worker,
+        "rust-client session",
+        &rust,
+        &["session", &url("rust"), &own],
+    );
+    eprintln!("Rust libsql session: {seen}");
+    assert_eq!(
+        seen["values"],
+        serde_json::json!([
+            {"integer": "9007199254740993"},
+            {"real": -1.5e300},
+            {"text": "héllo ☃ \u{0}"},
+            {"blob": [0, 1, 254, 255]},
+            {"null": null}
+        ])
+    );
+    assert_eq!(
+        seen["columns"],
+        serde_json::json!(["i", "r", "t", "b", "n"])
+    );
+    assert_eq!(seen["last_insert_rowid"], 1);
+    assert_eq!(seen["batch_count"], 3);
+    assert_eq!(seen["committed_count"], 5);
+    assert_eq!(seen["after_rollback_count"], 5);
+    assert!(
+        seen["failed_batch"]
+            .as_str()
+            .unwrap()
+            .contains("no such table: missing"),
+        "{seen}"
+    );
+    let (status, _, stored) = worker.get_bytes_with(
+        "/export?user=rust",
+        &[("Authorization", &format!("Bearer {own}"))],
+    );
+    assert_eq!(status, 200);
+    assert_eq!(row_counts(&stored), [("vals".to_owned(), 5)]);
+
+    let cases = [
+        ("own token", url("rust"), own.clone(), None),
+        (
+            "another user's database",
+            url("someone_else"),
+            own.clone(),
+            // The worker's 403 text, as each client passes it on (the ones that print the
+            // status say 403).
+            Some((
+                "forbidden: this token opens user rust's database, not user someone_else's",
+                "403",
+            )),
+        ),
+        (
+            "expired token",
+            url("rust"),
+            token(secret, "rust", now - 1),
+            Some(("unauthorized: the token has expired", "401")),
+        ),
+    ];
+    for (case, url, token, refusal) in &cases {
+        let seen = probe_every_client(&worker, &rust, url, token);
+        let clients: Vec<&str> = seen.iter().map(|(c, _)| c.as_str()).collect();
+        assert_eq!(
+            clients,
+            [
+                "@libsql/client",
+                "drizzle-orm",
+                "libsql",
+                "libsql-client",
+                "rust libsql"
+            ]
+        );
+        for (client, answer) in &seen {
+            eprintln!("{case}, {client}: {answer}");
+            match refusal {
+                None => assert_eq!(answer, &serde_json::json!({"ok": true}), "{case}, {client}"),
+                Some((message, status)) => {
+                    let error = answer["error"]
+                        .as_str()
+                        .unwrap_or_else(|| panic!("{case}, {client}: served: {answer}"));
+                    assert!(error.contains(message), "{case}, {client}: {error}");
+                    if error.contains("status=") {
+                        assert!(error.contains(&format!("status={status}")), "{error}");
+                    }
+                }
+            }
+        }
+    }
+    for key in ["someone_else/database.sqlite", "someone_else/manifest.json"] {
+        assert!(
+            worker.object(key).is_none(),
+            "a refused client created {key}"
+        );
+    }
 }
