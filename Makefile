@@ -81,6 +81,7 @@ bench: setup build
 	cargo bench --locked --features e2e --bench layouts
 	cargo bench --locked --features e2e --bench write_rate
 	cargo bench --locked --features e2e --bench by_size
+	cargo bench --locked --features e2e --bench soak
 
 ## token: TOKEN_SECRET=... make token USER=a [TTL=3600] prints a per-user token
 token:

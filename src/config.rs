@@ -119,14 +119,25 @@ impl Config {
     /// and body (admission across requests is the caller's to decide with this number).
     #[must_use]
     pub fn memory_budget_bytes(&self) -> u64 {
-        let db = load_max_bytes(self.max_db_bytes);
-        let image = db + (db / 32).clamp(64 * 1024, 2 * 1024 * 1024);
-        image
+        crate::admission::image_bytes(load_max_bytes(self.max_db_bytes))
             + self.cache_max_bytes
             + crate::sqlite::SQLITE_HEAP_MAX_BYTES
             + 3 * self.limits.max_result_bytes
-            + 3 * self.max_request_bytes
+            + crate::admission::body_bytes(self.max_request_bytes)
             + FIXED_HEADROOM_BYTES
+    }
+
+    /// What the requests an isolate runs at once may hold together ([`crate::admission`]):
+    /// the memory budget less the parts every request shares (the version cache's budget,
+    /// SQLite's heap limit, the fixed headroom). It is the largest single request's own
+    /// memory (its database at the load ceiling, result and body), so one request alone is
+    /// always admitted, and many small ones share it. 67 MB at the defaults.
+    #[must_use]
+    pub fn admission_capacity_bytes(&self) -> u64 {
+        self.memory_budget_bytes()
+            - self.cache_max_bytes
+            - crate::sqlite::SQLITE_HEAP_MAX_BYTES
+            - FIXED_HEADROOM_BYTES
     }
 
     /// Reads settings through `lookup` (var or secret name → value); unset means default.
@@ -264,6 +275,17 @@ mod tests {
         assert!(budget < ISOLATE_MEMORY_BYTES, "{budget}");
         assert!(budget > 110_000_000, "{budget}: a part is missing");
         assert_eq!(load_max_bytes(1024 * 1024), 1024 * 1024 + 128 * 1024);
+        // What concurrent requests share, plus what they all share, is the same budget.
+        let c = Config::default();
+        let capacity = c.admission_capacity_bytes();
+        assert!(capacity > 60_000_000 && capacity < budget, "{capacity}");
+        assert_eq!(
+            capacity
+                + c.cache_max_bytes
+                + crate::sqlite::SQLITE_HEAP_MAX_BYTES
+                + FIXED_HEADROOM_BYTES,
+            budget
+        );
     }
 
     #[test]

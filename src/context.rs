@@ -29,6 +29,9 @@ pub struct Context<'a, S, C> {
     pub layout: Layout,
     /// When deltas are folded into a new base, and how old an orphan must be to be swept.
     pub compaction: CompactionPolicy,
+    /// The request's memory reservation ([`crate::admission`]): its results are charged to
+    /// it while its statements run. `None`: not admitted (host tests, the Durable Object).
+    pub memory: Option<&'a std::rc::Rc<crate::admission::Reservation>>,
 }
 
 impl<'a, S, C> Context<'a, S, C> {
@@ -46,6 +49,7 @@ impl<'a, S, C> Context<'a, S, C> {
             nonce: 0,
             layout: Layout::default(),
             compaction: CompactionPolicy::default(),
+            memory: None,
         }
     }
 }

@@ -101,6 +101,16 @@ pub enum Error {
         /// The limit in force.
         max_bytes: u64,
     },
+    /// The isolate's other requests hold the memory this one needs (`admission`), and it did
+    /// not come free in time; nothing was written. Retry after `Retry-After`.
+    MemoryBusy {
+        /// Bytes the request needed next.
+        needed_bytes: u64,
+        /// Bytes the isolate's other requests held.
+        in_use_bytes: u64,
+        /// What requests may hold together.
+        capacity_bytes: u64,
+    },
     /// A write would make the database larger than `MAX_DB_BYTES`; nothing was stored.
     DatabaseFull {
         /// Index of the statement that would have grown it, when one statement did.
@@ -211,7 +221,18 @@ pub enum Corruption {
 
 impl From<StoreError> for Error {
     fn from(e: StoreError) -> Self {
-        Self::StorageUnavailable(e)
+        match e.kind {
+            crate::storage::store::StoreErrorKind::MemoryBusy {
+                needed_bytes,
+                in_use_bytes,
+                capacity_bytes,
+            } => Self::MemoryBusy {
+                needed_bytes,
+                in_use_bytes,
+                capacity_bytes,
+            },
+            _ => Self::StorageUnavailable(e),
+        }
     }
 }
 
@@ -303,6 +324,16 @@ impl std::fmt::Display for Error {
                 "statement {statement} needed more than the {max_bytes} bytes of memory SQLite \
                  may use here (sorts, temp tables and values being built count); work on fewer \
                  rows at a time"
+            ),
+            Self::MemoryBusy {
+                needed_bytes,
+                in_use_bytes,
+                capacity_bytes,
+            } => write!(
+                f,
+                "this worker instance is busy: the request needs {needed_bytes} more bytes of \
+                 memory and the requests it is serving hold {in_use_bytes} of the \
+                 {capacity_bytes} they may share; nothing was written; retry after Retry-After"
             ),
             Self::DatabaseFull {
                 statement,
@@ -458,6 +489,7 @@ impl Error {
             Self::AuthNotConfigured
             | Self::StorageUnavailable(_)
             | Self::Migrating
+            | Self::MemoryBusy { .. }
             | Self::Conflict { .. } => 503,
         }
     }
@@ -483,6 +515,7 @@ impl Error {
             Self::CpuBudgetExceeded { .. } => "cpu_budget_exceeded",
             Self::MemoryBudgetExceeded { .. } => "memory_budget_exceeded",
             Self::DatabaseFull { .. } => "database_full",
+            Self::MemoryBusy { .. } => "memory_busy",
             Self::StatementNotAllowed { .. } => "statement_not_allowed",
             Self::SqlError { .. } => "sql_error",
             Self::DatabaseTooLarge { .. } => "database_too_large",
@@ -508,7 +541,10 @@ impl Error {
     pub fn retry_after_s(&self) -> Option<u32> {
         match self {
             Self::StorageUnavailable(_) => Some(2),
-            Self::Conflict { .. } | Self::Migrating | Self::MoveInProgress => Some(1),
+            Self::Conflict { .. }
+            | Self::Migrating
+            | Self::MoveInProgress
+            | Self::MemoryBusy { .. } => Some(1),
             _ => None,
         }
     }
@@ -579,6 +615,7 @@ impl Error {
                         | Self::Internal { .. }
                         | Self::Migrating
                         | Self::MoveInProgress
+                        | Self::MemoryBusy { .. }
                 ),
                 statement,
                 sqlite_code: match self {
@@ -625,7 +662,10 @@ impl Error {
         self.status() >= 500
             && !matches!(
                 self,
-                Self::AuthNotConfigured | Self::Migrating | Self::ReplicationNotSupported
+                Self::AuthNotConfigured
+                    | Self::Migrating
+                    | Self::ReplicationNotSupported
+                    | Self::MemoryBusy { .. }
             )
     }
 }

@@ -745,7 +745,8 @@ fn add(used: &mut u64, max_bytes: u64, bytes: u64) -> Result<(), Error> {
     if *used > max_bytes {
         return Err(Error::ResultTooLarge { max_bytes });
     }
-    Ok(())
+    // The isolate's memory admission, for the request running now (`admission::charging`).
+    crate::admission::charge_result(*used)
 }
 
 fn charge_value(

@@ -44,6 +44,7 @@
 //!   store and its hooks).
 //! - `runtime` (wasm32 only): the only code that touches the Workers runtime.
 
+pub mod admission;
 pub mod alerts;
 pub mod auth;
 pub mod clock;

@@ -290,7 +290,10 @@ pub async fn serve<S: ObjectStore, C: Clock, W: Work>(
     loop {
         attempts += 1;
         let loaded = load(ctx, user).await?;
-        let mut queried = match query(ctx.clock, loaded, work) {
+        let memory = ctx.memory.cloned();
+        let mut queried = match crate::admission::charging(memory.as_ref(), || {
+            query(ctx.clock, loaded, work)
+        }) {
             Ok(q) => q,
             Err(failed) => {
                 let QueryFailed {

@@ -27,6 +27,7 @@ use std::task::{Context as TaskContext, Poll, Waker};
 
 use rusqlite::Connection;
 
+use crate::admission::{self, Reservation};
 use crate::clock::Clock;
 use crate::error::Error;
 use crate::pipeline::{self, Context, Loaded, Queried, QueryFailed, Saved, Work};
@@ -228,10 +229,12 @@ struct Slot<W: Work> {
     query_ms: Cell<f64>,
     queued_at_ms: f64,
     save_always: bool,
+    /// The request's memory reservation: its results are charged to it in every run.
+    memory: Option<Rc<Reservation>>,
 }
 
 impl<W: Work> Slot<W> {
-    fn new(work: W, queued_at_ms: f64, save_always: bool) -> Self {
+    fn new(work: W, queued_at_ms: f64, save_always: bool, memory: Option<Rc<Reservation>>) -> Self {
         Self {
             work: RefCell::new(work),
             ran: RefCell::new(None),
@@ -241,6 +244,7 @@ impl<W: Work> Slot<W> {
             query_ms: Cell::new(0.0),
             queued_at_ms,
             save_always,
+            memory,
         }
     }
 }
@@ -249,7 +253,7 @@ impl<W: Work> Member for Slot<W> {
     fn run(&self, conn: &mut Connection, now_ms: &dyn Fn() -> f64) -> Ran {
         let before = sqlite::change_counter(conn).ok();
         let start = now_ms();
-        let result = self.work.borrow_mut().run(conn);
+        let result = admission::charging(self.memory.as_ref(), || self.work.borrow_mut().run(conn));
         self.query_ms.set(now_ms() - start);
         let ran = match &result {
             Ok(_) => Ran::Ok,
@@ -411,7 +415,10 @@ async fn serve_in<S: ObjectStore, C: Clock, W: Work + 'static>(
     mut work: W,
 ) -> Result<(Report, W::Output), Error> {
     let loaded = pipeline::load(ctx, user).await?;
-    let mut queried = match pipeline::query(ctx.clock, loaded, &mut work) {
+    let memory = ctx.memory.cloned();
+    let mut queried = match admission::charging(memory.as_ref(), || {
+        pipeline::query(ctx.clock, loaded, &mut work)
+    }) {
         Ok(q) => q,
         Err(failed) => {
             let QueryFailed {
@@ -437,7 +444,7 @@ async fn serve_in<S: ObjectStore, C: Clock, W: Work + 'static>(
         return Ok(pipeline::answer(ctx, user, queried, saved, mode, 1));
     }
     let always = mode == SaveMode::Always;
-    let slot = Rc::new(Slot::new(work, ctx.clock.now_ms(), always));
+    let slot = Rc::new(Slot::new(work, ctx.clock.now_ms(), always, memory));
     let me: Rc<dyn Member> = Rc::clone(&slot) as Rc<dyn Member>;
     let mut guard = Guard {
         queue,

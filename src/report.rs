@@ -107,6 +107,10 @@ pub struct MemoryInfo {
     /// isolate's high-water mark for SQLite and Rust allocations; JS-side buffers (the R2
     /// body and the upload copy, one image each) come on top.
     pub wasm_memory_bytes: u64,
+    /// This request's memory admission (`crate::admission`): what it held, how long it
+    /// waited, and the isolate's gate. Absent on the Durable Object route.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub admission: Option<crate::admission::Admission>,
 }
 
 /// `delay_analysis`.

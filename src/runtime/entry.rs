@@ -2,6 +2,7 @@
 //! print what the core decided to log. Every outcome is a JSON response.
 
 use std::cell::OnceCell;
+use std::rc::Rc;
 
 use wasm_bindgen::JsCast;
 use worker::{
@@ -13,6 +14,7 @@ use super::http::{
 };
 use super::js_clock::{self, JsClock};
 use super::r2::R2Store;
+use crate::admission::{self, Admitted, Gate, Reservation};
 use crate::alerts::{self, Level};
 use crate::auth::{self, Identity};
 use crate::clock::Clock;
@@ -44,6 +46,41 @@ thread_local! {
     static CACHE: OnceCell<&'static DbCache> = const { OnceCell::new() };
     /// The isolate's write queue per user (group commit), leaked once like the cache.
     static QUEUES: &'static WriteQueues = Box::leak(Box::new(WriteQueues::polling(16)));
+    /// The isolate's memory admission, sized by the first request's config.
+    static GATE: OnceCell<Rc<Gate>> = const { OnceCell::new() };
+}
+
+/// Admits a request needing `bytes` now into the isolate's memory (`crate::admission`): waits
+/// while other requests hold it, or refuses 503 `memory_busy`.
+/// `statements`: the request runs the client's statements, and is admitted with
+/// [`admission::RESULT_ALLOWANCE_BYTES`] for their result.
+async fn admit(
+    config: &Config,
+    bytes: u64,
+    statements: bool,
+) -> std::result::Result<Rc<Reservation>, Error> {
+    let gate = GATE.with(|g| {
+        Rc::clone(g.get_or_init(|| Rc::new(Gate::new(config.admission_capacity_bytes()))))
+    });
+    let allowance = if statements {
+        admission::RESULT_ALLOWANCE_BYTES.min(config.limits.max_result_bytes)
+    } else {
+        0
+    };
+    gate.admit(bytes, allowance, &JsClock, js_clock::nonce())
+        .await
+}
+
+/// The R2 store for one admitted request: its downloads are charged to `memory` first.
+fn admitted_store(
+    env: &Env,
+    memory: &Rc<Reservation>,
+) -> std::result::Result<Admitted<'static, R2Store, JsClock>, Error> {
+    Ok(Admitted::new(
+        R2Store::from_env(env)?,
+        Rc::clone(memory),
+        &JsClock,
+    ))
 }
 
 /// The isolate's cache, or `None` when `CACHE_MAX_BYTES` is 0.
@@ -81,7 +118,7 @@ async fn fetch(req: Request, env: Env, ctx: WorkerContext) -> Result<Response> {
 async fn compact_later(env: Env, user: UserId, retire: bool) {
     let outcome = match (load_config(&env), R2Store::from_env(&env)) {
         (Ok(config), Ok(store)) => {
-            let ctx = context(&store, &config);
+            let ctx = context(&store, &config, None);
             match crate::storage::compact(&ctx, &user, retire).await {
                 Ok(done) => Ok((done, crate::storage::sweep(&ctx, &user).await.ok())),
                 Err(e) => Err(e.to_string()),
@@ -163,7 +200,11 @@ async fn handle(mut req: Request, env: &Env) -> std::result::Result<Response, Er
     }
 }
 
-fn context<'a>(store: &'a R2Store, config: &Config) -> Context<'a, R2Store, JsClock> {
+fn context<'a, S>(
+    store: &'a S,
+    config: &Config,
+    memory: Option<&'a Rc<Reservation>>,
+) -> Context<'a, S, JsClock> {
     let nonce = js_clock::nonce();
     Context {
         thresholds: config.thresholds,
@@ -177,13 +218,19 @@ fn context<'a>(store: &'a R2Store, config: &Config) -> Context<'a, R2Store, JsCl
         },
         layout: config.layout,
         compaction: config.compaction,
+        memory,
         ..Context::new(store, &JsClock)
     }
 }
 
 /// Adds what only the runtime knows (memory, this isolate's trend) and prints the log lines
 /// the delay bands call for.
-fn finish(mut report: Report, user: &UserId, config: &Config) -> Report {
+fn finish(
+    mut report: Report,
+    user: &UserId,
+    config: &Config,
+    memory: Option<&Reservation>,
+) -> Report {
     if let Some(storage) = &report.storage {
         let retire = match storage.follow_up {
             FollowUp::Compact => Some(false),
@@ -200,8 +247,16 @@ fn finish(mut report: Report, user: &UserId, config: &Config) -> Report {
             );
         }
     }
+    let admission = memory.map(Reservation::admission);
+    if let Some(a) = admission.filter(|a| a.waited_ms > 0.0) {
+        worker::console_warn!(
+            "{}",
+            serde_json::json!({"event": "memory_admission", "user": user.as_str(), "outcome": "waited", "detail": a})
+        );
+    }
     report.memory = Some(MemoryInfo {
         wasm_memory_bytes: wasm_memory_bytes(),
+        admission,
     });
     report.trend = Some(TRENDS.with(|t| {
         t.record(
@@ -228,10 +283,12 @@ async fn handle_sync(
     user: &UserId,
 ) -> std::result::Result<Response, Error> {
     let save = SaveMode::parse(super::http::query_param(req, "save")?.as_deref())?;
-    let store = R2Store::from_env(env)?;
+    let memory = admit(config, 0, false).await?;
+    let store = admitted_store(env, &memory)?;
     let queues = QUEUES.with(|q| *q);
-    match queue::serve(&context(&store, config), queues, user, save, ListTables).await {
-        Ok((report, ())) => json_response(&finish(report, user, config), 200),
+    let ctx = context(&store, config, Some(&memory));
+    match queue::serve(&ctx, queues, user, save, ListTables).await {
+        Ok((report, ())) => json_response(&finish(report, user, config, Some(&memory)), 200),
         Err(Error::ServedByDurableObject) => handle_do(env, config, user, None).await,
         Err(e) => Err(e),
     }
@@ -239,20 +296,26 @@ async fn handle_sync(
 
 /// Runs a query route's work on the R2 route: parses the body with `parse`, serves it through
 /// the user's write queue (saved only if it changed the database, committed together with
-/// the writes queued with it) and returns the report with the work's output.
+/// the writes queued with it) and returns the report with the work's output, and the
+/// request's memory reservation, to hold until the answer is written.
+///
+/// The body (at most `MAX_REQUEST_BYTES`) is read before admission; its parse, the images and
+/// the results are admitted (`crate::admission`).
 async fn serve_body<W: pipeline::Work + 'static>(
     bytes: &[u8],
     env: &Env,
     config: &Config,
     user: &UserId,
     parse: impl FnOnce(&[u8]) -> std::result::Result<W, Error>,
-) -> std::result::Result<(Report, W::Output), Error> {
+) -> std::result::Result<(Report, W::Output, Rc<Reservation>), Error> {
+    let memory = admit(config, admission::body_bytes(bytes.len() as u64), true).await?;
     let work = parse(bytes)?;
-    let store = R2Store::from_env(env)?;
+    let store = admitted_store(env, &memory)?;
     let queues = QUEUES.with(|q| *q);
-    let (report, output) =
-        queue::serve(&context(&store, config), queues, user, SaveMode::Auto, work).await?;
-    Ok((finish(report, user, config), output))
+    let ctx = context(&store, config, Some(&memory));
+    let (report, output) = queue::serve(&ctx, queues, user, SaveMode::Auto, work).await?;
+    let report = finish(report, user, config, Some(&memory));
+    Ok((report, output, memory))
 }
 
 /// `POST /query?user=ID`: the body's statements as one transaction.
@@ -271,7 +334,7 @@ async fn handle_query(
     })
     .await;
     match served {
-        Ok((mut report, results)) => {
+        Ok((mut report, results, _memory)) => {
             report.results = Some(results);
             json_response(&report, 200)
         }
@@ -293,7 +356,7 @@ async fn serve_stream(
     user: &UserId,
     baton: Option<&str>,
     call: stream::Call,
-) -> std::result::Result<(Report, StreamOutput), Error> {
+) -> std::result::Result<(Report, StreamOutput, Rc<Reservation>), Error> {
     let now_ms = JsClock.epoch_ms();
     let state = baton
         .map(|b| stream::open(b, &baton_key(config), user.as_str(), now_ms))
@@ -321,7 +384,7 @@ async fn handle_pipeline(
     let bytes = body(req, config.max_request_bytes).await?;
     let request = hrana::parse(&bytes, config.limits.max_statements)?;
     let call = stream::Call::Pipeline(request.requests);
-    let (report, out) =
+    let (report, out, _memory) =
         serve_stream(&bytes, env, config, user, request.baton.as_deref(), call).await?;
     let baton = out.next.map(|s| stream::seal(&s, &baton_key(config)));
     json_response(
@@ -341,7 +404,8 @@ async fn handle_cursor(
     let bytes = body(req, config.max_request_bytes).await?;
     let request = hrana::parse_cursor(&bytes, config.limits.max_statements)?;
     let call = stream::Call::Cursor(request.batch);
-    let (_, out) = serve_stream(&bytes, env, config, user, request.baton.as_deref(), call).await?;
+    let (_, out, _memory) =
+        serve_stream(&bytes, env, config, user, request.baton.as_deref(), call).await?;
     let baton = out.next.map(|s| stream::seal(&s, &baton_key(config)));
     let mut text = serde_json::json!({"baton": baton, "base_url": null}).to_string();
     for entry in &out.results {
@@ -370,7 +434,7 @@ async fn handle_v1(
     let bytes = body(req, config.max_request_bytes).await?;
     let request = hrana::parse_v1(&bytes, batch, config.limits.max_statements)?;
     let call = stream::Call::Pipeline(vec![request, hrana::StreamRequest::Close]);
-    let (_, out) = serve_stream(&bytes, env, config, user, None, call).await?;
+    let (_, out, _memory) = serve_stream(&bytes, env, config, user, None, call).await?;
     match out.results.first() {
         Some(r) if r["type"] == "ok" => {
             json_response(&serde_json::json!({"result": r["response"]["result"]}), 200)
@@ -450,7 +514,7 @@ async fn handle_migrate(
     match to {
         Some("durable_object") => {
             let store = R2Store::from_env(env)?;
-            let ctx = context(&store, config);
+            let ctx = context(&store, config, None);
             // The freeze is a write: it takes the user's commit slot in this isolate, so
             // back-to-back group commits of writers cannot win every race against it.
             let queues = QUEUES.with(|q| *q);
@@ -496,9 +560,11 @@ async fn handle_upload(
     let bytes = body(req, config.max_db_bytes)
         .await
         .map_err(upload::body_error)?;
-    let store = R2Store::from_env(env)?;
-    let report = upload::replace(&context(&store, config), user, bytes, precondition).await?;
-    json_response(&finish(report, user, config), 200)
+    let memory = admit(config, admission::image_bytes(bytes.len() as u64), false).await?;
+    let store = admitted_store(env, &memory)?;
+    let ctx = context(&store, config, Some(&memory));
+    let report = upload::replace(&ctx, user, bytes, precondition).await?;
+    json_response(&finish(report, user, config, Some(&memory)), 200)
 }
 
 /// `GET /export?user=ID`: the current complete SQLite file, whatever the layout, streamed
@@ -511,8 +577,9 @@ async fn handle_export(
     user: &UserId,
 ) -> std::result::Result<Response, Error> {
     let if_none_match = req.headers().get("If-None-Match").map_err(internal)?;
-    let store = R2Store::from_env(env)?;
-    let ctx = context(&store, config);
+    let memory = admit(config, 0, false).await?;
+    let store = admitted_store(env, &memory)?;
+    let ctx = context(&store, config, Some(&memory));
     let loaded = pipeline::load(&ctx, user).await?;
     if matches!(loaded.stored, crate::storage::Stored::New) {
         return Err(Error::UserNotFound {
@@ -536,8 +603,11 @@ async fn handle_export(
         return Ok(response);
     }
     let key_user = user.clone();
+    // The reservation is held until the image has been streamed out.
+    let held = Rc::clone(&memory);
     let stream = super::r2::stream_image(loaded.conn, move |conn| {
         crate::storage::cache::keep(cache, &key_user, conn, stored, version);
+        drop(held);
     })?;
     let mut response =
         Response::from_body(worker::ResponseBody::Stream(stream)).map_err(internal)?;
@@ -589,7 +659,7 @@ async fn handle_do(
     let round_trip_ms = clock.now_ms() - start;
     let mut report = Report::durable_object(&clock, &config.thresholds, round_trip_ms, inner);
     report.user_warning = alerts::user_warning(&report);
-    json_response(&finish(report, user, config), 200)
+    json_response(&finish(report, user, config, None), 200)
 }
 
 /// `POST /__self-test/store`: the object-store contract, run against the real R2 binding.

@@ -95,6 +95,12 @@ pub(crate) fn error_response(error: &Error, shape: ErrorShape) -> worker::Result
             serde_json::json!({"level": "error", "code": error.code(), "detail": error.to_string()})
         );
     }
+    if let Error::MemoryBusy { .. } = error {
+        worker::console_warn!(
+            "{}",
+            serde_json::json!({"event": "memory_admission", "outcome": "refused", "detail": error.to_string()})
+        );
+    }
     let mut body = serde_json::to_value(error.body())?;
     if shape == ErrorShape::Hrana
         && let (Some(obj), serde_json::Value::Object(hrana)) =

@@ -113,6 +113,17 @@ pub enum StoreErrorKind {
     Transient,
     /// Anything else (permissions, bad request, runtime): repeating will not help.
     Permanent,
+    /// Not the store's failure: the isolate's memory admission
+    /// ([`crate::admission`]) could not free the memory this download needs. Nothing was
+    /// read into wasm memory; the request is answered 503 `memory_busy`.
+    MemoryBusy {
+        /// Bytes the download needed.
+        needed_bytes: u64,
+        /// Bytes other requests held.
+        in_use_bytes: u64,
+        /// The admission capacity.
+        capacity_bytes: u64,
+    },
 }
 
 /// A store operation that failed for a reason other than a missing object or a failed condition.
@@ -144,7 +155,10 @@ impl StoreError {
     /// Whether repeating the operation may succeed.
     #[must_use]
     pub fn is_retryable(&self) -> bool {
-        self.kind != StoreErrorKind::Permanent
+        matches!(
+            self.kind,
+            StoreErrorKind::RateLimited | StoreErrorKind::Transient
+        )
     }
 }
 
@@ -196,6 +210,42 @@ pub trait ObjectStore {
 
     /// Every object whose key starts with `prefix`, in key order.
     async fn list(&self, prefix: &str) -> Result<Vec<Listed>, StoreError>;
+}
+
+/// A borrowed store is a store (wrappers such as `admission::Admitted` take either).
+impl<S: ObjectStore> ObjectStore for &S {
+    type Body = S::Body;
+
+    async fn get(
+        &self,
+        key: &str,
+        max_bytes: u64,
+        if_none_match: Option<&str>,
+    ) -> Result<Fetched<Self::Body>, StoreError> {
+        (**self).get(key, max_bytes, if_none_match).await
+    }
+
+    async fn head(&self, key: &str) -> Result<Option<ObjectHead>, StoreError> {
+        (**self).head(key).await
+    }
+
+    async fn put(
+        &self,
+        key: &str,
+        bytes: &[u8],
+        metadata: &[(&str, String)],
+        condition: &PutCondition,
+    ) -> Result<PutOutcome, StoreError> {
+        (**self).put(key, bytes, metadata, condition).await
+    }
+
+    async fn delete(&self, key: &str) -> Result<(), StoreError> {
+        (**self).delete(key).await
+    }
+
+    async fn list(&self, prefix: &str) -> Result<Vec<Listed>, StoreError> {
+        (**self).list(prefix).await
+    }
 }
 
 /// One object in a listing.

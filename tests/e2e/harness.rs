@@ -21,6 +21,35 @@ fn root() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
 }
 
+/// The project's wrangler.toml without its `[build]` section, written into `state`: the tests
+/// serve the bundle `make build` made. With the section, wrangler watches `src/` and re-runs
+/// the build, and a rebuild finishing after start-up reloads the worker mid-test ("Your worker
+/// restarted mid-request": POSTs in flight are answered 503 by wrangler's proxy, not by us).
+fn test_config(state: &Path) -> PathBuf {
+    let text = fs::read_to_string(root().join("wrangler.toml")).expect("read wrangler.toml");
+    let mut out = String::new();
+    let mut in_build = false;
+    for line in text.lines() {
+        let trimmed = line.trim();
+        if trimmed.starts_with('[') {
+            in_build = trimmed == "[build]";
+        }
+        if in_build {
+            continue;
+        }
+        if trimmed.starts_with("main =") || trimmed.starts_with("main=") {
+            let main = root().join("build/index.js");
+            out.push_str(&format!("main = {:?}\n", main.display().to_string()));
+        } else {
+            out.push_str(line);
+            out.push('\n');
+        }
+    }
+    let path = state.join("wrangler.toml");
+    fs::write(&path, out).expect("write the test config");
+    path
+}
+
 fn wrangler() -> Command {
     let mut cmd = Command::new(root().join("node_modules/.bin/wrangler"));
     cmd.current_dir(root())
@@ -191,9 +220,8 @@ impl LocalWorker {
         ])
         .arg(&state)
         .args(["--inspector-port", &inspector_port.to_string()]);
-        if let Some(config) = config {
-            cmd.arg("--config").arg(config);
-        }
+        let config = config.map_or_else(|| test_config(&state), Path::to_path_buf);
+        cmd.arg("--config").arg(config);
         // `log`: the worker's own console.log lines (compaction reports) reach the log file.
         cmd.args(["--show-interactive-dev-session=false", "--log-level", "log"]);
         for (name, value) in vars {

@@ -13,6 +13,7 @@ mod model;
 mod query;
 mod queue;
 mod safety;
+mod soak;
 
 use harness::{LocalWorker, row_counts};
 use serde_json::Value;

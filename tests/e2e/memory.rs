@@ -6,6 +6,8 @@ use serde_json::json;
 use workers_sqlite_poc::fixtures;
 use workers_sqlite_poc::testing::{open, row_counts};
 
+use workers_sqlite_poc::config::Config;
+
 use crate::harness::LocalWorker;
 
 /// With the default vars (wrangler.toml), a 20 MiB database is kept open between requests:
@@ -97,4 +99,53 @@ fn concurrent_requests_of_different_sizes_share_an_isolate_safely() {
         let after = row_counts(&stored);
         assert_eq!(&after[..before.len()], &before[..], "{mib} MiB lost rows");
     }
+}
+
+/// The default configuration: 400 mixed requests at concurrency 16.
+#[test]
+fn soak_keeps_wasm_memory_under_the_budget() {
+    let worker = crate::soak::start(&[]);
+    let soak = crate::soak::run(&worker, 400, 16);
+    let line = crate::soak::check(&worker, &soak, Config::default().memory_budget_bytes());
+    eprintln!("soak: {line}");
+    assert_eq!(
+        soak.capacity_bytes,
+        Config::default().admission_capacity_bytes()
+    );
+}
+
+/// A small capacity (MAX_DB_BYTES 4 MiB, MAX_RESULT_BYTES 1 MiB: about 11 MB for all
+/// requests' images, results and bodies together): 16 requests at once over 0.25–2.7 MB
+/// databases cannot all hold their memory, so some wait, the gate never holds more than
+/// its capacity, and every answer is still 200 or a counted 503 with Retry-After.
+#[test]
+fn requests_wait_for_memory_when_the_capacity_is_small() {
+    let vars = [("MAX_DB_BYTES", "4194304"), ("MAX_RESULT_BYTES", "1048576")];
+    let worker = crate::soak::start(&vars);
+    let soak = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        crate::soak::run(&worker, 300, 16)
+    }))
+    .unwrap_or_else(|e| {
+        eprintln!("WORKER LOG:\n{}", worker.log());
+        std::panic::resume_unwind(e)
+    });
+    let config = Config::from_lookup(|name| {
+        vars.iter()
+            .find(|(k, _)| *k == name)
+            .map(|(_, v)| (*v).to_owned())
+    })
+    .unwrap();
+    let line = crate::soak::check(&worker, &soak, config.memory_budget_bytes());
+    eprintln!("soak (small capacity): {line}");
+    assert_eq!(soak.capacity_bytes, config.admission_capacity_bytes());
+    assert!(
+        soak.waited > 0,
+        "nobody waited: the gate did nothing. {line}"
+    );
+    assert!(
+        soak.peak_reserved_bytes <= soak.capacity_bytes,
+        "held {} past the capacity {}",
+        soak.peak_reserved_bytes,
+        soak.capacity_bytes
+    );
 }
