@@ -118,7 +118,20 @@ async fn fetch(req: Request, env: Env, ctx: WorkerContext) -> Result<Response> {
 async fn compact_later(env: Env, user: UserId, retire: bool) {
     let outcome = match (load_config(&env), R2Store::from_env(&env)) {
         (Ok(config), Ok(store)) => {
-            let ctx = context(&store, &config, None);
+            // A compaction builds a whole new image: it is admitted like a request (a refused
+            // one leaves the deltas for the next).
+            let memory = match admit(&config, 0, false).await {
+                Ok(memory) => memory,
+                Err(e) => {
+                    worker::console_warn!(
+                        "{}",
+                        serde_json::json!({"event": "memory_admission", "outcome": "refused", "user": user.as_str(), "what": "compaction", "detail": e.to_string()})
+                    );
+                    return;
+                }
+            };
+            let store = Admitted::new(store, Rc::clone(&memory), &JsClock);
+            let ctx = context(&store, &config, Some(&memory));
             match crate::storage::compact(&ctx, &user, retire).await {
                 Ok(done) => Ok((done, crate::storage::sweep(&ctx, &user).await.ok())),
                 Err(e) => Err(e.to_string()),

@@ -80,23 +80,43 @@ pub fn run(worker: &LocalWorker, total: usize, concurrency: usize) -> Soak {
     });
     let next = AtomicUsize::new(0);
     let started = std::time::Instant::now();
-    std::thread::scope(|scope| {
-        for _ in 0..concurrency {
-            scope.spawn(|| {
-                loop {
-                    let i = next.fetch_add(1, Ordering::Relaxed);
-                    if i >= total {
-                        return;
+    let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        std::thread::scope(|scope| {
+            for _ in 0..concurrency {
+                scope.spawn(|| {
+                    loop {
+                        let i = next.fetch_add(1, Ordering::Relaxed);
+                        if i >= total {
+                            return;
+                        }
+                        one(worker, i, &soak);
                     }
-                    one(worker, i, &soak);
-                }
-            });
-        }
-    });
+                });
+            }
+        });
+    }));
+    if let Err(panic) = ran {
+        // What wrangler itself said (reloads, crashes), without the worker's own lines.
+        let log = worker.log();
+        let said = worker_log_lines(&log);
+        eprintln!("wrangler's own log lines:\n{}", said.join("\n"));
+        std::panic::resume_unwind(panic);
+    }
     let mut soak = soak.into_inner().unwrap();
     soak.elapsed_ms = started.elapsed().as_millis();
     soak.rss_kib.1 = worker.runtime_memory_kib().1;
     soak
+}
+
+fn worker_log_lines(log: &str) -> Vec<&str> {
+    log.lines()
+        .filter(|l| {
+            !l.trim().is_empty()
+                && !l.contains("wrangler:info")
+                && !l.contains('{')
+                && !l.contains("Environment Variable")
+        })
+        .collect()
 }
 
 fn one(worker: &LocalWorker, i: usize, soak: &Mutex<Soak>) {
