@@ -291,23 +291,22 @@ pub async fn serve<S: ObjectStore, C: Clock, W: Work>(
         attempts += 1;
         let loaded = load(ctx, user).await?;
         let memory = ctx.memory.cloned();
-        let mut queried = match crate::admission::charging(memory.as_ref(), || {
-            query(ctx.clock, loaded, work)
-        }) {
-            Ok(q) => q,
-            Err(failed) => {
-                let QueryFailed {
-                    error,
-                    loaded,
-                    changed,
-                } = *failed;
-                // A request that failed without committing leaves a copy equal to the store.
-                if !changed {
-                    cache::keep_loaded(ctx.cache, user, loaded);
+        let mut queried =
+            match crate::admission::charging(memory.as_ref(), || query(ctx.clock, loaded, work)) {
+                Ok(q) => q,
+                Err(failed) => {
+                    let QueryFailed {
+                        error,
+                        loaded,
+                        changed,
+                    } = *failed;
+                    // A request that failed without committing leaves a copy equal to the store.
+                    if !changed {
+                        cache::keep_loaded(ctx.cache, user, loaded);
+                    }
+                    return Err(error);
                 }
-                return Err(error);
-            }
-        };
+            };
         let saved = save(ctx, user, &mut queried, mode).await?;
         if saved == Saved::Conflict {
             let elapsed_ms = ctx.clock.now_ms() - start;
