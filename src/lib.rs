@@ -7,6 +7,7 @@
 //! - [`auth`]: the admin token and signed per-user tokens.
 //! - [`config`]: vars and secrets, parsed and checked.
 //! - [`pipeline`]: orchestrates the R2 route's steps (load → query → save → report), re-runs.
+//! - [`admission`]: memory admission across an isolate's concurrent requests (wait, then 503).
 //! - [`queue`]: the isolate's write queue per user and group commit.
 //! - [`work`]: what `/query` runs: one transaction.
 //! - [`exec`]: the one executor and its guard rails.

@@ -210,6 +210,10 @@ impl LocalWorker {
         let inspector_port = free_port();
         let log = fs::File::create(state.join("wrangler.log")).expect("create log");
         let mut cmd = wrangler();
+        // A dev registry of its own: wrangler reloads the worker when another local instance
+        // registers or leaves the shared one (a test starting or stopping beside it).
+        cmd.env("WRANGLER_REGISTRY_PATH", state.join("registry"))
+            .env("WRANGLER_CI_DISABLE_CONFIG_WATCHING", "true");
         cmd.args([
             "dev",
             "--ip",

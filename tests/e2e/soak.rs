@@ -113,7 +113,8 @@ fn worker_log_lines(log: &str) -> Vec<&str> {
         .filter(|l| {
             !l.trim().is_empty()
                 && !l.contains("wrangler:info")
-                && !l.contains('{')
+                && !l.contains("\"event\"")
+                && !l.contains("\"action\"")
                 && !l.contains("Environment Variable")
         })
         .collect()
