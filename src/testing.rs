@@ -11,13 +11,17 @@ use std::rc::Rc;
 use std::task::{Context, Poll, Waker};
 
 use rusqlite::Connection;
+use rusqlite::types::Value;
 
 use crate::clock::Clock;
+use crate::exec::{Limits, Statement};
+use crate::request::UserId;
 use crate::sqlite;
 use crate::storage::{
     Body, Fetched, Listed, MemoryStore, ObjectHead, ObjectStore, PutCondition, PutOutcome,
     StoreError, StoreErrorKind, StoredObject,
 };
+use crate::work::Transaction;
 
 /// SplitMix64: small, deterministic and good enough for tests and fixtures; a failing case is
 /// reproduced from its seed.
@@ -820,6 +824,89 @@ pub fn apply_sql(bytes: &[u8], sql: &str) -> Vec<u8> {
     let mut conn = open(bytes);
     conn.execute_batch(sql).expect("apply SQL");
     sqlite::export(&mut conn).expect("export").to_vec()
+}
+
+/// User `id` (a valid id; tests name their users).
+///
+/// # Panics
+/// If `id` is not a valid user id.
+#[must_use]
+pub fn user(id: &str) -> UserId {
+    UserId::parse(Some(id)).expect("a valid user id")
+}
+
+/// A `/query` transaction of `statements` (SQL and positional arguments), default limits.
+#[must_use]
+pub fn transaction(statements: &[(&str, Vec<Value>)]) -> Transaction {
+    Transaction {
+        statements: statements
+            .iter()
+            .map(|(sql, args)| Statement {
+                args: args.clone(),
+                ..Statement::new(*sql)
+            })
+            .collect(),
+        limits: Limits::default(),
+    }
+}
+
+/// One stored object as a test compares it: key, bytes, sorted custom metadata.
+pub type Object = (String, Vec<u8>, Vec<(String, String)>);
+
+/// Every object in the store (key order): what "nothing was written" compares.
+///
+/// # Panics
+/// Never for a key the store just listed.
+#[must_use]
+pub fn snapshot(store: &MemoryStore) -> Vec<Object> {
+    store
+        .keys()
+        .into_iter()
+        .map(|key| {
+            let mut metadata: Vec<_> = store
+                .metadata(&key)
+                .expect("a listed key")
+                .into_iter()
+                .collect();
+            metadata.sort();
+            let bytes = store.bytes(&key).expect("a listed key");
+            (key, bytes, metadata)
+        })
+        .collect()
+}
+
+/// The memory bombs every memory test sends (the host's counted allocations and the real
+/// runtime's wasm memory): each is answered within the caps or refused with a 4xx naming the
+/// cap, and none may take more than one request's memory budget. The last few are just
+/// inside the caps, so they are answered.
+#[must_use]
+pub fn memory_bombs() -> Vec<String> {
+    let million =
+        "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < 1000000)";
+    vec![
+        "SELECT zeroblob(100000000)".to_owned(),
+        "SELECT length(randomblob(100000000))".to_owned(),
+        "SELECT printf('%.*c', 100000000, 'x')".to_owned(),
+        "WITH RECURSIVE d(s, n) AS (SELECT 'x', 0 UNION ALL SELECT s || s, n + 1 FROM d \
+         WHERE n < 26) SELECT length(s) FROM d"
+            .to_owned(),
+        format!("{million} SELECT NULL FROM c"),
+        format!("{million} SELECT x, x FROM c"),
+        format!("{million} SELECT zeroblob(1000000) FROM c"),
+        // Text whose JSON escapes are six times longer than it is.
+        "SELECT replace(hex(zeroblob(1300000)), '0', char(1))".to_owned(),
+        format!("{million} SELECT group_concat(hex(randomblob(8))) FROM c"),
+        format!("{million} SELECT x FROM c ORDER BY random()"),
+        "CREATE TEMP TABLE parked AS SELECT zeroblob(1000000) AS b FROM \
+         (WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < 40) \
+         SELECT x FROM c)"
+            .to_owned(),
+        // Just inside the caps: answered, and still within the budget.
+        "SELECT printf('%.*c', 2500000, 'x')".to_owned(),
+        "SELECT randomblob(2500000)".to_owned(),
+        "SELECT replace(hex(zeroblob(300000)), '0', char(1))".to_owned(),
+        format!("{million} SELECT x, 'abc', NULL FROM c LIMIT 10000"),
+    ]
 }
 
 #[cfg(test)]

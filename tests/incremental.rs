@@ -18,7 +18,7 @@ use workers_sqlite_poc::storage::{MemoryStore, ObjectStore};
 use workers_sqlite_poc::storage::{StoreError, StoreErrorKind};
 use workers_sqlite_poc::testing::{
     Action, After, Answer, Before, Call, Fault, FaultPlan, FaultTally, HookStore, Operation, Rng,
-    StepClock, apply_sql, open,
+    StepClock, apply_sql, open, snapshot,
 };
 use workers_sqlite_poc::work::Transaction;
 use workers_sqlite_poc::{fixtures, migrate, sqlite};
@@ -27,7 +27,7 @@ const BASE: &str = "a/database.sqlite";
 const MANIFEST: &str = "a/manifest.json";
 
 fn user() -> UserId {
-    UserId::parse(Some("a")).unwrap()
+    workers_sqlite_poc::testing::user("a")
 }
 
 fn block<T>(f: impl std::future::Future<Output = T>) -> T {
@@ -639,18 +639,6 @@ fn outside_replacement_keeps_a_conflict_copy() {
     for key in &worker_deltas {
         assert!(store.bytes(key).is_some(), "{key} was swept");
     }
-}
-
-/// Every object in the store with its bytes: what "nothing was written" compares.
-fn snapshot(store: &MemoryStore) -> Vec<(String, Vec<u8>)> {
-    store
-        .keys()
-        .into_iter()
-        .map(|k| {
-            let bytes = store.bytes(&k).unwrap();
-            (k, bytes)
-        })
-        .collect()
 }
 
 /// Two committed writes, then database.sqlite replaced from outside (with row 500).

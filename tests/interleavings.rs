@@ -32,7 +32,7 @@ use workers_sqlite_poc::storage::{self, CompactionPolicy, Layout};
 use workers_sqlite_poc::storage::{
     Fetched, Listed, MemoryStore, ObjectHead, ObjectStore, PutCondition, PutOutcome, StoreError,
 };
-use workers_sqlite_poc::testing::{StepClock, open};
+use workers_sqlite_poc::testing::{self, StepClock, open};
 use workers_sqlite_poc::work::Transaction;
 
 const BASE: &str = "a/database.sqlite";
@@ -40,7 +40,7 @@ const BASE: &str = "a/database.sqlite";
 const LOADER: usize = 3;
 
 fn user() -> UserId {
-    UserId::parse(Some("a")).unwrap()
+    testing::user("a")
 }
 
 /// One store call, as the scheduler sees it.

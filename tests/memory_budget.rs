@@ -15,7 +15,7 @@ use workers_sqlite_poc::request::{SaveMode, UserId};
 use workers_sqlite_poc::sqlite::SQLITE_HEAP_MAX_BYTES;
 use workers_sqlite_poc::storage::MemoryStore;
 use workers_sqlite_poc::stream::{Call, Stream};
-use workers_sqlite_poc::testing::StepClock;
+use workers_sqlite_poc::testing::{StepClock, memory_bombs};
 use workers_sqlite_poc::work::Transaction;
 use workers_sqlite_poc::{hrana, sqlite};
 
@@ -72,32 +72,7 @@ fn no_request_takes_more_than_its_memory_budget() {
     let clock = StepClock::stepping(1.0);
     let ctx = Context::new(&store, &clock);
     let user = UserId::parse(Some("bomber")).unwrap();
-    let million =
-        "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < 1000000)";
-    let bombs = [
-        "SELECT zeroblob(100000000)".to_owned(),
-        "SELECT length(randomblob(100000000))".to_owned(),
-        "SELECT printf('%.*c', 100000000, 'x')".to_owned(),
-        "WITH RECURSIVE d(s, n) AS (SELECT 'x', 0 UNION ALL SELECT s || s, n + 1 FROM d \
-         WHERE n < 26) SELECT length(s) FROM d"
-            .to_owned(),
-        format!("{million} SELECT NULL FROM c"),
-        format!("{million} SELECT x, x FROM c"),
-        format!("{million} SELECT zeroblob(1000000) FROM c"),
-        // Text whose JSON escapes are six times longer than it is.
-        "SELECT replace(hex(zeroblob(1300000)), '0', char(1))".to_owned(),
-        format!("{million} SELECT group_concat(hex(randomblob(8))) FROM c"),
-        format!("{million} SELECT x FROM c ORDER BY random()"),
-        "CREATE TEMP TABLE parked AS SELECT zeroblob(1000000) AS b FROM \
-         (WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < 40) \
-         SELECT x FROM c)"
-            .to_owned(),
-        // Just inside the caps: answered, and still within the budget.
-        "SELECT printf('%.*c', 2500000, 'x')".to_owned(),
-        "SELECT randomblob(2500000)".to_owned(),
-        "SELECT replace(hex(zeroblob(300000)), '0', char(1))".to_owned(),
-        format!("{million} SELECT x, 'abc', NULL FROM c LIMIT 10000"),
-    ];
+    let bombs = memory_bombs();
     let budget = SQLITE_HEAP_MAX_BYTES + 3 * DEFAULT_MAX_RESULT_BYTES + 2 * MIB;
     let mut report = Vec::new();
     for sql in &bombs {

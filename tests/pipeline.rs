@@ -13,14 +13,14 @@ use workers_sqlite_poc::pipeline::{
     self, Context, ListTables, RetryPolicy, Saved, Work, load, query, save, serve,
 };
 use workers_sqlite_poc::report::{CacheStatus, Report};
-use workers_sqlite_poc::request::{SaveMode, UserId};
+use workers_sqlite_poc::request::SaveMode;
 use workers_sqlite_poc::storage::Layout;
 use workers_sqlite_poc::storage::cache::DbCache;
 use workers_sqlite_poc::storage::{DB_VERSION_KEY, MemoryStore, ObjectStore};
 use workers_sqlite_poc::stream::{self, Stream, StreamOutput, StreamState};
 use workers_sqlite_poc::testing::{
-    Action, AfterReads, Before, Call, Fault, FaultPlan, FaultTally, HookStore, Operation,
-    StepClock, open, row_counts,
+    Action, AfterReads, Before, Call, Fault, FaultPlan, FaultTally, HookStore, Object, Operation,
+    StepClock, open, row_counts, snapshot, user,
 };
 use workers_sqlite_poc::trend::{Recommendation, TrendSettings, Trends};
 use workers_sqlite_poc::work::Transaction;
@@ -49,10 +49,6 @@ macro_rules! both_layouts {
 
 const KEY: &str = "a/database.sqlite";
 const MAX_DB_BYTES: u64 = 1024 * 1024;
-
-fn user(id: &str) -> UserId {
-    UserId::parse(Some(id)).unwrap()
-}
 
 fn ctx<'a, S, C>(
     layout: Layout,
@@ -156,20 +152,7 @@ fn racing(layout: Layout, races: u32, after_rival: &RefCell<Snapshot>) -> HookSt
 }
 
 /// Every object in the store: key, bytes and metadata.
-type Snapshot = Vec<(String, Vec<u8>, Vec<(String, String)>)>;
-
-fn snapshot(store: &MemoryStore) -> Snapshot {
-    store
-        .keys()
-        .into_iter()
-        .map(|key| {
-            let mut metadata: Vec<_> = store.metadata(&key).unwrap().into_iter().collect();
-            metadata.sort();
-            let bytes = store.bytes(&key).unwrap();
-            (key, bytes, metadata)
-        })
-        .collect()
-}
+type Snapshot = Vec<Object>;
 
 /// User `id`'s current database as a fresh worker loads it (base and deltas in the
 /// incremental layout), and its `db-version`.

@@ -13,7 +13,7 @@ use std::task::{Context as TaskContext, Poll, Wake, Waker};
 
 use rusqlite::types::Value;
 use workers_sqlite_poc::error::Error;
-use workers_sqlite_poc::exec::{Limits, Statement, StatementResult};
+use workers_sqlite_poc::exec::StatementResult;
 use workers_sqlite_poc::pipeline::{self, Context, Work};
 use workers_sqlite_poc::queue::{self, WriteQueues};
 use workers_sqlite_poc::report::Report;
@@ -23,13 +23,15 @@ use workers_sqlite_poc::storage::cache::DbCache;
 use workers_sqlite_poc::storage::{
     Fetched, Listed, MemoryStore, ObjectHead, ObjectStore, PutCondition, PutOutcome, StoreError,
 };
-use workers_sqlite_poc::testing::{Fault, FaultPlan, HookStore, Operation, StepClock, row_counts};
+use workers_sqlite_poc::testing::{
+    self, Fault, FaultPlan, HookStore, Operation, StepClock, row_counts, transaction,
+};
 use workers_sqlite_poc::work::Transaction;
 
 const LAYOUTS: [Layout; 2] = [Layout::Single, Layout::Incremental];
 
 fn user() -> UserId {
-    UserId::parse(Some("a")).unwrap()
+    testing::user("a")
 }
 
 /// Puts of the commit point (`manifest.json`, or `database.sqlite` in the single layout) wait
@@ -204,19 +206,6 @@ impl<'a> Tasks<'a> {
 
 fn insert(n: i64) -> Transaction {
     transaction(&[("INSERT INTO t(n) VALUES (?)", vec![Value::Integer(n)])])
-}
-
-fn transaction(statements: &[(&str, Vec<Value>)]) -> Transaction {
-    Transaction {
-        statements: statements
-            .iter()
-            .map(|(sql, args)| Statement {
-                args: args.clone(),
-                ..Statement::new(*sql)
-            })
-            .collect(),
-        limits: Limits::default(),
-    }
 }
 
 fn context<'a, S>(

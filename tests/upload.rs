@@ -13,7 +13,9 @@ use workers_sqlite_poc::request::{SaveMode, UserId};
 use workers_sqlite_poc::storage::cache::DbCache;
 use workers_sqlite_poc::storage::{self, FollowUp, Layout};
 use workers_sqlite_poc::storage::{DB_VERSION_KEY, MemoryStore, ObjectStore, ROUTE_KEY};
-use workers_sqlite_poc::testing::{AfterReads, HookStore, StepClock, apply_sql, open};
+use workers_sqlite_poc::testing::{
+    self, AfterReads, HookStore, StepClock, apply_sql, open, snapshot,
+};
 use workers_sqlite_poc::upload::{self, Precondition};
 use workers_sqlite_poc::{fixtures, sqlite};
 
@@ -21,7 +23,7 @@ const KEY: &str = "a/database.sqlite";
 const MAX_DB_BYTES: u64 = 1024 * 1024;
 
 fn user() -> UserId {
-    UserId::parse(Some("a")).unwrap()
+    testing::user("a")
 }
 
 fn ctx<'a, S, C>(store: &'a S, clock: &'a C, layout: Layout) -> Context<'a, S, C> {
@@ -65,22 +67,6 @@ fn current<S: ObjectStore>(store: &S, layout: Layout) -> Vec<u8> {
     let ctx = ctx(store, &clock, layout);
     let mut loaded = block(pipeline::load(&ctx, &user())).unwrap();
     sqlite::export(&mut loaded.conn).unwrap().to_vec()
-}
-
-/// One stored object: key, bytes, sorted metadata.
-type Object = (String, Vec<u8>, Vec<(String, String)>);
-
-/// Every key, its bytes and metadata.
-fn snapshot(store: &MemoryStore) -> Vec<Object> {
-    store
-        .keys()
-        .into_iter()
-        .map(|k| {
-            let mut meta: Vec<_> = store.metadata(&k).unwrap().into_iter().collect();
-            meta.sort();
-            (k.clone(), store.bytes(&k).unwrap(), meta)
-        })
-        .collect()
 }
 
 fn version(store: &MemoryStore, key: &str) -> u64 {

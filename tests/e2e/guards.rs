@@ -7,7 +7,7 @@ use serde_json::{Value, json};
 use workers_sqlite_poc::exec::DEFAULT_MAX_RESULT_BYTES;
 use workers_sqlite_poc::fixtures;
 use workers_sqlite_poc::sqlite::SQLITE_HEAP_MAX_BYTES;
-use workers_sqlite_poc::testing::open;
+use workers_sqlite_poc::testing::{memory_bombs, open};
 
 use crate::harness::LocalWorker;
 
@@ -38,24 +38,7 @@ fn memory_bombs_stay_within_the_budget_and_others_are_served() {
     };
     let baseline = other("nothing");
     let budget = baseline + SQLITE_HEAP_MAX_BYTES + 3 * DEFAULT_MAX_RESULT_BYTES + 4 * MIB;
-    let million =
-        "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < 1000000)";
-    let bombs = [
-        "SELECT zeroblob(100000000)".to_owned(),
-        "SELECT length(randomblob(100000000))".to_owned(),
-        "SELECT printf('%.*c', 100000000, 'x')".to_owned(),
-        "WITH RECURSIVE d(s, n) AS (SELECT 'x', 0 UNION ALL SELECT s || s, n + 1 FROM d \
-         WHERE n < 26) SELECT length(s) FROM d"
-            .to_owned(),
-        format!("{million} SELECT NULL FROM c"),
-        format!("{million} SELECT zeroblob(1000000) FROM c"),
-        "SELECT replace(hex(zeroblob(1300000)), '0', char(1))".to_owned(),
-        format!("{million} SELECT x FROM c ORDER BY random()"),
-        "CREATE TEMP TABLE parked AS SELECT zeroblob(1000000) AS b FROM \
-         (WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < 30) \
-         SELECT x FROM c)"
-            .to_owned(),
-    ];
+    let bombs = memory_bombs();
     let mut seen = Vec::new();
     for sql in &bombs {
         let answer = worker.post_json("/query?user=bomber", &json!({"sql": sql}), &[]);
