@@ -108,7 +108,11 @@ async fn write_chunks(writer: &JsWriter, bytes: &[u8]) -> bool {
 }
 
 /// A response body that streams the image of `conn` out of wasm memory in chunks (at most one
-/// chunk in JS at a time), then hands the connection to `then` (back to the cache).
+/// chunk in JS at a time), and hands the connection to `then` (back to the cache) as soon as
+/// its last chunk is copied out, before that chunk's write and the close are awaited: those
+/// may never settle once the response is done, and the image must not wait on them (a pending
+/// task holding it is memory the isolate never gets back). An export never changes the image,
+/// so the copy goes back whether or not the client read it all.
 pub(crate) fn stream_image(
     mut conn: rusqlite::Connection,
     then: impl FnOnce(rusqlite::Connection) + 'static,
@@ -121,12 +125,40 @@ pub(crate) fn stream_image(
     let readable = stream.readable();
     let writer = stream.writable().get_writer().map_err(fail)?;
     wasm_bindgen_futures::spawn_local(async move {
-        let written = match crate::sqlite::export(&mut conn) {
-            Ok(bytes) => write_chunks(&writer, &bytes).await,
-            Err(_) => false,
-        };
-        if written {
-            then(conn);
+        let mut conn = Some(conn);
+        let mut then = Some(then);
+        let mut offset = 0;
+        loop {
+            // Copied out of wasm memory synchronously, one chunk at a time: the view never
+            // lives across an await, so memory growth cannot detach it.
+            let Some(view) = conn.as_mut().and_then(|c| {
+                let bytes = crate::sqlite::export(c).ok()?;
+                let chunk = bytes.get(offset..(offset + UPLOAD_CHUNK_BYTES).min(len))?;
+                let view = Uint8Array::new_with_length(chunk.len() as u32);
+                view.copy_from(chunk);
+                Some(view)
+            }) else {
+                return;
+            };
+            offset += view.length() as usize;
+            if offset >= len
+                && let (Some(c), Some(f)) = (conn.take(), then.take())
+            {
+                f(c);
+            }
+            let written = match writer.write(&view) {
+                Ok(promise) => JsFuture::from(promise).await.is_ok(),
+                Err(_) => false,
+            };
+            if !written {
+                return;
+            }
+            if offset >= len {
+                if let Ok(promise) = writer.close() {
+                    let _ = JsFuture::from(promise).await;
+                }
+                return;
+            }
         }
     });
     Ok(readable.unchecked_into())
