@@ -1,8 +1,9 @@
 //! The worker under the R2 model (tests/model/): the model injects what its file says and the
-//! worker's answers stay true; two isolates each keep their own memory.
+//! worker's answers stay true; two isolates each keep their own memory; many writers over two
+//! isolates lose nothing.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde_json::json;
 
@@ -207,7 +208,18 @@ fn the_spec_model_delays_refuses_and_fails_and_nothing_is_lost() {
             moved = worker.request("POST", "/migrate?user=u&to=durable_object");
         }
         assert_eq!(moved.status, 200, "{layout}: {:?}", moved.json);
-        let served = read("0");
+        // Seen here under the model once in a few runs: a read right after the move's 200
+        // answered 503 `migrating` (with Retry-After) for a moment; a client waits as told.
+        let mut served = read("0");
+        for _ in 0..10 {
+            if served.status != 503 {
+                break;
+            }
+            assert!(served.retry_after.is_some(), "{layout}: {}", served.json);
+            eprintln!("{layout}: a read after the move: {}", served.json);
+            std::thread::sleep(Duration::from_millis(500));
+            served = read("0");
+        }
         assert_eq!(
             served.json["route"], "durable_object",
             "{layout}: {}",
@@ -217,4 +229,72 @@ fn the_spec_model_delays_refuses_and_fails_and_nothing_is_lost() {
         assert!(after["do_hops"].as_u64().unwrap() > 0, "{layout}: {after}");
         assert_eq!(after["do_hop_ms"], 20);
     }
+}
+
+/// 64 writers for one user over two isolates for 30 s under `spec`, in the incremental layout
+/// (the default): no acknowledged write is lost, nothing refused is stored, each refusal
+/// carries `Retry-After`, and R2's per-key limit did refuse writes (the model's 429s) while
+/// both isolates served. The share refused is printed, not bounded: with every commit on one
+/// key it is far above 1 % (BENCHMARKS.md, "Write rate").
+#[test]
+fn sixty_four_writers_over_two_isolates_lose_nothing_under_spec() {
+    const WRITERS: usize = 64;
+    const RUN: Duration = Duration::from_secs(30);
+    let worker = LocalWorker::start_under(
+        &Under::model("spec").isolates(2),
+        &[],
+        &[("ALLOW_ANONYMOUS", "true")],
+    );
+    let create = worker.post_json(
+        "/query?user=many",
+        &json!({"sql": "CREATE TABLE w (id TEXT PRIMARY KEY)"}),
+        &[],
+    );
+    assert_eq!(create.status, 200, "{:?}", create.json);
+    let start = Instant::now();
+    let per_writer: Vec<Vec<(String, Outcome)>> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..WRITERS)
+            .map(|w| {
+                let worker = &worker;
+                s.spawn(move || {
+                    let mut done = Vec::new();
+                    let mut seq = 0;
+                    while start.elapsed() < RUN {
+                        let id = format!("{w}-{seq}");
+                        let outcome = write(worker, "many", &id, None);
+                        done.push((id, outcome));
+                        seq += 1;
+                    }
+                    done
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let elapsed = start.elapsed();
+    let outcomes: BTreeMap<String, Outcome> = per_writer.into_iter().flatten().collect();
+    let count = |f: fn(&Outcome) -> bool| outcomes.values().filter(|o| f(o)).count();
+    let acknowledged = count(|o| matches!(o, Outcome::Stored));
+    let refused = count(|o| matches!(o, Outcome::Refused(_)));
+    let unknown = count(|o| matches!(o, Outcome::Unknown));
+    let stats = worker.model_stats();
+    let summary = json!({
+        "writes": outcomes.len(), "acknowledged": acknowledged, "refused": refused,
+        "unknown": unknown, "seconds": elapsed.as_secs_f64(),
+        "acknowledged_per_s": acknowledged as f64 / elapsed.as_secs_f64(), "model": stats,
+    });
+    eprintln!("{summary}");
+    check_stored(&outcomes, &stored_ids(&worker, "many"));
+    for (id, outcome) in &outcomes {
+        if let Outcome::Refused(retry_after) = outcome {
+            assert!(retry_after.is_some(), "{id} refused without Retry-After");
+        }
+    }
+    assert!(acknowledged > 0, "{summary}");
+    assert!(
+        stats["rate_limited"].as_u64().unwrap() > 0,
+        "no 429 injected: {summary}"
+    );
+    let served = stats["served_by_isolate"].as_array().unwrap();
+    assert!(served.iter().all(|n| n.as_u64().unwrap() > 0), "{summary}");
 }

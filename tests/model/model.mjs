@@ -68,6 +68,17 @@ export class Model {
     return low + this.random() * (high - low);
   }
 
+  /** `body` delivered after `ms` (the transfer time); cancelling it cancels the real one. */
+  delayedStream(body, ms) {
+    const { readable, writable } = new TransformStream();
+    const model = this;
+    (async () => {
+      await model.delay(ms);
+      await body.pipeTo(writable);
+    })().catch(() => body.cancel().catch(() => {}));
+    return readable;
+  }
+
   async delay(ms) {
     if (ms <= 0) return;
     this.stats.delayed_calls += 1;
@@ -98,6 +109,30 @@ export class Model {
     this.lastWrite.set(key, now);
     return false;
   }
+}
+
+/** An `R2ObjectBody` whose body is another stream; everything else is the real object's. */
+class ObjectBody {
+  constructor(object, body) {
+    this.object = object;
+    this.body = body;
+  }
+  get key() { return this.object.key; }
+  get version() { return this.object.version; }
+  get size() { return this.object.size; }
+  get etag() { return this.object.etag; }
+  get httpEtag() { return this.object.httpEtag; }
+  get uploaded() { return this.object.uploaded; }
+  get httpMetadata() { return this.object.httpMetadata; }
+  get customMetadata() { return this.object.customMetadata; }
+  get checksums() { return this.object.checksums; }
+  get range() { return this.object.range; }
+  get bodyUsed() { return this.body.locked; }
+  writeHttpMetadata(headers) { return this.object.writeHttpMetadata(headers); }
+  arrayBuffer() { return new Response(this.body).arrayBuffer(); }
+  text() { return new Response(this.body).text(); }
+  json() { return new Response(this.body).json(); }
+  blob() { return new Response(this.body).blob(); }
 }
 
 /** Every byte of a put's value (a stream, a buffer, a string or null). Read before anything is
@@ -132,14 +167,20 @@ export class R2Bucket {
     this.model.stats.calls.get += 1;
     const fault = await this.#transient("get");
     const object = await this.inner.get(key, options);
-    // An object answered without a body (missing, or a failed onlyIf) costs a metadata read.
-    const sized = object !== null && "body" in object;
-    await this.model.delay(sized ? this.model.latency("get", object.size) : this.model.latency("head", 0));
+    // The answer (metadata) arrives after a metadata read's latency; an object answered
+    // without a body (missing, or a failed onlyIf) costs only that.
+    const total = object !== null && "body" in object ? this.model.latency("get", object.size) : 0;
+    const first = Math.min(this.model.latency("head", 0), total || Infinity);
+    await this.model.delay(first);
     if (fault === "lost_answer") {
       this.model.stats.transient.lost_answer += 1;
       throw new Error(`get: ${INTERNAL_ERROR}`);
     }
-    return object;
+    if (total === 0) return object;
+    // The rest of the transfer is paid by whoever reads the body, and only if they do: a
+    // caller that looks at the metadata and cancels the body (an object too large, a user
+    // who lives elsewhere) is answered as fast as R2 would answer it.
+    return new ObjectBody(object, this.model.delayedStream(object.body, total - first));
   }
 
   async head(key) {
