@@ -31,6 +31,11 @@ pub enum Error {
     },
     /// sqld's replication protocol (embedded replicas), which this worker does not serve.
     ReplicationNotSupported,
+    /// A plain request where only a WebSocket upgrade is served (`/db/<user>/`).
+    UpgradeRequired {
+        /// What the client must send, safe to show.
+        reason: String,
+    },
     /// No route matches the path.
     NotFound {
         /// The path that was asked for.
@@ -258,6 +263,7 @@ impl std::fmt::Display for Error {
             Self::InvalidUser { reason } => write!(f, "invalid user: {reason}"),
             Self::InvalidParameter { name, reason } => write!(f, "invalid {name}: {reason}"),
             Self::InvalidRequest { reason } => write!(f, "invalid request: {reason}"),
+            Self::UpgradeRequired { reason } => write!(f, "upgrade required: {reason}"),
             Self::NotFound { path } if path.starts_with("/db/") => write!(
                 f,
                 "no route for {path}; libSQL clients need the URL http(s)://HOST/db/<user>/ with \
@@ -467,6 +473,7 @@ impl Error {
             Self::Forbidden { .. } | Self::StatementNotAllowed { .. } => 403,
             Self::NotFound { .. } | Self::UserNotFound { .. } => 404,
             Self::MethodNotAllowed { .. } => 405,
+            Self::UpgradeRequired { .. } => 426,
             Self::ReplicationNotSupported => 501,
             Self::TransactionConflict
             | Self::ServedByDurableObject
@@ -503,6 +510,7 @@ impl Error {
             Self::InvalidRequest { .. } => "invalid_request",
             Self::NotFound { .. } => "not_found",
             Self::ReplicationNotSupported => "replication_not_supported",
+            Self::UpgradeRequired { .. } => "upgrade_required",
             Self::UserNotFound { .. } => "user_not_found",
             Self::MethodNotAllowed { .. } => "method_not_allowed",
             Self::Unauthorized { .. } => "unauthorized",

@@ -12,6 +12,7 @@
 //! - [`work`]: what `/query` runs: one transaction.
 //! - [`exec`]: the one executor and its guard rails.
 //! - [`hrana`]: the libSQL remote protocol (Hrana over HTTP, JSON).
+//! - [`hrana_ws`]: Hrana over WebSocket (`hrana2`, `hrana3`): a session per socket, messages in, messages and jobs out.
 //! - [`stream`]: Hrana streams across requests, carried by their batons.
 //! - [`encoding`]: lossless JSON for SQLite values, base64, `/query` bodies.
 //! - [`storage`]: everything about how a database is kept in R2, both layouts:
@@ -59,6 +60,7 @@ pub mod exec;
 pub mod fixtures;
 pub mod header;
 pub mod hrana;
+pub mod hrana_ws;
 pub mod import;
 pub mod migrate;
 pub mod pipeline;

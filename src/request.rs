@@ -148,6 +148,12 @@ pub enum Route {
         /// `batch` rather than `execute`.
         batch: bool,
     },
+    /// `GET /db/<user>/` (or `/db/<user>`) upgraded to a WebSocket: Hrana over WebSocket
+    /// (`hrana2`, `hrana3`).
+    HranaWebSocket {
+        /// The user named in the path, not yet validated.
+        user: String,
+    },
     /// sqld's replication endpoints (embedded replicas): answered 501.
     Replication,
     /// `POST /do/import?user=ID`: copy the user's R2 database into their Durable Object.
@@ -199,6 +205,7 @@ pub fn route(method: &str, path: &str) -> Result<Route, Error> {
             Some(HranaPath::Cursor(user)) => (Route::HranaCursor { user }, "POST"),
             Some(HranaPath::V1 { user, batch }) => (Route::HranaV1 { user, batch }, "POST"),
             Some(HranaPath::Version) => (Route::HranaVersion, "GET"),
+            Some(HranaPath::WebSocket(user)) => (Route::HranaWebSocket { user }, "GET"),
             Some(HranaPath::Replication) => return Err(Error::ReplicationNotSupported),
             None => {
                 return Err(Error::NotFound {
@@ -223,16 +230,22 @@ enum HranaPath {
     Pipeline(String),
     Cursor(String),
     V1 { user: String, batch: bool },
+    WebSocket(String),
     Replication,
 }
 
-/// `/db/<user>/` followed by `v1`, `v2`, `v3` (version checks), `v2/pipeline`,
-/// `v3/pipeline`, `v3/cursor`, `v1/execute`, `v1/batch`, or one of sqld's replication paths.
+/// `/db/<user>/` itself (the WebSocket clients connect to), or followed by `v1`, `v2`, `v3`
+/// (version checks), `v2/pipeline`, `v3/pipeline`, `v3/cursor`, `v1/execute`, `v1/batch`, or
+/// one of sqld's replication paths. `/db/<user>` is the WebSocket too (a `ws://` URL without
+/// its trailing slash).
 fn hrana_path(path: &str) -> Option<HranaPath> {
     let rest = path.strip_prefix("/db/")?;
-    let (user, tail) = rest.split_once('/')?;
+    let Some((user, tail)) = rest.split_once('/') else {
+        return (!rest.is_empty()).then(|| HranaPath::WebSocket(rest.to_owned()));
+    };
     let user = user.to_owned();
     Some(match tail {
+        "" => HranaPath::WebSocket(user),
         "v1" | "v2" | "v3" => HranaPath::Version,
         "v2/pipeline" | "v3/pipeline" => HranaPath::Pipeline(user),
         "v3/cursor" => HranaPath::Cursor(user),
@@ -344,6 +357,15 @@ mod tests {
             Route::HranaPipeline { user: "a".into() }
         );
         assert_eq!(route("GET", "/db/a/v2").unwrap(), Route::HranaVersion);
+        // The WebSocket clients connect to the URL's own path, with or without its slash.
+        for path in ["/db/a/", "/db/a"] {
+            assert_eq!(
+                route("GET", path).unwrap(),
+                Route::HranaWebSocket { user: "a".into() }
+            );
+            assert_eq!(route("POST", path).unwrap_err().status(), 405);
+        }
+        assert_eq!(route("GET", "/db/").unwrap_err().status(), 404);
         assert_eq!(route("PUT", "/import").unwrap(), Route::Upload);
         assert_eq!(route("POST", "/import").unwrap_err().status(), 405);
         assert_eq!(route("GET", "/db/a/v3-protobuf").unwrap_err().status(), 404);

@@ -66,6 +66,26 @@ pub struct StreamState {
     pub digest: String,
 }
 
+impl StreamState {
+    /// Whether a transaction is open (its requests are replayed by the next call).
+    #[must_use]
+    pub fn in_transaction(&self) -> bool {
+        !self.replay.is_empty()
+    }
+
+    /// The stream with its open transaction rolled back: the SQL texts and last rowid it had
+    /// when the transaction began, nothing to replay.
+    #[must_use]
+    pub fn rolled_back(self) -> Self {
+        Self {
+            began_ms: None,
+            replay: Vec::new(),
+            digest: digest([]),
+            ..self
+        }
+    }
+}
+
 type HmacSha256 = Hmac<Sha256>;
 
 /// The key batons are signed with: derived from `TOKEN_SECRET`, else `AUTH_TOKEN`. With

@@ -157,6 +157,11 @@ async fn handle(mut req: Request, env: &Env) -> std::result::Result<Response, Er
     let method = req.method().to_string();
     let route = request::route(&method, &req.path())?;
     let config = load_config(env)?;
+    // A WebSocket's token arrives in its first message (Hrana's hello), checked there.
+    if let Route::HranaWebSocket { user } = &route {
+        let user = UserId::parse(Some(user))?;
+        return super::websocket::upgrade(&req, env, config, user);
+    }
     let authorization = req.headers().get("Authorization").map_err(internal)?;
     let identity =
         auth::authenticate(&config, authorization.as_deref(), JsClock.epoch_ms() / 1000)?;
@@ -164,7 +169,10 @@ async fn handle(mut req: Request, env: &Env) -> std::result::Result<Response, Er
         Route::HranaPipeline { user }
         | Route::HranaCursor { user }
         | Route::HranaV1 { user, .. } => Some(UserId::parse(Some(user))?),
-        Route::HranaVersion | Route::Replication | Route::SelfTest => None,
+        Route::HranaVersion
+        | Route::HranaWebSocket { .. }
+        | Route::Replication
+        | Route::SelfTest => None,
         _ => Some(user_of(&req)?),
     };
     if let Some(user) = &user {
@@ -207,9 +215,26 @@ async fn handle(mut req: Request, env: &Env) -> std::result::Result<Response, Er
             handle_do(env, &config, &user, Some(bytes)).await
         }
         (Route::SelfTest, _) => handle_self_test(env, &config, &identity).await,
-        (route, None) => Err(Error::Internal {
-            detail: format!("route {route:?} reached without a user"),
+        (route @ Route::HranaWebSocket { .. }, _) | (route, None) => Err(Error::Internal {
+            detail: format!("route {route:?} reached here (without a user, or upgraded above)"),
         }),
+    }
+}
+
+/// Runs the compactions `finish` asked for on `user`'s behalf now, in the caller's own
+/// request: a WebSocket's jobs finish after its `fetch` returned, so `fetch` cannot hand them
+/// to `waitUntil`.
+pub(super) fn compact_now(env: &Env, user: &UserId) {
+    let mine: Vec<(UserId, bool)> = FOLLOW_UPS.with(|f| {
+        let mut all = f.borrow_mut();
+        let (mine, rest) = std::mem::take(&mut *all)
+            .into_iter()
+            .partition(|(u, _)| u == user);
+        *all = rest;
+        mine
+    });
+    for (user, retire) in mine {
+        wasm_bindgen_futures::spawn_local(compact_later(env.clone(), user, retire));
     }
 }
 
@@ -323,12 +348,39 @@ async fn serve_body<W: pipeline::Work + 'static>(
 ) -> std::result::Result<(Report, W::Output, Rc<Reservation>), Error> {
     let memory = admit(config, admission::body_bytes(bytes.len() as u64), true).await?;
     let work = parse(bytes)?;
-    let store = admitted_store(env, &memory)?;
-    let queues = QUEUES.with(|q| *q);
-    let ctx = context(&store, config, Some(&memory));
-    let (report, output) = queue::serve(&ctx, queues, user, SaveMode::Auto, work).await?;
-    let report = finish(report, user, config, Some(&memory));
+    let (report, output) = serve_admitted(env, config, user, &memory, work).await?;
     Ok((report, output, memory))
+}
+
+/// Serves an admitted work through the user's write queue, as every query route does.
+async fn serve_admitted<W: pipeline::Work + 'static>(
+    env: &Env,
+    config: &Config,
+    user: &UserId,
+    memory: &Rc<Reservation>,
+    work: W,
+) -> std::result::Result<(Report, W::Output), Error> {
+    let store = admitted_store(env, memory)?;
+    let queues = QUEUES.with(|q| *q);
+    let ctx = context(&store, config, Some(memory));
+    let (report, output) = queue::serve(&ctx, queues, user, SaveMode::Auto, work).await?;
+    Ok((finish(report, user, config, Some(memory)), output))
+}
+
+/// One WebSocket job (a stream request of `message_bytes`), admitted into the isolate's
+/// memory and served through the write queue exactly as an HTTP stream call is; the
+/// compactions it asks for run at once (see [`compact_now`]).
+pub(super) async fn serve_socket_job(
+    env: &Env,
+    config: &Config,
+    user: &UserId,
+    message_bytes: usize,
+    work: Stream,
+) -> std::result::Result<StreamOutput, Error> {
+    let memory = admit(config, admission::body_bytes(message_bytes as u64), true).await?;
+    let served = serve_admitted(env, config, user, &memory, work).await;
+    compact_now(env, user);
+    served.map(|(_, output)| output)
 }
 
 /// `POST /query?user=ID`: the body's statements as one transaction.

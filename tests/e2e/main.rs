@@ -14,6 +14,7 @@ mod query;
 mod queue;
 mod safety;
 mod soak;
+mod websocket;
 
 use harness::{LocalWorker, row_counts};
 use serde_json::Value;
