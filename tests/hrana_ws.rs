@@ -11,11 +11,11 @@ use workers_sqlite_poc::exec::{Limits, Statement};
 use workers_sqlite_poc::hrana_ws::{
     self, Job, MAX_IN_FLIGHT, MAX_QUEUED, MAX_STORED_SQL, MAX_STREAMS, Out, Session, close_code,
 };
-use workers_sqlite_poc::layout::Layout;
 use workers_sqlite_poc::pipeline::Context;
 use workers_sqlite_poc::queue::{self, WriteQueues};
 use workers_sqlite_poc::request::{SaveMode, UserId};
-use workers_sqlite_poc::store::MemoryStore;
+use workers_sqlite_poc::storage::Layout;
+use workers_sqlite_poc::storage::MemoryStore;
 use workers_sqlite_poc::stream::STREAM_IDLE_TIMEOUT_MS;
 use workers_sqlite_poc::testing::StepClock;
 use workers_sqlite_poc::work::Transaction;

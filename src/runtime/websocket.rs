@@ -94,7 +94,16 @@ async fn serve(socket: Rc<Socket>) {
                     None => socket.session.borrow_mut().receive_binary(),
                 }
             }
-            Ok(WebsocketEvent::Close(_)) | Err(_) => break,
+            Ok(WebsocketEvent::Close(_)) | Err(_) => {
+                // Completes the client's closing handshake (without it the client waits for
+                // its own close timeout).
+                if !socket.closed.get() {
+                    let _ = socket
+                        .socket
+                        .close(Some(1000), Some("closed by the client"));
+                }
+                break;
+            }
         };
         act(&socket, outs);
         if socket.closed.get() {
