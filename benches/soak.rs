@@ -28,7 +28,7 @@ fn main() {
     let worker = soak::start(&[]);
     let result = soak::run(&worker, total, concurrency);
     let budget = Config::default().memory_budget_bytes();
-    let line = soak::check(&worker, &result, budget);
+    let line = soak::summary(&result, budget);
     println!("{line}");
     let mut md = format!(
         "# Soak: {total} requests at concurrency {concurrency}, 20 users of 0.25–2.7 MB, one \
@@ -39,12 +39,14 @@ fn main() {
         md.push_str(&format!("| {kind} | {status} | {n} |\n"));
     }
     md.push_str(&format!(
-        "\n- 503 with Retry-After, by code: {:?}\n- other 5xx: {}\n- largest wasm memory \
+        "\n- 503 with Retry-After, by code: {:?}\n- answers other than 200 or 503 with \
+         Retry-After: {} (of which wrangler's proxy, not the worker: {})\n- largest wasm memory \
          reported: {} bytes (budget {budget})\n- admission: peak held {} of a capacity of {} \
          bytes; {} requests waited\n- workerd RSS: {} KiB before, {} KiB after\n- wall time: {} \
          ms\n",
         result.retry_after,
         result.unexpected.len(),
+        result.transport_failures,
         result.max_wasm_memory_bytes,
         result.peak_reserved_bytes,
         result.capacity_bytes,
@@ -56,4 +58,7 @@ fn main() {
     let path = concat!(env!("CARGO_MANIFEST_DIR"), "/benches/results/soak.md");
     std::fs::write(path, md).expect("write benches/results/soak.md");
     println!("wrote {path}");
+    // The same checks as the e2e soak: nothing acknowledged lost, nothing refused stored, no
+    // answer but 200 or 503 with Retry-After, wasm memory under the budget.
+    println!("{}", soak::check(&worker, &result, budget));
 }

@@ -38,6 +38,8 @@ pub struct Soak {
     pub acknowledged: BTreeMap<String, BTreeSet<String>>,
     /// Write ids refused, per user.
     pub refused: BTreeMap<String, BTreeSet<String>>,
+    /// Requests answered by wrangler's proxy instead of the worker (counted in `unexpected`).
+    pub transport_failures: u32,
     /// Wall time of the run.
     pub elapsed_ms: u128,
     /// workerd's resident memory before and after (KiB).
@@ -123,7 +125,33 @@ fn worker_log_lines(log: &str) -> Vec<&str> {
 fn one(worker: &LocalWorker, i: usize, soak: &Mutex<Soak>) {
     let user = format!("soak{}", i % USERS);
     let id = format!("w{i}");
-    let (kind, status, retry_after, body, write) = match i % 5 {
+    // An answer that is not ours (wrangler's proxy answering for a runtime it lost) panics in
+    // the harness: it is counted as unexpected, and the run goes on.
+    let sent =
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| send(worker, i, &user, &id)));
+    let (kind, status, retry_after, body, write) = match sent {
+        Ok(answer) => answer,
+        Err(panic) => {
+            let what = panic
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| panic.downcast_ref::<&str>().map(|s| (*s).to_owned()))
+                .unwrap_or_default();
+            let mut s = soak.lock().unwrap();
+            s.transport_failures += 1;
+            s.unexpected.push(("transport".to_owned(), 0, what));
+            // Its write may or may not have been stored: it is in neither list.
+            return;
+        }
+    };
+    record(soak, &user, kind, status, retry_after, &body, write);
+}
+
+type Sent = (&'static str, u16, Option<String>, Value, Option<String>);
+
+fn send(worker: &LocalWorker, i: usize, user: &str, id: &str) -> Sent {
+    let id = id.to_owned();
+    match i % 5 {
         0 => {
             let a = worker.get(&format!("/?user={user}"));
             ("sync", a.status, a.retry_after, a.json, None)
@@ -169,13 +197,25 @@ fn one(worker: &LocalWorker, i: usize, soak: &Mutex<Soak>) {
             let (status, _, _) = worker.get_bytes(&format!("/export?user={user}"));
             ("export", status, None, Value::Null, None)
         }
-    };
+    }
+}
+
+fn record(
+    soak: &Mutex<Soak>,
+    user: &str,
+    kind: &str,
+    status: u16,
+    retry_after: Option<String>,
+    body: &Value,
+    write: Option<String>,
+) {
+    let user = user.to_owned();
     let mut s = soak.lock().unwrap();
     *s.statuses.entry((kind.to_owned(), status)).or_default() += 1;
     let report = if kind == "pipeline_write" {
         &body["report"]
     } else {
-        &body
+        body
     };
     if let Some(m) = report["memory"]["wasm_memory_bytes"].as_u64() {
         s.max_wasm_memory_bytes = s.max_wasm_memory_bytes.max(m);
@@ -230,6 +270,7 @@ pub fn stored_ids(worker: &LocalWorker) -> BTreeMap<String, BTreeSet<String>> {
 
 /// Checks what every soak must show; returns a one-line summary.
 pub fn check(worker: &LocalWorker, soak: &Soak, budget: u64) -> String {
+    let line = summary(soak, budget);
     assert!(
         soak.unexpected.is_empty(),
         "answers other than 200 or 503 with Retry-After: {:?}",
@@ -256,15 +297,21 @@ pub fn check(worker: &LocalWorker, soak: &Soak, budget: u64) -> String {
         let kept: Vec<_> = ids.intersection(&stored[user]).collect();
         assert!(kept.is_empty(), "{user}: refused writes stored: {kept:?}");
     }
+    format!("{line}; every acknowledged write stored, no refused one")
+}
+
+/// What a soak saw, in one line (no checks).
+pub fn summary(soak: &Soak, budget: u64) -> String {
     let acknowledged: usize = soak.acknowledged.values().map(BTreeSet::len).sum();
     format!(
-        "{} requests in {} ms: {:?}; 503 with Retry-After: {:?}; max wasm memory {} (budget \
-         {budget}); admission peak {} of {}; {} waited; {acknowledged} writes acknowledged, all \
-         stored; workerd RSS {} -> {} KiB",
-        soak.statuses.values().sum::<u32>(),
+        "{} requests in {} ms: {:?}; 503 with Retry-After: {:?}; transport failures (wrangler's \
+         proxy): {}; max wasm memory {} (budget {budget}); admission peak {} of {}; {} waited; \
+         {acknowledged} writes acknowledged; workerd RSS {} -> {} KiB",
+        soak.statuses.values().sum::<u32>() + soak.transport_failures,
         soak.elapsed_ms,
         soak.statuses,
         soak.retry_after,
+        soak.transport_failures,
         soak.max_wasm_memory_bytes,
         soak.peak_reserved_bytes,
         soak.capacity_bytes,
