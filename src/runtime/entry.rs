@@ -446,16 +446,35 @@ async fn handle_pipeline(
     config: &Config,
     user: &UserId,
 ) -> std::result::Result<Response, Error> {
-    let bytes = body(req, config.max_request_bytes).await?;
-    let request = hrana::parse(&bytes, config.limits.max_statements)?;
-    let call = stream::Call::Pipeline(request.requests);
-    let (report, out, _memory) =
-        serve_stream(&bytes, env, config, user, request.baton.as_deref(), call).await?;
-    let baton = out.next.map(|s| stream::seal(&s, &baton_key(config)));
+    let (report, out, baton, _memory) = serve_baton_call(req, env, config, user, |bytes| {
+        let request = hrana::parse(bytes, config.limits.max_statements)?;
+        Ok((request.baton, stream::Call::Pipeline(request.requests)))
+    })
+    .await?;
     json_response(
         &serde_json::json!({"baton": baton, "base_url": null, "results": out.results, "report": report}),
         200,
     )
+}
+
+/// What the pipeline and the cursor share: reads the body, parses it with `parse` into the
+/// client's baton and the call, serves the call on the stream, and seals the next baton.
+async fn serve_baton_call(
+    req: &mut Request,
+    env: &Env,
+    config: &Config,
+    user: &UserId,
+    parse: impl FnOnce(&[u8]) -> std::result::Result<(Option<String>, stream::Call), Error>,
+) -> std::result::Result<(Report, StreamOutput, Option<String>, Rc<Reservation>), Error> {
+    let bytes = body(req, config.max_request_bytes).await?;
+    let (baton, call) = parse(&bytes)?;
+    let (report, out, memory) =
+        serve_stream(&bytes, env, config, user, baton.as_deref(), call).await?;
+    let next = out
+        .next
+        .as_ref()
+        .map(|s| stream::seal(s, &baton_key(config)));
+    Ok((report, out, next, memory))
 }
 
 /// `POST /db/<user>/v3/cursor`: one batch, answered as lines of JSON (the stream's baton,
@@ -466,12 +485,11 @@ async fn handle_cursor(
     config: &Config,
     user: &UserId,
 ) -> std::result::Result<Response, Error> {
-    let bytes = body(req, config.max_request_bytes).await?;
-    let request = hrana::parse_cursor(&bytes, config.limits.max_statements)?;
-    let call = stream::Call::Cursor(request.batch);
-    let (_, out, _memory) =
-        serve_stream(&bytes, env, config, user, request.baton.as_deref(), call).await?;
-    let baton = out.next.map(|s| stream::seal(&s, &baton_key(config)));
+    let (_, out, baton, _memory) = serve_baton_call(req, env, config, user, |bytes| {
+        let request = hrana::parse_cursor(bytes, config.limits.max_statements)?;
+        Ok((request.baton, stream::Call::Cursor(request.batch)))
+    })
+    .await?;
     let mut text = serde_json::json!({"baton": baton, "base_url": null}).to_string();
     for entry in &out.results {
         text.push('\n');
