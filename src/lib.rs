@@ -19,11 +19,14 @@
 //!   - [`storage::keys`]: object keys, metadata keys, the `db-version` rule;
 //!   - [`storage::store`]: the object-store seam, [`storage::MemoryStore`], and its failure
 //!     contract as one test body for every backend ([`storage::store::contract`]);
+//!   - [`storage::backoff`]: [`storage::RetryPolicy`], how often and how long storage retries;
 //!   - [`storage::retry`]: retries after 429/5xx, conditional puts resolved by `write-id`;
 //!   - [`storage::cache`]: the version cache of open databases, keyed by object and state;
 //!   - [`storage::manifest`], [`storage::delta`]: the incremental layout's data and format;
-//!   - [`storage::load`], [`storage::adopt`]: loading either layout (the one
-//!     [`storage::Loaded`]), deciding the adoption of an outside file (a load never writes);
+//!   - [`storage::load`], [`storage::adopt`]: loading either layout, deciding the adoption of
+//!     an outside file (a load never writes);
+//!   - [`storage::loaded`]: what a load hands on ([`storage::Loaded`], [`storage::Adoption`])
+//!     and the way a loaded copy goes back to the cache;
 //!   - [`storage::save`]: the save step in either layout (an adoption committed with it);
 //!   - [`storage::commit`], [`storage::compact`], [`storage::sweep`]: a delta commit,
 //!     compaction (fold, retire, a move's freeze), the sweep of orphans;

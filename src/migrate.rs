@@ -26,6 +26,7 @@ use crate::error::Error;
 use crate::import::{self, ExportReport, ImportReport, SqlTarget};
 use crate::request::UserId;
 use crate::storage::keys::Home;
+pub use crate::storage::moves::ExportStep;
 use crate::storage::moves::{self, fetch_frozen, head_of, publish_export};
 use crate::storage::{DB_VERSION_KEY, ObjectHead, ObjectStore, WRITE_ID_KEY};
 
@@ -251,27 +252,6 @@ pub fn check_serving(
     }
 }
 
-/// The next step of a move back to R2.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ExportStep {
-    /// Export and store the image as `write_id`, `If-Match` R2's object `etag`.
-    Publish {
-        /// The export's write id (the same when an interrupted export runs again).
-        write_id: String,
-        /// The object that says the user lives in the Durable Object.
-        etag: String,
-        /// Its `db-version`, which the export's must pass.
-        db_version: Option<u64>,
-    },
-    /// An earlier run of this export stored it (its answer was lost): only mark it done.
-    AlreadyPublished {
-        /// The stored object.
-        etag: String,
-        /// Its `db-version`.
-        db_version: Option<u64>,
-    },
-}
-
 /// What a move back to R2 may do from `state`, given R2's object `r2`: only a user who lives
 /// in the object goes back, once; a second move back, a move of a user who never came here
 /// and an export while R2 serves the user are refused, writing nothing.
@@ -356,7 +336,7 @@ pub async fn import_here<S: ObjectStore, C: Clock, H: ObjectHome>(
     allow_loss: bool,
 ) -> Result<ImportReport, Error> {
     let state = home.state().await?;
-    let (object, write_id) = fetch_frozen(ctx, user, &state).await?;
+    let (object, write_id) = fetch_frozen(ctx, user, |r2| check_import(&state, r2)).await?;
     let loaded = crate::sqlite::load_body(object.body).await?;
     // The object stops serving before anything in it changes, and stays so if this stops.
     home.set_state(&ObjectState::Importing).await?;

@@ -25,7 +25,8 @@ use crate::report::{
 use crate::request::{SaveMode, UserId};
 use crate::sqlite;
 pub use crate::storage::RetryPolicy;
-use crate::storage::cache::{self, DbCache};
+use crate::storage::cache::DbCache;
+use crate::storage::loaded::keep_loaded;
 use crate::storage::{self, FollowUp, ObjectStore, Stored};
 pub use crate::storage::{Loaded, Saved, load};
 
@@ -302,7 +303,7 @@ pub async fn serve<S: ObjectStore, C: Clock, W: Work>(
                     } = *failed;
                     // A request that failed without committing leaves a copy equal to the store.
                     if !changed {
-                        cache::keep_loaded(ctx.cache, user, loaded);
+                        keep_loaded(ctx.cache, user, loaded);
                     }
                     return Err(error);
                 }
@@ -350,10 +351,10 @@ pub fn answer<S, C: Clock, T>(
             stored, version, ..
         } => {
             (loaded.stored, loaded.version) = (stored, Some(version));
-            cache::keep_loaded(ctx.cache, user, loaded);
+            keep_loaded(ctx.cache, user, loaded);
         }
         // Unsaved changes must not outlive the request; an unchanged copy may.
-        Saved::Skipped { .. } if !changed => cache::keep_loaded(ctx.cache, user, loaded),
+        Saved::Skipped { .. } if !changed => keep_loaded(ctx.cache, user, loaded),
         _ => {}
     }
     if let (Some(info), Some(cache)) = (report.cache.as_mut(), ctx.cache) {

@@ -427,7 +427,7 @@ async fn serve_in<S: ObjectStore, C: Clock, W: Work + 'static>(
                 changed,
             } = *failed;
             if !changed {
-                crate::storage::cache::keep_loaded(ctx.cache, user, loaded);
+                crate::storage::loaded::keep_loaded(ctx.cache, user, loaded);
             }
             return Err(error);
         }

@@ -228,7 +228,7 @@ pub async fn replace<S: ObjectStore, C: Clock>(
             other => other?,
         };
         if let Err(e) = precondition.check(&loaded.stored, loaded.version) {
-            crate::storage::cache::keep_loaded(ctx.cache, user, loaded);
+            crate::storage::loaded::keep_loaded(ctx.cache, user, loaded);
             return Err(e);
         }
         // Past the current counter (and never equal to it), whatever the file says.
@@ -283,7 +283,7 @@ pub async fn replace<S: ObjectStore, C: Clock>(
         {
             let mut loaded = queried.loaded;
             (loaded.stored, loaded.version) = (stored, Some(version));
-            crate::storage::cache::keep_loaded(ctx.cache, user, loaded);
+            crate::storage::loaded::keep_loaded(ctx.cache, user, loaded);
         }
         return Ok(report);
     }

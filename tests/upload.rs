@@ -519,7 +519,7 @@ fn another_isolates_cached_copy_sees_the_upload() {
             image
         };
         let v = warm.version.unwrap();
-        workers_sqlite_poc::storage::cache::keep_loaded(Some(&other), &user(), warm);
+        workers_sqlite_poc::storage::loaded::keep_loaded(Some(&other), &user(), warm);
         block(upload::replace(
             &with(&uploader),
             &user(),

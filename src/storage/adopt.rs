@@ -7,7 +7,7 @@ use std::collections::HashMap;
 
 use super::join::join2;
 use super::keys::{DB_VERSION_KEY, version_of};
-use super::load::{Loaded, Step};
+use super::loaded::{Adoption, Loaded, Step};
 use super::manifest::{BaseRef, ConflictRef, Manifest, OUTSIDE_RULE, OutsideReplacement, Stored};
 use super::retry::with_retries;
 use super::store::ObjectStore;
@@ -18,17 +18,6 @@ use crate::header;
 use crate::report::CacheStatus;
 use crate::request::UserId;
 use crate::sqlite;
-
-/// An adoption decided by a load and not yet committed: the manifest that adopts the outside
-/// file (its deltas are the commit's to add) and the conflict record to write first.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Adoption {
-    /// The manifest after the adoption: the outside file as base, the worker's deltas listed
-    /// under a conflict record. Committed `If-Match` the manifest the load read.
-    pub next: Manifest,
-    /// The conflict record (key and body), when the worker had deltas the file replaced.
-    pub record: Option<(String, Vec<u8>)>,
-}
 
 /// `database.sqlite` is neither the manifest's base nor a compaction of it: something outside
 /// the worker replaced it. Decides [`OUTSIDE_RULE`] for the save step to commit; writes

@@ -5,7 +5,6 @@ use std::cell::RefCell;
 
 use rusqlite::Connection;
 
-use super::load::Loaded;
 use super::manifest::Stored;
 use crate::request::UserId;
 use crate::sqlite;
@@ -57,16 +56,6 @@ pub fn keep(
         conn,
         size_bytes,
     });
-}
-
-/// Returns a loaded copy to the version cache through [`keep`], in the state the save left
-/// it (`loaded.stored`, `loaded.version`). Not while an adoption of an outside file the load
-/// found is still to be committed: the copy then equals no stored state.
-pub fn keep_loaded(cache: Option<&DbCache>, user: &UserId, loaded: Loaded) {
-    if loaded.adoption.is_some() {
-        return;
-    }
-    keep(cache, user, loaded.conn, loaded.stored, loaded.version);
 }
 
 /// Most entries the cache holds. Each cached connection keeps about 19 KiB on SQLite's heap

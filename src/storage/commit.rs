@@ -4,7 +4,7 @@
 
 use super::delta;
 use super::keys::{DB_VERSION_KEY, WRITE_ID_KEY};
-use super::load::Loaded;
+use super::loaded::Loaded;
 use super::manifest::{BaseRef, DeltaRef, Manifest, Stored};
 use super::retry::{conditional_put, with_retries};
 use super::store::{ObjectStore, PutCondition, PutOutcome};

@@ -6,13 +6,13 @@
 use rusqlite::Connection;
 use serde::Serialize;
 
-use super::cache;
 use super::commit::commit;
 use super::commit::{manifest_bytes, manifest_metadata};
 use super::keys::{
     COVERS_KEY, DB_VERSION_KEY, Home, LINEAGE_KEY, WRITE_ID_KEY, push_home, version_of,
 };
-use super::load::{LOAD_ATTEMPTS, Loaded, build, fetch_manifest};
+use super::load::{LOAD_ATTEMPTS, build, fetch_manifest};
+use super::loaded::{Loaded, keep_loaded};
 use super::manifest::{BaseRef, Manifest, Retired, Stored};
 use super::retry::conditional_put;
 use super::store::{ObjectStore, PutCondition, PutOutcome};
@@ -119,7 +119,7 @@ pub(crate) async fn freeze_for_move<S: ObjectStore, C: Clock>(
 
 /// Returns a loaded copy to the version cache.
 fn keep<S, C>(ctx: &Context<'_, S, C>, user: &UserId, loaded: Loaded) {
-    cache::keep_loaded(ctx.cache, user, loaded);
+    keep_loaded(ctx.cache, user, loaded);
 }
 
 /// Times the manifest put is re-tried over writes that commit during a compaction.

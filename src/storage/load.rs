@@ -5,12 +5,13 @@
 
 use std::collections::HashMap;
 
-use super::adopt::{Adoption, adopt_outside};
+use super::adopt::adopt_outside;
 use super::cache::Entry;
 use super::delta;
 use super::join::{join_all, join2};
 use super::keys::{COVERS_KEY, LINEAGE_KEY, check_route, version_of};
-use super::manifest::{DeltaRef, Manifest, OutsideReplacement, Retired, Stored};
+use super::loaded::{Loaded, Step};
+use super::manifest::{DeltaRef, Manifest, Retired, Stored};
 use super::retry::with_retries;
 use super::store::{Body, Fetched, ObjectStore, StoreError, StoreErrorKind, StoredObject};
 use crate::clock::Clock;
@@ -20,105 +21,11 @@ use crate::header;
 use crate::report::CacheStatus;
 use crate::request::UserId;
 use crate::sqlite;
-use rusqlite::Connection;
 
 /// Largest manifest read (about 40,000 deltas; compaction keeps it far smaller).
 const MANIFEST_MAX_BYTES: u64 = 4 * 1024 * 1024;
 /// Times a load starts over when the manifest moved on under it.
 pub(super) const LOAD_ATTEMPTS: u32 = 4;
-
-/// The load step's result: an open database and what is known about its stored state.
-#[derive(Debug)]
-pub struct Loaded {
-    /// The open database.
-    pub conn: Connection,
-    /// What R2 holds that this image equals (a new database, one object, or a manifest);
-    /// with [`Loaded::adoption`] set, the manifest the adoption's commit replaces.
-    pub stored: Stored,
-    /// Etag of the `database.sqlite` the image builds on, as read or headed by the load
-    /// (`None` for a new database).
-    pub base_etag: Option<String>,
-    /// That state's `db-version`.
-    pub version: Option<u64>,
-    /// The stored header said WAL mode (the image is now rollback mode).
-    pub converted_from_wal: bool,
-    /// The version cache's part.
-    pub cache: CacheStatus,
-    /// Deltas fetched and applied (incremental layout).
-    pub deltas_applied: u32,
-    /// `database.sqlite` was found replaced from outside (see [`super::OUTSIDE_RULE`]).
-    pub outside: Option<OutsideReplacement>,
-    /// The adoption of that outside file, which the save step commits (a load never writes).
-    pub adoption: Option<Adoption>,
-    /// The image's page size at load: what a delta builds on.
-    pub page_size: u32,
-    /// Its header's change counter at load.
-    pub change_counter: u32,
-    /// Its length at load.
-    pub len: u64,
-    /// This request initialised SQLite in this isolate.
-    pub initialized_here: bool,
-    /// SQLite initialisation.
-    pub wasm_init_ms: f64,
-    /// The gets, bodies included.
-    pub download_ms: f64,
-    /// Applying deltas, opening the image; `None` when nothing was parsed (a cache hit, or
-    /// a cached copy patched with the deltas it lacked).
-    pub parse_ms: Option<f64>,
-    /// CPU time of the step (applying deltas, opening the image), parsed or not.
-    pub cpu_ms: f64,
-    /// The whole step.
-    pub total_ms: f64,
-}
-
-impl Loaded {
-    /// A database built by the load, before its image facts and timings are filled in.
-    pub(super) fn built(
-        conn: Connection,
-        stored: Stored,
-        base_etag: Option<String>,
-        version: Option<u64>,
-        converted_from_wal: bool,
-        cache: CacheStatus,
-    ) -> Self {
-        Self {
-            conn,
-            stored,
-            base_etag,
-            version,
-            converted_from_wal,
-            cache,
-            deltas_applied: 0,
-            outside: None,
-            adoption: None,
-            page_size: 0,
-            change_counter: 0,
-            len: 0,
-            initialized_here: false,
-            wasm_init_ms: 0.0,
-            download_ms: 0.0,
-            parse_ms: None,
-            cpu_ms: 0.0,
-            total_ms: 0.0,
-        }
-    }
-
-    /// Marks the image as parsed, in `ms` of CPU.
-    pub(super) fn parsed(mut self, ms: f64) -> Self {
-        self.parse_ms = Some(ms);
-        self.cpu_ms = ms;
-        self
-    }
-
-    /// Entity tag of the object the next write is conditional on (`None`: nothing stored).
-    #[must_use]
-    pub fn etag(&self) -> Option<&str> {
-        match &self.stored {
-            Stored::New => None,
-            Stored::Single { etag, .. } | Stored::Incremental { etag, .. } => Some(etag),
-        }
-    }
-}
 
 /// Loads `user`'s database, whatever its layout: from the version cache when R2 confirms it
 /// is current (fetching only the deltas it lacks), otherwise from R2, or a new empty database
@@ -206,13 +113,6 @@ fn too_large_manifest(size_bytes: u64) -> Error {
 
 fn corrupt(detail: String) -> Error {
     Error::CorruptDatabase(Corruption::Contents(detail))
-}
-
-/// Why a load step must start over.
-pub(super) enum Step<T> {
-    Done(T),
-    /// The manifest moved on (a delta it listed is gone, or it changed while adopting).
-    Restart,
 }
 
 /// Fetches the deltas in `refs` (in parallel, verified against the manifest); `None` if one

@@ -26,12 +26,14 @@
 //! from outside: see [`OUTSIDE_RULE`].
 //!
 //! Submodules: [`keys`] (object and metadata keys, the version rule), [`store`] (the seam and
-//! its failure contract), [`retry`] (retries, conditional puts), [`cache`] (the version cache),
-//! [`manifest`] and [`delta`] (the incremental layout's data and format), [`load`], [`adopt`],
-//! [`save`] (the save step), [`commit`], [`compact`], [`sweep`], [`moves`] (a move's reads and writes of the R2 object),
-//! [`join`] (running fetches together).
+//! its failure contract), [`backoff`] (the retry policy), [`retry`] (retries, conditional
+//! puts), [`cache`] (the version cache), [`manifest`] and [`delta`] (the incremental layout's
+//! data and format), [`load`], [`adopt`], [`loaded`] (what a load hands on), [`save`] (the
+//! save step), [`commit`], [`compact`], [`sweep`], [`moves`] (a move's reads and writes of the
+//! R2 object), [`join`] (running fetches together).
 
 pub mod adopt;
+pub mod backoff;
 pub mod cache;
 pub mod commit;
 pub mod compact;
@@ -39,6 +41,7 @@ pub mod delta;
 pub mod join;
 pub mod keys;
 pub mod load;
+pub mod loaded;
 pub mod manifest;
 pub mod moves;
 pub mod retry;
@@ -46,17 +49,17 @@ pub mod save;
 pub mod store;
 pub mod sweep;
 
-pub use adopt::Adoption;
+pub use backoff::RetryPolicy;
 pub use commit::Committed;
 pub use compact::{CompactOutcome, Compacted, FrozenBase, compact, fold_pending};
 pub use join::join_all;
 pub use keys::{COVERS_KEY, DB_VERSION_KEY, LINEAGE_KEY, ROUTE_KEY, WRITE_ID_KEY, next_version};
-pub use load::{Loaded, load};
+pub use load::load;
+pub use loaded::{Adoption, Loaded};
 pub use manifest::{
     BaseRef, CompactionPolicy, ConflictRef, DeltaRef, FollowUp, Layout, Manifest, OUTSIDE_RULE,
     OutsideReplacement, PARALLEL_FETCHES, Retired, Stored,
 };
-pub use retry::RetryPolicy;
 pub use save::{Saved, save};
 pub use store::{
     Body, Fetched, Listed, MemoryStore, ObjectHead, ObjectStore, PutCondition, PutOutcome,

@@ -3,6 +3,8 @@
 //! lift of the freeze, the import's read of the frozen object, and the way back's conditional
 //! put of the exported image. The move's steps and their order are in `crate::migrate`.
 
+use std::collections::HashMap;
+
 use super::keys::{DB_VERSION_KEY, Home, WRITE_ID_KEY, check_route, metadata, next_version};
 use super::retry::{conditional_put, with_retries};
 use super::store::{
@@ -11,7 +13,6 @@ use super::store::{
 use crate::clock::Clock;
 use crate::context::Context;
 use crate::error::Error;
-use crate::migrate::{ExportStep, ObjectState, check_import};
 use crate::request::UserId;
 use crate::sqlite::Image;
 
@@ -118,24 +119,26 @@ pub(crate) async fn freeze<S: ObjectStore, C: Clock>(
     Ok((image, version, frozen, write_id))
 }
 
-/// The user's R2 object for a Durable Object's import, once [`check_import`] allows it:
-/// (the object, the move's write id). Refused before its body is read.
+/// The user's R2 object for a Durable Object's import, once `check` (the object's rule,
+/// [`crate::migrate::check_import`]) allows its metadata: (the object, the move's write id).
+/// Refused before its body is read.
 pub async fn fetch_frozen<S: ObjectStore, C: Clock>(
     ctx: &Context<'_, S, C>,
     user: &UserId,
-    state: &ObjectState,
+    check: impl FnOnce(&HashMap<String, String>) -> Result<String, Error>,
 ) -> Result<(StoredObject<S::Body>, String), Error> {
     let object = with_retries(ctx.clock, &ctx.retry, async || {
         ctx.store.get(&user.db_key(), ctx.max_db_bytes, None).await
     })
     .await?;
     let object = existing(object, user, ctx.max_db_bytes)?;
-    let write_id = check_import(state, &object.metadata)?;
+    let write_id = check(&object.metadata)?;
     Ok((object, write_id))
 }
 
-/// The user's R2 object's version and metadata (what [`check_serving`] and [`check_export`]
-/// look at), or `None`.
+/// The user's R2 object's version and metadata (what
+/// [`check_serving`](crate::migrate::check_serving) and
+/// [`check_export`](crate::migrate::check_export) look at), or `None`.
 pub async fn head_of<S: ObjectStore, C: Clock>(
     ctx: &Context<'_, S, C>,
     user: &UserId,
@@ -146,10 +149,33 @@ pub async fn head_of<S: ObjectStore, C: Clock>(
     .await?)
 }
 
+/// The next step of a move back to R2, as [`check_export`](crate::migrate::check_export)
+/// decides it: what [`publish_export`] stores, if anything.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ExportStep {
+    /// Export and store the image as `write_id`, `If-Match` R2's object `etag`.
+    Publish {
+        /// The export's write id (the same when an interrupted export runs again).
+        write_id: String,
+        /// The object that says the user lives in the Durable Object.
+        etag: String,
+        /// Its `db-version`, which the export's must pass.
+        db_version: Option<u64>,
+    },
+    /// An earlier run of this export stored it (its answer was lost): only mark it done.
+    AlreadyPublished {
+        /// The stored object.
+        etag: String,
+        /// Its `db-version`.
+        db_version: Option<u64>,
+    },
+}
+
 /// Stores a Durable Object's exported image as the user's R2 object (the last step of a move
-/// back), `If-Match` the object [`check_export`] found saying the user lives in the Durable
-/// Object: clears `route`, with a `db-version` newer than the one it replaces. A lost answer
-/// is resolved by `write_id`; a changed object is a conflict, with nothing written.
+/// back), `If-Match` the object [`check_export`](crate::migrate::check_export) found saying
+/// the user lives in the Durable Object: clears `route`, with a `db-version` newer than the
+/// one it replaces. A lost answer is resolved by `write_id`; a changed object is a conflict,
+/// with nothing written.
 pub async fn publish_export<S: ObjectStore, C: Clock>(
     ctx: &Context<'_, S, C>,
     user: &UserId,

@@ -6,7 +6,7 @@
 use super::commit::commit;
 use super::compact::{Fold, FoldPlan, committed_stored, fold};
 use super::keys::{DB_VERSION_KEY, Home, WRITE_ID_KEY, next_version};
-use super::load::Loaded;
+use super::loaded::Loaded;
 use super::manifest::{FollowUp, Layout, Stored};
 use super::retry::conditional_put;
 use super::store::{ObjectStore, PutCondition, PutOutcome};
