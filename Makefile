@@ -50,7 +50,7 @@ unit:
 
 ## unit-wasm: the unit tests, the pipeline scenarios and the incremental-layout suite on wasm32, under Node, against the Worker's SQLite build
 unit-wasm:
-	cargo test --locked --lib --test pipeline --test incremental --test upload --target wasm32-unknown-unknown
+	cargo test --locked --lib --test pipeline --test incremental --test upload --test admission --target wasm32-unknown-unknown
 
 ## bundle-size: fail if the gzipped bundle grew past scripts/bundle-budget (a size check, not timing)
 bundle-size: build

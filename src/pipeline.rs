@@ -67,7 +67,7 @@ pub struct Queried<T> {
 
 /// A query step that failed, with the database it ran on.
 #[derive(Debug)]
-pub struct QueryFailed {
+struct QueryFailed {
     /// What went wrong.
     pub error: Error,
     /// The database, after whatever the work did before failing.
@@ -77,9 +77,36 @@ pub struct QueryFailed {
     pub changed: bool,
 }
 
-/// Runs `work` on the loaded database and lists its tables. On failure the database comes
-/// back with the error, so the caller can keep it cached if it is unchanged.
-pub fn query<C: Clock, W: Work>(
+/// Runs `work` on the loaded database and lists its tables, with its results charged to the
+/// request's memory reservation. A request that failed without committing leaves a copy equal
+/// to the store, which goes back to the cache.
+///
+/// # Errors
+/// The work's error.
+pub fn query<S, C: Clock, W: Work>(
+    ctx: &Context<'_, S, C>,
+    user: &UserId,
+    loaded: Loaded,
+    work: &mut W,
+) -> Result<Queried<W::Output>, Error> {
+    let memory = ctx.memory.cloned();
+    crate::admission::charging(memory.as_ref(), || run_work(ctx.clock, loaded, work)).map_err(
+        |failed| {
+            let QueryFailed {
+                error,
+                loaded,
+                changed,
+            } = *failed;
+            if !changed {
+                keep_loaded(ctx.cache, user, loaded);
+            }
+            error
+        },
+    )
+}
+
+/// Runs `work` and lists the tables; on failure the database comes back with the error.
+fn run_work<C: Clock, W: Work>(
     clock: &C,
     mut loaded: Loaded,
     work: &mut W,
@@ -291,23 +318,7 @@ pub async fn serve<S: ObjectStore, C: Clock, W: Work>(
     loop {
         attempts += 1;
         let loaded = load(ctx, user).await?;
-        let memory = ctx.memory.cloned();
-        let mut queried =
-            match crate::admission::charging(memory.as_ref(), || query(ctx.clock, loaded, work)) {
-                Ok(q) => q,
-                Err(failed) => {
-                    let QueryFailed {
-                        error,
-                        loaded,
-                        changed,
-                    } = *failed;
-                    // A request that failed without committing leaves a copy equal to the store.
-                    if !changed {
-                        keep_loaded(ctx.cache, user, loaded);
-                    }
-                    return Err(error);
-                }
-            };
+        let mut queried = query(ctx, user, loaded, work)?;
         let saved = save(ctx, user, &mut queried, mode).await?;
         if saved == Saved::Conflict {
             let elapsed_ms = ctx.clock.now_ms() - start;

@@ -30,7 +30,7 @@ use rusqlite::Connection;
 use crate::admission::{self, Reservation};
 use crate::clock::Clock;
 use crate::error::Error;
-use crate::pipeline::{self, Context, Loaded, Queried, QueryFailed, Saved, Work};
+use crate::pipeline::{self, Context, Loaded, Queried, Saved, Work};
 use crate::report::{QueueInfo, Report};
 use crate::request::{SaveMode, UserId};
 use crate::sqlite;
@@ -416,22 +416,7 @@ async fn serve_in<S: ObjectStore, C: Clock, W: Work + 'static>(
 ) -> Result<(Report, W::Output), Error> {
     let loaded = pipeline::load(ctx, user).await?;
     let memory = ctx.memory.cloned();
-    let mut queried = match admission::charging(memory.as_ref(), || {
-        pipeline::query(ctx.clock, loaded, &mut work)
-    }) {
-        Ok(q) => q,
-        Err(failed) => {
-            let QueryFailed {
-                error,
-                loaded,
-                changed,
-            } = *failed;
-            if !changed {
-                crate::storage::loaded::keep_loaded(ctx.cache, user, loaded);
-            }
-            return Err(error);
-        }
-    };
+    let mut queried = pipeline::query(ctx, user, loaded, &mut work)?;
     let write = match mode {
         SaveMode::Always => true,
         SaveMode::Auto => queried.changed,

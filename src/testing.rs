@@ -74,6 +74,7 @@ pub struct StepClock {
     step_ms: f64,
     advances: bool,
     slept_ms: Cell<u64>,
+    yields: bool,
 }
 
 impl StepClock {
@@ -85,6 +86,7 @@ impl StepClock {
             step_ms,
             advances: true,
             slept_ms: Cell::new(0),
+            yields: false,
         }
     }
 
@@ -101,6 +103,16 @@ impl StepClock {
     #[must_use]
     pub fn slow() -> Self {
         Self::stepping(400.0)
+    }
+
+    /// A clock that only moves in `sleep`, which first yields once to the other futures being
+    /// polled (as a timer does): concurrent requests driven on one thread see each other wait.
+    #[must_use]
+    pub fn yielding() -> Self {
+        Self {
+            yields: true,
+            ..Self::stepping(0.0)
+        }
     }
 
     /// Total time waited in `sleep`.
@@ -128,8 +140,30 @@ impl Clock for StepClock {
         Some(self.advances)
     }
     async fn sleep(&self, ms: u32) {
+        if self.yields {
+            YieldOnce(false).await;
+        }
         self.slept_ms.set(self.slept_ms.get() + u64::from(ms));
         self.now.set(self.now.get() + f64::from(ms));
+    }
+}
+
+/// Pending once (waking itself), then ready: a turn for the other futures.
+struct YieldOnce(bool);
+
+impl std::future::Future for YieldOnce {
+    type Output = ();
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<()> {
+        if self.0 {
+            std::task::Poll::Ready(())
+        } else {
+            self.0 = true;
+            cx.waker().wake_by_ref();
+            std::task::Poll::Pending
+        }
     }
 }
 

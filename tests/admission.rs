@@ -6,7 +6,6 @@
 #[cfg(all(target_family = "wasm", target_os = "unknown"))]
 use wasm_bindgen_test::wasm_bindgen_test as test;
 
-use std::cell::Cell;
 use std::future::Future;
 use std::pin::pin;
 use std::rc::Rc;
@@ -22,50 +21,8 @@ use workers_sqlite_poc::queue::{self, WriteQueues};
 use workers_sqlite_poc::request::{SaveMode, UserId};
 use workers_sqlite_poc::storage::Layout;
 use workers_sqlite_poc::storage::MemoryStore;
+use workers_sqlite_poc::testing::StepClock;
 use workers_sqlite_poc::work::Transaction;
-
-/// A clock whose `sleep` yields to the other futures once, then advances by what was asked.
-#[derive(Default)]
-struct YieldClock {
-    now: Cell<f64>,
-}
-
-struct YieldOnce(bool);
-
-impl Future for YieldOnce {
-    type Output = ();
-    fn poll(mut self: std::pin::Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<()> {
-        if self.0 {
-            Poll::Ready(())
-        } else {
-            self.0 = true;
-            cx.waker().wake_by_ref();
-            Poll::Pending
-        }
-    }
-}
-
-impl Clock for YieldClock {
-    fn now_ms(&self) -> f64 {
-        self.now.get()
-    }
-    fn epoch_ms(&self) -> u64 {
-        1_700_000_000_000 + self.now.get() as u64
-    }
-    fn resolution_ms(&self) -> f64 {
-        1.0
-    }
-    fn source(&self) -> &'static str {
-        "test"
-    }
-    fn advances_during_cpu(&self) -> Option<bool> {
-        Some(true)
-    }
-    async fn sleep(&self, ms: u32) {
-        YieldOnce(false).await;
-        self.now.set(self.now.get() + f64::from(ms));
-    }
-}
 
 fn poll_once<F: Future>(f: std::pin::Pin<&mut F>) -> Poll<F::Output> {
     f.poll(&mut TaskContext::from_waker(Waker::noop()))
@@ -89,7 +46,7 @@ fn transaction(sql: &str, args: Vec<Value>) -> Transaction {
 #[test]
 fn a_request_alone_is_always_admitted() {
     let gate = Rc::new(Gate::new(1000));
-    let clock = YieldClock::default();
+    let clock = StepClock::yielding();
     let r = pollster::block_on(gate.admit(5000, 0, &clock, 1)).unwrap();
     assert_eq!(r.held(), 5000);
     assert_eq!(gate.stats().reserved_bytes, 5000);
@@ -104,7 +61,7 @@ fn a_request_alone_is_always_admitted() {
 #[test]
 fn a_request_waits_while_others_hold_the_memory() {
     let gate = Rc::new(Gate::new(1000));
-    let clock = YieldClock::default();
+    let clock = StepClock::yielding();
     let first = pollster::block_on(gate.admit(800, 0, &clock, 1)).unwrap();
     let mut second = pin!(gate.admit(300, 0, &clock, 2));
     for _ in 0..5 {
@@ -130,7 +87,7 @@ fn a_request_waits_while_others_hold_the_memory() {
 #[test]
 fn a_request_that_cannot_get_memory_in_time_is_refused_holding_nothing() {
     let gate = Rc::new(Gate::new(1000));
-    let clock = YieldClock::default();
+    let clock = StepClock::yielding();
     let _first = pollster::block_on(gate.admit(800, 0, &clock, 1)).unwrap();
     let err = pollster::block_on(gate.admit(300, 0, &clock, 2)).unwrap_err();
     assert!(
@@ -165,7 +122,7 @@ fn a_request_that_cannot_get_memory_in_time_is_refused_holding_nothing() {
 fn downloads_are_admitted_before_their_bytes_are_read() {
     for layout in [Layout::Single, Layout::Incremental] {
         let store = MemoryStore::new();
-        let clock = YieldClock::default();
+        let clock = StepClock::yielding();
         let seed = Context {
             layout,
             ..Context::new(&store, &clock)
@@ -238,7 +195,7 @@ fn downloads_are_admitted_before_their_bytes_are_read() {
 #[test]
 fn results_are_charged_while_they_are_built() {
     let store = MemoryStore::new();
-    let clock = YieldClock::default();
+    let clock = StepClock::yielding();
     let gate = Rc::new(Gate::new(4 << 20));
     let hog = pollster::block_on(gate.admit(3 << 20, 0, &clock, 1)).unwrap();
     let memory = pollster::block_on(gate.admit(0, 0, &clock, 2)).unwrap();

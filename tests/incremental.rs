@@ -245,7 +245,7 @@ fn concurrent_writers_lose_nothing() {
     let a = incremental(&store, &clock, None);
     write(&a, 1).unwrap();
     let loaded = block(load(&a, &user())).unwrap();
-    let mut queried = query(&clock, loaded, &mut insert(10)).unwrap();
+    let mut queried = query(&a, &user(), loaded, &mut insert(10)).unwrap();
     write(&a, 20).unwrap(); // the rival commits in between
     let saved = block(save(&a, &user(), &mut queried, SaveMode::Auto)).unwrap();
     assert_eq!(saved, Saved::Conflict);
@@ -725,7 +725,7 @@ fn an_adoption_is_committed_only_over_the_manifest_its_load_read() {
     assert!(loaded.adoption.is_some());
     let manifest_read = store.bytes(MANIFEST).unwrap();
     write(&theirs, 3).unwrap();
-    let mut queried = query(&clock, loaded, &mut insert(4)).unwrap();
+    let mut queried = query(&ours, &user(), loaded, &mut insert(4)).unwrap();
     let after_theirs = snapshot(&store);
     assert_ne!(store.bytes(MANIFEST).unwrap(), manifest_read);
     let saved = block(save(&ours, &user(), &mut queried, SaveMode::Auto)).unwrap();

@@ -246,17 +246,14 @@ both_layouts!(load_step_uses_the_cache_only_when_current);
 fn query_step_detects_changes(layout: Layout) {
     let store = demo_store();
     let clock = clock();
-    let c = ctx(layout, &store, &clock, None);
-    let read = query(
-        &clock,
-        block(load(&c, &user("a"))).unwrap(),
-        &mut ListTables,
-    )
-    .unwrap();
+    let cache = DbCache::new(64 << 20);
+    let c = ctx(layout, &store, &clock, Some(&cache));
+    let u = user("a");
+    let read = query(&c, &u, block(load(&c, &u)).unwrap(), &mut ListTables).unwrap();
     assert!(!read.changed);
     assert_eq!(read.tables, ["projects", "raw_clips", "clip_tags"]);
     let mut create = transaction(vec![statement("CREATE TABLE extra(x)", vec![])]);
-    let wrote = query(&clock, block(load(&c, &user("a"))).unwrap(), &mut create).unwrap();
+    let wrote = query(&c, &u, block(load(&c, &u)).unwrap(), &mut create).unwrap();
     assert!(wrote.changed);
     assert_eq!(wrote.tables.last().unwrap(), "extra");
     let mut failing = transaction(vec![
@@ -266,9 +263,21 @@ fn query_step_detects_changes(layout: Layout) {
         ),
         statement("SELECT * FROM nope", vec![]),
     ]);
-    let failed = query(&clock, block(load(&c, &user("a"))).unwrap(), &mut failing).unwrap_err();
-    assert!(!failed.changed, "a rolled-back request changed nothing");
-    assert_eq!(failed.error.code(), "sql_error");
+    assert_eq!(cache.usage().0, 0);
+    let failed = query(&c, &u, block(load(&c, &u)).unwrap(), &mut failing).unwrap_err();
+    assert_eq!(failed.code(), "sql_error");
+    // A rolled-back request changed nothing: its copy equals the store and is cached.
+    assert_eq!(cache.usage().0, 1, "the unchanged copy was not kept");
+    // One that committed a change before failing is not.
+    let mut committed_then_failed = transaction(vec![statement("SELECT * FROM nope", vec![])]);
+    drop(cache.take(&u.db_key()));
+    let loaded = block(load(&c, &u)).unwrap();
+    loaded
+        .conn
+        .execute_batch("CREATE TABLE made_outside_the_work(x)")
+        .unwrap();
+    assert!(query(&c, &u, loaded, &mut committed_then_failed).is_err());
+    assert_eq!(cache.usage().0, 0, "a changed copy went back to the cache");
 }
 both_layouts!(query_step_detects_changes);
 
@@ -281,7 +290,8 @@ fn save_step_outcomes(layout: Layout) {
     let clock = clock();
     let c = ctx(layout, &store, &clock, None);
     let mut q = query(
-        &clock,
+        &c,
+        &user("a"),
         block(load(&c, &user("a"))).unwrap(),
         &mut ListTables,
     )
