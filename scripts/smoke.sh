@@ -83,6 +83,11 @@ check "the libSQL pipeline answers (a closed stream: baton null)" \
   "$([ "$status" = 200 ] && jq -e '.baton == null and .results[0].response.result.rows[0][0].value == "1"' "$body" >/dev/null 2>&1; echo $?)" \
   "status $status: $(head -c 300 "$body")"
 
+status=$(request GET "/db/$USER_ID/")
+check "the WebSocket endpoint refuses a plain GET with 426 upgrade_required" \
+  "$([ "$status" = 426 ] && jq -e '.error.code == "upgrade_required"' "$body" >/dev/null 2>&1; echo $?)" \
+  "status $status: $(head -c 300 "$body")"
+
 export_file=$(mktemp)
 status=$(curl -sS -o "$export_file" -w '%{http_code}' --max-time 60 "${auth[@]}" "$BASE_URL/export?user=$USER_ID" 2>/dev/null || echo 000)
 check "GET /export returns the database as one SQLite file" \
