@@ -629,6 +629,56 @@ impl Hook for Calls {
     }
 }
 
+/// Parks the calls `picks` chooses while it is shut: [`Valve::open`] lets every parked call
+/// through, and shutting it again parks the later ones (a commit held in flight, released,
+/// then the next one held). Counts the calls it picked, parked or not.
+pub struct Valve<F> {
+    picks: F,
+    shut: RefCell<Option<Gate>>,
+    picked: Cell<u32>,
+}
+
+impl<F: Fn(&Call<'_>) -> bool> Valve<F> {
+    /// An open valve over the calls `picks` chooses.
+    pub fn new(picks: F) -> Self {
+        Self {
+            picks,
+            shut: RefCell::new(None),
+            picked: Cell::new(0),
+        }
+    }
+
+    /// Parks the picked calls that come from now on, until [`Valve::open`].
+    pub fn shut(&self) {
+        self.shut.borrow_mut().get_or_insert_with(Gate::new);
+    }
+
+    /// Lets every parked call go on; later ones pass until the valve is shut again.
+    pub fn open(&self) {
+        if let Some(gate) = self.shut.borrow_mut().take() {
+            gate.open();
+        }
+    }
+
+    /// How many calls it picked so far.
+    pub fn picked(&self) -> u32 {
+        self.picked.get()
+    }
+}
+
+impl<F: Fn(&Call<'_>) -> bool> Hook for Valve<F> {
+    fn before(&self, call: &Call<'_>, _store: &MemoryStore) -> Action {
+        if !(self.picks)(call) {
+            return Action::Proceed;
+        }
+        self.picked.set(self.picked.get() + 1);
+        match &*self.shut.borrow() {
+            Some(gate) => Action::Park(gate.clone()),
+            None => Action::Proceed,
+        }
+    }
+}
+
 /// Runs `then` on the store right after each of the first `times` gets of `key` that find
 /// it: another writer acting between a read and the write that follows it.
 pub struct AfterReads<F> {
@@ -995,6 +1045,32 @@ mod tests {
             [Operation::Put, Operation::List, Operation::Head].map(|op| calls.count(op)),
             [1, 2, 2]
         );
+    }
+
+    /// A shut valve parks the calls it picks and lets the others by; opening it releases them,
+    /// and shutting it again parks only the calls that come after.
+    #[test]
+    fn a_valve_parks_picked_calls_until_opened_and_again_once_shut() {
+        let valve = Valve::new(|call: &Call<'_>| call.operation() == Operation::Put);
+        let store = HookStore::default().with(&valve);
+        let put = |key| store.put(key, b"v", &[], &PutCondition::IfAbsent);
+        valve.shut();
+        let mut first = std::pin::pin!(put("first"));
+        assert!(poll_once(first.as_mut()).is_pending());
+        assert!(pollster::block_on(store.head("first")).unwrap().is_none());
+        valve.open();
+        assert!(matches!(poll_once(first.as_mut()), Poll::Ready(Ok(_))));
+        valve.shut();
+        let mut second = std::pin::pin!(put("second"));
+        assert!(poll_once(second.as_mut()).is_pending());
+        assert!(store.inner.bytes("second").is_none());
+        valve.open();
+        assert!(matches!(poll_once(second.as_mut()), Poll::Ready(Ok(_))));
+        assert!(
+            pollster::block_on(put("third")).is_ok(),
+            "an open valve parks nothing"
+        );
+        assert_eq!(valve.picked(), 3);
     }
 
     /// The seeded generator is deterministic: a seed replays its sequence.

@@ -145,7 +145,8 @@ fn downloads_are_admitted_before_their_bytes_are_read() {
         let gate = Rc::new(Gate::new(2 << 20));
         let hog = pollster::block_on(gate.admit(2 << 20, 0, &clock, 1)).unwrap();
         let memory = pollster::block_on(gate.admit(0, 0, &clock, 2)).unwrap();
-        let admitted = Admitted::new(&store, Rc::clone(&memory), &clock);
+        let admitted = Admitted::new(store, Rc::clone(&memory), &clock);
+        let store = &admitted.inner;
         let ctx = Context {
             layout,
             memory: Some(&memory),
@@ -199,7 +200,8 @@ fn results_are_charged_while_they_are_built() {
     let gate = Rc::new(Gate::new(4 << 20));
     let hog = pollster::block_on(gate.admit(3 << 20, 0, &clock, 1)).unwrap();
     let memory = pollster::block_on(gate.admit(0, 0, &clock, 2)).unwrap();
-    let admitted = Admitted::new(&store, Rc::clone(&memory), &clock);
+    let admitted = Admitted::new(store, Rc::clone(&memory), &clock);
+    let store = &admitted.inner;
     let ctx = Context {
         memory: Some(&memory),
         ..Context::new(&admitted, &clock)

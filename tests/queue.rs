@@ -5,9 +5,10 @@
 #[cfg(all(target_family = "wasm", target_os = "unknown"))]
 use wasm_bindgen_test::wasm_bindgen_test as test;
 
-use std::cell::{Cell, RefCell};
+use std::cell::Cell;
 use std::future::Future;
 use std::pin::Pin;
+use std::rc::Rc;
 use std::sync::Arc;
 use std::task::{Context as TaskContext, Poll, Wake, Waker};
 
@@ -20,11 +21,9 @@ use workers_sqlite_poc::report::Report;
 use workers_sqlite_poc::request::{SaveMode, UserId};
 use workers_sqlite_poc::storage::Layout;
 use workers_sqlite_poc::storage::cache::DbCache;
-use workers_sqlite_poc::storage::{
-    Fetched, Listed, MemoryStore, ObjectHead, ObjectStore, PutCondition, PutOutcome, StoreError,
-};
+use workers_sqlite_poc::storage::{MemoryStore, ObjectStore};
 use workers_sqlite_poc::testing::{
-    self, Fault, FaultPlan, HookStore, Operation, StepClock, row_counts, transaction,
+    self, Call, Fault, FaultPlan, HookStore, Operation, StepClock, Valve, row_counts, transaction,
 };
 use workers_sqlite_poc::work::Transaction;
 
@@ -34,97 +33,38 @@ fn user() -> UserId {
     testing::user("a")
 }
 
-/// Puts of the commit point (`manifest.json`, or `database.sqlite` in the single layout) wait
-/// while the store is parked; every put is counted.
-#[derive(Default)]
-struct ParkedStore {
-    inner: MemoryStore,
-    parked: Cell<bool>,
-    /// Puts parked so far, and how many of them were released.
-    tickets: Cell<u64>,
-    released: Cell<u64>,
-    wakers: RefCell<Vec<Waker>>,
-    commit_puts: Cell<u32>,
-    puts: Cell<u32>,
-}
-
-impl ParkedStore {
-    fn park(&self) {
-        self.parked.set(true);
-    }
-
-    /// Lets every parked put through (puts that come later are parked if `park` is called
-    /// again).
-    fn release(&self) {
-        self.parked.set(false);
-        self.released.set(self.tickets.get());
-        for w in self.wakers.borrow_mut().drain(..) {
-            w.wake();
-        }
-    }
-}
-
 /// The commit point of either layout: the manifest, or the one object of the single layout
 /// (compactions and upgrades are not run by these tests).
-fn is_commit_point(key: &str) -> bool {
-    key.ends_with("manifest.json") || key.ends_with("database.sqlite")
+fn is_commit_point(call: &Call<'_>) -> bool {
+    matches!(call, Call::Put { key, .. } if key.ends_with("manifest.json") || key.ends_with("database.sqlite"))
 }
 
-struct Parked<'a>(&'a ParkedStore, u64);
+/// The valve that parks commit-point puts while shut, and counts them.
+type CommitValve = Valve<fn(&Call<'_>) -> bool>;
 
-impl Future for Parked<'_> {
-    type Output = ();
-    fn poll(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<()> {
-        if self.0.released.get() <= self.1 {
-            self.0.wakers.borrow_mut().push(cx.waker().clone());
-            Poll::Pending
-        } else {
-            Poll::Ready(())
-        }
-    }
+/// The store of these tests: puts of the commit point wait while its valve is shut.
+struct Store {
+    inner: HookStore<'static>,
+    commits: Rc<CommitValve>,
 }
 
-impl ObjectStore for ParkedStore {
-    type Body = <MemoryStore as ObjectStore>::Body;
-
-    async fn get(
-        &self,
-        key: &str,
-        max_bytes: u64,
-        if_none_match: Option<&str>,
-    ) -> Result<Fetched<Self::Body>, StoreError> {
-        self.inner.get(key, max_bytes, if_none_match).await
-    }
-
-    async fn head(&self, key: &str) -> Result<Option<ObjectHead>, StoreError> {
-        self.inner.head(key).await
-    }
-
-    async fn put(
-        &self,
-        key: &str,
-        bytes: &[u8],
-        metadata: &[(&str, String)],
-        condition: &PutCondition,
-    ) -> Result<PutOutcome, StoreError> {
-        self.puts.set(self.puts.get() + 1);
-        if is_commit_point(key) {
-            self.commit_puts.set(self.commit_puts.get() + 1);
-            if self.parked.get() {
-                let ticket = self.tickets.get();
-                self.tickets.set(ticket + 1);
-                Parked(self, ticket).await;
-            }
+impl Store {
+    fn new() -> Self {
+        let commits: Rc<CommitValve> = Rc::new(Valve::new(is_commit_point));
+        Self {
+            inner: HookStore::default().with(Rc::clone(&commits)),
+            commits,
         }
-        self.inner.put(key, bytes, metadata, condition).await
     }
 
-    async fn delete(&self, key: &str) -> Result<(), StoreError> {
-        self.inner.delete(key).await
+    /// Parks the commit-point puts from now on.
+    fn park(&self) {
+        self.commits.shut();
     }
 
-    async fn list(&self, prefix: &str) -> Result<Vec<Listed>, StoreError> {
-        self.inner.list(prefix).await
+    /// Lets every parked put through (later ones are parked if `park` is called again).
+    fn release(&self) {
+        self.commits.open();
     }
 }
 
@@ -208,45 +148,72 @@ fn insert(n: i64) -> Transaction {
     transaction(&[("INSERT INTO t(n) VALUES (?)", vec![Value::Integer(n)])])
 }
 
-fn context<'a, S>(
-    store: &'a S,
-    clock: &'a StepClock,
-    cache: &'a DbCache,
+/// One isolate of the worker serving requests on `store`: its clock, version cache and write
+/// queues.
+struct Isolate<'s, S> {
+    store: &'s S,
     layout: Layout,
-) -> Context<'a, S, StepClock> {
-    // Each request of the worker has its own random nonce, which makes its write ids unique.
-    thread_local!(static NONCE: Cell<u64> = const { Cell::new(0) });
-    Context {
-        cache: Some(cache),
-        layout,
-        nonce: NONCE.with(|n| {
-            n.set(n.get() + 1);
-            n.get()
-        }),
-        ..Context::new(store, clock)
+    clock: StepClock,
+    cache: DbCache,
+    queues: WriteQueues,
+}
+
+impl<'s, S: ObjectStore> Isolate<'s, S> {
+    /// An isolate whose version cache holds up to `cache_bytes` (0: none).
+    fn new(store: &'s S, layout: Layout, cache_bytes: u64) -> Self {
+        Self {
+            store,
+            layout,
+            clock: StepClock::stepping(1.0),
+            cache: DbCache::new(cache_bytes),
+            queues: WriteQueues::new(),
+        }
+    }
+
+    /// A request's context: each request of the worker has its own random nonce, which makes
+    /// its write ids unique.
+    fn ctx(&self) -> Context<'_, S, StepClock> {
+        thread_local!(static NONCE: Cell<u64> = const { Cell::new(0) });
+        Context {
+            cache: Some(&self.cache),
+            layout: self.layout,
+            nonce: NONCE.with(|n| {
+                n.set(n.get() + 1);
+                n.get()
+            }),
+            ..Context::new(self.store, &self.clock)
+        }
+    }
+
+    /// One request of user `a` running `work` through the isolate's write queue, saved as the
+    /// query routes save.
+    async fn serve<W: Work + 'static>(&self, work: W) -> Result<(Report, W::Output), Error> {
+        let ctx = self.ctx();
+        queue::serve(&ctx, &self.queues, &user(), SaveMode::Auto, work).await
+    }
+
+    /// `serve` run to its end.
+    fn block_on<W: Work + 'static>(&self, work: W) -> Result<(Report, W::Output), Error> {
+        pollster::block_on(self.serve(work))
     }
 }
 
+/// The table these tests write: `n` is unique.
+fn create_table() -> Transaction {
+    transaction(&[("CREATE TABLE t(id INTEGER PRIMARY KEY, n UNIQUE)", vec![])])
+}
+
 /// A store holding `CREATE TABLE t(id INTEGER PRIMARY KEY, n UNIQUE)`, written in `layout`.
-fn store_with_table(layout: Layout) -> ParkedStore {
-    let store = ParkedStore::default();
-    let clock = StepClock::stepping(1.0);
-    let cache = DbCache::new(0);
-    let ctx = context(&store, &clock, &cache, layout);
-    let work = transaction(&[("CREATE TABLE t(id INTEGER PRIMARY KEY, n UNIQUE)", vec![])]);
-    pollster::block_on(queue::serve(
-        &ctx,
-        &WriteQueues::new(),
-        &user(),
-        SaveMode::Auto,
-        work,
-    ))
-    .unwrap();
+fn store_with_table(layout: Layout) -> Store {
+    let store = Store::new();
+    Isolate::new(&store.inner, layout, 0)
+        .block_on(create_table())
+        .unwrap();
     store
 }
 
 /// The `n` column, by id, as a fresh load (another isolate) sees it.
-fn stored_rows(store: &ParkedStore) -> Vec<(i64, i64)> {
+fn stored_rows<S: ObjectStore>(store: &S) -> Vec<(i64, i64)> {
     let clock = StepClock::stepping(1.0);
     let ctx = Context::new(store, &clock);
     let loaded = pollster::block_on(pipeline::load(&ctx, &user())).unwrap();
@@ -263,6 +230,13 @@ fn stored_rows(store: &ParkedStore) -> Vec<(i64, i64)> {
     rows
 }
 
+/// The `n` column, sorted.
+fn stored_ns<S: ObjectStore>(store: &S) -> Vec<i64> {
+    let mut ns: Vec<i64> = stored_rows(store).into_iter().map(|(_, n)| n).collect();
+    ns.sort_unstable();
+    ns
+}
+
 fn rowid(answer: &(Report, Vec<StatementResult>)) -> i64 {
     answer.1[0].last_insert_rowid
 }
@@ -274,24 +248,21 @@ fn rowid(answer: &(Report, Vec<StatementResult>)) -> i64 {
 fn queued_writes_commit_together_in_order_and_only_then_are_acknowledged() {
     for layout in LAYOUTS {
         let store = store_with_table(layout);
-        let clock = StepClock::stepping(1.0);
-        let cache = DbCache::new(64 << 20);
-        let queues = WriteQueues::new();
-        let ctx = context(&store, &clock, &cache, layout);
-        let u = user();
+        let isolate = Isolate::new(&store.inner, layout, 64 << 20);
+        let queues = &isolate.queues;
         let mut tasks = Tasks::new();
         store.park();
-        let first = tasks.spawn(queue::serve(&ctx, &queues, &u, SaveMode::Auto, insert(1)));
+        let first = tasks.spawn(isolate.serve(insert(1)));
         assert!(
             !tasks.done(first),
             "{layout:?}: acknowledged before its commit landed"
         );
         assert!(queues.committing(&user()));
         let queued: Vec<usize> = (2..=6)
-            .map(|n| tasks.spawn(queue::serve(&ctx, &queues, &u, SaveMode::Auto, insert(n))))
+            .map(|n| tasks.spawn(isolate.serve(insert(n))))
             .collect();
         assert_eq!(queues.waiting(&user()), 5);
-        let puts_before = store.commit_puts.get();
+        let puts_before = store.commits.picked();
         // The first commit lands; the group's commit is now the one parked.
         store.release();
         store.park();
@@ -303,7 +274,7 @@ fn queued_writes_commit_together_in_order_and_only_then_are_acknowledged() {
             queued.iter().all(|&i| !tasks.done(i)),
             "{layout:?}: a queued write was acknowledged before its commit landed"
         );
-        assert_eq!(stored_rows(&store), [(1, 1)], "{layout:?}");
+        assert_eq!(stored_rows(&store.inner), [(1, 1)], "{layout:?}");
         store.release();
         tasks.settle();
         for (position, &i) in queued.iter().enumerate() {
@@ -318,14 +289,45 @@ fn queued_writes_commit_together_in_order_and_only_then_are_acknowledged() {
             assert!(a.0.db_info.stored.as_ref().unwrap().saved);
         }
         assert_eq!(
-            store.commit_puts.get() - puts_before,
+            store.commits.picked() - puts_before,
             1,
             "{layout:?}: the group of five is one commit-point put"
         );
         let expected: Vec<(i64, i64)> = (1..=6).map(|n| (n, n)).collect();
-        assert_eq!(stored_rows(&store), expected, "{layout:?}");
+        assert_eq!(stored_rows(&store.inner), expected, "{layout:?}");
         assert!(!queues.committing(&user()) && queues.waiting(&user()) == 0);
     }
+}
+
+/// Four writes while the first one's commit is parked: the third, `failing`, is answered
+/// with `code` and leaves no trace; the others commit in order (1, 2, 3). Returns the last
+/// one's answer.
+fn a_member_fails<W>(layout: Layout, failing: W, code: &str) -> (Report, Vec<StatementResult>)
+where
+    W: Work<Output = Vec<StatementResult>> + 'static,
+{
+    let store = store_with_table(layout);
+    let isolate = Isolate::new(&store.inner, layout, 64 << 20);
+    let mut tasks = Tasks::new();
+    store.park();
+    let first = tasks.spawn(isolate.serve(insert(1)));
+    let before = tasks.spawn(isolate.serve(insert(2)));
+    let failing = tasks.spawn(isolate.serve(failing));
+    let after = tasks.spawn(isolate.serve(insert(3)));
+    store.release();
+    tasks.settle();
+    assert!(tasks.answer(first).is_ok());
+    assert_eq!(rowid(&tasks.answer(before).unwrap()), 2);
+    let err = tasks.answer(failing).unwrap_err();
+    assert_eq!(err.code(), code, "{layout:?}: {err:?}");
+    let after = tasks.answer(after).unwrap();
+    assert_eq!(rowid(&after), 3, "{layout:?}");
+    assert_eq!(
+        stored_rows(&store.inner),
+        [(1, 1), (2, 2), (3, 3)],
+        "{layout:?}"
+    );
+    after
 }
 
 /// A request of the group whose statement fails is answered with its own error and leaves no
@@ -333,40 +335,15 @@ fn queued_writes_commit_together_in_order_and_only_then_are_acknowledged() {
 #[test]
 fn a_failing_request_rolls_back_alone() {
     for layout in LAYOUTS {
-        let store = store_with_table(layout);
-        let clock = StepClock::stepping(1.0);
-        let cache = DbCache::new(64 << 20);
-        let queues = WriteQueues::new();
-        let ctx = context(&store, &clock, &cache, layout);
-        let u = user();
-        let mut tasks = Tasks::new();
-        store.park();
-        let first = tasks.spawn(queue::serve(&ctx, &queues, &u, SaveMode::Auto, insert(1)));
-        let ok_before = tasks.spawn(queue::serve(&ctx, &queues, &u, SaveMode::Auto, insert(2)));
         // Its second statement violates UNIQUE against the first commit, so the whole
         // request rolls back, its first statement included; on its optimistic run (before the
         // first commit) it succeeded, which is what made it a write.
-        let failing = tasks.spawn(queue::serve(
-            &ctx,
-            &queues,
-            &u,
-            SaveMode::Auto,
-            transaction(&[
-                ("INSERT INTO t(n) VALUES (100)", vec![]),
-                ("INSERT INTO t(n) VALUES (1)", vec![]),
-            ]),
-        ));
-        let ok_after = tasks.spawn(queue::serve(&ctx, &queues, &u, SaveMode::Auto, insert(3)));
-        store.release();
-        tasks.settle();
-        assert!(tasks.answer(first).is_ok());
-        assert_eq!(rowid(&tasks.answer(ok_before).unwrap()), 2);
-        let err = tasks.answer(failing).unwrap_err();
-        assert_eq!(err.code(), "sql_error", "{layout:?}: {err:?}");
-        let after = tasks.answer(ok_after).unwrap();
-        assert_eq!(rowid(&after), 3, "{layout:?}");
+        let failing = transaction(&[
+            ("INSERT INTO t(n) VALUES (100)", vec![]),
+            ("INSERT INTO t(n) VALUES (1)", vec![]),
+        ]);
+        let after = a_member_fails(layout, failing, "sql_error");
         assert_eq!(after.0.write_queue.unwrap().group_size, 3);
-        assert_eq!(stored_rows(&store), [(1, 1), (2, 2), (3, 3)], "{layout:?}");
     }
 }
 
@@ -389,37 +366,13 @@ impl Work for CommitsThenFails {
 #[test]
 fn a_request_failing_after_partial_commits_is_taken_out_of_the_group() {
     for layout in LAYOUTS {
-        let store = store_with_table(layout);
-        let clock = StepClock::stepping(1.0);
-        let cache = DbCache::new(64 << 20);
-        let queues = WriteQueues::new();
-        let ctx = context(&store, &clock, &cache, layout);
-        let u = user();
-        let mut tasks = Tasks::new();
-        store.park();
-        let first = tasks.spawn(queue::serve(&ctx, &queues, &u, SaveMode::Auto, insert(1)));
-        let before = tasks.spawn(queue::serve(&ctx, &queues, &u, SaveMode::Auto, insert(2)));
         // Its first run (before the first commit) is a plain insert, so it queues as a write;
         // its run in the group commits a row and then fails.
-        let bad = tasks.spawn(async {
-            queue::serve(
-                &ctx,
-                &queues,
-                &u,
-                SaveMode::Auto,
-                Gate::new(CommitsThenFails(50)),
-            )
-            .await
-        });
-        let after = tasks.spawn(queue::serve(&ctx, &queues, &u, SaveMode::Auto, insert(3)));
-        store.release();
-        tasks.settle();
-        assert!(tasks.answer(first).is_ok());
-        assert_eq!(rowid(&tasks.answer(before).unwrap()), 2);
-        let err = tasks.answer(bad).unwrap_err();
-        assert_eq!(err.code(), "cpu_budget_exceeded", "{layout:?}");
-        assert_eq!(rowid(&tasks.answer(after).unwrap()), 3);
-        assert_eq!(stored_rows(&store), [(1, 1), (2, 2), (3, 3)], "{layout:?}");
+        a_member_fails(
+            layout,
+            Gate::new(CommitsThenFails(50)),
+            "cpu_budget_exceeded",
+        );
     }
 }
 
@@ -453,28 +406,15 @@ impl<W: Work<Output = Vec<StatementResult>>> Work for Gate<W> {
 fn a_group_that_loses_the_race_runs_again_on_the_new_version() {
     for layout in LAYOUTS {
         let store = store_with_table(layout);
-        let clock = StepClock::stepping(1.0);
-        let cache = DbCache::new(64 << 20);
-        let queues = WriteQueues::new();
-        let ctx = context(&store, &clock, &cache, layout);
+        let isolate = Isolate::new(&store.inner, layout, 64 << 20);
         // The rival isolate loads the same version and its commit reaches the store first.
-        let rival_clock = StepClock::stepping(1.0);
-        let rival_cache = DbCache::new(0);
-        let rival_ctx = context(&store, &rival_clock, &rival_cache, layout);
-        let rival_queues = WriteQueues::new();
-        let u = user();
+        let rival = Isolate::new(&store.inner, layout, 0);
         let mut tasks = Tasks::new();
         store.park();
-        let rival = tasks.spawn(queue::serve(
-            &rival_ctx,
-            &rival_queues,
-            &u,
-            SaveMode::Auto,
-            insert(99),
-        ));
-        let first = tasks.spawn(queue::serve(&ctx, &queues, &u, SaveMode::Auto, insert(1)));
-        let second = tasks.spawn(queue::serve(&ctx, &queues, &u, SaveMode::Auto, insert(2)));
-        assert_eq!(queues.waiting(&user()), 1);
+        let rival = tasks.spawn(rival.serve(insert(99)));
+        let first = tasks.spawn(isolate.serve(insert(1)));
+        let second = tasks.spawn(isolate.serve(insert(2)));
+        assert_eq!(isolate.queues.waiting(&user()), 1);
         store.release();
         tasks.settle();
         let rival = tasks.answer(rival).unwrap();
@@ -488,9 +428,7 @@ fn a_group_that_loses_the_race_runs_again_on_the_new_version() {
         assert_eq!(first.0.db_info.stored.as_ref().unwrap().attempts, 2);
         assert_eq!(first.0.write_queue.unwrap().group_runs, 2);
         assert_eq!(rowid(&tasks.answer(second).unwrap()), 3);
-        let mut stored: Vec<i64> = stored_rows(&store).into_iter().map(|(_, n)| n).collect();
-        stored.sort_unstable();
-        assert_eq!(stored, [1, 2, 99], "{layout:?}");
+        assert_eq!(stored_ns(&store.inner), [1, 2, 99], "{layout:?}");
     }
 }
 
@@ -499,22 +437,12 @@ fn a_group_that_loses_the_race_runs_again_on_the_new_version() {
 fn reads_never_wait_for_a_commit_in_flight() {
     for layout in LAYOUTS {
         let store = store_with_table(layout);
-        let clock = StepClock::stepping(1.0);
-        let cache = DbCache::new(64 << 20);
-        let queues = WriteQueues::new();
-        let ctx = context(&store, &clock, &cache, layout);
-        let u = user();
+        let isolate = Isolate::new(&store.inner, layout, 64 << 20);
         let mut tasks = Tasks::new();
         store.park();
-        let write = tasks.spawn(queue::serve(&ctx, &queues, &u, SaveMode::Auto, insert(1)));
-        let queued = tasks.spawn(queue::serve(&ctx, &queues, &u, SaveMode::Auto, insert(2)));
-        let read = tasks.spawn(queue::serve(
-            &ctx,
-            &queues,
-            &u,
-            SaveMode::Auto,
-            transaction(&[("SELECT count(*) FROM t", vec![])]),
-        ));
+        let write = tasks.spawn(isolate.serve(insert(1)));
+        let queued = tasks.spawn(isolate.serve(insert(2)));
+        let read = tasks.spawn(isolate.serve(transaction(&[("SELECT count(*) FROM t", vec![])])));
         assert!(tasks.done(read), "{layout:?}: a read waited for a write");
         let (report, results) = tasks.answer(read).unwrap();
         assert_eq!(results[0].rows, [[Value::Integer(0)]]);
@@ -533,17 +461,11 @@ fn reads_never_wait_for_a_commit_in_flight() {
 fn a_cancelled_request_never_leaves_its_queue_stuck() {
     for layout in LAYOUTS {
         let store = store_with_table(layout);
-        let clock = StepClock::stepping(1.0);
-        let cache = DbCache::new(64 << 20);
-        let queues = WriteQueues::new();
-        let ctx = context(&store, &clock, &cache, layout);
-        let u = user();
+        let isolate = Isolate::new(&store.inner, layout, 64 << 20);
         let mut tasks = Tasks::new();
         store.park();
-        let first = tasks.spawn(queue::serve(&ctx, &queues, &u, SaveMode::Auto, insert(1)));
-        let second = tasks.spawn(queue::serve(&ctx, &queues, &u, SaveMode::Auto, insert(2)));
-        let third = tasks.spawn(queue::serve(&ctx, &queues, &u, SaveMode::Auto, insert(3)));
-        let fourth = tasks.spawn(queue::serve(&ctx, &queues, &u, SaveMode::Auto, insert(4)));
+        let [first, second, third, fourth] =
+            [1, 2, 3, 4].map(|n| tasks.spawn(isolate.serve(insert(n))));
         // The first lands; the second leads the group [2, 3, 4] and is cancelled while its
         // commit is parked; the third is cancelled while it waits.
         store.release();
@@ -555,19 +477,19 @@ fn a_cancelled_request_never_leaves_its_queue_stuck() {
         store.park();
         tasks.settle();
         // The third now leads [3, 4]; it is parked in its commit. Cancel a waiter instead.
-        let fifth = tasks.spawn(queue::serve(&ctx, &queues, &u, SaveMode::Auto, insert(5)));
-        let sixth = tasks.spawn(queue::serve(&ctx, &queues, &u, SaveMode::Auto, insert(6)));
+        let fifth = tasks.spawn(isolate.serve(insert(5)));
+        let sixth = tasks.spawn(isolate.serve(insert(6)));
         tasks.cancel(fifth);
         store.release();
         tasks.settle();
         for i in [third, fourth, sixth] {
             assert!(tasks.answer(i).is_ok(), "{layout:?}");
         }
-        let stored: Vec<i64> = stored_rows(&store).into_iter().map(|(_, n)| n).collect();
         // The cancelled leader's commit was parked, so it never landed; the cancelled waiter
         // never ran.
-        assert_eq!(stored, [1, 3, 4, 6], "{layout:?}");
-        assert!(!queues.committing(&u) && queues.waiting(&u) == 0);
+        assert_eq!(stored_ns(&store.inner), [1, 3, 4, 6], "{layout:?}");
+        let u = user();
+        assert!(!isolate.queues.committing(&u) && isolate.queues.waiting(&u) == 0);
     }
 }
 
@@ -576,50 +498,33 @@ fn a_cancelled_request_never_leaves_its_queue_stuck() {
 #[test]
 fn a_group_losing_every_race_gives_up_at_the_deadline_with_nothing_written() {
     let layout = Layout::Incremental;
-    let store: &'static ParkedStore = Box::leak(Box::new(store_with_table(layout)));
-    let clock = StepClock::stepping(1.0);
-    let cache = DbCache::new(64 << 20);
-    let queues = WriteQueues::new();
-    let ctx = context(store, &clock, &cache, layout);
+    let store: &'static Store = Box::leak(Box::new(store_with_table(layout)));
+    let isolate = Isolate::new(&store.inner, layout, 64 << 20);
     let rival: &'static Rival = Box::leak(Box::new(Rival {
         store,
         n: Cell::new(1000),
     }));
-    let err = pollster::block_on(queue::serve(
-        &ctx,
-        &queues,
-        &user(),
-        SaveMode::Auto,
-        RacedInsert(rival, 5),
-    ))
-    .unwrap_err();
+    let err = isolate.block_on(RacedInsert(rival, 5)).unwrap_err();
     assert_eq!(err.code(), "conflict");
-    assert!(clock.slept_ms() > 0 && clock.slept_ms() < u64::from(ctx.retry.deadline_ms));
-    let stored: Vec<i64> = stored_rows(store).into_iter().map(|(_, n)| n).collect();
+    let slept_ms = isolate.clock.slept_ms();
+    assert!(slept_ms > 0 && slept_ms < u64::from(isolate.ctx().retry.deadline_ms));
+    let stored = stored_ns(&store.inner);
     assert!(!stored.contains(&5), "{stored:?}");
     assert!(!stored.is_empty());
 }
 
 /// Another isolate that commits a row of its own each time it is asked.
 struct Rival {
-    store: &'static ParkedStore,
+    store: &'static Store,
     n: Cell<i64>,
 }
 
 impl Rival {
     fn commit(&self) {
-        let clock = StepClock::stepping(1.0);
-        let cache = DbCache::new(0);
-        let ctx = context(self.store, &clock, &cache, Layout::Incremental);
         self.n.set(self.n.get() + 1);
-        pollster::block_on(queue::serve(
-            &ctx,
-            &WriteQueues::new(),
-            &user(),
-            SaveMode::Auto,
-            insert(self.n.get()),
-        ))
-        .unwrap();
+        Isolate::new(&self.store.inner, Layout::Incremental, 0)
+            .block_on(insert(self.n.get()))
+            .unwrap();
     }
 }
 
@@ -644,34 +549,17 @@ fn rate_limited_commits_are_retried_until_the_deadline_then_refused_with_nothing
     let plan = FaultPlan::new();
     let seeded = |puts: &[Fault]| {
         let store = HookStore::new(MemoryStore::new()).with(&plan);
-        let clock = StepClock::stepping(1.0);
-        let cache = DbCache::new(0);
-        let ctx = context(&store, &clock, &cache, Layout::Single);
-        let work = transaction(&[("CREATE TABLE t(id INTEGER PRIMARY KEY, n UNIQUE)", vec![])]);
-        pollster::block_on(queue::serve(
-            &ctx,
-            &WriteQueues::new(),
-            &user(),
-            SaveMode::Auto,
-            work,
-        ))
-        .unwrap();
+        Isolate::new(&store, Layout::Single, 0)
+            .block_on(create_table())
+            .unwrap();
         plan.set(Operation::Put, puts);
         store
     };
     // Five 429s outlast one put's four repeats; the request runs again and gets through.
     let store = seeded(&[Fault::RateLimited; 6]);
-    let clock = StepClock::stepping(1.0);
-    let cache = DbCache::new(0);
-    let ctx = context(&store, &clock, &cache, Layout::Single);
-    let (report, _) = pollster::block_on(queue::serve(
-        &ctx,
-        &WriteQueues::new(),
-        &user(),
-        SaveMode::Auto,
-        insert(7),
-    ))
-    .unwrap();
+    let (report, _) = Isolate::new(&store, Layout::Single, 0)
+        .block_on(insert(7))
+        .unwrap();
     assert_eq!(report.db_info.stored.as_ref().unwrap().attempts, 2);
     assert_eq!(plan.fired(Operation::Put, Fault::RateLimited), 6);
     let stored = store.inner.bytes("a/database.sqlite").unwrap();
@@ -681,19 +569,15 @@ fn rate_limited_commits_are_retried_until_the_deadline_then_refused_with_nothing
     drop(store);
     let store = seeded(&[Fault::RateLimited; 1000]);
     let before = store.inner.bytes("a/database.sqlite").unwrap();
-    let clock = StepClock::stepping(1.0);
-    let ctx = context(&store, &clock, &cache, Layout::Single);
-    let err = pollster::block_on(queue::serve(
-        &ctx,
-        &WriteQueues::new(),
-        &user(),
-        SaveMode::Auto,
-        insert(7),
-    ))
-    .unwrap_err();
+    let isolate = Isolate::new(&store, Layout::Single, 0);
+    let err = isolate.block_on(insert(7)).unwrap_err();
     assert_eq!((err.status(), err.code()), (503, "storage_unavailable"));
     assert!(err.retry_after_s().is_some() && err.nothing_written());
-    assert!(clock.slept_ms() >= u64::from(ctx.retry.deadline_ms) / 2);
-    assert!(clock.slept_ms() < u64::from(ctx.retry.deadline_ms) + 5_000);
+    let (slept_ms, deadline_ms) = (
+        isolate.clock.slept_ms(),
+        u64::from(isolate.ctx().retry.deadline_ms),
+    );
+    assert!(slept_ms >= deadline_ms / 2);
+    assert!(slept_ms < deadline_ms + 5_000);
     assert_eq!(store.inner.bytes("a/database.sqlite").unwrap(), before);
 }

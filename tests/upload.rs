@@ -8,7 +8,10 @@ use wasm_bindgen_test::wasm_bindgen_test as test;
 use std::collections::BTreeMap;
 
 use rusqlite::types::Value;
+use workers_sqlite_poc::clock::Clock;
+use workers_sqlite_poc::error::Error;
 use workers_sqlite_poc::pipeline::{self, Context, ListTables};
+use workers_sqlite_poc::report::Report;
 use workers_sqlite_poc::request::{SaveMode, UserId};
 use workers_sqlite_poc::storage::cache::DbCache;
 use workers_sqlite_poc::storage::{self, FollowUp, Layout};
@@ -36,6 +39,33 @@ fn ctx<'a, S, C>(store: &'a S, clock: &'a C, layout: Layout) -> Context<'a, S, C
 
 fn block<T>(f: impl std::future::Future<Output = T>) -> T {
     pollster::block_on(f)
+}
+
+/// A store holding the demo database as the user's file, with `metadata`.
+fn demo_store(metadata: &[(&str, String)]) -> MemoryStore {
+    let store = MemoryStore::new();
+    store.insert(KEY, &fixtures::demo_database().unwrap(), metadata);
+    store
+}
+
+/// The spec's request with `save=always` (in the incremental layout it leaves a manifest).
+fn spec_request<S: ObjectStore, C: Clock>(ctx: &Context<'_, S, C>) {
+    block(pipeline::serve(
+        ctx,
+        &user(),
+        SaveMode::Always,
+        &mut ListTables,
+    ))
+    .unwrap();
+}
+
+/// An upload of `bytes` by user `a`.
+fn replace<S: ObjectStore, C: Clock>(
+    ctx: &Context<'_, S, C>,
+    bytes: Vec<u8>,
+    precondition: Precondition,
+) -> Result<Report, Error> {
+    block(upload::replace(ctx, &user(), bytes, precondition))
 }
 
 /// Every row of every table, by table name: what "the same database" means through SQLite.
@@ -129,13 +159,7 @@ fn single_layout_create_replace_and_refuse() {
     let clock = StepClock::stepping(1.0);
     let ctx = ctx(&store, &clock, Layout::Single);
     let first = edited("CREATE TABLE notes(body TEXT); INSERT INTO notes VALUES ('from backend')");
-    let report = block(upload::replace(
-        &ctx,
-        &user(),
-        first.clone(),
-        Precondition::CreateOnly,
-    ))
-    .unwrap();
+    let report = replace(&ctx, first.clone(), Precondition::CreateOnly).unwrap();
     let json = serde_json::to_value(&report).unwrap();
     assert_eq!(json["db_info"]["saved"], true);
     assert_eq!(json["storage"]["layout"], "single");
@@ -144,25 +168,14 @@ fn single_layout_create_replace_and_refuse() {
     assert_eq!(json["db_info"]["db_version"], v1.to_string());
     assert_eq!(dump(&store.bytes(KEY).unwrap()), dump(&first));
 
-    let again = block(upload::replace(
-        &ctx,
-        &user(),
-        first.clone(),
-        Precondition::CreateOnly,
-    ));
+    let again = replace(&ctx, first.clone(), Precondition::CreateOnly);
     let e = again.unwrap_err();
     assert_eq!((e.status(), e.code()), (412, "version_mismatch"));
     assert!(e.to_string().contains(&v1.to_string()), "{e}");
 
     let second =
         edited("DELETE FROM clip_tags; CREATE TABLE extra(x); INSERT INTO extra VALUES (1)");
-    let report = block(upload::replace(
-        &ctx,
-        &user(),
-        second.clone(),
-        Precondition::IfMatch(v1),
-    ))
-    .unwrap();
+    let report = replace(&ctx, second.clone(), Precondition::IfMatch(v1)).unwrap();
     let v2 = version(&store, KEY);
     assert!(v2 > v1);
     assert_eq!(
@@ -172,12 +185,7 @@ fn single_layout_create_replace_and_refuse() {
     assert_eq!(dump(&store.bytes(KEY).unwrap()), dump(&second));
 
     let before = snapshot(&store);
-    let stale = block(upload::replace(
-        &ctx,
-        &user(),
-        first.clone(),
-        Precondition::IfMatch(v1),
-    ));
+    let stale = replace(&ctx, first.clone(), Precondition::IfMatch(v1));
     assert_eq!(stale.unwrap_err().code(), "version_mismatch");
     assert_eq!(snapshot(&store), before, "a refused upload writes nothing");
 }
@@ -187,12 +195,7 @@ fn single_layout_create_replace_and_refuse() {
 /// both give exactly the file, and no conflict record appears.
 #[test]
 fn incremental_layout_commits_through_the_manifest() {
-    let store = MemoryStore::new();
-    store.insert(
-        KEY,
-        &fixtures::demo_database().unwrap(),
-        &[(DB_VERSION_KEY, "1000".into())],
-    );
+    let store = demo_store(&[(DB_VERSION_KEY, "1000".into())]);
     let clock = StepClock::stepping(1.0);
     let ctx = ctx(&store, &clock, Layout::Incremental);
     // An app write first: the user now has a manifest and a pending delta.
@@ -217,13 +220,7 @@ fn incremental_layout_commits_through_the_manifest() {
         &pulled,
         "UPDATE notes SET body = 'renamed'; INSERT INTO notes VALUES ('backend')",
     );
-    let report = block(upload::replace(
-        &ctx,
-        &user(),
-        pushed.clone(),
-        Precondition::IfMatch(v),
-    ))
-    .unwrap();
+    let report = replace(&ctx, pushed.clone(), Precondition::IfMatch(v)).unwrap();
     let json = serde_json::to_value(&report).unwrap();
     assert_eq!(json["storage"]["layout"], "incremental");
     assert_eq!(json["storage"]["follow_up"], "compact");
@@ -251,17 +248,10 @@ fn incremental_layout_commits_through_the_manifest() {
 /// incremental layout too (its delta carries its own page size and length).
 #[test]
 fn incremental_upload_with_another_page_size() {
-    let store = MemoryStore::new();
-    store.insert(KEY, &fixtures::demo_database().unwrap(), &[]);
+    let store = demo_store(&[]);
     let clock = StepClock::stepping(1.0);
     let ctx = ctx(&store, &clock, Layout::Incremental);
-    block(pipeline::serve(
-        &ctx,
-        &user(),
-        SaveMode::Always,
-        &mut ListTables,
-    ))
-    .unwrap();
+    spec_request(&ctx);
     for page_size in [1024, 65536] {
         let pushed = edited(&format!("PRAGMA page_size = {page_size}; VACUUM;"));
         assert_eq!(
@@ -269,13 +259,7 @@ fn incremental_upload_with_another_page_size() {
             Some(page_size)
         );
         let v = version(&store, "a/manifest.json");
-        block(upload::replace(
-            &ctx,
-            &user(),
-            pushed.clone(),
-            Precondition::IfMatch(v),
-        ))
-        .unwrap();
+        replace(&ctx, pushed.clone(), Precondition::IfMatch(v)).unwrap();
         let now = current(&store, Layout::Incremental);
         assert_eq!(workers_sqlite_poc::header::page_size(&now), Some(page_size));
         assert_eq!(dump(&now), dump(&pushed));
@@ -286,27 +270,14 @@ fn incremental_upload_with_another_page_size() {
 /// and the retirement that folds them back into one object.
 #[test]
 fn single_layout_with_a_live_manifest_retires_it() {
-    let store = MemoryStore::new();
-    store.insert(KEY, &fixtures::demo_database().unwrap(), &[]);
+    let store = demo_store(&[]);
     let clock = StepClock::stepping(1.0);
     let inc = ctx(&store, &clock, Layout::Incremental);
-    block(pipeline::serve(
-        &inc,
-        &user(),
-        SaveMode::Always,
-        &mut ListTables,
-    ))
-    .unwrap();
+    spec_request(&inc);
     let v = version(&store, "a/manifest.json");
     let pushed = edited("DELETE FROM clip_tags; DELETE FROM raw_clips");
     let single = ctx(&store, &clock, Layout::Single);
-    let report = block(upload::replace(
-        &single,
-        &user(),
-        pushed.clone(),
-        Precondition::IfMatch(v),
-    ))
-    .unwrap();
+    let report = replace(&single, pushed.clone(), Precondition::IfMatch(v)).unwrap();
     assert_eq!(report.storage.as_ref().unwrap().follow_up, FollowUp::Retire);
     block(storage::compact(&single, &user(), true)).unwrap();
     assert_eq!(dump(&store.bytes(KEY).unwrap()), dump(&pushed));
@@ -357,13 +328,7 @@ fn bad_files_are_refused_before_touching_the_store() {
         ),
     ];
     for (name, bytes, status, code) in cases {
-        let e = block(upload::replace(
-            &ctx,
-            &user(),
-            bytes.clone(),
-            Precondition::IfMatch(5),
-        ))
-        .unwrap_err();
+        let e = replace(&ctx, bytes.clone(), Precondition::IfMatch(5)).unwrap_err();
         assert_eq!((e.status(), e.code()), (status, code), "{name}: {e}");
         let message = e.body().error.message;
         let says = if status == 413 {
@@ -400,12 +365,11 @@ fn lost_race_is_refused_and_keeps_the_other_write() {
         let clock = StepClock::stepping(1.0);
         let ctx = ctx(&store, &clock, Layout::Single);
         let named = stored.map_or(0, |v| v.parse().unwrap());
-        let e = block(upload::replace(
+        let e = replace(
             &ctx,
-            &user(),
             edited("DELETE FROM clip_tags"),
             Precondition::IfMatch(named),
-        ))
+        )
         .unwrap_err();
         assert_eq!((e.status(), e.code()), (412, "version_mismatch"), "{e}");
         assert_eq!(store.inner.bytes(KEY).unwrap(), rival);
@@ -416,17 +380,10 @@ fn lost_race_is_refused_and_keeps_the_other_write() {
 /// the upload is tried again on the new state and lands (`attempts: 2`).
 #[test]
 fn a_compaction_in_between_is_tried_again() {
-    let store = MemoryStore::new();
-    store.insert(KEY, &fixtures::demo_database().unwrap(), &[]);
+    let store = demo_store(&[]);
     let clock = StepClock::stepping(1.0);
     let inc = ctx(&store, &clock, Layout::Incremental);
-    block(pipeline::serve(
-        &inc,
-        &user(),
-        SaveMode::Always,
-        &mut ListTables,
-    ))
-    .unwrap();
+    spec_request(&inc);
     let v = version(&store, "a/manifest.json");
     let m = "a/manifest.json";
     // What a compaction's manifest put looks like to the upload: same version, new etag.
@@ -437,13 +394,7 @@ fn a_compaction_in_between_is_tried_again() {
     }));
     let ctx = ctx(&store, &clock, Layout::Incremental);
     let pushed = edited("DELETE FROM clip_tags");
-    let report = block(upload::replace(
-        &ctx,
-        &user(),
-        pushed.clone(),
-        Precondition::IfMatch(v),
-    ))
-    .unwrap();
+    let report = replace(&ctx, pushed.clone(), Precondition::IfMatch(v)).unwrap();
     let json = serde_json::to_value(&report).unwrap();
     assert_eq!(json["db_info"]["attempts"], 2);
     assert_eq!(
@@ -460,21 +411,15 @@ fn moved_and_moving_users_are_409() {
         ("durable_object", "served_by_durable_object"),
         ("moving", "move_in_progress"),
     ] {
-        let store = MemoryStore::new();
-        store.insert(
-            KEY,
-            &fixtures::demo_database().unwrap(),
-            &[(ROUTE_KEY, route.into()), (DB_VERSION_KEY, "9".into())],
-        );
+        let store = demo_store(&[(ROUTE_KEY, route.into()), (DB_VERSION_KEY, "9".into())]);
         let before = snapshot(&store);
         let clock = StepClock::stepping(1.0);
         let ctx = ctx(&store, &clock, Layout::Incremental);
-        let e = block(upload::replace(
+        let e = replace(
             &ctx,
-            &user(),
             edited("DELETE FROM clip_tags"),
             Precondition::IfMatch(9),
-        ))
+        )
         .unwrap_err();
         assert_eq!((e.status(), e.code()), (409, code));
         assert_eq!(snapshot(&store), before);
@@ -487,12 +432,7 @@ fn moved_and_moving_users_are_409() {
 #[test]
 fn another_isolates_cached_copy_sees_the_upload() {
     for layout in [Layout::Single, Layout::Incremental] {
-        let store = MemoryStore::new();
-        store.insert(
-            KEY,
-            &fixtures::demo_database().unwrap(),
-            &[(DB_VERSION_KEY, "3".into())],
-        );
+        let store = demo_store(&[(DB_VERSION_KEY, "3".into())]);
         let (uploader, other) = (
             DbCache::new(MAX_DB_BYTES * 4),
             DbCache::new(MAX_DB_BYTES * 4),
@@ -503,13 +443,7 @@ fn another_isolates_cached_copy_sees_the_upload() {
             ..ctx(&store, &clock, layout)
         };
         // A write (incremental: the manifest now exists), then the other isolate caches it.
-        block(pipeline::serve(
-            &with(&uploader),
-            &user(),
-            SaveMode::Always,
-            &mut ListTables,
-        ))
-        .unwrap();
+        spec_request(&with(&uploader));
         let mut warm = block(pipeline::load(&with(&other), &user())).unwrap();
         let same_counter = {
             let mut conn = open(&sqlite::export(&mut warm.conn).unwrap());
@@ -520,12 +454,11 @@ fn another_isolates_cached_copy_sees_the_upload() {
         };
         let v = warm.version.unwrap();
         workers_sqlite_poc::storage::loaded::keep_loaded(Some(&other), &user(), warm);
-        block(upload::replace(
+        replace(
             &with(&uploader),
-            &user(),
             same_counter.clone(),
             Precondition::IfMatch(v),
-        ))
+        )
         .unwrap();
         let mut after = block(pipeline::load(&with(&other), &user())).unwrap();
         assert_ne!(after.cache, workers_sqlite_poc::report::CacheStatus::Hit);

@@ -212,42 +212,6 @@ pub trait ObjectStore {
     async fn list(&self, prefix: &str) -> Result<Vec<Listed>, StoreError>;
 }
 
-/// A borrowed store is a store (wrappers such as `admission::Admitted` take either).
-impl<S: ObjectStore> ObjectStore for &S {
-    type Body = S::Body;
-
-    async fn get(
-        &self,
-        key: &str,
-        max_bytes: u64,
-        if_none_match: Option<&str>,
-    ) -> Result<Fetched<Self::Body>, StoreError> {
-        (**self).get(key, max_bytes, if_none_match).await
-    }
-
-    async fn head(&self, key: &str) -> Result<Option<ObjectHead>, StoreError> {
-        (**self).head(key).await
-    }
-
-    async fn put(
-        &self,
-        key: &str,
-        bytes: &[u8],
-        metadata: &[(&str, String)],
-        condition: &PutCondition,
-    ) -> Result<PutOutcome, StoreError> {
-        (**self).put(key, bytes, metadata, condition).await
-    }
-
-    async fn delete(&self, key: &str) -> Result<(), StoreError> {
-        (**self).delete(key).await
-    }
-
-    async fn list(&self, prefix: &str) -> Result<Vec<Listed>, StoreError> {
-        (**self).list(prefix).await
-    }
-}
-
 /// One object in a listing.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Listed {
