@@ -25,10 +25,12 @@ use std::task::{Context as TaskContext, Poll, Waker};
 
 use rusqlite::types::Value;
 use workers_sqlite_poc::exec::{Limits, Statement};
+use workers_sqlite_poc::migrate::{self, ObjectState};
 use workers_sqlite_poc::pipeline::{self, Context, serve};
 use workers_sqlite_poc::request::{SaveMode, UserId};
 use workers_sqlite_poc::sqlite;
-use workers_sqlite_poc::storage::{self, CompactionPolicy, Layout};
+use workers_sqlite_poc::storage::moves::fetch_frozen;
+use workers_sqlite_poc::storage::{self, Body, CompactionPolicy, Layout};
 use workers_sqlite_poc::storage::{
     Fetched, Listed, MemoryStore, ObjectHead, ObjectStore, PutCondition, PutOutcome, StoreError,
 };
@@ -590,16 +592,23 @@ fn hits(image: &[u8]) -> Vec<i64> {
 #[derive(Debug, Default, Hash)]
 struct Outcome {
     acknowledged: Vec<i64>,
+    /// The writer's insert was refused (answered with an error).
+    refused: bool,
     loader_saw: Option<Vec<i64>>,
     outside_reported: bool,
+    /// What a move's import copied, and whether the move completed.
+    imported: Option<Vec<i64>>,
+    moved: Option<bool>,
 }
 
-/// The second actor: a compaction in `waitUntil`, or the spec's request (`save=always`, which
-/// folds the database in the request).
+/// The second actor: a compaction in `waitUntil`, the spec's request (`save=always`, which
+/// folds the database in the request), or a move to the Durable Object (its import reads the
+/// frozen object through the same store).
 #[derive(Debug, Clone, Copy)]
 enum Second {
     Compaction,
     SpecRequest,
+    Move,
 }
 
 /// Runs one order of: compaction A, `second`, a writer of row 2 and a loader, then checks the
@@ -642,14 +651,32 @@ fn one_order(second: Second, scheduler: &Scheduler, driver: Driver<'_>) -> Run {
                             storage.outside_replacement.is_some();
                     }
                 }
+                Second::Move => {
+                    let c = ctx(1);
+                    let moved = migrate::to_durable_object(&c, &user(), async || {
+                        let (object, _) = fetch_frozen(&c, &user(), |r2| {
+                            migrate::check_import(&ObjectState::Empty, r2)
+                        })
+                        .await?;
+                        let mut image = vec![0; object.body.len()];
+                        object.body.read_into(&mut image).await.unwrap();
+                        outcome_ref.borrow_mut().imported = Some(hits(&image));
+                        Ok(serde_json::json!({}))
+                    })
+                    .await;
+                    outcome_ref.borrow_mut().moved = Some(moved.is_ok());
+                }
             }
         })),
         Some(Box::pin(async move {
             let got = serve(&ctx(2), &user(), SaveMode::Auto, &mut insert(2)).await;
-            if let Ok((report, _)) = got {
-                let mut o = outcome_ref.borrow_mut();
-                o.acknowledged.push(2);
-                o.outside_reported |= report.storage.unwrap().outside_replacement.is_some();
+            let mut o = outcome_ref.borrow_mut();
+            match got {
+                Ok((report, _)) => {
+                    o.acknowledged.push(2);
+                    o.outside_reported |= report.storage.unwrap().outside_replacement.is_some();
+                }
+                Err(_) => o.refused = true,
             }
         })),
         Some(Box::pin(async move {
@@ -691,14 +718,44 @@ fn one_order(second: Second, scheduler: &Scheduler, driver: Driver<'_>) -> Run {
         forbidden.is_empty(),
         "order [{order}]: a load wrote, or a conflict record was written: {forbidden:?}"
     );
-    // The live database, as a fresh worker loads it.
+    // The live database, as a fresh worker loads it; for a user who moved, the copy their
+    // Durable Object imported (R2 keeps exactly those bytes).
     let clock = StepClock::stepping(1.0);
-    let mut live = pollster::block_on(pipeline::load(&context(&store, &clock, 99), &user()))
-        .unwrap_or_else(|e| panic!("order [{order}]: the live database does not load: {e}"));
-    let live_hits = hits(&sqlite::export(&mut live.conn).unwrap());
+    let live_hits = if outcome.moved == Some(true) {
+        let imported = outcome.imported.clone().unwrap();
+        let base = store.bytes(BASE).unwrap();
+        assert_eq!(
+            store
+                .metadata(BASE)
+                .unwrap()
+                .get("route")
+                .map(String::as_str),
+            Some("durable_object"),
+            "order [{order}]: the move completed but R2 does not say so"
+        );
+        assert_eq!(
+            hits(&base),
+            imported,
+            "order [{order}]: R2 kept other bytes"
+        );
+        imported
+    } else {
+        // A move that gave up left nothing frozen: the user loads on R2 again.
+        let mut live = pollster::block_on(pipeline::load(&context(&store, &clock, 99), &user()))
+            .unwrap_or_else(|e| panic!("order [{order}]: the live database does not load: {e}"));
+        assert!(
+            live.outside.is_none(),
+            "order [{order}]: a compaction was taken for an outside replacement"
+        );
+        hits(&sqlite::export(&mut live.conn).unwrap())
+    };
     assert!(
-        live.outside.is_none() && !outcome.outside_reported,
+        !outcome.outside_reported,
         "order [{order}]: a compaction was taken for an outside replacement"
+    );
+    assert!(
+        !(outcome.refused && live_hits.contains(&2)),
+        "order [{order}]: a refused insert is stored: {live_hits:?}"
     );
     assert!(
         store.keys().iter().all(|k| !k.starts_with("a/conflicts/")),
@@ -737,6 +794,21 @@ fn interleavings_of_a_compaction_the_spec_request_a_writer_and_a_loader_lose_no_
 {
     let (finished, runs) = every_order(|s, choices, visited| {
         one_order(Second::SpecRequest, s, Driver::Explore(choices, visited))
+    });
+    eprintln!("{finished} final states, {runs} runs");
+    assert!(finished > 100, "only {finished} final states");
+}
+
+/// A move to the Durable Object racing a compaction, a writer and a loader, in every order:
+/// every acknowledged write is in the copy the object imported (and in the bytes R2 keeps), a
+/// refused one is in neither, and a move that gives up leaves the user loadable on R2, never
+/// frozen (a move whose base put said `route=moving` and then lost its manifest put to the
+/// writer once left the user refused as `migrating` for good).
+#[test]
+fn interleavings_of_a_move_a_compaction_a_writer_and_a_loader_lose_nothing_and_never_strand_the_user()
+ {
+    let (finished, runs) = every_order(|s, choices, visited| {
+        one_order(Second::Move, s, Driver::Explore(choices, visited))
     });
     eprintln!("{finished} final states, {runs} runs");
     assert!(finished > 100, "only {finished} final states");

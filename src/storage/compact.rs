@@ -11,10 +11,10 @@ use super::commit::{manifest_bytes, manifest_metadata};
 use super::keys::{
     COVERS_KEY, DB_VERSION_KEY, Home, LINEAGE_KEY, WRITE_ID_KEY, push_home, version_of,
 };
-use super::load::{LOAD_ATTEMPTS, build, fetch_manifest};
+use super::load::{LOAD_ATTEMPTS, build, compaction_covers, fetch_manifest};
 use super::loaded::{Loaded, keep_loaded};
 use super::manifest::{BaseRef, Manifest, Retired, Stored};
-use super::retry::conditional_put;
+use super::retry::{conditional_put, with_retries};
 use super::store::{ObjectStore, PutCondition, PutOutcome};
 use crate::clock::Clock;
 use crate::context::Context;
@@ -79,58 +79,6 @@ pub async fn compact<S: ObjectStore, C: Clock>(
     user: &UserId,
     retire: bool,
 ) -> Result<Compacted, Error> {
-    let (compacted, _) = compact_inner(ctx, user, retire, Home::R2).await?;
-    Ok(compacted)
-}
-
-/// Folds an incremental user's pending deltas into `database.sqlite` (a compaction), so that
-/// a reader of that one object (the Durable Object's import) sees the current database.
-/// Costs one small get when there is nothing to fold.
-pub async fn fold_pending<S: ObjectStore, C: Clock>(
-    ctx: &Context<'_, S, C>,
-    user: &UserId,
-) -> Result<Option<Compacted>, Error> {
-    let pending = fetch_manifest(ctx, user)
-        .await?
-        .is_some_and(|(m, _, _)| !m.retired && !m.deltas.is_empty());
-    if !pending {
-        return Ok(None);
-    }
-    let done = compact(ctx, user, false).await?;
-    if done.outcome == CompactOutcome::LostRace {
-        return Err(Error::Conflict { attempts: 1 });
-    }
-    Ok(Some(done))
-}
-
-/// For a move: folds and retires the manifest with `route=moving` on the new base and the
-/// manifest, so the move can copy one complete, frozen `database.sqlite`. `None` when the
-/// user has no live manifest (the move freezes the single object itself).
-pub(crate) async fn freeze_for_move<S: ObjectStore, C: Clock>(
-    ctx: &Context<'_, S, C>,
-    user: &UserId,
-) -> Result<Option<FrozenBase>, Error> {
-    let (compacted, frozen) = compact_inner(ctx, user, true, Home::Moving).await?;
-    match compacted.outcome {
-        CompactOutcome::LostRace => Err(Error::Conflict { attempts: 1 }),
-        _ => Ok(frozen),
-    }
-}
-
-/// Returns a loaded copy to the version cache.
-fn keep<S, C>(ctx: &Context<'_, S, C>, user: &UserId, loaded: Loaded) {
-    keep_loaded(ctx.cache, user, loaded);
-}
-
-/// Times the manifest put is re-tried over writes that commit during a compaction.
-const ADOPT_ATTEMPTS: u32 = 8;
-
-async fn compact_inner<S: ObjectStore, C: Clock>(
-    ctx: &Context<'_, S, C>,
-    user: &UserId,
-    retire: bool,
-    home: Home,
-) -> Result<(Compacted, Option<FrozenBase>), Error> {
     let clock = ctx.clock;
     let start = clock.now_ms();
     let uncached = Context {
@@ -156,11 +104,11 @@ async fn compact_inner<S: ObjectStore, C: Clock>(
         }
         let Stored::Incremental { manifest, etag } = &loaded.stored else {
             keep(ctx, user, loaded);
-            return Ok((nothing(clock, start), None));
+            return Ok(nothing(clock, start));
         };
         if manifest.deltas.is_empty() && !retire {
             keep(ctx, user, loaded);
-            return Ok((nothing(clock, start), None));
+            return Ok(nothing(clock, start));
         }
         let (m, m_etag) = ((**manifest).clone(), etag.clone());
         let plan = FoldPlan {
@@ -173,7 +121,7 @@ async fn compact_inner<S: ObjectStore, C: Clock>(
             version: loaded.version,
             write_id: format!("{:016x}-compact-{}", ctx.nonce, m.seq),
             retire,
-            home,
+            home: Home::R2,
         };
         // The upload streams straight out of the loaded image: no second copy in memory. A
         // request for this user arriving meanwhile loads its own copy from R2.
@@ -195,29 +143,18 @@ async fn compact_inner<S: ObjectStore, C: Clock>(
             keep(ctx, user, loaded);
             continue;
         };
-        let frozen = match home {
-            Home::Moving => Some(FrozenBase {
-                image: sqlite::export(&mut loaded.conn)?.to_vec(),
-                etag: new_base.clone(),
-                version: plan.version,
-                write_id: plan.write_id.clone(),
-            }),
-            Home::R2 | Home::DurableObject => None,
-        };
         // The copy equals the new state when no write was kept in the manifest.
         if next.seq == m.seq {
             loaded.stored = committed_stored(next.clone(), next_etag, new_base, retire);
         }
-        if frozen.is_none() {
-            keep(ctx, user, loaded);
-        }
+        keep(ctx, user, loaded);
         let mut deleted = 0;
         for d in &m.deltas {
             if !next.references(&d.key) && ctx.store.delete(&d.key).await.is_ok() {
                 deleted += 1;
             }
         }
-        let mut compacted = Compacted {
+        return Ok(Compacted {
             outcome: if retire {
                 CompactOutcome::Retired
             } else {
@@ -226,15 +163,256 @@ async fn compact_inner<S: ObjectStore, C: Clock>(
             deltas_folded: m.deltas.len(),
             deltas_deleted: deleted,
             base_bytes: next.base.size,
-            ms: 0.0,
-        };
-        compacted.ms = clock.now_ms() - start;
-        return Ok((compacted, frozen));
+            ms: clock.now_ms() - start,
+        });
     }
     let mut lost = nothing(clock, start);
     lost.outcome = CompactOutcome::LostRace;
-    Ok((lost, None))
+    Ok(lost)
 }
+
+/// Folds an incremental user's pending deltas into `database.sqlite` (a compaction), so that
+/// a reader of that one object (the Durable Object's import) sees the current database.
+/// Costs one small get when there is nothing to fold.
+pub async fn fold_pending<S: ObjectStore, C: Clock>(
+    ctx: &Context<'_, S, C>,
+    user: &UserId,
+) -> Result<Option<Compacted>, Error> {
+    let pending = fetch_manifest(ctx, user)
+        .await?
+        .is_some_and(|(m, _, _)| !m.retired && !m.deltas.is_empty());
+    if !pending {
+        return Ok(None);
+    }
+    let done = compact(ctx, user, false).await?;
+    if done.outcome == CompactOutcome::LostRace {
+        return Err(Error::Conflict { attempts: 1 });
+    }
+    Ok(Some(done))
+}
+
+/// For a move: freezes an incremental user's commit point first (the manifest it loaded, put
+/// again with `route=moving`, `If-Match` the manifest read), so no write commits after it; then
+/// folds that final state into one complete `database.sqlite` saying `route=moving` and retires
+/// the manifest (`If-Match` the frozen one), so the move can copy one object. A freeze that
+/// cannot complete is lifted before the error returns: the user is never left frozen by a move
+/// that gave up. `None` when the user has no live manifest (the move freezes the single object
+/// itself).
+///
+/// The manifest goes first because it is the commit point: a fold whose base put said
+/// `route=moving` before the manifest retired could lose the retirement to a writer's commit
+/// and leave a frozen base that no move was still holding.
+pub(crate) async fn freeze_for_move<S: ObjectStore, C: Clock>(
+    ctx: &Context<'_, S, C>,
+    user: &UserId,
+) -> Result<Option<FrozenBase>, Error> {
+    let cached = ctx.cache.and_then(|c| c.take(&user.db_key()));
+    let mut loaded = build(ctx, user, cached).await?;
+    if loaded.adoption.is_some() {
+        // An outside file is adopted by its own commit first; the freeze builds on it.
+        let write_id = format!("{:016x}-adopt-move", ctx.nonce);
+        let version = loaded.version;
+        if commit(ctx, user, &mut loaded, version, &write_id)
+            .await?
+            .is_none()
+        {
+            return Err(Error::Conflict { attempts: 1 });
+        }
+    }
+    let Stored::Incremental { manifest, etag } = &loaded.stored else {
+        keep(ctx, user, loaded);
+        return Ok(None);
+    };
+    let (m, read_etag) = ((**manifest).clone(), etag.clone());
+    let move_id = format!("{:016x}-move-{}", ctx.nonce, m.seq);
+    let version = loaded.version;
+    let freeze_id = format!("{move_id}-freeze");
+    let Some(frozen_manifest) =
+        put_manifest(ctx, user, &m, version, &freeze_id, Home::Moving, read_etag).await?
+    else {
+        // A write committed since the load: the move re-reads and tries again.
+        return Err(Error::Conflict { attempts: 1 });
+    };
+    // Nothing commits from here on: the loaded image is the user's final state.
+    match fold_frozen(ctx, user, &mut loaded, &m, &frozen_manifest, &move_id).await {
+        Ok(frozen) => {
+            for d in &m.deltas {
+                let _ = ctx.store.delete(&d.key).await;
+            }
+            Ok(Some(frozen))
+        }
+        Err(e) => {
+            lift_freeze(ctx, user, &mut loaded, &m, &frozen_manifest, &move_id).await;
+            Err(e)
+        }
+    }
+}
+
+/// Puts `m` as the user's manifest saying it is served at `home`, `If-Match` `etag`; the new
+/// etag, or `None` if the manifest changed.
+async fn put_manifest<S: ObjectStore, C: Clock>(
+    ctx: &Context<'_, S, C>,
+    user: &UserId,
+    m: &Manifest,
+    version: Option<u64>,
+    write_id: &str,
+    home: Home,
+    etag: String,
+) -> Result<Option<String>, Error> {
+    let mut metadata = manifest_metadata(write_id, version);
+    push_home(&mut metadata, home);
+    let put = conditional_put(
+        ctx,
+        &user.manifest_key(),
+        &manifest_bytes(m)?,
+        &metadata,
+        &PutCondition::IfMatch(etag),
+        write_id,
+    )
+    .await?;
+    Ok(match put {
+        PutOutcome::Stored { etag } => Some(etag),
+        PutOutcome::ConditionFailed => None,
+    })
+}
+
+/// A frozen user's fold: the image (the final state, `m`) as `database.sqlite` saying
+/// `route=moving`, then the frozen manifest retired. The base put is conditional on the base
+/// the load read; a compaction that loaded before the freeze may have replaced it since, with
+/// an older state of the same lineage, and the put is then re-tried over that one.
+async fn fold_frozen<S: ObjectStore, C: Clock>(
+    ctx: &Context<'_, S, C>,
+    user: &UserId,
+    loaded: &mut Loaded,
+    m: &Manifest,
+    frozen_manifest: &str,
+    move_id: &str,
+) -> Result<FrozenBase, Error> {
+    let mut base_etag = loaded
+        .base_etag
+        .clone()
+        .unwrap_or_else(|| m.base.etag.clone());
+    for _ in 0..LOAD_ATTEMPTS {
+        let plan = FoldPlan {
+            manifest: m,
+            manifest_etag: frozen_manifest,
+            base_etag: base_etag.clone(),
+            version: loaded.version,
+            write_id: move_id.to_owned(),
+            retire: true,
+            home: Home::Moving,
+        };
+        match fold(ctx, user, &mut loaded.conn, &plan).await?.outcome {
+            Fold::Committed {
+                base_etag: etag, ..
+            } => {
+                return Ok(FrozenBase {
+                    image: sqlite::export(&mut loaded.conn)?.to_vec(),
+                    etag,
+                    version: plan.version,
+                    write_id: plan.write_id,
+                });
+            }
+            // The frozen manifest changed under the move: someone else's doing; give up.
+            Fold::Superseded => return Err(Error::Conflict { attempts: 1 }),
+            Fold::BaseLost => {
+                let head = with_retries(ctx.clock, &ctx.retry, async || {
+                    ctx.store.head(&user.db_key()).await
+                })
+                .await?;
+                match head {
+                    Some(h)
+                        if Home::of(&h.metadata) == Home::R2
+                            && (h.etag == m.base.etag
+                                || compaction_covers(m, &h.metadata)
+                                    .is_some_and(|k| k <= m.seq)) =>
+                    {
+                        base_etag = h.etag;
+                    }
+                    // Replaced from outside during the move: the move re-reads and adopts it.
+                    _ => return Err(Error::Conflict { attempts: 1 }),
+                }
+            }
+        }
+    }
+    Err(Error::Conflict {
+        attempts: LOAD_ATTEMPTS,
+    })
+}
+
+/// Undoes a freeze that could not complete: the base its fold left saying `route=moving`
+/// (found by the move's write id, so a put whose answer was lost is found too) and the frozen
+/// manifest get their route back, each `If-Match` what the move wrote. What changed since is
+/// not the move's and is left alone. Best effort: a failure here leaves the user frozen
+/// (writes refused, retryable), which loses nothing.
+async fn lift_freeze<S: ObjectStore, C: Clock>(
+    ctx: &Context<'_, S, C>,
+    user: &UserId,
+    loaded: &mut Loaded,
+    m: &Manifest,
+    frozen_manifest: &str,
+    move_id: &str,
+) {
+    let lift_id = format!("{move_id}-lift");
+    let head = with_retries(ctx.clock, &ctx.retry, async || {
+        ctx.store.head(&user.db_key()).await
+    })
+    .await;
+    if let Ok(Some(h)) = head
+        && h.metadata.get(WRITE_ID_KEY).map(String::as_str) == Some(move_id)
+        && Home::of(&h.metadata) == Home::Moving
+        && let Ok(image) = sqlite::export(&mut loaded.conn)
+    {
+        let metadata = base_metadata(&lift_id, m, loaded.version, Home::R2);
+        let _ = conditional_put(
+            ctx,
+            &user.db_key(),
+            &image,
+            &metadata,
+            &PutCondition::IfMatch(h.etag),
+            &lift_id,
+        )
+        .await;
+    }
+    let _ = put_manifest(
+        ctx,
+        user,
+        m,
+        loaded.version,
+        &lift_id,
+        Home::R2,
+        frozen_manifest.to_owned(),
+    )
+    .await;
+}
+
+/// The metadata of a base folded from `m`: the write, the lineage and the sequence number it
+/// covers, its `db-version`, and where the user is served.
+fn base_metadata(
+    write_id: &str,
+    m: &Manifest,
+    version: Option<u64>,
+    home: Home,
+) -> Vec<(&'static str, String)> {
+    let mut metadata = vec![
+        (WRITE_ID_KEY, write_id.to_owned()),
+        (LINEAGE_KEY, m.lineage.clone()),
+        (COVERS_KEY, m.seq.to_string()),
+    ];
+    if let Some(v) = version {
+        metadata.push((DB_VERSION_KEY, v.to_string()));
+    }
+    push_home(&mut metadata, home);
+    metadata
+}
+
+/// Returns a loaded copy to the version cache.
+fn keep<S, C>(ctx: &Context<'_, S, C>, user: &UserId, loaded: Loaded) {
+    keep_loaded(ctx.cache, user, loaded);
+}
+
+/// Times the manifest put is re-tried over writes that commit during a compaction.
+const ADOPT_ATTEMPTS: u32 = 8;
 
 /// What R2 holds after a fold committed `next` over the base `base_etag`.
 pub(crate) fn committed_stored(
@@ -326,15 +504,7 @@ pub(crate) async fn fold<S: ObjectStore, C: Clock>(
     plan: &FoldPlan<'_>,
 ) -> Result<Folded, Error> {
     let m = plan.manifest;
-    let mut metadata = vec![
-        (WRITE_ID_KEY, plan.write_id.clone()),
-        (LINEAGE_KEY, m.lineage.clone()),
-        (COVERS_KEY, m.seq.to_string()),
-    ];
-    if let Some(v) = plan.version {
-        metadata.push((DB_VERSION_KEY, v.to_string()));
-    }
-    push_home(&mut metadata, plan.home);
+    let metadata = base_metadata(&plan.write_id, m, plan.version, plan.home);
     let start = ctx.clock.now_ms();
     let image = sqlite::export(conn)?;
     let serialize_ms = ctx.clock.now_ms() - start;
@@ -407,7 +577,9 @@ pub(crate) async fn fold<S: ObjectStore, C: Clock>(
             return Ok(folded);
         };
         // Only the same history, still on the old base, with every write after m kept.
+        // Nor over a manifest a move froze: its writes are refused until the move is done.
         if latest.retired
+            || Home::of(&latest_metadata) != plan.home
             || latest.lineage != m.lineage
             || latest.base.seq > m.seq
             || latest.deltas_after(m.seq).is_none()

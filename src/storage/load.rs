@@ -60,7 +60,7 @@ pub async fn load<S: ObjectStore, C: Clock>(
 /// the same state that landed after the one `m` lists (it lost a race, reloaded and folded
 /// again): the same database, so a loader uses it as it would the listed base. Greater than
 /// `m.seq`: `m` is stale.
-fn compaction_covers(m: &Manifest, metadata: &HashMap<String, String>) -> Option<u64> {
+pub(super) fn compaction_covers(m: &Manifest, metadata: &HashMap<String, String>) -> Option<u64> {
     if metadata.get(LINEAGE_KEY) != Some(&m.lineage) {
         return None;
     }
@@ -266,8 +266,15 @@ async fn load_once<S: ObjectStore, C: Clock>(
                 return Err(too_large_manifest(size_bytes));
             }
         };
-        if let Err(e) = check_route(&metadata)
-            .and_then(|()| head.as_ref().map_or(Ok(()), |h| check_route(&h.metadata)))
+        // A retired manifest's route says nothing (the base's does): a move retires the
+        // manifest it froze, and the base then says where the user went.
+        let manifest_route = if m.retired {
+            Ok(())
+        } else {
+            check_route(&metadata)
+        };
+        if let Err(e) =
+            manifest_route.and_then(|()| head.as_ref().map_or(Ok(()), |h| check_route(&h.metadata)))
         {
             if !changed {
                 // The copy is still current; keep it, so the next check is as cheap.
@@ -428,6 +435,24 @@ async fn cold<S: ObjectStore, C: Clock>(
     )
     .await;
     let (manifest, prefetched) = listed?;
+    let mut base = base?;
+    if let Some((m, _, _)) = manifest.as_ref().filter(|(m, _, _)| m.retired) {
+        // A base read beside a manifest that turned out retired may predate the retirement
+        // (its fold put the base after this read): unless it is the base the retirement
+        // names, it is read again now that the manifest read is done (a conditional get, not
+        // modified when the first read was current).
+        let read_etag = match &base {
+            BaseRead::Image { etag, .. } => Some(etag.clone()),
+            BaseRead::NotModified { .. } => base_etag.clone(),
+            BaseRead::Missing | BaseRead::TooLarge(_) => None,
+        };
+        if let Some(etag) = read_etag.filter(|e| *e != m.base.etag) {
+            match read_base(ctx, &base_key, Some(&etag)).await? {
+                BaseRead::NotModified { .. } => {}
+                fresh => base = fresh,
+            }
+        }
+    }
     let miss = match (&cached_single, ctx.cache) {
         (Some(_), _) => CacheStatus::Stale,
         (None, Some(_)) => CacheStatus::Miss,
@@ -446,9 +471,9 @@ async fn cold<S: ObjectStore, C: Clock>(
     };
     // The single layout (or a retired manifest): database.sqlite is the database.
     let Some((m, m_etag, m_metadata)) = live else {
-        return single(ctx, user, base?, cached_single, retired_manifest, miss);
+        return single(ctx, user, base, cached_single, retired_manifest, miss);
     };
-    let (mut image, base_etag, base_metadata) = match base? {
+    let (mut image, base_etag, base_metadata) = match base {
         BaseRead::Image {
             image,
             etag,
