@@ -127,7 +127,7 @@ fn main() {
 /// How fast SQLite's virtual machine steps natively: a runaway recursive query, interrupted by
 /// the executor's budget, timed. Sets the meaning of `QUERY_MAX_STEPS` in milliseconds.
 fn vm_steps_per_ms() -> f64 {
-    use workers_sqlite_poc::exec::{Executor, Limits, Statement, Transactions};
+    use workers_sqlite_poc::exec::{D1Result, Executor, Limits, Statement, Transactions};
     let mut conn = sqlite::create().expect("create");
     let limits = Limits::default();
     let runaway = Statement::new(
@@ -140,7 +140,7 @@ fn vm_steps_per_ms() -> f64 {
                 Executor::new(&mut conn, limits, Transactions::Client).expect("executor");
             let start = Instant::now();
             let err = exec
-                .execute(0, &runaway, true)
+                .execute(0, &runaway, true, D1Result::default())
                 .expect_err("the budget stops it");
             assert_eq!(err.code(), "cpu_budget_exceeded");
             start.elapsed().as_secs_f64() * 1000.0
@@ -188,7 +188,8 @@ fn reopen_cost(quick: bool) -> serde_json::Value {
 /// the longest pattern it accepts, shaped to defeat the matcher's shortcuts.
 fn worst_like_ms() -> f64 {
     use workers_sqlite_poc::exec::{
-        Executor, Limits, MAX_LIKE_PATTERN_BYTES, MAX_VALUE_BYTES, Statement, Transactions,
+        D1Result, Executor, Limits, MAX_LIKE_PATTERN_BYTES, MAX_VALUE_BYTES, Statement,
+        Transactions,
     };
     let mut conn = sqlite::create().expect("create");
     let mut exec =
@@ -203,6 +204,7 @@ fn worst_like_ms() -> f64 {
             0,
             &Statement::new(format!("SELECT {text} LIKE '{pattern}'")),
             true,
+            D1Result::default(),
         )
         .expect("like");
         best = best.min(start.elapsed().as_secs_f64() * 1000.0);

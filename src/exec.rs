@@ -1,6 +1,7 @@
 //! The one executor: runs the client's statements on an open database with the guard rails
-//! on, for every protocol (`POST /query`'s D1-shaped JSON and the libSQL Hrana pipeline are
-//! thin encoders around it).
+//! on, for every protocol. Rows stream into a [`ResultBuilder`], one per wire format (as in
+//! sqld's `query_result_builder.rs`): [`D1Result`] builds `POST /query`'s D1-shaped
+//! [`StatementResult`], `hrana::HranaResult` the libSQL protocol's `StmtResult`.
 //!
 //! Guard rails, enforced here once:
 //! - an authorizer refuses what would escape the user's database or change how it is stored
@@ -13,7 +14,9 @@
 //! - SQLite's own limits bound what one step can do: the longest string or blob
 //!   ([`MAX_VALUE_BYTES`]) and the longest LIKE/GLOB pattern ([`MAX_LIKE_PATTERN_BYTES`]);
 //! - the result is counted by what it costs in memory (payload plus a measured cost per value
-//!   and per row for the encoder that will answer) while rows are read, across the request.
+//!   and per row for the format being built, [`ResultBuilder::VALUE_COST_BYTES`]) while rows
+//!   are read, across the request, before each row reaches the builder: the cap is checked
+//!   here once, for every format.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -48,8 +51,7 @@ pub const MAX_VALUE_BYTES: i32 = 4 * 1024 * 1024;
 /// 100 ms (`cargo bench --bench sqlite_ops`, "worst single LIKE").
 pub const MAX_LIKE_PATTERN_BYTES: i32 = 64;
 /// Bytes charged against the result cap for each value beyond its payload, when the answer is
-/// `/query`'s JSON: the `Value` in its row, its `serde_json` form and its text (measured by
-/// `result_cap_counts_real_memory`).
+/// `/query`'s JSON: the `Value` in its row, its `serde_json` form and its text.
 pub const QUERY_VALUE_COST_BYTES: u64 = 64;
 /// The same for the libSQL protocol, whose encoder builds a JSON object per value.
 pub const HRANA_VALUE_COST_BYTES: u64 = 640;
@@ -116,13 +118,11 @@ pub struct Limits {
     /// Most statements in one request.
     pub max_statements: usize,
     /// Largest total result, in bytes of memory: three times the text and blob bytes, plus
-    /// `value_cost_bytes` per value and a fixed cost per row.
+    /// the format's cost per value ([`ResultBuilder::VALUE_COST_BYTES`]) and a fixed cost per
+    /// row.
     pub max_result_bytes: u64,
     /// Most SQLite virtual-machine steps the whole request may take.
     pub max_steps: u64,
-    /// What one value costs beyond its payload in the encoder that answers
-    /// ([`QUERY_VALUE_COST_BYTES`] or [`HRANA_VALUE_COST_BYTES`]).
-    pub value_cost_bytes: u64,
 }
 
 impl Default for Limits {
@@ -131,7 +131,6 @@ impl Default for Limits {
             max_statements: DEFAULT_MAX_STATEMENTS,
             max_result_bytes: DEFAULT_MAX_RESULT_BYTES,
             max_steps: DEFAULT_QUERY_MAX_STEPS,
-            value_cost_bytes: QUERY_VALUE_COST_BYTES,
         }
     }
 }
@@ -356,13 +355,15 @@ impl<'c> Executor<'c> {
             .store(vacuum_kind(sql) == Some(false), Ordering::Relaxed);
     }
 
-    /// Runs statement `index` of the request. Returns its rows only if `want_rows`.
-    pub fn execute(
+    /// Runs statement `index` of the request, building its result with `builder` (its rows
+    /// only if `want_rows`).
+    pub fn execute<R: ResultBuilder>(
         &mut self,
         index: usize,
         stmt: &Statement,
         want_rows: bool,
-    ) -> Result<StatementResult, Error> {
+        builder: R,
+    ) -> Result<R::Output, Error> {
         self.begin_statement(&stmt.sql);
         let mut backend = SqliteBackend {
             conn: &*self.conn,
@@ -375,6 +376,7 @@ impl<'c> Executor<'c> {
             index,
             stmt,
             want_rows,
+            builder,
         );
         self.track_read_only(&stmt.sql, result.is_ok())?;
         result
@@ -504,26 +506,76 @@ pub trait RowSink {
     fn row(&mut self) -> Result<(), Error>;
     /// Charges one of its values, looked at where it lies.
     fn value(&mut self, value: rusqlite::types::ValueRef<'_>) -> Result<(), Error>;
-    /// Keeps the row's values.
+    /// Hands the charged row's values on.
     fn keep(&mut self, row: Vec<Value>);
 }
 
-/// The request's rows of one statement, charged against `limits` into `used`.
-struct Collected<'a> {
-    used: &'a mut u64,
-    limits: &'a Limits,
+/// Builds one statement's result in a wire format while the executor reads its rows, as
+/// sqld's `QueryResultBuilder` does. Each format has one: [`D1Result`] (`/query` and the
+/// Durable Object route) and `hrana::HranaResult` (the libSQL protocol). A builder only
+/// encodes: every row it gets has been charged against the request's result cap already
+/// ([`run_statement`]).
+pub trait ResultBuilder {
+    /// The statement's result in this format.
+    type Output;
+    /// What one value costs in memory beyond its payload in this format (its share of the
+    /// row's vector and of the encoded JSON), charged against the result cap.
+    const VALUE_COST_BYTES: u64;
+    /// Takes a row's values.
+    fn row(&mut self, values: Vec<Value>);
+    /// Ends the statement: its column names and declared types, the rows it changed and the
+    /// connection's last inserted rowid.
+    fn finish(self, columns: Columns, changes: u64, last_insert_rowid: i64) -> Self::Output;
+}
+
+/// The D1 shape's builder: the rows of a [`StatementResult`].
+#[derive(Debug, Default)]
+pub struct D1Result {
     rows: Vec<Vec<Value>>,
 }
 
-impl RowSink for Collected<'_> {
+impl ResultBuilder for D1Result {
+    type Output = StatementResult;
+    const VALUE_COST_BYTES: u64 = QUERY_VALUE_COST_BYTES;
+
+    fn row(&mut self, values: Vec<Value>) {
+        self.rows.push(values);
+    }
+
+    fn finish(
+        self,
+        (columns, decltypes): Columns,
+        changes: u64,
+        last_insert_rowid: i64,
+    ) -> StatementResult {
+        StatementResult {
+            columns,
+            decltypes,
+            rows: self.rows,
+            changes,
+            last_insert_rowid,
+        }
+    }
+}
+
+/// A statement's rows on their way to `builder`, each charged first against `limits` into
+/// `used` (the request's result size so far).
+struct Charged<'a, R> {
+    used: &'a mut u64,
+    limits: &'a Limits,
+    builder: R,
+}
+
+impl<R: ResultBuilder> RowSink for Charged<'_, R> {
     fn row(&mut self) -> Result<(), Error> {
-        charge_row(self.used, self.limits)
+        add(self.used, self.limits.max_result_bytes, ROW_COST_BYTES)
     }
     fn value(&mut self, value: rusqlite::types::ValueRef<'_>) -> Result<(), Error> {
-        charge_value(self.used, self.limits, value)
+        let cost = R::VALUE_COST_BYTES + payload_cost(value);
+        add(self.used, self.limits.max_result_bytes, cost)
     }
     fn keep(&mut self, row: Vec<Value>) {
-        self.rows.push(row);
+        self.builder.row(row);
     }
 }
 
@@ -549,17 +601,19 @@ pub trait Backend {
     fn guard(&mut self) -> Guard;
 }
 
-/// Runs statement `index` of a request on `backend` under `limits`, counting its result into
-/// `result_bytes` (the request's): the one place where a statement's rules, result cap,
-/// `changes` and errors are decided, whichever database runs it.
-pub fn run_statement<B: Backend + ?Sized>(
+/// Runs statement `index` of a request on `backend` under `limits`, streaming its rows into
+/// `builder` and counting them into `result_bytes` (the request's): the one place where a
+/// statement's rules, result cap, `changes` and errors are decided, whichever database runs
+/// it and whichever format it is answered in.
+pub fn run_statement<B: Backend + ?Sized, R: ResultBuilder>(
     backend: &mut B,
     limits: &Limits,
     result_bytes: &mut u64,
     index: usize,
     stmt: &Statement,
     want_rows: bool,
-) -> Result<StatementResult, Error> {
+    builder: R,
+) -> Result<R::Output, Error> {
     if vacuum_kind(&stmt.sql) == Some(true) {
         return Err(Error::StatementNotAllowed {
             statement: index,
@@ -567,14 +621,13 @@ pub fn run_statement<B: Backend + ?Sized>(
         });
     }
     let [total_before, _, _] = backend.counters()?;
-    let mut rows = Collected {
+    let mut rows = Charged {
         used: result_bytes,
         limits,
-        rows: Vec::new(),
+        builder,
     };
     let ran = backend.run(index, stmt, want_rows, &mut rows);
-    let rows = rows.rows;
-    let (columns, decltypes) = match ran {
+    let columns = match ran {
         Ok(columns) => columns,
         Err(Failure::Request(e)) => return Err(e),
         Err(Failure::Sqlite { code, message }) => {
@@ -582,18 +635,13 @@ pub fn run_statement<B: Backend + ?Sized>(
         }
     };
     let [total, changes, last_insert_rowid] = backend.counters()?;
-    Ok(StatementResult {
-        columns,
-        decltypes,
-        rows,
-        // `changes()` is stale after statements that change nothing (DDL, SELECT).
-        changes: if total == total_before {
-            0
-        } else {
-            u64::try_from(changes).unwrap_or(0)
-        },
-        last_insert_rowid,
-    })
+    // `changes()` is stale after statements that change nothing (DDL, SELECT).
+    let changes = if total == total_before {
+        0
+    } else {
+        u64::try_from(changes).unwrap_or(0)
+    };
+    Ok(rows.builder.finish(columns, changes, last_insert_rowid))
 }
 
 /// The one mapping of a SQLite failure of statement `index` to what the client sees, for
@@ -749,27 +797,6 @@ fn add(used: &mut u64, max_bytes: u64, bytes: u64) -> Result<(), Error> {
     crate::admission::charge_result(*used)
 }
 
-fn charge_value(
-    used: &mut u64,
-    limits: &Limits,
-    value: rusqlite::types::ValueRef<'_>,
-) -> Result<(), Error> {
-    add(
-        used,
-        limits.max_result_bytes,
-        limits.value_cost_bytes + payload_cost(value),
-    )
-}
-
-fn charge_row(used: &mut u64, limits: &Limits) -> Result<(), Error> {
-    add(used, limits.max_result_bytes, ROW_COST_BYTES)
-}
-
-/// Adds `value` to a `/query`-shaped result's size; refuses past `max_bytes`.
-pub fn charge(used: &mut u64, max_bytes: u64, value: &Value) -> Result<(), Error> {
-    let cost = payload_cost(rusqlite::types::ValueRef::from(value));
-    add(used, max_bytes, QUERY_VALUE_COST_BYTES + cost)
-}
 /// SQLite's primary result code names, by code.
 pub const SQLITE_CODE_NAMES: [&str; 27] = [
     "SQLITE_OK",
@@ -884,7 +911,7 @@ pub fn run_transaction(
     exec.run_own("BEGIN IMMEDIATE")?;
     let mut results = Vec::with_capacity(statements.len());
     for (i, stmt) in statements.iter().enumerate() {
-        match exec.execute(i, stmt, true) {
+        match exec.execute(i, stmt, true, D1Result::default()) {
             Ok(r) => results.push(r),
             Err(e) => {
                 // Rolling back a transaction SQLite already ended (it does on some errors)
@@ -1066,7 +1093,8 @@ mod tests {
         .unwrap();
         run(&mut conn, &[stmt("VACUUM", vec![])]).unwrap_err(); // VACUUM cannot run inside a transaction
         let mut exec = Executor::new(&mut conn, Limits::default(), Transactions::Client).unwrap();
-        exec.execute(0, &stmt("VACUUM", vec![]), false).unwrap();
+        exec.execute(0, &stmt("VACUUM", vec![]), false, D1Result::default())
+            .unwrap();
         drop(exec);
         assert_eq!(count(&conn), 1);
     }
@@ -1079,7 +1107,6 @@ mod tests {
             max_statements: 2,
             max_result_bytes: 1000,
             max_steps: 1_000_000,
-            ..Limits::default()
         };
         let mut exec = Executor::new(&mut conn, limits, Transactions::Executor).unwrap();
         let three = vec![stmt("SELECT 1", vec![]); 3];

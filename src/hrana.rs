@@ -10,7 +10,9 @@ use serde_json::{Value as Json, json};
 
 use crate::encoding::{base64_decode, base64_encode};
 use crate::error::Error;
-use crate::exec::{Executor, Statement, StatementResult, sqlite_code_name};
+use crate::exec::{
+    Columns, Executor, HRANA_VALUE_COST_BYTES, ResultBuilder, Statement, sqlite_code_name,
+};
 
 /// A pipeline request body.
 #[derive(Debug, Deserialize)]
@@ -207,25 +209,48 @@ fn value_in(v: &HranaValue) -> Result<Value, String> {
     })
 }
 
-/// A value in the protocol's JSON shape.
+/// A value in the protocol's JSON shape (text moves in, not copied).
 #[must_use]
-pub fn value_out(v: &Value) -> Json {
+pub fn value_out(v: Value) -> Json {
     match v {
         Value::Null => json!({"type": "null"}),
         Value::Integer(n) => json!({"type": "integer", "value": n.to_string()}),
         Value::Real(f) => json!({"type": "float", "value": f}),
         Value::Text(s) => json!({"type": "text", "value": s}),
-        Value::Blob(b) => json!({"type": "blob", "base64": base64_encode(b)}),
+        Value::Blob(b) => json!({"type": "blob", "base64": base64_encode(&b)}),
     }
 }
 
-fn stmt_result(r: &StatementResult) -> Json {
-    json!({
-        "cols": r.columns.iter().enumerate().map(|(i, c)| json!({"name": c, "decltype": r.decltypes.get(i).cloned().flatten()})).collect::<Vec<_>>(),
-        "rows": r.rows.iter().map(|row| row.iter().map(value_out).collect::<Vec<_>>()).collect::<Vec<_>>(),
-        "affected_row_count": r.changes,
-        "last_insert_rowid": r.last_insert_rowid.to_string(),
-    })
+/// The protocol's builder: a statement's `StmtResult`, its rows encoded as the executor
+/// reads them (the D1 shape's is `exec::D1Result`).
+#[derive(Debug, Default)]
+pub struct HranaResult {
+    rows: Vec<Json>,
+}
+
+impl ResultBuilder for HranaResult {
+    type Output = Json;
+    const VALUE_COST_BYTES: u64 = HRANA_VALUE_COST_BYTES;
+
+    fn row(&mut self, values: Vec<Value>) {
+        self.rows
+            .push(Json::Array(values.into_iter().map(value_out).collect()));
+    }
+
+    fn finish(self, (columns, decltypes): Columns, changes: u64, last_insert_rowid: i64) -> Json {
+        let cols: Vec<Json> = columns
+            .into_iter()
+            // A backend that cannot tell declared types may give fewer than the columns.
+            .zip(decltypes.into_iter().chain(std::iter::repeat(None)))
+            .map(|(name, decltype)| json!({"name": name, "decltype": decltype}))
+            .collect();
+        json!({
+            "cols": cols,
+            "rows": self.rows,
+            "affected_row_count": changes,
+            "last_insert_rowid": last_insert_rowid.to_string(),
+        })
+    }
 }
 
 /// A protocol error object: `{"message", "code"}`.
@@ -425,11 +450,13 @@ impl<'e, 'c> Runner<'e, 'c> {
         })
     }
 
-    fn execute(&mut self, s: &HranaStmt) -> Result<StatementResult, Error> {
+    /// Runs a statement into its `StmtResult`.
+    fn execute(&mut self, s: &HranaStmt) -> Result<Json, Error> {
         let index = self.next_index;
         self.next_index += 1;
         let stmt = self.statement(s)?;
-        self.exec.execute(index, &stmt, s.want_rows)
+        self.exec
+            .execute(index, &stmt, s.want_rows, HranaResult::default())
     }
 
     fn cond(&self, c: &BatchCond, outcomes: &[Option<bool>]) -> bool {
@@ -459,7 +486,7 @@ impl<'e, 'c> Runner<'e, 'c> {
             match self.execute(&step.stmt) {
                 Ok(r) => {
                     outcomes.push(Some(true));
-                    results.push(stmt_result(&r));
+                    results.push(r);
                     errors.push(Json::Null);
                 }
                 Err(e) if is_guard_rail(&e) => return Err(e),
@@ -499,7 +526,7 @@ impl<'e, 'c> Runner<'e, 'c> {
         Ok(match request {
             StreamRequest::Close => json!({"type": "close"}),
             StreamRequest::Execute { stmt } => {
-                json!({"type": "execute", "result": stmt_result(&self.execute(stmt)?)})
+                json!({"type": "execute", "result": self.execute(stmt)?})
             }
             StreamRequest::Batch { batch } => {
                 json!({"type": "batch", "result": self.batch(batch)?})
@@ -552,9 +579,8 @@ impl<'e, 'c> Runner<'e, 'c> {
                 continue;
             }
             match self.execute(&s.stmt) {
-                Ok(r) => {
+                Ok(result) => {
                     outcomes.push(Some(true));
-                    let result = stmt_result(&r);
                     entries
                         .push(json!({"type": "step_begin", "step": step, "cols": result["cols"]}));
                     if let Json::Array(rows) = &result["rows"] {

@@ -10,7 +10,8 @@
 //! - [`admission`]: memory admission across an isolate's concurrent requests (wait, then 503).
 //! - [`queue`]: the isolate's write queue per user and group commit.
 //! - [`work`]: what `/query` runs: one transaction.
-//! - [`exec`]: the one executor and its guard rails.
+//! - [`exec`]: the one executor, its guard rails, and the result builder each wire format
+//!   implements ([`exec::ResultBuilder`]: [`exec::D1Result`], [`hrana::HranaResult`]).
 //! - [`hrana`]: the libSQL remote protocol (Hrana over HTTP, JSON).
 //! - [`hrana_ws`]: Hrana over WebSocket (`hrana2`, `hrana3`): a session per socket, messages in, messages and jobs out.
 //! - [`stream`]: Hrana streams across requests, carried by their batons.

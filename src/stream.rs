@@ -25,7 +25,7 @@ use sha2::{Digest, Sha256};
 
 use crate::encoding::{base64_decode, base64_encode};
 use crate::error::Error;
-use crate::exec::{Executor, HRANA_VALUE_COST_BYTES, Limits, Transactions};
+use crate::exec::{Executor, Limits, Transactions};
 use crate::hrana::{HranaBatch, Runner, StreamRequest, statement_count};
 use crate::pipeline::Work;
 
@@ -274,12 +274,7 @@ impl Work for Stream {
             .and_then(|s| s.began_ms)
             .unwrap_or(self.now_ms);
         let _now = crate::vfs::pin_now(now_ms);
-        // Results are charged at what the protocol's encoder makes of them.
-        let limits = Limits {
-            value_cost_bytes: HRANA_VALUE_COST_BYTES,
-            ..self.limits
-        };
-        let mut exec = Executor::new(conn, limits, Transactions::Client)?;
+        let mut exec = Executor::new(conn, self.limits, Transactions::Client)?;
         let mut runner = Runner::new(&mut exec, sqls.clone());
         runner.set_last_insert_rowid(rowid);
         let tracker = Tracker {

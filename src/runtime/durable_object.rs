@@ -24,7 +24,7 @@ use crate::clock::Clock;
 use crate::delay::round2;
 use crate::error::Error;
 use crate::exec::{
-    Backend, Failure, Guard, Limits, RowSink, Statement, StatementResult, run_statement,
+    Backend, D1Result, Failure, Guard, Limits, RowSink, Statement, StatementResult, run_statement,
 };
 use crate::import::{self, SqlTarget};
 use crate::migrate::{self, ObjectHome, ObjectState};
@@ -478,7 +478,15 @@ impl UserDb {
                     .iter()
                     .enumerate()
                     .map(|(i, s)| {
-                        run_statement(&mut backend, &limits, &mut result_bytes, i, s, true)
+                        run_statement(
+                            &mut backend,
+                            &limits,
+                            &mut result_bytes,
+                            i,
+                            s,
+                            true,
+                            D1Result::default(),
+                        )
                     })
                     .collect::<std::result::Result<Vec<_>, _>>();
                 let failed = result.is_err();
