@@ -71,16 +71,35 @@ async fn admit(
         .await
 }
 
-/// The R2 store for one admitted request: its downloads are charged to `memory` first.
-fn admitted_store(
-    env: &Env,
-    memory: &Rc<Reservation>,
-) -> std::result::Result<Admitted<'static, R2Store, JsClock>, Error> {
-    Ok(Admitted::new(
-        R2Store::from_env(env)?,
-        Rc::clone(memory),
-        &JsClock,
-    ))
+/// One request admitted into the isolate's memory on the R2 route: its reservation, and the
+/// R2 store whose downloads are charged to it first. Every R2 route starts from one.
+struct Admission {
+    memory: Rc<Reservation>,
+    store: Admitted<'static, R2Store, JsClock>,
+}
+
+impl Admission {
+    /// Admits a request of `bytes` (with a result allowance when it runs `statements`).
+    async fn new(
+        env: &Env,
+        config: &Config,
+        bytes: u64,
+        statements: bool,
+    ) -> std::result::Result<Self, Error> {
+        let memory = admit(config, bytes, statements).await?;
+        Self::of(env, memory)
+    }
+
+    /// The store of a request already admitted as `memory`.
+    fn of(env: &Env, memory: Rc<Reservation>) -> std::result::Result<Self, Error> {
+        let store = Admitted::new(R2Store::from_env(env)?, Rc::clone(&memory), &JsClock);
+        Ok(Self { memory, store })
+    }
+
+    /// The pipeline's context for the request.
+    fn ctx(&self, config: &Config) -> Context<'_, Admitted<'static, R2Store, JsClock>, JsClock> {
+        context(&self.store, config, Some(&self.memory))
+    }
 }
 
 /// The isolate's cache, or `None` when `CACHE_MAX_BYTES` is 0.
@@ -116,8 +135,8 @@ async fn fetch(req: Request, env: Env, ctx: WorkerContext) -> Result<Response> {
 /// Folds a user's deltas into a new base (or retires their manifest), then sweeps orphaned
 /// deltas, and logs the outcome.
 async fn compact_later(env: Env, user: UserId, retire: bool) {
-    let outcome = match (load_config(&env), R2Store::from_env(&env)) {
-        (Ok(config), Ok(store)) => {
+    let outcome = match load_config(&env) {
+        Ok(config) => {
             // A compaction builds a whole new image: it is admitted like a request (a refused
             // one leaves the deltas for the next).
             let memory = match admit(&config, 0, false).await {
@@ -130,14 +149,18 @@ async fn compact_later(env: Env, user: UserId, retire: bool) {
                     return;
                 }
             };
-            let store = Admitted::new(store, Rc::clone(&memory), &JsClock);
-            let ctx = context(&store, &config, Some(&memory));
-            match crate::storage::compact(&ctx, &user, retire).await {
-                Ok(done) => Ok((done, crate::storage::sweep(&ctx, &user).await.ok())),
+            match Admission::of(&env, memory) {
+                Ok(admitted) => {
+                    let ctx = admitted.ctx(&config);
+                    match crate::storage::compact(&ctx, &user, retire).await {
+                        Ok(done) => Ok((done, crate::storage::sweep(&ctx, &user).await.ok())),
+                        Err(e) => Err(e.to_string()),
+                    }
+                }
                 Err(e) => Err(e.to_string()),
             }
         }
-        (Err(e), _) | (_, Err(e)) => Err(e.to_string()),
+        Err(e) => Err(e.to_string()),
     };
     match outcome {
         Ok((done, swept)) => worker::console_log!(
@@ -321,12 +344,12 @@ async fn handle_sync(
     user: &UserId,
 ) -> std::result::Result<Response, Error> {
     let save = SaveMode::parse(super::http::query_param(req, "save")?.as_deref())?;
-    let memory = admit(config, 0, false).await?;
-    let store = admitted_store(env, &memory)?;
+    let admitted = Admission::new(env, config, 0, false).await?;
     let queues = QUEUES.with(|q| *q);
-    let ctx = context(&store, config, Some(&memory));
-    match queue::serve(&ctx, queues, user, save, ListTables).await {
-        Ok((report, ())) => json_response(&finish(report, user, config, Some(&memory)), 200),
+    match queue::serve(&admitted.ctx(config), queues, user, save, ListTables).await {
+        Ok((report, ())) => {
+            json_response(&finish(report, user, config, Some(&admitted.memory)), 200)
+        }
         Err(Error::ServedByDurableObject) => handle_do(env, config, user, None).await,
         Err(e) => Err(e),
     }
@@ -360,9 +383,9 @@ async fn serve_admitted<W: pipeline::Work + 'static>(
     memory: &Rc<Reservation>,
     work: W,
 ) -> std::result::Result<(Report, W::Output), Error> {
-    let store = admitted_store(env, memory)?;
+    let admitted = Admission::of(env, Rc::clone(memory))?;
     let queues = QUEUES.with(|q| *q);
-    let ctx = context(&store, config, Some(memory));
+    let ctx = admitted.ctx(config);
     let (report, output) = queue::serve(&ctx, queues, user, SaveMode::Auto, work).await?;
     Ok((finish(report, user, config, Some(memory)), output))
 }
@@ -643,11 +666,15 @@ async fn handle_upload(
     let bytes = body(req, config.max_db_bytes)
         .await
         .map_err(upload::body_error)?;
-    let memory = admit(config, admission::image_bytes(bytes.len() as u64), false).await?;
-    let store = admitted_store(env, &memory)?;
-    let ctx = context(&store, config, Some(&memory));
-    let report = upload::replace(&ctx, user, bytes, precondition).await?;
-    json_response(&finish(report, user, config, Some(&memory)), 200)
+    let admitted = Admission::new(
+        env,
+        config,
+        admission::image_bytes(bytes.len() as u64),
+        false,
+    )
+    .await?;
+    let report = upload::replace(&admitted.ctx(config), user, bytes, precondition).await?;
+    json_response(&finish(report, user, config, Some(&admitted.memory)), 200)
 }
 
 /// `GET /export?user=ID`: the current complete SQLite file, whatever the layout, streamed
@@ -660,10 +687,8 @@ async fn handle_export(
     user: &UserId,
 ) -> std::result::Result<Response, Error> {
     let if_none_match = req.headers().get("If-None-Match").map_err(internal)?;
-    let memory = admit(config, 0, false).await?;
-    let store = admitted_store(env, &memory)?;
-    let ctx = context(&store, config, Some(&memory));
-    let loaded = pipeline::load(&ctx, user).await?;
+    let admitted = Admission::new(env, config, 0, false).await?;
+    let loaded = pipeline::load(&admitted.ctx(config), user).await?;
     if matches!(loaded.stored, crate::storage::Stored::New) {
         return Err(Error::UserNotFound {
             user: user.as_str().to_owned(),
@@ -687,7 +712,7 @@ async fn handle_export(
     }
     let key_user = user.clone();
     // The reservation is held until the image has been streamed out.
-    let held = Rc::clone(&memory);
+    let held = Rc::clone(&admitted.memory);
     let stream = super::r2::stream_image(loaded.conn, move |conn| {
         crate::storage::cache::keep(cache, &key_user, conn, stored, version);
         drop(held);
