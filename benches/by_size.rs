@@ -27,7 +27,7 @@ use serde_json::{Value, json};
 use workers_sqlite_poc::fixtures;
 use workers_sqlite_poc::testing::apply_sql;
 
-use common::{out_dir, percentile, size_label};
+use common::{out_dir, percentile, routes, size_label};
 use harness::{LocalWorker, Under};
 
 /// A write every this often: just over R2's one write per second per key.
@@ -137,15 +137,7 @@ fn main() {
                 ("MAX_DB_BYTES", "67108864"),
             ],
         );
-        let mut routes = vec![if layout == "single" {
-            "r2 single"
-        } else {
-            "r2 incremental"
-        }];
-        if layout == "incremental" {
-            routes.push("durable object");
-        }
-        for route in routes {
+        for route in routes(layout) {
             for &kb in &sizes {
                 let s = series(&worker, route, kb, requests);
                 println!(

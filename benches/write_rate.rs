@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use common::{out_dir, percentile};
+use common::{out_dir, percentile, routes};
 use harness::{LocalWorker, Under};
 
 struct Args {
@@ -311,15 +311,7 @@ fn main() {
                     &[],
                     &[("ALLOW_ANONYMOUS", "true"), ("LAYOUT", layout)],
                 );
-                let mut routes = vec![if layout == "single" {
-                    "r2 single"
-                } else {
-                    "r2 incremental"
-                }];
-                if layout == "incremental" {
-                    routes.push("durable object");
-                }
-                for route in routes {
+                for route in routes(layout) {
                     for &writers in &args.writers {
                         let c = cell(&worker, under, route, writers, args.seconds);
                         println!("{}", row(&c));

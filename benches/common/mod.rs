@@ -1,4 +1,4 @@
-//! What both benchmarks share: the sizes, the statistics and where results go.
+//! What the benchmarks share: the sizes, the statistics, the routes and where results go.
 
 use std::path::PathBuf;
 
@@ -38,4 +38,15 @@ pub fn out_dir() -> PathBuf {
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/bench");
     std::fs::create_dir_all(&dir).expect("create target/bench");
     dir
+}
+
+/// The routes measured in `layout`: its R2 route, and in the incremental layout the Durable
+/// Object too (the same worker serves both; measuring it twice would repeat one series).
+#[allow(dead_code, reason = "only the write benches compare routes")]
+pub fn routes(layout: &str) -> Vec<&'static str> {
+    if layout == "single" {
+        vec!["r2 single"]
+    } else {
+        vec!["r2 incremental", "durable object"]
+    }
 }

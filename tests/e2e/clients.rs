@@ -5,28 +5,14 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::Instant;
 
 use serde_json::Value;
-use workers_sqlite_poc::auth;
-use workers_sqlite_poc::request::UserId;
 
-use crate::harness::{LocalWorker, row_counts};
+use crate::harness::{LocalWorker, now_s, row_counts, token};
 
 fn root() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
-}
-
-fn now_s() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
-}
-
-/// A per-user token for `user`, signed with `secret`, valid until `expires_s`.
-fn token(secret: &str, user: &str, expires_s: u64) -> String {
-    auth::mint(secret, &UserId::parse(Some(user)).unwrap(), expires_s)
 }
 
 /// What one run of the official suite reported: each test's full name and its status
@@ -222,24 +208,6 @@ fn rust_client() -> PathBuf {
     target.join("debug/rust-client")
 }
 
-/// Runs `program args...` from the project root and parses the one JSON line it prints.
-fn run_json(worker: &LocalWorker, what: &str, program: &Path, args: &[&str]) -> Value {
-    let output = Command::new(program)
-        .current_dir(root())
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| panic!("run {what} ({}): {e}", program.display()));
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(
-        output.status.success(),
-        "{what} failed:\n{stdout}\n{}\n{}",
-        String::from_utf8_lossy(&output.stderr),
-        worker.log_tail()
-    );
-    serde_json::from_str(stdout.trim())
-        .unwrap_or_else(|e| panic!("{what} printed no JSON line ({e}): {stdout}"))
-}
-
 /// One `SELECT 1` through every client family with `token` against `url`: what each saw,
 /// by client name in order (`{"ok": true}` or `{"error": "..."}`).
 fn probe_every_client(
@@ -262,10 +230,10 @@ fn probe_every_client(
             "tests/e2e/token_probe.py",
         ),
     ] {
-        let answers = run_json(worker, what, program, &[script, url, token]);
+        let answers = worker.run_json(what, program, &[script, url, token]);
         seen.extend(answers.as_object().expect("one answer per client").clone());
     }
-    let answer = run_json(worker, "rust-client probe", rust, &["probe", url, token]);
+    let answer = worker.run_json("rust-client probe", rust, &["probe", url, token]);
     seen.push(("rust libsql".to_owned(), answer));
     seen
 }
@@ -286,8 +254,7 @@ fn rust_crate_remote_mode_and_tokens_in_every_client() {
     let url = |user: &str| format!("{}/db/{user}/", worker.base);
 
     let own = token(secret, "rust", now + 600);
-    let seen = run_json(
-        &worker,
+    let seen = worker.run_json(
         "rust-client session",
         &rust,
         &["session", &url("rust"), &own],

@@ -328,6 +328,27 @@ impl LocalWorker {
         fs::read_to_string(self.state.join("wrangler.log")).unwrap_or_default()
     }
 
+    /// Runs `program args...` (a client session against this worker) from the project root
+    /// and parses the one JSON line it prints; its output and the worker's log tail are the
+    /// failure message.
+    pub fn run_json(&self, what: &str, program: impl AsRef<Path>, args: &[&str]) -> Value {
+        let program = program.as_ref();
+        let output = Command::new(program)
+            .current_dir(root())
+            .args(args)
+            .output()
+            .unwrap_or_else(|e| panic!("run {what} ({}): {e}", program.display()));
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        assert!(
+            output.status.success(),
+            "{what} failed:\n{stdout}\n{}\n{}",
+            String::from_utf8_lossy(&output.stderr),
+            self.log_tail()
+        );
+        serde_json::from_str(stdout.trim())
+            .unwrap_or_else(|e| panic!("{what} printed no JSON line ({e}): {stdout}"))
+    }
+
     pub fn log_tail(&self) -> String {
         let log = fs::read_to_string(self.state.join("wrangler.log")).unwrap_or_default();
         let lines: Vec<&str> = log.lines().collect();
@@ -547,6 +568,23 @@ fn free_port() -> u16 {
 
 #[allow(unused_imports, reason = "the e2e tests use it, the bench does not")]
 pub use workers_sqlite_poc::testing::row_counts;
+
+/// Seconds since the epoch, as tokens count expiry.
+pub fn now_s() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+/// A per-user token for `user`, signed with `secret`, valid until `expires_s`.
+pub fn token(secret: &str, user: &str, expires_s: u64) -> String {
+    workers_sqlite_poc::auth::mint(
+        secret,
+        &workers_sqlite_poc::request::UserId::parse(Some(user)).unwrap(),
+        expires_s,
+    )
+}
 
 /// sha256 of bytes, hex.
 pub fn sha256(bytes: &[u8]) -> String {

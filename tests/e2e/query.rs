@@ -6,11 +6,9 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use serde_json::{Value, json};
-use workers_sqlite_poc::auth;
 use workers_sqlite_poc::fixtures;
-use workers_sqlite_poc::request::UserId;
 
-use crate::harness::{LocalWorker, row_counts, sha256};
+use crate::harness::{LocalWorker, now_s, row_counts, sha256, token};
 
 fn count(bytes: &[u8], sql: &str) -> i64 {
     workers_sqlite_poc::testing::open(bytes)
@@ -149,12 +147,8 @@ fn token_scoping() {
         &[],
         &[("AUTH_TOKEN", "e2e-admin"), ("TOKEN_SECRET", secret)],
     );
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs();
-    let user = |id| UserId::parse(Some(id)).unwrap();
-    let token_a = auth::mint(secret, &user("a"), now + 600);
+    let now = now_s();
+    let token_a = token(secret, "a", now + 600);
     let bearer = |t: &str| format!("Bearer {t}");
     let select = json!({"sql": "SELECT 1"});
     let own = worker.post_json(
@@ -174,7 +168,7 @@ fn token_scoping() {
     );
     let other_get = worker.request_with("GET", "/?user=b", &[("Authorization", &bearer(&token_a))]);
     assert_eq!(other_get.status, 403);
-    let expired = auth::mint(secret, &user("a"), now - 1);
+    let expired = token(secret, "a", now - 1);
     let answer = worker.post_json(
         "/query?user=a",
         &select,
@@ -187,7 +181,7 @@ fn token_scoping() {
             .unwrap()
             .contains("expired")
     );
-    let forged = auth::mint("wrong-secret", &user("a"), now + 600);
+    let forged = token("wrong-secret", "a", now + 600);
     let answer = worker.post_json(
         "/query?user=a",
         &select,
@@ -324,33 +318,24 @@ fn guard_rails() {
 fn libsql_client_works_unchanged() {
     let secret = "e2e-libsql-secret";
     let worker = LocalWorker::start_with_vars(&[], &[("TOKEN_SECRET", secret)]);
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs();
-    let token = auth::mint(secret, &UserId::parse(Some("lib")).unwrap(), now + 600);
+    let now = now_s();
+    let lib_token = token(secret, "lib", now + 600);
     // The client's protocol probe must not find a protobuf endpoint.
     assert_eq!(worker.get("/db/lib/v3-protobuf").status, 404);
-    let output = std::process::Command::new("node")
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .arg("tests/e2e/libsql_client.mjs")
-        .arg(format!("{}/db/lib/", worker.base))
-        .arg(&token)
-        .output()
-        .expect("run node");
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(
-        output.status.success(),
-        "@libsql/client session failed:\n{stdout}\n{}\n{}",
-        String::from_utf8_lossy(&output.stderr),
-        worker.log_tail()
+    let seen = worker.run_json(
+        "@libsql/client session",
+        "node",
+        &[
+            "tests/e2e/libsql_client.mjs",
+            &format!("{}/db/lib/", worker.base),
+            &lib_token,
+        ],
     );
-    let seen: Value = serde_json::from_str(stdout.trim()).expect("one JSON line");
     eprintln!("@libsql/client session: {seen}");
     assert_eq!(seen["values"]["big"], "9007199254740993");
     assert_eq!(seen["transaction"], "committed 3");
     assert_eq!(seen["read_batch"]["code"], "SQLITE_READONLY");
-    let bearer = format!("Bearer {token}");
+    let bearer = format!("Bearer {lib_token}");
     let (status, _, stored) =
         worker.get_bytes_with("/export?user=lib", &[("Authorization", &bearer)]);
     assert_eq!(status, 200);
@@ -368,52 +353,32 @@ fn libsql_client_works_unchanged() {
 fn orm_sessions_and_every_libsql_endpoint() {
     let secret = "e2e-orm-secret";
     let worker = LocalWorker::start_with_vars(&[], &[("TOKEN_SECRET", secret)]);
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs();
-    let mint = |user: &str, expires: u64| {
-        format!(
-            "Bearer {}",
-            auth::mint(secret, &UserId::parse(Some(user)).unwrap(), expires)
-        )
-    };
-    let token = auth::mint(secret, &UserId::parse(Some("orm")).unwrap(), now + 600);
-    let output = std::process::Command::new("node")
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .arg("tests/e2e/orm_clients.mjs")
-        .arg(format!("{}/db/orm/", worker.base))
-        .arg(&token)
-        .output()
-        .expect("run node");
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(
-        output.status.success(),
-        "drizzle/kysely session failed:\n{stdout}\n{}\n{}",
-        String::from_utf8_lossy(&output.stderr),
-        worker.log_tail()
+    let now = now_s();
+    let mint = |user: &str, expires: u64| format!("Bearer {}", token(secret, user, expires));
+    let orm_token = token(secret, "orm", now + 600);
+    let seen = worker.run_json(
+        "drizzle/kysely session",
+        "node",
+        &[
+            "tests/e2e/orm_clients.mjs",
+            &format!("{}/db/orm/", worker.base),
+            &orm_token,
+        ],
     );
-    let seen: Value = serde_json::from_str(stdout.trim()).expect("one JSON line");
     eprintln!("drizzle/kysely session: {seen}");
     assert_eq!(seen["kysely_pets"], json!(["Tommy", "Kit"]));
 
     let python = concat!(env!("CARGO_MANIFEST_DIR"), "/target/venv/bin/python");
-    let py_token = auth::mint(secret, &UserId::parse(Some("py")).unwrap(), now + 600);
-    let output = std::process::Command::new(python)
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .arg("tests/e2e/python_clients.py")
-        .arg(format!("{}/db/py/", worker.base))
-        .arg(&py_token)
-        .output()
-        .expect("run the Python clients (make setup installs target/venv)");
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(
-        output.status.success(),
-        "Python session failed:\n{stdout}\n{}\n{}",
-        String::from_utf8_lossy(&output.stderr),
-        worker.log_tail()
+    let py_token = token(secret, "py", now + 600);
+    let seen = worker.run_json(
+        "Python session",
+        python,
+        &[
+            "tests/e2e/python_clients.py",
+            &format!("{}/db/py/", worker.base),
+            &py_token,
+        ],
     );
-    let seen: Value = serde_json::from_str(stdout.trim()).expect("one JSON line");
     eprintln!("Python session: {seen}");
     assert_eq!(seen["libsql_committed"], 5);
 

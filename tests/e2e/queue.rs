@@ -1,8 +1,6 @@
 //! The write queue in the real `workerd`: many concurrent writes for one user in one isolate
 //! are all acknowledged and all stored, through `@libsql/client` and through `/query`.
 
-use serde_json::Value;
-
 use super::harness::{LocalWorker, Under};
 
 /// 20 inserts for one user at once (`Promise.all`), through the published `@libsql/client`
@@ -23,22 +21,16 @@ fn twenty_concurrent_inserts_are_all_acknowledged_and_stored() {
             Some(model) => LocalWorker::start_under(&Under::model(model), &[], &vars),
         };
         let layout = format!("{layout} under {}", model.unwrap_or("local R2"));
-        let output = std::process::Command::new("node")
-            .current_dir(env!("CARGO_MANIFEST_DIR"))
-            .arg("tests/e2e/concurrent_writes.mjs")
-            .arg(&worker.base)
-            .arg("many")
-            .arg("20")
-            .output()
-            .expect("run node");
-        let stdout = String::from_utf8_lossy(&output.stdout);
-        assert!(
-            output.status.success(),
-            "{layout}: concurrent writes failed:\n{stdout}\n{}\n{}",
-            String::from_utf8_lossy(&output.stderr),
-            worker.log_tail()
+        let seen = worker.run_json(
+            &format!("{layout}: concurrent writes"),
+            "node",
+            &[
+                "tests/e2e/concurrent_writes.mjs",
+                &worker.base,
+                "many",
+                "20",
+            ],
         );
-        let seen: Value = serde_json::from_str(stdout.trim()).expect("one JSON line");
         eprintln!("{layout}: {seen}");
         let grouped = seen["query"]["group_sizes"]
             .as_array()

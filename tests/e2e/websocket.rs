@@ -4,11 +4,7 @@
 use std::io::{Read, Write};
 use std::net::TcpStream;
 
-use serde_json::Value;
-use workers_sqlite_poc::auth;
-use workers_sqlite_poc::request::UserId;
-
-use crate::harness::{LocalWorker, row_counts};
+use crate::harness::{LocalWorker, now_s, row_counts, token};
 
 /// The status line and headers a raw WebSocket handshake on `path` gets.
 fn handshake(worker: &LocalWorker, path: &str, protocols: Option<&str>) -> String {
@@ -53,12 +49,8 @@ fn handshake(worker: &LocalWorker, path: &str, protocols: Option<&str>) -> Strin
 fn websocket_clients_work_unchanged() {
     let secret = "e2e-ws-secret";
     let worker = LocalWorker::start_with_vars(&[], &[("TOKEN_SECRET", secret)]);
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs();
-    let mint =
-        |user: &str, expires: u64| auth::mint(secret, &UserId::parse(Some(user)).unwrap(), expires);
+    let now = now_s();
+    let mint = |user: &str, expires: u64| token(secret, user, expires);
 
     let plain = worker.get("/db/wsjs/");
     assert_eq!(plain.status, 426, "{}", plain.json);
@@ -86,45 +78,33 @@ fn websocket_clients_work_unchanged() {
     assert_eq!(bad_user.status, 400);
 
     let ws = worker.base.replace("http://", "ws://");
-    let output = std::process::Command::new("node")
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .arg("tests/e2e/ws_clients.mjs")
-        .arg(format!("{ws}/db/wsjs/"))
-        .arg(mint("wsjs", now + 600))
-        .arg(mint("someone", now + 600))
-        .arg(mint("wsjs", now - 1))
-        .output()
-        .expect("run node");
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(
-        output.status.success(),
-        "@libsql/client ws session failed:\n{stdout}\n{}\n{}",
-        String::from_utf8_lossy(&output.stderr),
-        worker.log_tail()
+    let seen = worker.run_json(
+        "@libsql/client ws session",
+        "node",
+        &[
+            "tests/e2e/ws_clients.mjs",
+            &format!("{ws}/db/wsjs/"),
+            &mint("wsjs", now + 600),
+            &mint("someone", now + 600),
+            &mint("wsjs", now - 1),
+        ],
     );
-    let seen: Value = serde_json::from_str(stdout.trim()).expect("one JSON line");
     eprintln!("@libsql/client over ws://: {seen}");
     assert_eq!(seen["concurrent"], 20);
     assert_eq!(seen["lost_race"]["code"], "TRANSACTION_CONFLICT");
     assert_eq!(seen["read_batch"], "SQLITE_READONLY");
 
     let python = concat!(env!("CARGO_MANIFEST_DIR"), "/target/venv/bin/python");
-    let output = std::process::Command::new(python)
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .arg("tests/e2e/python_ws.py")
-        .arg(format!("{ws}/db/wspy/"))
-        .arg(mint("wspy", now + 600))
-        .arg(mint("wsjs", now + 600))
-        .output()
-        .expect("run the Python client (make setup installs target/venv)");
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(
-        output.status.success(),
-        "Python ws session failed:\n{stdout}\n{}\n{}",
-        String::from_utf8_lossy(&output.stderr),
-        worker.log_tail()
+    let seen = worker.run_json(
+        "Python ws session",
+        python,
+        &[
+            "tests/e2e/python_ws.py",
+            &format!("{ws}/db/wspy/"),
+            &mint("wspy", now + 600),
+            &mint("wsjs", now + 600),
+        ],
     );
-    let seen: Value = serde_json::from_str(stdout.trim()).expect("one JSON line");
     eprintln!("libsql-client 0.3.1 over ws://: {seen}");
     assert_eq!(seen["committed"], 5);
 
