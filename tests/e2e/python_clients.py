@@ -14,36 +14,20 @@ import sys
 
 import libsql
 import libsql_client
+from py_session import VALUES, values_and_batches
 
 url, token = sys.argv[1], sys.argv[2]
 seen = {}
-values = (2**62 + 1, 1.5, "héllo ☃", b"\x00\x01\xfe\xff", None)
 
 # libsql-client 0.3.1
 with libsql_client.create_client_sync(url, auth_token=token) as c:
-    c.execute("CREATE TABLE py (id INTEGER PRIMARY KEY, i INTEGER, r REAL, t TEXT, b BLOB, n)")
-    rs = c.execute("INSERT INTO py (i, r, t, b, n) VALUES (?, ?, ?, ?, ?)", list(values))
-    assert rs.rows_affected == 1 and rs.last_insert_rowid == 1, rs
-    row = c.execute("SELECT i, r, t, b, n FROM py WHERE id = 1").rows[0]
-    assert tuple(row) == values, tuple(row)
-    named = c.execute("SELECT :x + 1", {"x": 41}).rows[0][0]
-    assert named == 42, named
-    results = c.batch(
-        ["INSERT INTO py (i) VALUES (10)", "INSERT INTO py (i) VALUES (11)", "SELECT count(*) FROM py"]
-    )
-    assert results[2].rows[0][0] == 3, results[2].rows
-    try:
-        c.batch(["INSERT INTO py (i) VALUES (12)", "INSERT INTO missing VALUES (1)"])
-        raise AssertionError("a failing batch was accepted")
-    except libsql_client.LibsqlError as e:
-        seen["libsql_client_failed_batch"] = str(e)
-    assert c.execute("SELECT count(*) FROM py").rows[0][0] == 3
+    row, seen["libsql_client_failed_batch"] = values_and_batches(c, "py")
     seen["libsql_client_values"] = [repr(v) for v in row]
 
 # libsql (DB-API): implicit transactions, committed and rolled back
 conn = libsql.connect(database=url, auth_token=token)
 cur = conn.cursor()
-assert cur.execute("SELECT i, r, t, b, n FROM py WHERE id = 1").fetchone() == values
+assert cur.execute("SELECT i, r, t, b, n FROM py WHERE id = 1").fetchone() == VALUES
 cur.execute("INSERT INTO py (i) VALUES (?)", (20,))
 cur.execute("INSERT INTO py (i) VALUES (?)", (21,))
 inside = cur.execute("SELECT count(*) FROM py").fetchone()[0]

@@ -9,29 +9,14 @@ import json
 import sys
 
 import libsql_client
+from py_session import values_and_batches
 
 url, token, other = sys.argv[1], sys.argv[2], sys.argv[3]
 assert url.startswith("ws://"), url
 seen = {}
-values = (2**62 + 1, 1.5, "héllo ☃", b"\x00\x01\xfe\xff", None)
 
 with libsql_client.create_client_sync(url, auth_token=token) as c:
-    c.execute("CREATE TABLE pyws (id INTEGER PRIMARY KEY, i INTEGER, r REAL, t TEXT, b BLOB, n)")
-    rs = c.execute("INSERT INTO pyws (i, r, t, b, n) VALUES (?, ?, ?, ?, ?)", list(values))
-    assert rs.rows_affected == 1 and rs.last_insert_rowid == 1, rs
-    row = c.execute("SELECT i, r, t, b, n FROM pyws WHERE id = 1").rows[0]
-    assert tuple(row) == values, tuple(row)
-    assert c.execute("SELECT :x + 1", {"x": 41}).rows[0][0] == 42
-    results = c.batch(
-        ["INSERT INTO pyws (i) VALUES (10)", "INSERT INTO pyws (i) VALUES (11)", "SELECT count(*) FROM pyws"]
-    )
-    assert results[2].rows[0][0] == 3, results[2].rows
-    try:
-        c.batch(["INSERT INTO pyws (i) VALUES (12)", "INSERT INTO missing VALUES (1)"])
-        raise AssertionError("a failing batch was accepted")
-    except libsql_client.LibsqlError as e:
-        seen["failed_batch"] = str(e)
-    assert c.execute("SELECT count(*) FROM pyws").rows[0][0] == 3
+    row, seen["failed_batch"] = values_and_batches(c, "pyws")
 
     # Interactive transactions over the socket: committed, then rolled back.
     with c.transaction() as tx:
