@@ -30,6 +30,9 @@ fn main() {
     let budget = Config::default().memory_budget_bytes();
     let line = soak::summary(&result, budget);
     println!("{line}");
+    for (kind, status, body) in &result.unexpected {
+        println!("unexpected: {kind} {status} {body}");
+    }
     let mut md = format!(
         "# Soak: {total} requests at concurrency {concurrency}, 20 users of 0.25–2.7 MB, one \
          isolate, local R2, default limits\n\n`cargo bench --locked --features e2e --bench \
@@ -40,7 +43,7 @@ fn main() {
     }
     md.push_str(&format!(
         "\n- 503 with Retry-After, by code: {:?}\n- answers other than 200 or 503 with \
-         Retry-After: {} (of which wrangler's proxy, not the worker: {})\n- largest wasm memory \
+         Retry-After: {} (of which not the worker's JSON, or no answer: {})\n- largest wasm memory \
          reported: {} bytes (budget {budget})\n- admission: peak held {} of a capacity of {} \
          bytes; {} requests waited\n- workerd RSS: {} KiB before, {} KiB after\n- wall time: {} \
          ms\n",

@@ -38,7 +38,9 @@ pub struct Soak {
     pub acknowledged: BTreeMap<String, BTreeSet<String>>,
     /// Write ids refused, per user.
     pub refused: BTreeMap<String, BTreeSet<String>>,
-    /// Requests answered by wrangler's proxy instead of the worker (counted in `unexpected`).
+    /// Requests that got no HTTP answer from the worker, or one that is not its JSON (counted in
+    /// `unexpected`). The harness talks to the worker's workerd directly, past wrangler's dev
+    /// proxy, whose answers these used to be (`harness::LocalWorker::bypass_proxy`).
     pub transport_failures: u32,
     /// Wall time of the run.
     pub elapsed_ms: u128,
@@ -59,7 +61,8 @@ pub fn users() -> Vec<(String, Vec<u8>)> {
         .collect()
 }
 
-/// Starts a worker (default layout and limits, plus `vars`) seeded with [`users`].
+/// Starts a worker (default layout and limits, plus `vars`) seeded with [`users`], reached past
+/// wrangler's dev proxy ([`LocalWorker::past_proxy`]).
 pub fn start(vars: &[(&str, &str)]) -> LocalWorker {
     let users = users();
     let keys: Vec<(String, &[u8])> = users
@@ -69,7 +72,7 @@ pub fn start(vars: &[(&str, &str)]) -> LocalWorker {
     let seeds: Vec<(&str, &[u8])> = keys.iter().map(|(k, b)| (k.as_str(), *b)).collect();
     let mut all = vec![("ALLOW_ANONYMOUS", "true")];
     all.extend_from_slice(vars);
-    LocalWorker::start_with_vars(&seeds, &all)
+    LocalWorker::start_with_vars(&seeds, &all).past_proxy()
 }
 
 /// Runs `total` mixed requests at `concurrency` against `worker`, cycling through the users:
@@ -125,7 +128,7 @@ fn worker_log_lines(log: &str) -> Vec<&str> {
 fn one(worker: &LocalWorker, i: usize, soak: &Mutex<Soak>) {
     let user = format!("soak{}", i % USERS);
     let id = format!("w{i}");
-    // An answer that is not ours (wrangler's proxy answering for a runtime it lost) panics in
+    // An answer that is not ours (not JSON, or no answer at all) panics in
     // the harness: it is counted as unexpected, and the run goes on.
     let sent =
         std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| send(worker, i, &user, &id)));
@@ -304,8 +307,8 @@ pub fn check(worker: &LocalWorker, soak: &Soak, budget: u64) -> String {
 pub fn summary(soak: &Soak, budget: u64) -> String {
     let acknowledged: usize = soak.acknowledged.values().map(BTreeSet::len).sum();
     format!(
-        "{} requests in {} ms: {:?}; 503 with Retry-After: {:?}; transport failures (wrangler's \
-         proxy): {}; max wasm memory {} (budget {budget}); admission peak {} of {}; {} waited; \
+        "{} requests in {} ms: {:?}; 503 with Retry-After: {:?}; transport failures: {}; max \
+         wasm memory {} (budget {budget}); admission peak {} of {}; {} waited; \
          {acknowledged} writes acknowledged; workerd RSS {} -> {} KiB",
         soak.statuses.values().sum::<u32>() + soak.transport_failures,
         soak.elapsed_ms,
