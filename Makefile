@@ -25,10 +25,11 @@ seed: setup
 	@cargo run -q --release --example make_db -- demo target/demo.sqlite
 	@$(WRANGLER) r2 object put reel-ballers-users/a/database.sqlite --file target/demo.sqlite \
 		--local --persist-to $(DEV_STATE) >/dev/null
-	@# A reset, not an outside write: drop the manifest an earlier run left, so the demo file is
-	@# the whole database again (its old deltas are orphans the next compaction's sweep removes).
-	@$(WRANGLER) r2 object delete reel-ballers-users/a/manifest.json \
-		--local --persist-to $(DEV_STATE) >/dev/null
+	@# A reset, not an outside write: drop every manifest slot an earlier run left, so the demo
+	@# file is the whole database again (its old deltas are orphans the sweep removes later).
+	@for key in manifest.json manifest-1.json manifest-2.json manifest-3.json manifest-4.json; do \
+		$(WRANGLER) r2 object delete reel-ballers-users/a/$$key \
+			--local --persist-to $(DEV_STATE) >/dev/null; done
 	@echo "seeded user 'a' in $(DEV_STATE)"
 
 ## dev: serve the worker on 127.0.0.1:$(PORT) with local R2 seeded with the demo database

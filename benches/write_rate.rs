@@ -8,7 +8,12 @@
 //! ```text
 //! cargo bench --locked --features e2e --bench write_rate                      # 10 s a cell
 //! cargo bench --locked --features e2e --bench write_rate -- --seconds 5 --writers 16 --models spec --isolates 1
+//! cargo bench --locked --features e2e --bench write_rate -- --writers 16 --models spec --isolates 1 --layouts incremental --slots 1,2,4 --no-do --no-hops
 //! ```
+//!
+//! `--slots` runs the incremental rows once per `COMMIT_SLOTS` value (default: the shipped
+//! one); `--layouts` picks the R2 layouts; `--no-do` drops the Durable Object rows; `--var
+//! NAME=VALUE` sets another worker var on every R2 row.
 //!
 //! Writes `target/bench/write_rate.md` (the tables) and `target/bench/write_rate.json` (every
 //! cell, with the model's counts of what it injected).
@@ -36,6 +41,14 @@ struct Args {
     isolates: Vec<u8>,
     /// Skip the Durable Object hop sweep.
     no_hops: bool,
+    /// Skip the Durable Object route.
+    no_do: bool,
+    /// The R2 layouts to run.
+    layouts: Vec<&'static str>,
+    /// `COMMIT_SLOTS` values for the incremental layout (`None`: the worker's default).
+    slots: Vec<Option<u32>>,
+    /// More worker vars (`--var NAME=VALUE`), for experiments.
+    vars: Vec<(String, String)>,
 }
 
 fn parse_args() -> Args {
@@ -45,6 +58,10 @@ fn parse_args() -> Args {
         models: vec!["local", "spec"],
         isolates: vec![1, 2],
         no_hops: false,
+        no_do: false,
+        layouts: vec!["incremental", "single"],
+        slots: vec![None],
+        vars: vec![],
     };
     let list = |v: Option<String>| -> Vec<String> {
         v.expect("a comma-separated list")
@@ -73,6 +90,28 @@ fn parse_args() -> Args {
                 args.isolates = list(it.next()).iter().map(|n| n.parse().unwrap()).collect();
             }
             "--no-hops" => args.no_hops = true,
+            "--no-do" => args.no_do = true,
+            "--var" => {
+                let pair = it.next().expect("NAME=VALUE");
+                let (name, value) = pair.split_once('=').expect("NAME=VALUE");
+                args.vars.push((name.to_owned(), value.to_owned()));
+            }
+            "--layouts" => {
+                args.layouts = list(it.next())
+                    .iter()
+                    .map(|l| match l.as_str() {
+                        "incremental" => "incremental",
+                        "single" => "single",
+                        other => panic!("no layout {other}"),
+                    })
+                    .collect();
+            }
+            "--slots" => {
+                args.slots = list(it.next())
+                    .iter()
+                    .map(|n| Some(n.parse().unwrap()))
+                    .collect();
+            }
             // cargo bench passes --bench.
             _ => {}
         }
@@ -85,6 +124,8 @@ struct Cell {
     model: &'static str,
     isolates: u8,
     route: &'static str,
+    /// `COMMIT_SLOTS` of an incremental row (`None`: the default).
+    slots: Option<u32>,
     do_hop_ms: Value,
     writers: usize,
     seconds: f64,
@@ -115,6 +156,7 @@ impl Cell {
     fn json(&self) -> Value {
         json!({
             "model": self.model, "isolates": self.isolates, "route": self.route,
+            "commit_slots": self.slots,
             "do_hop_ms": self.do_hop_ms, "writers": self.writers, "seconds": self.seconds,
             "acknowledged": self.acknowledged, "acknowledged_per_s": self.per_s(),
             "refused_503": self.refused, "other_errors": self.other,
@@ -199,10 +241,16 @@ fn cell(
     worker: &LocalWorker,
     under: Under,
     route: &'static str,
+    slots: Option<u32>,
     writers: usize,
     seconds: u64,
 ) -> Cell {
-    let user = format!("{}-{}-w{writers}", route.replace(' ', "-"), under.isolates);
+    let user = format!(
+        "{}-{}-k{}-w{writers}",
+        route.replace(' ', "-"),
+        under.isolates,
+        slots.unwrap_or(0)
+    );
     let create = worker.post_json(
         &format!("/query?user={user}"),
         &json!({"sql": "CREATE TABLE w (id INTEGER PRIMARY KEY, writer INTEGER, seq INTEGER)"}),
@@ -241,6 +289,7 @@ fn cell(
         model: under.model,
         isolates: under.isolates,
         route,
+        slots,
         do_hop_ms: if route == "durable object" {
             after["do_hop_ms"].clone()
         } else {
@@ -281,10 +330,11 @@ fn dash(v: f64) -> String {
 
 fn row(cell: &Cell) -> String {
     format!(
-        "| {} | {} | {} | {} | {:.1} | {:.0} | {:.0} | {} | {} | {} | {} | {} |",
+        "| {} | {} | {}{} | {} | {:.1} | {:.0} | {:.0} | {} | {} | {} | {} | {} |",
         cell.model,
         cell.isolates,
         cell.route,
+        cell.slots.map_or(String::new(), |k| format!(", {k} slots")),
         cell.writers,
         cell.per_s(),
         cell.p(0.5),
@@ -304,18 +354,34 @@ fn main() {
     println!("{header}");
     for &model in &args.models {
         for &isolates in &args.isolates {
-            for layout in ["incremental", "single"] {
-                let under = Under::model(model).isolates(isolates);
-                let worker = LocalWorker::start_under(
-                    &under,
-                    &[],
-                    &[("ALLOW_ANONYMOUS", "true"), ("LAYOUT", layout)],
-                );
-                for route in routes(layout) {
-                    for &writers in &args.writers {
-                        let c = cell(&worker, under, route, writers, args.seconds);
-                        println!("{}", row(&c));
-                        cells.push(c);
+            for &layout in &args.layouts {
+                let slot_runs = if layout == "incremental" {
+                    args.slots.clone()
+                } else {
+                    vec![None]
+                };
+                for (run, &slots) in slot_runs.iter().enumerate() {
+                    let under = Under::model(model).isolates(isolates);
+                    let k = slots.map(|k| k.to_string());
+                    let mut vars = vec![("ALLOW_ANONYMOUS", "true"), ("LAYOUT", layout)];
+                    if let Some(k) = &k {
+                        vars.push(("COMMIT_SLOTS", k));
+                    }
+                    vars.extend(args.vars.iter().map(|(n, v)| (n.as_str(), v.as_str())));
+                    let worker = LocalWorker::start_under(&under, &[], &vars);
+                    // The Durable Object's rows once, not per slot count.
+                    let keep = |r: &&str| *r != "durable object" || (run == 0 && !args.no_do);
+                    for route in routes(layout).into_iter().filter(keep) {
+                        let slots = if route == "r2 incremental" {
+                            slots
+                        } else {
+                            None
+                        };
+                        for &writers in &args.writers {
+                            let c = cell(&worker, under, route, slots, writers, args.seconds);
+                            println!("{}", row(&c));
+                            cells.push(c);
+                        }
                     }
                 }
             }
@@ -330,7 +396,7 @@ fn main() {
                 do_hop_ms: Some(hop),
             };
             let worker = LocalWorker::start_under(&under, &[], &[("ALLOW_ANONYMOUS", "true")]);
-            let c = cell(&worker, under, "durable object", 16, args.seconds);
+            let c = cell(&worker, under, "durable object", None, 16, args.seconds);
             println!("hop {hop} ms: {}", row(&c));
             hops.push(c);
         }

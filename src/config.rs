@@ -45,8 +45,8 @@ pub struct Config {
     pub auto_migrate: bool,
     /// `LAYOUT`: `single` (default) or `incremental`; how writes are stored.
     pub layout: crate::storage::Layout,
-    /// `COMPACT_AFTER_DELTAS`, `COMPACT_DELTA_PERCENT`, `SWEEP_GRACE_MS`: when deltas are
-    /// folded, when orphans go.
+    /// `COMPACT_AFTER_DELTAS`, `COMPACT_DELTA_PERCENT`, `SWEEP_GRACE_MS`, `COMMIT_SLOTS`: when
+    /// deltas are folded, when orphans go, how many keys commits rotate over.
     pub compaction: crate::storage::CompactionPolicy,
 }
 
@@ -171,7 +171,23 @@ impl Config {
             config.compaction.sweep_grace_ms = v
                 .trim()
                 .parse()
-                .map_err(|_| misconfigured("SWEEP_GRACE_MS", &v, "a whole number of ms"))?;
+                .ok()
+                .filter(|ms| *ms >= crate::storage::MIN_SWEEP_GRACE_MS)
+                .ok_or_else(|| {
+                    misconfigured(
+                        "SWEEP_GRACE_MS",
+                        &v,
+                        "a whole number of ms, at least 60000 (a commit's delta is unreferenced until its manifest put lands)",
+                    )
+                })?;
+        }
+        if let Some(v) = lookup("COMMIT_SLOTS") {
+            config.compaction.commit_slots = v
+                .trim()
+                .parse()
+                .ok()
+                .filter(|n| (1..=crate::storage::MAX_COMMIT_SLOTS).contains(n))
+                .ok_or_else(|| misconfigured("COMMIT_SLOTS", &v, "a whole number from 1 to 5"))?;
         }
         if let Some(v) = lookup("SELF_TEST") {
             config.self_test = parse_bool("SELF_TEST", &v)?;
@@ -312,7 +328,8 @@ mod tests {
             ("LAYOUT", "single"),
             ("COMPACT_AFTER_DELTAS", "3"),
             ("COMPACT_DELTA_PERCENT", "50"),
-            ("SWEEP_GRACE_MS", "0"),
+            ("SWEEP_GRACE_MS", "60000"),
+            ("COMMIT_SLOTS", "4"),
         ]))
         .unwrap();
         assert_eq!(single.layout, crate::storage::Layout::Single);
@@ -322,9 +339,21 @@ mod tests {
                 single.compaction.max_delta_percent,
                 single.compaction.sweep_grace_ms
             ),
-            (3, 50, 0)
+            (3, 50, 60_000)
         );
+        assert_eq!(single.compaction.commit_slots, 4);
         assert!(Config::from_lookup(lookup(&[("LAYOUT", "fast")])).is_err());
+        // A grace shorter than a commit can take would sweep a delta whose manifest put is
+        // still in flight; slots beyond what a load reads at once are refused too.
+        const REFUSED: [&[(&str, &str)]; 4] = [
+            &[("SWEEP_GRACE_MS", "0")],
+            &[("SWEEP_GRACE_MS", "59999")],
+            &[("COMMIT_SLOTS", "0")],
+            &[("COMMIT_SLOTS", "6")],
+        ];
+        for vars in REFUSED {
+            assert!(Config::from_lookup(lookup(vars)).is_err(), "{vars:?}");
+        }
         assert_eq!(c.auth_token.as_deref(), Some("s3cret"));
         assert!(c.allow_anonymous);
         assert_eq!(c.max_db_bytes, 1_048_576);

@@ -328,6 +328,7 @@ fn a_missing_delta_is_corrupt_database() {
                 max_deltas: 1000,
                 max_delta_percent: 1000,
                 sweep_grace_ms: 0,
+                ..CompactionPolicy::default()
             },
             ..Context::new(&store, &clock)
         };

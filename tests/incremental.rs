@@ -47,6 +47,7 @@ fn incremental<'a, S, C>(
             max_deltas: 4,
             max_delta_percent: 1000,
             sweep_grace_ms: 0,
+            ..CompactionPolicy::default()
         },
         ..Context::new(store, clock)
     }
@@ -260,6 +261,163 @@ fn concurrent_writers_lose_nothing() {
     let report = write(&a, 10).unwrap();
     assert_eq!(report.db_info.stored.as_ref().unwrap().attempts, 1);
     assert_eq!(hits(&current(&store)), [1, 10, 20]);
+}
+
+// ---- Commit slots ----
+
+/// The incremental context with `k` commit slots.
+fn slotted<'a, S, C>(
+    store: &'a S,
+    clock: &'a C,
+    cache: Option<&'a DbCache>,
+    k: u32,
+) -> Context<'a, S, C> {
+    let base = incremental(store, clock, cache);
+    Context {
+        compaction: CompactionPolicy {
+            commit_slots: k,
+            ..base.compaction
+        },
+        ..base
+    }
+}
+
+/// Every commit slot's manifest: (slot, commit).
+fn slot_commits(store: &MemoryStore) -> Vec<(usize, u64)> {
+    (0..5)
+        .filter_map(|slot| {
+            let bytes = store.bytes(&user().manifest_key(slot))?;
+            let m: Manifest = serde_json::from_slice(&bytes).unwrap();
+            Some((slot, m.commit))
+        })
+        .collect()
+}
+
+/// With three slots, commit c goes to slot c % 3 and a load (cold or cached, in any
+/// isolate) takes the highest commit: writes, a compaction, a retirement to the single layout
+/// and the way back are each the next commit, and nothing is lost.
+#[test]
+fn commits_rotate_over_the_slots_and_a_load_takes_the_newest() {
+    let store = seeded();
+    let clock = StepClock::stepping(1.0);
+    let (cache_a, cache_b) = (DbCache::new(1 << 26), DbCache::new(1 << 26));
+    let a = slotted(&store, &clock, Some(&cache_a), 3);
+    let b = slotted(&store, &clock, Some(&cache_b), 3);
+    let cold = slotted(&store, &clock, None, 3);
+    for id in 1..=5 {
+        let ctx = [&a, &b, &cold][id as usize % 3];
+        write(ctx, id).unwrap();
+    }
+    // The upgrade is commit 0 (slot 0, format 2: a worker that knows only manifest.json
+    // refuses it), then 1, 2, 3, 4.
+    assert_eq!(slot_commits(&store), [(0, 3), (1, 4), (2, 2)]);
+    let newest: Manifest =
+        serde_json::from_slice(&store.bytes("a/manifest-1.json").unwrap()).unwrap();
+    assert_eq!((newest.format, newest.slots, newest.seq), (2, 3, 5));
+    assert_eq!(hits(&current(&store)), [1, 2, 3, 4, 5]);
+    // A cached copy is refreshed from whichever slot is newest.
+    assert_eq!(
+        read(&a).cache.as_ref().unwrap().status,
+        CacheStatus::Updated
+    );
+    assert_eq!(read(&a).cache.as_ref().unwrap().status, CacheStatus::Hit);
+    // Compaction's manifest put is commit 5, in slot 2.
+    let done = block(storage::compact(&cold, &user(), false)).unwrap();
+    assert_eq!(done.outcome, storage::CompactOutcome::Compacted);
+    assert_eq!(slot_commits(&store), [(0, 3), (1, 4), (2, 5)]);
+    write(&b, 6).unwrap();
+    assert_eq!(slot_commits(&store), [(0, 6), (1, 4), (2, 5)]);
+    // Retired at commit 7 (slot 1); the way back is commit 8 (slot 2).
+    let single = Context {
+        layout: Layout::Single,
+        ..cold
+    };
+    let done = block(storage::compact(&single, &user(), true)).unwrap();
+    assert_eq!(done.outcome, storage::CompactOutcome::Retired);
+    assert_eq!(slot_commits(&store), [(0, 6), (1, 7), (2, 5)]);
+    write(&single, 7).unwrap();
+    write(&a, 8).unwrap();
+    assert_eq!(slot_commits(&store), [(0, 6), (1, 7), (2, 8)]);
+    assert_eq!(hits(&current(&store)), [1, 2, 3, 4, 5, 6, 7, 8]);
+    assert_eq!(integrity(&current(&store)), "ok");
+}
+
+/// A user's slot count only grows: a worker configured with fewer slots reads as many as the
+/// manifests it finds name, and commits in the slot the newest one says; one configured with
+/// more widens the user from the next commit on. A manifest written before slots existed is
+/// commit 0 in slot 0.
+#[test]
+fn a_slot_count_only_grows_and_every_worker_finds_the_newest() {
+    let store = seeded();
+    let clock = StepClock::stepping(1.0);
+    write(&slotted(&store, &clock, None, 1), 1).unwrap();
+    let legacy: serde_json::Value =
+        serde_json::from_slice(&store.bytes(MANIFEST).unwrap()).unwrap();
+    assert_eq!(
+        (legacy["format"].as_u64(), legacy["slots"].as_u64()),
+        (Some(1), Some(1))
+    );
+    // An old manifest (no commit number, no slot count) reads as commit 0 of one slot.
+    let mut old = legacy.clone();
+    old.as_object_mut().unwrap().remove("commit");
+    old.as_object_mut().unwrap().remove("slots");
+    store.insert(MANIFEST, &serde_json::to_vec(&old).unwrap(), &[]);
+    write(&slotted(&store, &clock, None, 4), 2).unwrap();
+    assert_eq!(
+        slot_commits(&store),
+        [(0, 1)],
+        "commit 1 after one slot goes to slot 0"
+    );
+    write(&slotted(&store, &clock, None, 4), 3).unwrap();
+    assert_eq!(slot_commits(&store), [(0, 1), (2, 2)]);
+    // A worker that reads one slot finds four named and reads them all.
+    let narrow = DbCache::new(1 << 26);
+    write(&slotted(&store, &clock, Some(&narrow), 1), 4).unwrap();
+    write(&slotted(&store, &clock, Some(&narrow), 2), 5).unwrap();
+    assert_eq!(slot_commits(&store), [(0, 4), (2, 2), (3, 3)]);
+    assert_eq!(hits(&current(&store)), [1, 2, 3, 4, 5]);
+}
+
+/// Two writers that read the same state claim the same commit number: the same slot, so
+/// exactly one put wins and the other loses its condition, deletes its delta and re-runs. A
+/// writer whose read of the next slot was stale (a commit landed there after) also only fails
+/// its condition.
+#[test]
+fn writers_claiming_one_commit_number_race_on_one_key() {
+    for k in [2, 3] {
+        let store = seeded();
+        let clock = StepClock::stepping(1.0);
+        let a = slotted(&store, &clock, None, k);
+        // Every slot exists, so the claimed one is taken `If-Match` an etag the rival changes.
+        let first: Vec<i64> = (1..=i64::from(k) + 1).collect();
+        for id in &first {
+            write(&a, *id).unwrap();
+        }
+        let loaded = block(load(&a, &user())).unwrap();
+        let mut mine = query(&a, &user(), loaded, &mut insert(10)).unwrap();
+        // The rival commits the number this writer would claim, then more.
+        write(&a, 20).unwrap();
+        write(&a, 30).unwrap();
+        let saved = block(save(&a, &user(), &mut mine, SaveMode::Auto)).unwrap();
+        assert_eq!(saved, Saved::Conflict, "k={k}");
+        let newest = storage::Manifest::clone(
+            &(0..k as usize)
+                .filter_map(|s| store.bytes(&user().manifest_key(s)))
+                .map(|b| serde_json::from_slice::<Manifest>(&b).unwrap())
+                .max_by_key(|m| m.commit)
+                .unwrap(),
+        );
+        let listed: Vec<String> = newest.deltas.iter().map(|d| d.key.clone()).collect();
+        assert_eq!(
+            delta_keys(&store),
+            listed,
+            "k={k}: the loser's delta was removed"
+        );
+        write(&a, 10).unwrap();
+        let mut expected = first.clone();
+        expected.extend([10, 20, 30]);
+        assert_eq!(hits(&current(&store)), expected, "k={k}");
+    }
 }
 
 // ---- Compaction, sweep, retire ----

@@ -940,7 +940,9 @@ fn faults_on_put_lose_nothing_acknowledged_and_store_nothing_unacknowledged(layo
     let plans: Vec<(&str, Vec<Fault>, bool)> = vec![
         ("one 429", vec![RateLimited], true),
         ("four 429s", vec![RateLimited; 4], true),
-        ("five 429s", vec![RateLimited; 5], false),
+        // A 429 is asked again every 250 ms for a little over R2's one-second window.
+        ("five 429s", vec![RateLimited; 5], true),
+        ("six 429s", vec![RateLimited; 6], false),
         ("500 then ok", vec![Unavailable], true),
         ("five 500s", vec![Unavailable; 5], false),
         ("lost answer", vec![LostAnswer], true),

@@ -7,8 +7,11 @@ use std::collections::HashMap;
 
 use super::join::join2;
 use super::keys::{DB_VERSION_KEY, version_of};
+use super::load::still_newest;
 use super::loaded::{Adoption, Loaded, Step};
-use super::manifest::{BaseRef, ConflictRef, Manifest, OUTSIDE_RULE, OutsideReplacement, Stored};
+use super::manifest::{
+    BaseRef, ConflictRef, Manifest, OUTSIDE_RULE, OutsideReplacement, Slots, Stored,
+};
 use super::retry::with_retries;
 use super::store::ObjectStore;
 use crate::clock::Clock;
@@ -30,26 +33,21 @@ pub(super) async fn adopt_outside<S: ObjectStore, C: Clock>(
     found_etag: String,
     found_metadata: HashMap<String, String>,
     m: Manifest,
-    m_etag: String,
+    m_slots: Slots,
     miss: CacheStatus,
 ) -> Result<Step<Loaded>, Error> {
-    let manifest_key = user.manifest_key();
     let base_key = user.db_key();
     // Both reads must still be current: a stale manifest explains a newer base, and a stale
     // base (read before a compaction replaced it, while the manifest was read after) explains
     // a manifest that lists a newer one. Either decides nothing: the load starts over.
-    let (m_head, base_head) = join2(
-        with_retries(ctx.clock, &ctx.retry, async || {
-            ctx.store.head(&manifest_key).await
-        }),
+    let (newest, base_head) = join2(
+        still_newest(ctx, user, &m_slots),
         with_retries(ctx.clock, &ctx.retry, async || {
             ctx.store.head(&base_key).await
         }),
     )
     .await;
-    if m_head?.as_ref().map(|h| h.etag.as_str()) != Some(m_etag.as_str())
-        || base_head?.as_ref().map(|h| h.etag.as_str()) != Some(found_etag.as_str())
-    {
+    if !newest? || base_head?.as_ref().map(|h| h.etag.as_str()) != Some(found_etag.as_str()) {
         return Ok(Step::Restart);
     }
     let found = (
@@ -104,7 +102,7 @@ pub(super) async fn adopt_outside<S: ObjectStore, C: Clock>(
         opened.conn,
         Stored::Incremental {
             manifest: Box::new(m),
-            etag: m_etag,
+            slots: m_slots,
         },
         Some(found_etag),
         version_of(&found_metadata),

@@ -20,9 +20,10 @@ pub struct RetryPolicy {
 }
 
 impl Default for RetryPolicy {
-    /// 4 repeats of a store call waiting 250, 500, 1000, 1000 ms (R2 takes about one write
-    /// per second per key, so the waits straddle its window); runs of the whole write after
-    /// lost races (or a store call that stayed rate limited) for up to 10 s.
+    /// 4 repeats of a store call after a 5xx, waiting 250, 500, 1000, 1000 ms; after a 429
+    /// (R2 takes about one write per second per key) 5 repeats 250 ms apart, which straddle
+    /// its window ([`RetryPolicy::retry_wait_ms`]); runs of the whole write after lost races
+    /// (or a store call that stayed rate limited) for up to 10 s.
     fn default() -> Self {
         Self {
             store_retries: 4,
@@ -39,6 +40,29 @@ impl RetryPolicy {
         self.base_backoff_ms
             .saturating_mul(1 << retry.min(16))
             .min(self.max_backoff_ms)
+    }
+
+    /// The wait before repeat `retry + 1` of a store call that failed as `kind`, or `None`
+    /// when it has been repeated enough. A 5xx waits doubling ([`Self::backoff_ms`]), up to
+    /// `store_retries` times. A 429 means the key was written less than a second ago and
+    /// frees itself within that second: it is asked again every `base_backoff_ms` until the
+    /// waits add up to a little more than `max_backoff_ms` (250 ms five times by default),
+    /// so a refused put goes through as soon as the key's second ends instead of after a
+    /// doubled wait (a commit slot's put otherwise stalled the write queue up to 1.75 s).
+    #[must_use]
+    pub fn retry_wait_ms(&self, kind: &super::StoreErrorKind, retry: u32) -> Option<u32> {
+        match kind {
+            super::StoreErrorKind::RateLimited => {
+                let step = self.base_backoff_ms.max(1);
+                // No repeats at all stays no repeats (tests turn them off).
+                let most = match self.store_retries {
+                    0 => 0,
+                    n => (self.max_backoff_ms / step + 1).max(n),
+                };
+                (retry < most).then_some(step)
+            }
+            _ => (retry < self.store_retries).then(|| self.backoff_ms(retry)),
+        }
     }
 
     /// Whether a write that ran `runs` times over `elapsed_ms` and lost (a race, or a store
@@ -71,4 +95,33 @@ fn splitmix(seed: u64) -> u64 {
     z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
     z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
     z ^ (z >> 31)
+}
+
+#[cfg(test)]
+mod tests {
+    #[cfg(all(target_family = "wasm", target_os = "unknown"))]
+    use wasm_bindgen_test::wasm_bindgen_test as test;
+
+    use super::*;
+    use crate::storage::StoreErrorKind;
+
+    /// A 429 is asked again every 250 ms for a little over R2's one-second window; a 5xx
+    /// backs off doubling, four times.
+    #[test]
+    fn a_429_polls_the_window_and_a_5xx_backs_off() {
+        let policy = RetryPolicy::default();
+        let waits = |kind: StoreErrorKind| -> Vec<u32> {
+            (0..10)
+                .map_while(|r| policy.retry_wait_ms(&kind, r))
+                .collect()
+        };
+        assert_eq!(waits(StoreErrorKind::RateLimited), [250; 5]);
+        assert!(waits(StoreErrorKind::RateLimited).iter().sum::<u32>() > 1000);
+        assert_eq!(waits(StoreErrorKind::Transient), [250, 500, 1000, 1000]);
+        let none = RetryPolicy {
+            store_retries: 0,
+            ..policy
+        };
+        assert_eq!(none.retry_wait_ms(&StoreErrorKind::RateLimited, 0), None);
+    }
 }

@@ -5,7 +5,7 @@
 use super::delta;
 use super::keys::{DB_VERSION_KEY, WRITE_ID_KEY};
 use super::loaded::Loaded;
-use super::manifest::{BaseRef, DeltaRef, Manifest, Stored};
+use super::manifest::{BaseRef, DeltaRef, Manifest, Slots, Stored};
 use super::retry::{conditional_put, with_retries};
 use super::store::{ObjectStore, PutCondition, PutOutcome};
 use crate::clock::Clock;
@@ -30,6 +30,38 @@ pub(super) fn manifest_metadata(
         m.push((DB_VERSION_KEY, v.to_string()));
     }
     m
+}
+
+/// The commit point: `next`, numbered as the commit after `prev` (the slots a load read;
+/// `None`: the user has no manifest yet), put in the one slot that commit can live in,
+/// `If-Match` the etag the load read there (create-only if it read none). A 429 or 5xx is
+/// repeated, a lost answer resolved by `write_id`. `Ok(None)`: the condition failed (another
+/// writer committed after `prev`). On success: the slots now, and the bytes put.
+pub(super) async fn put_commit<S: ObjectStore, C: Clock>(
+    ctx: &Context<'_, S, C>,
+    user: &UserId,
+    next: &mut Manifest,
+    prev: Option<&Slots>,
+    metadata: &[(&str, String)],
+    write_id: &str,
+) -> Result<Option<(Slots, u64)>, Error> {
+    let slot = next.number_after(prev, ctx.compaction.commit_slots);
+    let condition = match prev.and_then(Slots::next_etag) {
+        Some(etag) => PutCondition::IfMatch(etag.to_owned()),
+        None => PutCondition::IfAbsent,
+    };
+    let bytes = manifest_bytes(next)?;
+    let key = user.manifest_key(slot);
+    match conditional_put(ctx, &key, &bytes, metadata, &condition, write_id).await? {
+        PutOutcome::Stored { etag } => {
+            let slots = match prev {
+                Some(p) => p.after(slot, etag, next.commit, next.slots),
+                None => Slots::first(etag, next.slots),
+            };
+            Ok(Some((slots, bytes.len() as u64)))
+        }
+        PutOutcome::ConditionFailed => Ok(None),
+    }
 }
 
 /// What an incremental commit stored.
@@ -69,12 +101,10 @@ pub(crate) async fn commit<S: ObjectStore, C: Clock>(
     write_id: &str,
 ) -> Result<Option<Committed>, Error> {
     let adoption = loaded.adoption.as_ref();
-    let (manifest, condition) = match (&loaded.stored, adoption) {
-        (Stored::Incremental { etag, .. }, Some(a)) => {
-            (a.next.clone(), PutCondition::IfMatch(etag.clone()))
-        }
-        (Stored::Incremental { manifest, etag }, None) => {
-            ((**manifest).clone(), PutCondition::IfMatch(etag.clone()))
+    let (manifest, prev) = match (&loaded.stored, adoption) {
+        (Stored::Incremental { slots, .. }, Some(a)) => (a.next.clone(), Some(slots.clone())),
+        (Stored::Incremental { manifest, slots }, None) => {
+            ((**manifest).clone(), Some(slots.clone()))
         }
         (
             Stored::Single {
@@ -91,15 +121,13 @@ pub(crate) async fn commit<S: ObjectStore, C: Clock>(
                 size: loaded.len,
             };
             let mut manifest = Manifest::new(lineage, base);
-            let condition = match retired_manifest {
-                Some(retired) => {
-                    // Conflict copies outlive the retirement: the new manifest keeps them.
-                    manifest.conflicts.clone_from(&retired.conflicts);
-                    PutCondition::IfMatch(retired.etag.clone())
-                }
-                None => PutCondition::IfAbsent,
-            };
-            (manifest, condition)
+            // After a retired manifest, the next commit number (and its slot); conflict copies
+            // outlive the retirement: the new manifest keeps them.
+            let prev = retired_manifest.as_ref().map(|retired| {
+                manifest.conflicts.clone_from(&retired.conflicts);
+                retired.slots.clone()
+            });
+            (manifest, prev)
         }
         (Stored::New, _) => {
             return Err(Error::Internal {
@@ -174,21 +202,20 @@ pub(crate) async fn commit<S: ObjectStore, C: Clock>(
         bytes_uploaded += bytes.len() as u64;
         objects_written += 1;
     }
-    let manifest_bytes = manifest_bytes(&next)?;
-    let outcome = conditional_put(
+    let outcome = put_commit(
         ctx,
-        &user.manifest_key(),
-        &manifest_bytes,
+        user,
+        &mut next,
+        prev.as_ref(),
         &manifest_metadata(write_id, version),
-        &condition,
         write_id,
     )
     .await;
     match outcome {
-        Ok(PutOutcome::Stored { etag }) => {
+        Ok(Some((slots, manifest_bytes))) => {
             let stored = Stored::Incremental {
                 manifest: Box::new(next.clone()),
-                etag,
+                slots,
             };
             loaded.stored = stored.clone();
             loaded.adoption = None;
@@ -198,13 +225,13 @@ pub(crate) async fn commit<S: ObjectStore, C: Clock>(
             Ok(Some(Committed {
                 compact_due: ctx.compaction.due(&next),
                 stored,
-                bytes_uploaded: bytes_uploaded + manifest_bytes.len() as u64,
+                bytes_uploaded: bytes_uploaded + manifest_bytes,
                 objects_written,
                 pages: if with_delta { summary.pages } else { 0 },
                 encode_ms,
             }))
         }
-        Ok(PutOutcome::ConditionFailed) => {
+        Ok(None) => {
             delete_ours(with_delta).await;
             Ok(None)
         }

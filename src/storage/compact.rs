@@ -7,13 +7,13 @@ use rusqlite::Connection;
 use serde::Serialize;
 
 use super::commit::commit;
-use super::commit::{manifest_bytes, manifest_metadata};
+use super::commit::{manifest_metadata, put_commit};
 use super::keys::{
     COVERS_KEY, DB_VERSION_KEY, Home, LINEAGE_KEY, WRITE_ID_KEY, push_home, version_of,
 };
 use super::load::{LOAD_ATTEMPTS, build, compaction_covers, fetch_manifest};
 use super::loaded::{Loaded, keep_loaded};
-use super::manifest::{BaseRef, Manifest, Retired, Stored};
+use super::manifest::{BaseRef, Manifest, Retired, Slots, Stored};
 use super::retry::{conditional_put, with_retries};
 use super::store::{ObjectStore, PutCondition, PutOutcome};
 use crate::clock::Clock;
@@ -102,7 +102,7 @@ pub async fn compact<S: ObjectStore, C: Clock>(
                 continue;
             }
         }
-        let Stored::Incremental { manifest, etag } = &loaded.stored else {
+        let Stored::Incremental { manifest, slots } = &loaded.stored else {
             keep(ctx, user, loaded);
             return Ok(nothing(clock, start));
         };
@@ -110,10 +110,10 @@ pub async fn compact<S: ObjectStore, C: Clock>(
             keep(ctx, user, loaded);
             return Ok(nothing(clock, start));
         }
-        let (m, m_etag) = ((**manifest).clone(), etag.clone());
+        let (m, m_slots) = ((**manifest).clone(), slots.clone());
         let plan = FoldPlan {
             manifest: &m,
-            manifest_etag: &m_etag,
+            slots: &m_slots,
             base_etag: loaded
                 .base_etag
                 .clone()
@@ -134,7 +134,7 @@ pub async fn compact<S: ObjectStore, C: Clock>(
         };
         let Fold::Committed {
             manifest: next,
-            etag: next_etag,
+            slots: next_slots,
             base_etag: new_base,
         } = folded.outcome
         else {
@@ -145,7 +145,7 @@ pub async fn compact<S: ObjectStore, C: Clock>(
         };
         // The copy equals the new state when no write was kept in the manifest.
         if next.seq == m.seq {
-            loaded.stored = committed_stored(next.clone(), next_etag, new_base, retire);
+            loaded.stored = committed_stored(next.clone(), *next_slots, new_base, retire);
         }
         keep(ctx, user, loaded);
         let mut deleted = 0;
@@ -219,16 +219,24 @@ pub(crate) async fn freeze_for_move<S: ObjectStore, C: Clock>(
             return Err(Error::Conflict { attempts: 1 });
         }
     }
-    let Stored::Incremental { manifest, etag } = &loaded.stored else {
+    let Stored::Incremental { manifest, slots } = &loaded.stored else {
         keep(ctx, user, loaded);
         return Ok(None);
     };
-    let (m, read_etag) = ((**manifest).clone(), etag.clone());
+    let (m, read_slots) = ((**manifest).clone(), slots.clone());
     let move_id = format!("{:016x}-move-{}", ctx.nonce, m.seq);
     let version = loaded.version;
     let freeze_id = format!("{move_id}-freeze");
-    let Some(frozen_manifest) =
-        put_manifest(ctx, user, &m, version, &freeze_id, Home::Moving, read_etag).await?
+    let Some(frozen_manifest) = put_manifest(
+        ctx,
+        user,
+        &m,
+        version,
+        &freeze_id,
+        Home::Moving,
+        &read_slots,
+    )
+    .await?
     else {
         // A write committed since the load: the move re-reads and tries again.
         return Err(Error::Conflict { attempts: 1 });
@@ -248,8 +256,8 @@ pub(crate) async fn freeze_for_move<S: ObjectStore, C: Clock>(
     }
 }
 
-/// Puts `m` as the user's manifest saying it is served at `home`, `If-Match` `etag`; the new
-/// etag, or `None` if the manifest changed.
+/// Commits `m` again, as the commit after `prev`, saying the user is served at `home`; the
+/// slots after it, or `None` if another commit followed `prev`.
 async fn put_manifest<S: ObjectStore, C: Clock>(
     ctx: &Context<'_, S, C>,
     user: &UserId,
@@ -257,23 +265,13 @@ async fn put_manifest<S: ObjectStore, C: Clock>(
     version: Option<u64>,
     write_id: &str,
     home: Home,
-    etag: String,
-) -> Result<Option<String>, Error> {
+    prev: &Slots,
+) -> Result<Option<Slots>, Error> {
     let mut metadata = manifest_metadata(write_id, version);
     push_home(&mut metadata, home);
-    let put = conditional_put(
-        ctx,
-        &user.manifest_key(),
-        &manifest_bytes(m)?,
-        &metadata,
-        &PutCondition::IfMatch(etag),
-        write_id,
-    )
-    .await?;
-    Ok(match put {
-        PutOutcome::Stored { etag } => Some(etag),
-        PutOutcome::ConditionFailed => None,
-    })
+    let mut next = m.clone();
+    let put = put_commit(ctx, user, &mut next, Some(prev), &metadata, write_id).await?;
+    Ok(put.map(|(slots, _)| slots))
 }
 
 /// A frozen user's fold: the image (the final state, `m`) as `database.sqlite` saying
@@ -285,7 +283,7 @@ async fn fold_frozen<S: ObjectStore, C: Clock>(
     user: &UserId,
     loaded: &mut Loaded,
     m: &Manifest,
-    frozen_manifest: &str,
+    frozen_manifest: &Slots,
     move_id: &str,
 ) -> Result<FrozenBase, Error> {
     let mut base_etag = loaded
@@ -295,7 +293,7 @@ async fn fold_frozen<S: ObjectStore, C: Clock>(
     for _ in 0..LOAD_ATTEMPTS {
         let plan = FoldPlan {
             manifest: m,
-            manifest_etag: frozen_manifest,
+            slots: frozen_manifest,
             base_etag: base_etag.clone(),
             version: loaded.version,
             write_id: move_id.to_owned(),
@@ -350,7 +348,7 @@ async fn lift_freeze<S: ObjectStore, C: Clock>(
     user: &UserId,
     loaded: &mut Loaded,
     m: &Manifest,
-    frozen_manifest: &str,
+    frozen_manifest: &Slots,
     move_id: &str,
 ) {
     let lift_id = format!("{move_id}-lift");
@@ -381,7 +379,7 @@ async fn lift_freeze<S: ObjectStore, C: Clock>(
         loaded.version,
         &lift_id,
         Home::R2,
-        frozen_manifest.to_owned(),
+        frozen_manifest,
     )
     .await;
 }
@@ -417,7 +415,7 @@ const ADOPT_ATTEMPTS: u32 = 8;
 /// What R2 holds after a fold committed `next` over the base `base_etag`.
 pub(crate) fn committed_stored(
     next: Manifest,
-    etag: String,
+    slots: Slots,
     base_etag: String,
     retire: bool,
 ) -> Stored {
@@ -425,14 +423,14 @@ pub(crate) fn committed_stored(
         Stored::Single {
             etag: base_etag,
             retired_manifest: Some(Retired {
-                etag,
+                slots,
                 conflicts: next.conflicts,
             }),
         }
     } else {
         Stored::Incremental {
             manifest: Box::new(next),
-            etag,
+            slots,
         }
     }
 }
@@ -441,8 +439,8 @@ pub(crate) fn committed_stored(
 pub(crate) struct FoldPlan<'a> {
     /// The manifest the image equals.
     pub manifest: &'a Manifest,
-    /// Its etag.
-    pub manifest_etag: &'a str,
+    /// The commit slots it was read from.
+    pub slots: &'a Slots,
     /// The `database.sqlite` the load read (the base put is conditional on it).
     pub base_etag: String,
     /// `db-version` the new base carries.
@@ -466,8 +464,8 @@ pub(crate) enum Fold {
     Committed {
         /// The committed manifest.
         manifest: Manifest,
-        /// Its etag.
-        etag: String,
+        /// The commit slots now.
+        slots: Box<Slots>,
         /// The new base's etag.
         base_etag: String,
     },
@@ -537,9 +535,8 @@ pub(crate) async fn fold<S: ObjectStore, C: Clock>(
         change_counter,
         size,
     };
-    let key = user.manifest_key();
-    let (mut current, mut current_etag, mut version) =
-        (m.clone(), plan.manifest_etag.to_owned(), plan.version);
+    let (mut current, mut current_slots, mut version) =
+        (m.clone(), plan.slots.clone(), plan.version);
     for _ in 0..ADOPT_ATTEMPTS {
         let mut next = Manifest::new(m.lineage.clone(), base.clone());
         next.retired = plan.retire;
@@ -550,22 +547,22 @@ pub(crate) async fn fold<S: ObjectStore, C: Clock>(
         }
         let mut metadata = manifest_metadata(&plan.write_id, version);
         push_home(&mut metadata, plan.home);
-        let bytes = manifest_bytes(&next)?;
-        let put = conditional_put(
+        // A commit like any other: the next number, in its slot.
+        let put = put_commit(
             ctx,
-            &key,
-            &bytes,
+            user,
+            &mut next,
+            Some(&current_slots),
             &metadata,
-            &PutCondition::IfMatch(current_etag.clone()),
             &plan.write_id,
         )
         .await?;
-        if let PutOutcome::Stored { etag } = put {
-            folded.bytes_uploaded += bytes.len() as u64;
+        if let Some((slots, bytes)) = put {
+            folded.bytes_uploaded += bytes;
             folded.objects_written += 1;
             folded.outcome = Fold::Committed {
                 manifest: next,
-                etag,
+                slots: Box::new(slots),
                 base_etag: new_base,
             };
             return Ok(folded);
@@ -573,7 +570,7 @@ pub(crate) async fn fold<S: ObjectStore, C: Clock>(
         if plan.retire {
             return Ok(folded);
         }
-        let Some((latest, etag, latest_metadata)) = fetch_manifest(ctx, user).await? else {
+        let Some((latest, slots, latest_metadata)) = fetch_manifest(ctx, user).await? else {
             return Ok(folded);
         };
         // Only the same history, still on the old base, with every write after m kept.
@@ -588,7 +585,7 @@ pub(crate) async fn fold<S: ObjectStore, C: Clock>(
         }
         // The manifest's db-version is its newest write's: never lower than a kept one's.
         version = version.max(version_of(&latest_metadata));
-        (current, current_etag) = (latest, etag);
+        (current, current_slots) = (latest, slots);
     }
     Ok(folded)
 }

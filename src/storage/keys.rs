@@ -30,10 +30,16 @@ impl UserId {
         format!("{}/database.sqlite", self.as_str())
     }
 
-    /// The incremental layout's manifest: `<user>/manifest.json`.
+    /// The incremental layout's commit slot `slot`: `<user>/manifest.json` for slot 0 (so a
+    /// manifest written before slots existed is commit 0 in slot 0), `<user>/manifest-<slot>.json`
+    /// for the others.
     #[must_use]
-    pub fn manifest_key(&self) -> String {
-        format!("{}/manifest.json", self.as_str())
+    pub fn manifest_key(&self, slot: usize) -> String {
+        if slot == 0 {
+            format!("{}/manifest.json", self.as_str())
+        } else {
+            format!("{}/manifest-{slot}.json", self.as_str())
+        }
     }
 
     /// Where the incremental layout's deltas live: `<user>/deltas/`.

@@ -11,7 +11,7 @@ use super::delta;
 use super::join::{join_all, join2};
 use super::keys::{COVERS_KEY, LINEAGE_KEY, check_route, version_of};
 use super::loaded::{Loaded, Step};
-use super::manifest::{DeltaRef, Manifest, Retired, Stored};
+use super::manifest::{DeltaRef, MAX_COMMIT_SLOTS, Manifest, Retired, Slots, Stored};
 use super::retry::with_retries;
 use super::store::{Body, Fetched, ObjectStore, StoreError, StoreErrorKind, StoredObject};
 use crate::clock::Clock;
@@ -70,45 +70,130 @@ pub(super) fn compaction_covers(m: &Manifest, metadata: &HashMap<String, String>
         .filter(|k| *k >= m.base.seq)
 }
 
-/// A manifest read from the store: itself, its etag and metadata.
-pub(super) type FetchedManifest = (Manifest, String, HashMap<String, String>);
+/// A manifest read from the store: the newest one, the commit slots it was read from, and
+/// its object's metadata.
+pub(super) type FetchedManifest = (Manifest, Slots, HashMap<String, String>);
 
-async fn parse_manifest<B: Body>(object: StoredObject<B>) -> Result<FetchedManifest, Error> {
+async fn parse_manifest<B: Body>(
+    object: StoredObject<B>,
+    key: &str,
+) -> Result<(Manifest, String, HashMap<String, String>), Error> {
     let bytes = object
         .body
         .into_vec()
         .await
         .map_err(Error::StorageUnavailable)?;
     let manifest: Manifest = serde_json::from_slice(&bytes)
-        .map_err(|e| Error::CorruptDatabase(Corruption::Contents(format!("manifest.json: {e}"))))?;
-    if manifest.format != 1 {
+        .map_err(|e| Error::CorruptDatabase(Corruption::Contents(format!("{key}: {e}"))))?;
+    if !matches!(manifest.format, 1 | 2) {
         return Err(Error::CorruptDatabase(Corruption::Contents(format!(
-            "manifest.json has format {}, this worker reads format 1",
+            "{key} has format {}, this worker reads formats 1 and 2",
             manifest.format
         ))));
     }
     Ok((manifest, object.etag, object.metadata))
 }
 
-/// The user's manifest, if there is one; one too large to be a manifest is damage.
+/// The user's newest manifest, if there is one; one too large to be a manifest is damage.
 pub(super) async fn fetch_manifest<S: ObjectStore, C: Clock>(
     ctx: &Context<'_, S, C>,
     user: &UserId,
 ) -> Result<Option<FetchedManifest>, Error> {
-    let key = user.manifest_key();
-    match with_retries(ctx.clock, &ctx.retry, async || {
-        ctx.store.get(&key, MANIFEST_MAX_BYTES, None).await
-    })
-    .await?
-    {
-        Fetched::Found(object) => Ok(Some(parse_manifest(object).await?)),
-        Fetched::Missing | Fetched::NotModified { .. } => Ok(None),
-        Fetched::TooLarge { size_bytes } => Err(too_large_manifest(size_bytes)),
-    }
+    Ok(read_slots(ctx, user, None)
+        .await?
+        .map(|(fetched, _)| fetched))
 }
 
-fn too_large_manifest(size_bytes: u64) -> Error {
-    corrupt(format!("manifest.json is {size_bytes} bytes"))
+/// Reads every commit slot at once and takes the manifest with the highest commit number;
+/// with `known` (a cached copy's manifest and slots), each slot is asked for `If-None-Match`
+/// its known etag. Reads `COMMIT_SLOTS` slots, then any more that a manifest found names (a
+/// user's slot count only grows, so a manifest in a slot read names at least as many as any
+/// commit after it uses). The flag: the newest manifest is not the known one.
+async fn read_slots<S: ObjectStore, C: Clock>(
+    ctx: &Context<'_, S, C>,
+    user: &UserId,
+    known: Option<(&Manifest, &Slots)>,
+) -> Result<Option<(FetchedManifest, bool)>, Error> {
+    let most = MAX_COMMIT_SLOTS as usize;
+    let mut count = (ctx.compaction.commit_slots as usize)
+        .max(known.map_or(1, |(_, s)| s.etags.len()))
+        .clamp(1, most);
+    let mut etags: Vec<Option<String>> = Vec::with_capacity(count);
+    // The newest so far: the manifest, its slot, its metadata, whether it is not the known one.
+    let mut best: Option<(Manifest, usize, HashMap<String, String>, bool)> = None;
+    loop {
+        let from = etags.len();
+        let gets = (from..count)
+            .map(|slot| {
+                let key = user.manifest_key(slot);
+                let if_none_match = known.and_then(|(_, s)| s.etags.get(slot).cloned().flatten());
+                async move {
+                    let got = with_retries(ctx.clock, &ctx.retry, async || {
+                        ctx.store
+                            .get(&key, MANIFEST_MAX_BYTES, if_none_match.as_deref())
+                            .await
+                    })
+                    .await;
+                    (key, got)
+                }
+            })
+            .collect();
+        let mut widest = count;
+        for (i, (key, got)) in join_all(gets).await.into_iter().enumerate() {
+            let slot = from + i;
+            match got? {
+                Fetched::Found(object) => {
+                    let (m, etag, metadata) = parse_manifest(object, &key).await?;
+                    etags.push(Some(etag));
+                    widest = widest.max(m.slots as usize);
+                    if best.as_ref().is_none_or(|b| m.commit > b.0.commit) {
+                        best = Some((m, slot, metadata, true));
+                    }
+                }
+                Fetched::NotModified { metadata } => {
+                    let Some((km, ks)) = known else {
+                        return Err(Error::Internal {
+                            detail: "store answered 'not modified' to an unconditional get".into(),
+                        });
+                    };
+                    etags.push(ks.etags.get(slot).cloned().flatten());
+                    if slot == ks.current && best.as_ref().is_none_or(|b| km.commit > b.0.commit) {
+                        best = Some((km.clone(), slot, metadata, false));
+                    }
+                }
+                Fetched::Missing => etags.push(None),
+                Fetched::TooLarge { size_bytes } => {
+                    return Err(corrupt(format!("{key} is {size_bytes} bytes")));
+                }
+            }
+        }
+        let widest = widest.min(most);
+        if widest <= count {
+            break;
+        }
+        count = widest;
+    }
+    Ok(best.map(|(m, current, metadata, fresh)| {
+        let slots = Slots {
+            etags,
+            current,
+            commit: m.commit,
+            count: m.slots,
+        };
+        ((m, slots, metadata), fresh)
+    }))
+}
+
+/// Whether no commit followed the one `slots` was read with: the slot the next commit must
+/// be put in still has the etag it had then.
+pub(super) async fn still_newest<S: ObjectStore, C: Clock>(
+    ctx: &Context<'_, S, C>,
+    user: &UserId,
+    slots: &Slots,
+) -> Result<bool, Error> {
+    let key = user.manifest_key(slots.next_slot());
+    let head = with_retries(ctx.clock, &ctx.retry, async || ctx.store.head(&key).await).await?;
+    Ok(head.as_ref().map(|h| h.etag.as_str()) == slots.next_etag())
 }
 
 fn corrupt(detail: String) -> Error {
@@ -175,23 +260,18 @@ async fn fetch_deltas<S: ObjectStore, C: Clock>(
 async fn missing_delta<S: ObjectStore, C: Clock>(
     ctx: &Context<'_, S, C>,
     user: &UserId,
-    m_etag: &str,
+    slots: &Slots,
     m: &Manifest,
     missing: &DeltaRef,
 ) -> Result<Step<Loaded>, Error> {
-    let manifest_key = user.manifest_key();
-    let head = with_retries(ctx.clock, &ctx.retry, async || {
-        ctx.store.head(&manifest_key).await
-    })
-    .await?;
-    if head.as_ref().map(|h| h.etag.as_str()) != Some(m_etag) {
+    if !still_newest(ctx, user, slots).await? {
         return Ok(Step::Restart);
     }
     let last = missing.seq.saturating_sub(1).max(m.base.seq);
     Err(corrupt(format!(
-        "manifest.json (seq {}) lists {} (seq {}), which is missing; the last state that can be \
+        "the manifest (commit {}, seq {}) lists {} (seq {}), which is missing; the last state that can be \
          built is seq {last} (the base and the deltas listed before it); nothing was changed",
-        m.seq, missing.key, missing.seq
+        m.commit, m.seq, missing.key, missing.seq
     )))
 }
 
@@ -234,37 +314,28 @@ async fn load_once<S: ObjectStore, C: Clock>(
     user: &UserId,
     cached: Option<Entry>,
 ) -> Result<Step<Loaded>, Error> {
-    let manifest_key = user.manifest_key();
     let clock = ctx.clock;
-    // A cached copy of a manifest user: ask for the manifest (conditionally) and, in
+    // A cached copy of a manifest user: ask for every commit slot (conditionally) and, in
     // parallel, the base's etag: an outside replacement of database.sqlite is noticed at
     // once, not at the next cold load.
     if let Some(entry) = cached {
-        let Stored::Incremental { manifest, etag } = &entry.stored else {
+        let Stored::Incremental {
+            manifest: m0,
+            slots: s0,
+        } = &entry.stored
+        else {
             return cold(ctx, user, None, Some(entry)).await;
         };
-        let (m0, e0) = (manifest.clone(), etag.clone());
+        let m0 = m0.clone();
         let base_key = user.db_key();
         let (got, head) = join2(
-            with_retries(clock, &ctx.retry, async || {
-                ctx.store
-                    .get(&manifest_key, MANIFEST_MAX_BYTES, Some(&e0))
-                    .await
-            }),
+            read_slots(ctx, user, Some((&m0, s0))),
             with_retries(clock, &ctx.retry, async || ctx.store.head(&base_key).await),
         )
         .await;
         let (got, head) = (got?, head?);
-        let (m, etag, metadata, changed) = match got {
-            Fetched::NotModified { metadata } => (*m0.clone(), e0, metadata, false),
-            Fetched::Found(object) => {
-                let (m, etag, metadata) = parse_manifest(object).await?;
-                (m, etag, metadata, true)
-            }
-            Fetched::Missing => return cold(ctx, user, Some(None), None).await,
-            Fetched::TooLarge { size_bytes } => {
-                return Err(too_large_manifest(size_bytes));
-            }
+        let Some(((m, slots, metadata), changed)) = got else {
+            return cold(ctx, user, Some(None), None).await;
         };
         // A retired manifest's route says nothing (the base's does): a move retires the
         // manifest it froze, and the base then says where the user went.
@@ -289,14 +360,18 @@ async fn load_once<S: ObjectStore, C: Clock>(
         if m.retired || !base_as_listed {
             // Retired, or the base is not the one listed (a compaction between its two puts,
             // or an outside writer): the cold path sorts out which.
-            return cold(ctx, user, Some(Some((m, etag, metadata))), None).await;
+            return cold(ctx, user, Some(Some((m, slots, metadata))), None).await;
         }
         // What a compaction of this copy must be conditional on.
         let base_etag = head.map(|h| h.etag);
         if !changed {
+            let stored = Stored::Incremental {
+                manifest: Box::new(m),
+                slots,
+            };
             return Ok(Step::Done(Loaded::built(
                 entry.conn,
-                entry.stored,
+                stored,
                 base_etag,
                 entry.db_version,
                 false,
@@ -307,11 +382,11 @@ async fn load_once<S: ObjectStore, C: Clock>(
             .then(|| m.deltas_after(m0.seq))
             .flatten();
         let Some(tail) = tail else {
-            return cold(ctx, user, Some(Some((m, etag, metadata))), None).await;
+            return cold(ctx, user, Some(Some((m, slots, metadata))), None).await;
         };
         let deltas = match fetch_deltas(ctx, tail).await? {
             Ok(deltas) => deltas,
-            Err(missing) => return missing_delta(ctx, user, &etag, &m, &missing).await,
+            Err(missing) => return missing_delta(ctx, user, &slots, &m, &missing).await,
         };
         let apply_start = clock.now_ms();
         let mut conn = entry.conn;
@@ -326,7 +401,7 @@ async fn load_once<S: ObjectStore, C: Clock>(
             conn,
             Stored::Incremental {
                 manifest: Box::new(m),
-                etag,
+                slots,
             },
             base_etag,
             version_of(&metadata),
@@ -459,18 +534,18 @@ async fn cold<S: ObjectStore, C: Clock>(
         (None, None) => CacheStatus::Disabled,
     };
     let (live, retired_manifest) = match manifest {
-        Some((m, etag, metadata)) if !m.retired => (Some((m, etag, metadata)), None),
-        Some((m, etag, _)) => (
+        Some((m, slots, metadata)) if !m.retired => (Some((m, slots, metadata)), None),
+        Some((m, slots, _)) => (
             None,
             Some(Retired {
-                etag,
+                slots,
                 conflicts: m.conflicts,
             }),
         ),
         None => (None, None),
     };
     // The single layout (or a retired manifest): database.sqlite is the database.
-    let Some((m, m_etag, m_metadata)) = live else {
+    let Some((m, m_slots, m_metadata)) = live else {
         return single(ctx, user, base, cached_single, retired_manifest, miss);
     };
     let (mut image, base_etag, base_metadata) = match base {
@@ -487,7 +562,7 @@ async fn cold<S: ObjectStore, C: Clock>(
         }
         BaseRead::Missing | BaseRead::NotModified { .. } => {
             return Err(corrupt(format!(
-                "{base_key} is missing but manifest.json lists it as the base; nothing was changed (restore the base, or delete manifest.json to start over from nothing)"
+                "{base_key} is missing but manifest.json lists it as the base; nothing was changed (restore the base, or delete every manifest slot to start over from nothing)"
             )));
         }
     };
@@ -504,11 +579,11 @@ async fn cold<S: ObjectStore, C: Clock>(
         }
     };
     let Some(covered) = covered else {
-        return adopt_outside(ctx, user, image, base_etag, base_metadata, m, m_etag, miss).await;
+        return adopt_outside(ctx, user, image, base_etag, base_metadata, m, m_slots, miss).await;
     };
     let prefetched = match prefetched {
         Ok(prefetched) => prefetched,
-        Err(missing) => return missing_delta(ctx, user, &m_etag, &m, &missing).await,
+        Err(missing) => return missing_delta(ctx, user, &m_slots, &m, &missing).await,
     };
     let tail = m
         .deltas_after(covered)
@@ -524,7 +599,7 @@ async fn cold<S: ObjectStore, C: Clock>(
         loaded.conn,
         Stored::Incremental {
             manifest: Box::new(m),
-            etag: m_etag,
+            slots: m_slots,
         },
         Some(base_etag),
         version_of(&m_metadata),

@@ -98,7 +98,8 @@ impl Loaded {
     pub fn etag(&self) -> Option<&str> {
         match &self.stored {
             Stored::New => None,
-            Stored::Single { etag, .. } | Stored::Incremental { etag, .. } => Some(etag),
+            Stored::Single { etag, .. } => Some(etag),
+            Stored::Incremental { slots, .. } => Some(slots.etag()),
         }
     }
 }

@@ -49,6 +49,10 @@ pub struct CompactionPolicy {
     /// Objects under `deltas/` that no manifest lists are deleted by the sweep once they are
     /// this old (`SWEEP_GRACE_MS`): longer than any request can take to commit.
     pub sweep_grace_ms: u64,
+    /// Keys the manifest's commits rotate over (`COMMIT_SLOTS`): commit `c` goes to slot
+    /// `c % slots` (of the manifest it follows), so one key is rewritten only every `slots`
+    /// commits. A user's count only grows ([`Manifest::slots`]).
+    pub commit_slots: u32,
 }
 
 impl Default for CompactionPolicy {
@@ -63,6 +67,7 @@ impl Default for CompactionPolicy {
             max_deltas: PARALLEL_FETCHES,
             max_delta_percent: 1,
             sweep_grace_ms: 10 * 60 * 1000,
+            commit_slots: DEFAULT_COMMIT_SLOTS,
         }
     }
 }
@@ -84,6 +89,19 @@ impl CompactionPolicy {
 
 /// What a loader does when `database.sqlite` was replaced behind the manifest's back.
 pub const OUTSIDE_RULE: &str = "the outside file becomes the new base (it is what the other writer considers current); the worker's deltas that it replaced are kept, listed in a conflict record under <user>/conflicts/, and never swept";
+
+/// The shortest `SWEEP_GRACE_MS` the config takes. A commit's delta is referenced by nothing
+/// from its put until the manifest put lands: one run of the commit is two puts, each
+/// repeated after 429s and 5xx for at most 2.75 s of waits ([`super::RetryPolicy`]), plus
+/// the reads that resolve a lost answer; a minute is far above that, with slow calls.
+pub const MIN_SWEEP_GRACE_MS: u64 = 60_000;
+
+/// The default of [`CompactionPolicy::commit_slots`].
+pub const DEFAULT_COMMIT_SLOTS: u32 = 1;
+
+/// Most commit slots a user may have: a load gets them all at once, with the base's head, and
+/// the Workers limit on simultaneous connections is [`PARALLEL_FETCHES`].
+pub const MAX_COMMIT_SLOTS: u32 = 5;
 
 /// Deltas fetched at once: the Workers limit on simultaneous connections.
 pub const PARALLEL_FETCHES: usize = 6;
@@ -127,11 +145,22 @@ pub struct ConflictRef {
     pub deltas: Vec<String>,
 }
 
-/// The manifest: the commit point of the incremental layout.
+/// The manifest: the complete commit record of the incremental layout. Each one is written to
+/// one of the user's commit slots ([`Slots`]); the one with the highest `commit` is the state.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Manifest {
-    /// Format version (1).
+    /// Format version: 1 with one commit slot, 2 with more (a worker that knows only
+    /// `manifest.json` refuses format 2 instead of committing over a stale slot).
     pub format: u32,
+    /// The commit number: one more than the manifest it replaced (0 for the first, and for
+    /// every manifest written before commit slots existed).
+    #[serde(default)]
+    pub commit: u64,
+    /// The number of commit slots: the next commit goes to slot `(commit + 1) % slots`. It
+    /// never shrinks, so a loader that reads as many slots as any manifest it finds names
+    /// has read them all.
+    #[serde(default = "one_slot")]
+    pub slots: u32,
     /// Random id fixed when the manifest is created; compaction markers must match it.
     pub lineage: String,
     /// Sequence number of the last committed write.
@@ -148,10 +177,16 @@ pub struct Manifest {
     pub conflicts: Vec<ConflictRef>,
 }
 
+fn one_slot() -> u32 {
+    1
+}
+
 impl Manifest {
     pub(crate) fn new(lineage: String, base: BaseRef) -> Self {
         Self {
             format: 1,
+            commit: 0,
+            slots: 1,
             lineage,
             seq: base.seq,
             retired: false,
@@ -159,6 +194,20 @@ impl Manifest {
             deltas: vec![],
             conflicts: vec![],
         }
+    }
+
+    /// Numbers this manifest as the commit after `prev` (the slots a load read; `None`: the
+    /// user has no manifest, so this is commit 0 in slot 0), with at least `commit_slots`
+    /// slots from now on (never fewer than before). Returns the slot it must be put in.
+    pub(crate) fn number_after(&mut self, prev: Option<&Slots>, commit_slots: u32) -> usize {
+        let (commit, slot, count) = match prev {
+            Some(p) => (p.commit + 1, p.next_slot(), p.count),
+            None => (0, 0, 1),
+        };
+        self.commit = commit;
+        self.slots = count.max(commit_slots).clamp(1, MAX_COMMIT_SLOTS);
+        self.format = if self.slots > 1 { 2 } else { 1 };
+        slot
     }
 
     /// The deltas after `seq`, if the manifest still lists every one of them.
@@ -195,12 +244,81 @@ impl Manifest {
     }
 }
 
-/// A retired manifest: its etag (an upgrade replaces it `If-Match`) and the conflict copies
-/// it keeps, which the next manifest must keep too.
+/// A manifest user's commit slots as a load read them: what the next commit is conditional on.
+///
+/// The next commit `c + 1` is one conditional put of slot `(c + 1) % slots`: `If-Match` the
+/// etag that slot had when it was read (it then held commit `c + 1 - slots` or older), or
+/// create-only if it was absent. Commit `c + 1` can live nowhere else, and every manifest in a
+/// slot has a commit number no slot held before, so the put succeeds only if no commit after
+/// `c` exists: a stale read fails the condition, it never commits over a newer state.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Slots {
+    /// Every slot's etag as read (index = slot; `None`: no object there).
+    pub etags: Vec<Option<String>>,
+    /// The slot the newest manifest was read from.
+    pub current: usize,
+    /// That manifest's commit number.
+    pub commit: u64,
+    /// Its slot count (where the next commit goes).
+    pub count: u32,
+}
+
+impl Slots {
+    /// The newest manifest's etag.
+    #[must_use]
+    pub fn etag(&self) -> &str {
+        self.etags
+            .get(self.current)
+            .and_then(Option::as_deref)
+            .unwrap_or_default()
+    }
+
+    /// The slot the next commit goes to.
+    #[must_use]
+    pub fn next_slot(&self) -> usize {
+        usize::try_from((self.commit + 1) % u64::from(self.count.max(1))).unwrap_or(0)
+    }
+
+    /// The etag the next commit's slot had when read (`None`: absent).
+    #[must_use]
+    pub fn next_etag(&self) -> Option<&str> {
+        self.etags.get(self.next_slot()).and_then(Option::as_deref)
+    }
+
+    /// The slots after commit `commit` (slot count `count`) landed in `slot` with `etag`.
+    #[must_use]
+    pub fn after(&self, slot: usize, etag: String, commit: u64, count: u32) -> Self {
+        let mut etags = self.etags.clone();
+        let len = etags.len().max(count as usize).max(slot + 1);
+        etags.resize(len, None);
+        etags[slot] = Some(etag);
+        Self {
+            etags,
+            current: slot,
+            commit,
+            count,
+        }
+    }
+
+    /// The slots of a user whose first manifest (commit 0, slot 0) landed with `etag`.
+    #[must_use]
+    pub fn first(etag: String, count: u32) -> Self {
+        Self {
+            etags: vec![None],
+            current: 0,
+            commit: 0,
+            count: 1,
+        }
+        .after(0, etag, 0, count)
+    }
+}
+
+/// A retired manifest: the slots it was read from (an upgrade commits after it, conditional
+/// on them) and the conflict copies it keeps, which the next manifest must keep too.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Retired {
-    /// The manifest's etag.
-    pub etag: String,
+    /// Where the retired manifest was read, and every other slot's etag.
+    pub slots: Slots,
     /// Its conflict copies.
     pub conflicts: Vec<ConflictRef>,
 }
@@ -219,10 +337,10 @@ pub enum Stored {
     },
     /// A manifest over a base.
     Incremental {
-        /// The manifest.
+        /// The newest manifest.
         manifest: Box<Manifest>,
-        /// Its etag.
-        etag: String,
+        /// Every commit slot's etag, and which one the manifest was read from.
+        slots: Slots,
     },
 }
 

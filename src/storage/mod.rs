@@ -10,9 +10,11 @@
 //! - **incremental**: `<user>/database.sqlite` is the *base* (a complete SQLite file, as of
 //!   the last compaction); each committed write adds one immutable delta object
 //!   `<user>/deltas/<seq>-<write id>.delta` ([`delta`]: the pages it changed, with a
-//!   checksum); `<user>/manifest.json` lists the base (by etag) and the deltas in order. The
-//!   manifest's conditional put is the commit point: deltas are written first, under unique
-//!   keys, and are garbage until a committed manifest lists them.
+//!   checksum); a manifest lists the base (by etag) and the deltas in order. The manifest's
+//!   conditional put is the commit point: deltas are written first, under unique keys, and
+//!   are garbage until a committed manifest lists them. Commit `c` is written to one of the
+//!   user's commit slots ([`Slots`]: `<user>/manifest.json`, `<user>/manifest-<i>.json`),
+//!   so one key takes only every `COMMIT_SLOTS`-th commit; a load takes the highest commit.
 //!
 //! A manifest marked `retired` means "database.sqlite alone is current" (the user went back
 //! to the single layout); loaders then ignore it, and an upgrade replaces it `If-Match`.
@@ -57,8 +59,9 @@ pub use keys::{COVERS_KEY, DB_VERSION_KEY, LINEAGE_KEY, ROUTE_KEY, WRITE_ID_KEY,
 pub use load::load;
 pub use loaded::{Adoption, Loaded};
 pub use manifest::{
-    BaseRef, CompactionPolicy, ConflictRef, DeltaRef, FollowUp, Layout, Manifest, OUTSIDE_RULE,
-    OutsideReplacement, PARALLEL_FETCHES, Retired, Stored,
+    BaseRef, CompactionPolicy, ConflictRef, DEFAULT_COMMIT_SLOTS, DeltaRef, FollowUp, Layout,
+    MAX_COMMIT_SLOTS, MIN_SWEEP_GRACE_MS, Manifest, OUTSIDE_RULE, OutsideReplacement,
+    PARALLEL_FETCHES, Retired, Slots, Stored,
 };
 pub use save::{Saved, save};
 pub use store::{

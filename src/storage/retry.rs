@@ -18,8 +18,11 @@ pub(crate) async fn with_retries<T, C: Clock, F: AsyncFnMut() -> Result<T, Store
     let mut retry = 0;
     loop {
         match op().await {
-            Err(e) if e.is_retryable() && retry < policy.store_retries => {
-                clock.sleep(policy.backoff_ms(retry)).await;
+            Err(e) if e.is_retryable() => {
+                let Some(wait) = policy.retry_wait_ms(&e.kind, retry) else {
+                    return Err(e);
+                };
+                clock.sleep(wait).await;
                 retry += 1;
             }
             other => return other,
@@ -60,9 +63,10 @@ pub(crate) async fn conditional_put<S: ObjectStore, C: Clock>(
                 };
             }
             Ok(outcome) => return Ok(outcome),
-            Err(e) if e.is_retryable() && retry < ctx.retry.store_retries => {
+            Err(e) if e.is_retryable() && ctx.retry.retry_wait_ms(&e.kind, retry).is_some() => {
                 in_doubt |= e.kind == StoreErrorKind::Transient;
-                clock.sleep(ctx.retry.backoff_ms(retry)).await;
+                let wait = ctx.retry.retry_wait_ms(&e.kind, retry).unwrap_or(0);
+                clock.sleep(wait).await;
                 retry += 1;
             }
             Err(mut e) => {

@@ -194,14 +194,14 @@ async fn save_whole<S: ObjectStore, C: Clock>(
         (bytes_uploaded, objects_written, serialize_ms) =
             (c.bytes_uploaded, c.objects_written, c.encode_ms);
     }
-    let Stored::Incremental { manifest, etag } = &loaded.stored else {
+    let Stored::Incremental { manifest, slots } = &loaded.stored else {
         return Err(Error::Internal {
             detail: "a whole save of a user without a manifest".into(),
         });
     };
     let plan = FoldPlan {
         manifest,
-        manifest_etag: etag,
+        slots,
         base_etag: loaded
             .base_etag
             .clone()
@@ -218,10 +218,10 @@ async fn save_whole<S: ObjectStore, C: Clock>(
         Fold::BaseLost | Fold::Superseded => (None, follow_up_of(ctx)),
         Fold::Committed {
             manifest,
-            etag,
+            slots,
             base_etag,
         } if manifest.seq == plan.manifest.seq => (
-            Some(committed_stored(manifest, etag, base_etag, plan.retire)),
+            Some(committed_stored(manifest, *slots, base_etag, plan.retire)),
             FollowUp::None,
         ),
         // Writes committed meanwhile stay listed after the new base: the copy lacks them, so

@@ -341,7 +341,11 @@ fn rust_crate_remote_mode_and_tokens_in_every_client() {
             }
         }
     }
-    for key in ["someone_else/database.sqlite", "someone_else/manifest.json"] {
+    for key in [
+        "someone_else/database.sqlite",
+        "someone_else/manifest.json",
+        "someone_else/manifest-1.json",
+    ] {
         assert!(
             worker.object(key).is_none(),
             "a refused client created {key}"

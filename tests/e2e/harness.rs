@@ -593,6 +593,22 @@ impl LocalWorker {
         assert_eq!(response.status().as_u16(), 200, "put {key}");
     }
 
+    /// The user's newest manifest: the commit slot (`manifest.json`, `manifest-<i>.json`)
+    /// holding the highest `commit`; `None` if no slot exists.
+    pub fn newest_manifest(&self, user: &str) -> Option<serde_json::Value> {
+        (0..5)
+            .filter_map(|slot| {
+                let key = if slot == 0 {
+                    format!("{user}/manifest.json")
+                } else {
+                    format!("{user}/manifest-{slot}.json")
+                };
+                self.object(&key)
+            })
+            .map(|bytes| serde_json::from_slice::<serde_json::Value>(&bytes).unwrap())
+            .max_by_key(|m| m["commit"].as_u64().unwrap_or(0))
+    }
+
     /// The object's bytes in this worker's local R2; `None` if missing.
     pub fn object(&self, key: &str) -> Option<Vec<u8>> {
         let mut response = self
