@@ -41,6 +41,11 @@ thread_local! {
     /// Compactions requested by this isolate's requests, not yet handed to `waitUntil`.
     static FOLLOW_UPS: std::cell::RefCell<Vec<(UserId, bool)>> =
         const { std::cell::RefCell::new(Vec::new()) };
+    /// Users whose compaction this isolate is running: a group commit answers every member
+    /// with the same follow-up, and one compaction folds what all of them committed (more
+    /// would only race for `database.sqlite`'s one write a second and the next commit number).
+    static COMPACTING: std::cell::RefCell<Vec<UserId>> =
+        const { std::cell::RefCell::new(Vec::new()) };
     /// The isolate's version cache, sized by the first request's config (vars are fixed for
     /// an isolate's lifetime).
     static CACHE: OnceCell<&'static DbCache> = const { OnceCell::new() };
@@ -135,6 +140,24 @@ async fn fetch(req: Request, env: Env, ctx: WorkerContext) -> Result<Response> {
 /// Folds a user's deltas into a new base (or retires their manifest), then sweeps orphaned
 /// deltas, and logs the outcome.
 async fn compact_later(env: Env, user: UserId, retire: bool) {
+    let running = COMPACTING.with(|c| {
+        let mut c = c.borrow_mut();
+        let running = c.contains(&user);
+        if !running {
+            c.push(user.clone());
+        }
+        running
+    });
+    if running {
+        // The one in flight folds this commit too, or the next commit asks again.
+        return;
+    }
+    compact_once(env, &user, retire).await;
+    COMPACTING.with(|c| c.borrow_mut().retain(|u| *u != user));
+}
+
+/// [`compact_later`]'s work, while no other compaction of the user runs in this isolate.
+async fn compact_once(env: Env, user: &UserId, retire: bool) {
     let outcome = match load_config(&env) {
         Ok(config) => {
             // A compaction builds a whole new image: it is admitted like a request (a refused
@@ -152,8 +175,8 @@ async fn compact_later(env: Env, user: UserId, retire: bool) {
             match Admission::of(&env, memory) {
                 Ok(admitted) => {
                     let ctx = admitted.ctx(&config);
-                    match crate::storage::compact(&ctx, &user, retire).await {
-                        Ok(done) => Ok((done, crate::storage::sweep(&ctx, &user).await.ok())),
+                    match crate::storage::compact(&ctx, user, retire).await {
+                        Ok(done) => Ok((done, crate::storage::sweep(&ctx, user).await.ok())),
                         Err(e) => Err(e.to_string()),
                     }
                 }
