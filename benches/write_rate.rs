@@ -13,7 +13,9 @@
 //!
 //! `--slots` runs the incremental rows once per `COMMIT_SLOTS` value (default: the shipped
 //! one); `--layouts` picks the R2 layouts; `--no-do` drops the Durable Object rows; `--var
-//! NAME=VALUE` sets another worker var on every R2 row.
+//! NAME=VALUE` sets another worker var on every R2 row. `WRITE_RATE_PROBE=1` prints each
+//! acknowledged write's queue wait, load and save times, pending deltas and cache status to
+//! stderr (where a commit's time goes).
 //!
 //! Writes `target/bench/write_rate.md` (the tables) and `target/bench/write_rate.json` (every
 //! cell, with the model's counts of what it injected).
@@ -214,6 +216,16 @@ fn drive(worker: &LocalWorker, user: &str, writers: usize, run: Duration) -> (f6
                             &[],
                         );
                         let queue = &answer.json["write_queue"];
+                        if std::env::var_os("WRITE_RATE_PROBE").is_some() && answer.status == 200 {
+                            let t = &answer.json["timing_breakdown"];
+                            eprintln!(
+                                "probe queued={} load={} save={} pending={} applied={} cache={} runs={}",
+                                queue["queued_ms"], t["load"]["total_ms"], t["save"]["total_ms"],
+                                answer.json["storage"]["deltas_pending"],
+                                answer.json["storage"]["deltas_applied"],
+                                answer.json["cache"]["status"], queue["group_runs"]
+                            );
+                        }
                         seen.push(Seen {
                             status: answer.status,
                             code: answer.json["error"]["code"].as_str().map(str::to_owned),
