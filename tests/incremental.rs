@@ -535,6 +535,45 @@ fn compaction_keeps_writes_that_commit_meanwhile() {
     assert_eq!(hits(&current(&store)), [1, 2, 3, 4, 5]);
 }
 
+/// A commit whose manifest put landed but whose answer was lost, and on which another writer
+/// committed before the retry: the retry's condition fails and the object is no longer ours.
+/// That is not a lost race (taking it for one deleted the delta the newer manifest lists, and
+/// the next load answered `corrupt_database`, or ran the insert twice): the writer answers
+/// that the outcome is unknown, and the database loads with both writes.
+#[test]
+fn a_lost_answer_overtaken_by_another_commit_is_an_unknown_outcome_not_a_lost_race() {
+    let store = seeded();
+    let clock = StepClock::stepping(1.0);
+    write(&incremental(&store, &clock, None), 1).unwrap();
+    let lost = std::cell::Cell::new(false);
+    let rival_done = std::cell::Cell::new(false);
+    let interleaved = HookStore::new(store)
+        .with(Before(|call: &Call<'_>, _: &MemoryStore| {
+            if matches!(call, Call::Put { key, .. } if key.contains("manifest"))
+                && !lost.replace(true)
+            {
+                Action::LoseAnswer(StoreError::new("put", StoreErrorKind::Transient, "lost"))
+            } else {
+                Action::Proceed
+            }
+        }))
+        .with(After(
+            |call: &Call<'_>, answer: Answer, inner: &MemoryStore| {
+                if call.key().contains("manifest")
+                    && answer == Answer::Stored
+                    && !rival_done.replace(true)
+                {
+                    write(&incremental(inner, &clock, None), 3).unwrap();
+                }
+            },
+        ));
+    let err = write(&incremental(&interleaved, &clock, None), 2).unwrap_err();
+    assert!(rival_done.get(), "the rival committed on top");
+    assert!(!err.nothing_written(), "{err:?}");
+    let store = interleaved.inner;
+    assert_eq!(hits(&current(&store)), [1, 2, 3]);
+}
+
 // ---- The spec's request: `save=always` writes the whole database ----
 
 fn base_etag(store: &MemoryStore) -> String {
@@ -748,6 +787,42 @@ fn move_of_an_incremental_user_copies_every_write() {
     assert_eq!(*imported.borrow(), [1, 2, 3]);
     assert!(manifest(&store).unwrap().retired);
     assert!(matches!(write(&ctx, 4), Err(Error::ServedByDurableObject)));
+}
+
+/// A move whose import failed lifts its freeze even while R2 refuses the lift for longer than
+/// one store call's repeats (R2's one write a second per key, just after the move's own write
+/// of the same key): the lift is repeated until the retry deadline, so the user is never left
+/// frozen, every request refused as `migrating`.
+#[test]
+fn a_failed_move_lifts_its_freeze_through_a_run_of_429s() {
+    let store = seeded();
+    let clock = StepClock::stepping(1.0);
+    write(&incremental(&store, &clock, None), 1).unwrap();
+    let refused = std::cell::Cell::new(0);
+    let limited = HookStore::new(store).with(Before(|call: &Call<'_>, _: &MemoryStore| {
+        if matches!(call, Call::Put { key, .. } if *key == BASE)
+            && call.metadata("route").is_none()
+            && refused.get() < 12
+        {
+            refused.set(refused.get() + 1);
+            Action::Fail(StoreError::new("put", StoreErrorKind::RateLimited, "429"))
+        } else {
+            Action::Proceed
+        }
+    }));
+    let ctx = incremental(&limited, &clock, None);
+    let err = block(migrate::to_durable_object(&ctx, &user(), async || {
+        Err(Error::Internal {
+            detail: "the import failed".into(),
+        })
+    }))
+    .unwrap_err();
+    assert!(matches!(err, Error::Internal { .. }), "{err:?}");
+    assert_eq!(refused.get(), 12, "the lift met every 429");
+    let store = limited.inner;
+    assert_eq!(store.metadata(BASE).unwrap().get("route"), None);
+    write(&incremental(&store, &clock, None), 2).unwrap();
+    assert_eq!(hits(&current(&store)), [1, 2]);
 }
 
 // ---- Outside replacement ----

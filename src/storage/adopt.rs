@@ -7,7 +7,6 @@ use std::collections::HashMap;
 
 use super::join::join2;
 use super::keys::{DB_VERSION_KEY, version_of};
-use super::load::still_newest;
 use super::loaded::{Adoption, Loaded, Step};
 use super::manifest::{
     BaseRef, ConflictRef, Manifest, OUTSIDE_RULE, OutsideReplacement, Slots, Stored,
@@ -113,4 +112,16 @@ pub(super) async fn adopt_outside<S: ObjectStore, C: Clock>(
     loaded.outside = Some(outside);
     loaded.adoption = Some(Adoption { next, record });
     Ok(Step::Done(loaded))
+}
+
+/// Whether no commit followed the one `slots` was read with: the slot the next commit must
+/// be put in still has the etag it had then.
+pub(super) async fn still_newest<S: ObjectStore, C: Clock>(
+    ctx: &Context<'_, S, C>,
+    user: &UserId,
+    slots: &Slots,
+) -> Result<bool, Error> {
+    let key = user.manifest_key(slots.next_slot());
+    let head = with_retries(ctx.clock, &ctx.retry, async || ctx.store.head(&key).await).await?;
+    Ok(head.as_ref().map(|h| h.etag.as_str()) == slots.next_etag())
 }

@@ -14,7 +14,7 @@ use super::keys::{
 use super::load::{LOAD_ATTEMPTS, build, compaction_covers, fetch_manifest};
 use super::loaded::{Loaded, keep_loaded};
 use super::manifest::{BaseRef, Manifest, Retired, Slots, Stored};
-use super::retry::{conditional_put, with_retries};
+use super::retry::{conditional_put, persist, with_retries};
 use super::store::{ObjectStore, PutCondition, PutOutcome};
 use crate::clock::Clock;
 use crate::context::Context;
@@ -362,25 +362,16 @@ async fn lift_freeze<S: ObjectStore, C: Clock>(
         && let Ok(image) = sqlite::export(&mut loaded.conn)
     {
         let metadata = base_metadata(&lift_id, m, loaded.version, Home::R2);
-        let _ = conditional_put(
-            ctx,
-            &user.db_key(),
-            &image,
-            &metadata,
-            &PutCondition::IfMatch(h.etag),
-            &lift_id,
-        )
+        let condition = PutCondition::IfMatch(h.etag);
+        let _ = persist(ctx, async || {
+            conditional_put(ctx, &user.db_key(), &image, &metadata, &condition, &lift_id).await
+        })
         .await;
     }
-    let _ = put_manifest(
-        ctx,
-        user,
-        m,
-        loaded.version,
-        &lift_id,
-        Home::R2,
-        frozen_manifest,
-    )
+    let version = loaded.version;
+    let _ = persist(ctx, async || {
+        put_manifest(ctx, user, m, version, &lift_id, Home::R2, frozen_manifest).await
+    })
     .await;
 }
 

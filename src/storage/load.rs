@@ -5,7 +5,7 @@
 
 use std::collections::HashMap;
 
-use super::adopt::adopt_outside;
+use super::adopt::{adopt_outside, still_newest};
 use super::cache::Entry;
 use super::delta;
 use super::join::{join_all, join2};
@@ -182,18 +182,6 @@ async fn read_slots<S: ObjectStore, C: Clock>(
         };
         ((m, slots, metadata), fresh)
     }))
-}
-
-/// Whether no commit followed the one `slots` was read with: the slot the next commit must
-/// be put in still has the etag it had then.
-pub(super) async fn still_newest<S: ObjectStore, C: Clock>(
-    ctx: &Context<'_, S, C>,
-    user: &UserId,
-    slots: &Slots,
-) -> Result<bool, Error> {
-    let key = user.manifest_key(slots.next_slot());
-    let head = with_retries(ctx.clock, &ctx.retry, async || ctx.store.head(&key).await).await?;
-    Ok(head.as_ref().map(|h| h.etag.as_str()) == slots.next_etag())
 }
 
 fn corrupt(detail: String) -> Error {

@@ -6,7 +6,7 @@
 use std::collections::HashMap;
 
 use super::keys::{DB_VERSION_KEY, Home, WRITE_ID_KEY, check_route, metadata, next_version};
-use super::retry::{conditional_put, with_retries};
+use super::retry::{conditional_put, persist, with_retries};
 use super::store::{
     Body, Fetched, ObjectHead, ObjectStore, PutCondition, PutOutcome, StoredObject,
 };
@@ -65,13 +65,13 @@ pub(crate) async fn set_route<S: ObjectStore, C: Clock>(
     home: Home,
     frozen: String,
 ) -> Result<String, Error> {
-    put_or_conflict(
-        ctx,
-        &user.db_key(),
-        bytes,
-        &metadata(write_id, version, home),
-        &PutCondition::IfMatch(frozen),
-    )
+    let (metadata, condition) = (
+        metadata(write_id, version, home),
+        PutCondition::IfMatch(frozen),
+    );
+    persist(ctx, async || {
+        put_or_conflict(ctx, &user.db_key(), bytes, &metadata, &condition).await
+    })
     .await
 }
 

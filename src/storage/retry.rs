@@ -30,6 +30,30 @@ pub(crate) async fn with_retries<T, C: Clock, F: AsyncFnMut() -> Result<T, Store
     }
 }
 
+/// Repeats `op` while it fails only because R2 was busy (429s, 5xx), until the retry policy's
+/// deadline: for the writes a move must not leave half done (lifting a freeze, the switch),
+/// where giving up after a store call's own repeats would leave the user frozen, every request
+/// refused as `migrating`. R2 takes one write a second per key, and these writes follow the
+/// move's own write of the same key within that second.
+pub(crate) async fn persist<T, S: ObjectStore, C: Clock>(
+    ctx: &Context<'_, S, C>,
+    mut op: impl AsyncFnMut() -> Result<T, Error>,
+) -> Result<T, Error> {
+    let start = ctx.clock.now_ms();
+    loop {
+        match op().await {
+            Err(Error::StorageUnavailable(e))
+                if e.is_retryable()
+                    && !e.write_outcome_unknown
+                    && ctx.clock.now_ms() - start < f64::from(ctx.retry.deadline_ms) =>
+            {
+                ctx.clock.sleep(ctx.retry.base_backoff_ms.max(1)).await;
+            }
+            other => return other,
+        }
+    }
+}
+
 /// A commit point's put: `bytes` under `key` if `condition` holds. 429s and 5xx are repeated
 /// with backoff; when an attempt's answer was lost, the object's `write-id` tells whether it
 /// landed. An error whose outcome cannot be established says so (`write_outcome_unknown`).
@@ -55,7 +79,20 @@ pub(crate) async fn conditional_put<S: ObjectStore, C: Clock>(
                 // be read back, re-running would risk applying the work twice.
                 return match resolve(ctx, key, write_id).await {
                     Ok(Some(etag)) => Ok(PutOutcome::Stored { etag }),
-                    Ok(None) => Ok(PutOutcome::ConditionFailed),
+                    // Not ours now, but ours may have landed and another write followed it
+                    // (built on it): calling that a lost race would delete a delta the newer
+                    // manifest lists, or run the work twice. Whether it landed is unknown.
+                    Ok(None) => Err(Error::StorageUnavailable(StoreError {
+                        write_outcome_unknown: true,
+                        ..StoreError::new(
+                            "put",
+                            StoreErrorKind::Transient,
+                            format!(
+                                "{key}: an attempt's answer was lost and the object changed \
+                                 since; whether that attempt landed cannot be told"
+                            ),
+                        )
+                    })),
                     Err(mut e) => {
                         e.write_outcome_unknown = true;
                         Err(Error::StorageUnavailable(e))
