@@ -804,17 +804,22 @@ fn one_order(second: Second, scheduler: &Scheduler, driver: Driver<'_>) -> Run {
     Run::Finished
 }
 
+/// Every order of the scenario with `second` as the second actor; it must reach more than 100
+/// final states, each checked by [`one_order`].
+fn explore(second: Second) {
+    let (finished, runs) =
+        every_order(|s, choices, visited| one_order(second, s, Driver::Explore(choices, visited)));
+    eprintln!("{finished} final states, {runs} runs");
+    assert!(finished > 100, "only {finished} final states");
+}
+
 /// Two compactions, a writer and a loader, in every order of their store calls: no
 /// acknowledged write is ever missing from the live database, and no order leaves a state a
 /// loader takes for an outside replacement (among them: compaction B loses its base put to A,
 /// reloads before A's manifest commits, the writer commits, then B's base put lands).
 #[test]
 fn interleavings_of_two_compactions_a_writer_and_a_loader_lose_no_acknowledged_write() {
-    let (finished, runs) = every_order(|s, choices, visited| {
-        one_order(Second::Compaction, s, Driver::Explore(choices, visited))
-    });
-    eprintln!("{finished} final states, {runs} runs");
-    assert!(finished > 100, "only {finished} final states");
+    explore(Second::Compaction);
 }
 
 /// The same with the spec's request (which folds the database in the request) as the second
@@ -822,11 +827,7 @@ fn interleavings_of_two_compactions_a_writer_and_a_loader_lose_no_acknowledged_w
 #[test]
 fn interleavings_of_a_compaction_the_spec_request_a_writer_and_a_loader_lose_no_acknowledged_write()
 {
-    let (finished, runs) = every_order(|s, choices, visited| {
-        one_order(Second::SpecRequest, s, Driver::Explore(choices, visited))
-    });
-    eprintln!("{finished} final states, {runs} runs");
-    assert!(finished > 100, "only {finished} final states");
+    explore(Second::SpecRequest);
 }
 
 /// A move to the Durable Object racing a compaction, a writer and a loader, in every order:
@@ -837,11 +838,7 @@ fn interleavings_of_a_compaction_the_spec_request_a_writer_and_a_loader_lose_no_
 #[test]
 fn interleavings_of_a_move_a_compaction_a_writer_and_a_loader_lose_nothing_and_never_strand_the_user()
  {
-    let (finished, runs) = every_order(|s, choices, visited| {
-        one_order(Second::Move, s, Driver::Explore(choices, visited))
-    });
-    eprintln!("{finished} final states, {runs} runs");
-    assert!(finished > 100, "only {finished} final states");
+    explore(Second::Move);
 }
 
 /// Two writers and a compaction over two commit slots, with a loader, in every order: each
@@ -852,11 +849,7 @@ fn interleavings_of_a_move_a_compaction_a_writer_and_a_loader_lose_nothing_and_n
 /// loads the newest state (the manifests say two).
 #[test]
 fn interleavings_of_two_writers_claiming_one_commit_number_over_two_slots_lose_nothing() {
-    let (finished, runs) = every_order(|s, choices, visited| {
-        one_order(Second::Writer, s, Driver::Explore(choices, visited))
-    });
-    eprintln!("{finished} final states, {runs} runs");
-    assert!(finished > 100, "only {finished} final states");
+    explore(Second::Writer);
 }
 
 /// The order that lost an acknowledged write: compaction B loses its base put to A, reloads

@@ -90,17 +90,9 @@ pub async fn compact<S: ObjectStore, C: Clock>(
         let lctx = if attempt == 0 { ctx } else { &uncached };
         let cached = lctx.cache.and_then(|c| c.take(&user.db_key()));
         let mut loaded = build(lctx, user, cached).await?;
-        if loaded.adoption.is_some() {
-            // The outside file is adopted first, by its own commit (conditional on the
-            // manifest read); the fold below then builds on the adopted state.
-            let write_id = format!("{:016x}-adopt-compact", ctx.nonce);
-            let version = loaded.version;
-            if commit(ctx, user, &mut loaded, version, &write_id)
-                .await?
-                .is_none()
-            {
-                continue;
-            }
+        // The fold below builds on the adopted state.
+        if !adopt_first(ctx, user, &mut loaded, "compact").await? {
+            continue;
         }
         let Stored::Incremental { manifest, slots } = &loaded.stored else {
             keep(ctx, user, loaded);
@@ -208,16 +200,9 @@ pub(crate) async fn freeze_for_move<S: ObjectStore, C: Clock>(
 ) -> Result<Option<FrozenBase>, Error> {
     let cached = ctx.cache.and_then(|c| c.take(&user.db_key()));
     let mut loaded = build(ctx, user, cached).await?;
-    if loaded.adoption.is_some() {
-        // An outside file is adopted by its own commit first; the freeze builds on it.
-        let write_id = format!("{:016x}-adopt-move", ctx.nonce);
-        let version = loaded.version;
-        if commit(ctx, user, &mut loaded, version, &write_id)
-            .await?
-            .is_none()
-        {
-            return Err(Error::Conflict { attempts: 1 });
-        }
+    // The freeze builds on the adopted state.
+    if !adopt_first(ctx, user, &mut loaded, "move").await? {
+        return Err(Error::Conflict { attempts: 1 });
     }
     let Stored::Incremental { manifest, slots } = &loaded.stored else {
         keep(ctx, user, loaded);
@@ -393,6 +378,25 @@ fn base_metadata(
     }
     push_home(&mut metadata, home);
     metadata
+}
+
+/// Commits the adoption of an outside file the load decided, if any, by its own commit
+/// (conditional on the manifest read), before a step that builds on it; `false` if another
+/// write committed first (nothing of the adoption is referenced).
+async fn adopt_first<S: ObjectStore, C: Clock>(
+    ctx: &Context<'_, S, C>,
+    user: &UserId,
+    loaded: &mut Loaded,
+    step: &str,
+) -> Result<bool, Error> {
+    if loaded.adoption.is_none() {
+        return Ok(true);
+    }
+    let write_id = format!("{:016x}-adopt-{step}", ctx.nonce);
+    let version = loaded.version;
+    Ok(commit(ctx, user, loaded, version, &write_id)
+        .await?
+        .is_some())
 }
 
 /// Returns a loaded copy to the version cache.
