@@ -256,6 +256,35 @@ fn no_import_cycles() {
     assert!(cycles.is_empty(), "import cycles:\n{}", cycles.join("\n"));
 }
 
+/// Only `src/runtime/` names the Workers API (`worker::`, `js_sys`): the rest is plain Rust
+/// the host tests drive. The check itself finds a planted use.
+#[test]
+fn only_the_runtime_names_the_workers_api() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let names_it = |code: &str| {
+        code.lines().any(|line| {
+            let code = line.split("//").next().unwrap_or("");
+            code.contains("worker::") || code.contains("js_sys")
+        })
+    };
+    let mut files = vec![];
+    rust_files(&root, &mut files);
+    let runtime = root.join("runtime");
+    assert!(
+        files
+            .iter()
+            .any(|f| f.starts_with(&runtime) && names_it(&std::fs::read_to_string(f).unwrap())),
+        "the check sees the runtime's own uses"
+    );
+    let outside: Vec<_> = files
+        .iter()
+        .filter(|f| !f.starts_with(&runtime))
+        .filter(|f| names_it(&std::fs::read_to_string(f).unwrap()))
+        .collect();
+    assert!(outside.is_empty(), "outside src/runtime/: {outside:?}");
+    assert!(names_it("let v = js_sys::Array::new();") && !names_it("// worker::Env"));
+}
+
 /// The check finds a circle through `super::`, a re-export and an inline path.
 #[test]
 fn finds_a_planted_cycle() {
