@@ -75,6 +75,11 @@ pub async fn to_durable_object<S: ObjectStore, C: Clock>(
             Err(Error::Conflict { .. }) => {
                 return Err(Error::Conflict { attempts: attempt });
             }
+            // Frozen already, by a move that never finished: this one takes it over.
+            Err(Error::Migrating) => match moves::resume_frozen(ctx, user).await {
+                Err(Error::Conflict { .. }) if attempt < FREEZE_ATTEMPTS => {}
+                other => break other?,
+            },
             other => break other?,
         }
     };
@@ -514,6 +519,62 @@ mod tests {
             ))
             .is_ok()
         );
+    }
+
+    /// A move whose isolate died after its freeze (nothing switched, nothing lifted) does not
+    /// strand the user: the next move takes the freeze over and completes, in both layouts,
+    /// with every committed write in the copy.
+    #[test]
+    fn a_move_takes_over_a_freeze_whose_move_died() {
+        for layout in [
+            crate::storage::Layout::Single,
+            crate::storage::Layout::Incremental,
+        ] {
+            let store = MemoryStore::new();
+            let mut conn = crate::sqlite::create().unwrap();
+            conn.execute_batch("CREATE TABLE t(x)").unwrap();
+            store.insert(KEY, &crate::sqlite::export(&mut conn).unwrap(), &[]);
+            let clock = StepClock::stepping(1.0);
+            let ctx = Context {
+                layout,
+                ..Context::new(&store, &clock)
+            };
+            let mut insert = crate::work::Transaction {
+                statements: vec![crate::exec::Statement {
+                    sql: "INSERT INTO t VALUES (1)".into(),
+                    args: vec![],
+                    named_args: vec![],
+                }],
+                limits: crate::exec::Limits::default(),
+            };
+            pollster::block_on(pipeline::serve(
+                &ctx,
+                &user(),
+                crate::request::SaveMode::Auto,
+                &mut insert,
+            ))
+            .unwrap();
+            // The first move freezes, then its isolate is gone.
+            drop(pollster::block_on(moves::freeze(&ctx, &user())).unwrap());
+            assert_eq!(store.metadata(KEY).unwrap()[ROUTE_KEY], "moving");
+            let copied = std::cell::Cell::new(0);
+            pollster::block_on(to_durable_object(&ctx, &user(), async || {
+                let image = store.bytes(KEY).unwrap();
+                let conn = crate::testing::open(&image);
+                copied.set(
+                    conn.query_row("SELECT count(*) FROM t", [], |r| r.get(0))
+                        .unwrap(),
+                );
+                Ok(serde_json::json!({"success": true}))
+            }))
+            .unwrap_or_else(|e| panic!("{layout:?}: {e}"));
+            assert_eq!(copied.get(), 1, "{layout:?}");
+            assert_eq!(
+                store.metadata(KEY).unwrap()[ROUTE_KEY],
+                "durable_object",
+                "{layout:?}"
+            );
+        }
     }
 
     /// A failed copy lifts the freeze: the user stays on R2 with nothing changed.

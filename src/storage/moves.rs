@@ -119,6 +119,46 @@ pub(crate) async fn freeze<S: ObjectStore, C: Clock>(
     Ok((image, version, frozen, write_id))
 }
 
+/// Takes over a freeze an earlier move completed and never switched or lifted (its isolate
+/// died mid-copy, say): `database.sqlite` says `route=moving` and no live manifest is left
+/// (retired, or none), so the object is the user's whole, final state and no write can
+/// commit. Returns what [`freeze`] returns, so the move goes on from its copy step; the
+/// switch stays `If-Match` the frozen object, so a move still running beside it makes one of
+/// the two switches fail, never both land. A freeze stopped before its fold (the manifest
+/// itself says `route=moving`) is not taken over: `Migrating`.
+pub(crate) async fn resume_frozen<S: ObjectStore, C: Clock>(
+    ctx: &Context<'_, S, C>,
+    user: &UserId,
+) -> Result<(Image, Option<String>, String, String), Error> {
+    if let Some((m, _, _)) = super::load::fetch_manifest(ctx, user).await?
+        && !m.retired
+    {
+        return Err(Error::Migrating);
+    }
+    let object = with_retries(ctx.clock, &ctx.retry, async || {
+        ctx.store.get(&user.db_key(), ctx.max_db_bytes, None).await
+    })
+    .await?;
+    let object = existing(object, user, ctx.max_db_bytes)?;
+    if Home::of(&object.metadata) != Home::Moving {
+        // Lifted or switched meanwhile: the move starts over from what is there now.
+        return Err(Error::Conflict { attempts: 1 });
+    }
+    let version = object.metadata.get(DB_VERSION_KEY).cloned();
+    let write_id = object
+        .metadata
+        .get(WRITE_ID_KEY)
+        .cloned()
+        .unwrap_or_default();
+    let mut image = Image::allocate(object.body.len())?;
+    object
+        .body
+        .read_into(image.bytes_mut())
+        .await
+        .map_err(Error::StorageUnavailable)?;
+    Ok((image, version, object.etag, write_id))
+}
+
 /// The user's R2 object for a Durable Object's import, once `check` (the object's rule,
 /// [`crate::migrate::check_import`]) allows its metadata: (the object, the move's write id).
 /// Refused before its body is read.
