@@ -94,26 +94,15 @@ pub(crate) async fn freeze<S: ObjectStore, C: Clock>(
             frozen.write_id,
         ));
     }
-    let object = with_retries(ctx.clock, &ctx.retry, async || {
-        ctx.store.get(&key, ctx.max_db_bytes, None).await
-    })
-    .await?;
-    let object = existing(object, user, ctx.max_db_bytes)?;
-    check_route(&object.metadata)?;
-    let version = object.metadata.get(DB_VERSION_KEY).cloned();
-    let mut image = Image::allocate(object.body.len())?;
-    object
-        .body
-        .read_into(image.bytes_mut())
-        .await
-        .map_err(Error::StorageUnavailable)?;
+    let (image, read, etag) = read_whole(ctx, user, check_route).await?;
+    let version = read.get(DB_VERSION_KEY).cloned();
     let write_id = format!("{:016x}-move", ctx.nonce);
     let frozen = put_or_conflict(
         ctx,
         &key,
         image.bytes(),
         &metadata(&write_id, version.as_deref(), Home::Moving),
-        &PutCondition::IfMatch(object.etag),
+        &PutCondition::IfMatch(etag),
     )
     .await?;
     Ok((image, version, frozen, write_id))
@@ -135,28 +124,37 @@ pub(crate) async fn resume_frozen<S: ObjectStore, C: Clock>(
     {
         return Err(Error::Migrating);
     }
+    let (image, metadata, etag) = read_whole(ctx, user, |m| match Home::of(m) {
+        Home::Moving => Ok(()),
+        // Lifted or switched meanwhile: the move starts over from what is there now.
+        Home::R2 | Home::DurableObject => Err(Error::Conflict { attempts: 1 }),
+    })
+    .await?;
+    let version = metadata.get(DB_VERSION_KEY).cloned();
+    let write_id = metadata.get(WRITE_ID_KEY).cloned().unwrap_or_default();
+    Ok((image, version, etag, write_id))
+}
+
+/// The user's `database.sqlite`, which must exist, read whole into an image once `check`
+/// allows its metadata (refused before the body is read): (image, metadata, etag).
+async fn read_whole<S: ObjectStore, C: Clock>(
+    ctx: &Context<'_, S, C>,
+    user: &UserId,
+    check: impl FnOnce(&HashMap<String, String>) -> Result<(), Error>,
+) -> Result<(Image, HashMap<String, String>, String), Error> {
     let object = with_retries(ctx.clock, &ctx.retry, async || {
         ctx.store.get(&user.db_key(), ctx.max_db_bytes, None).await
     })
     .await?;
     let object = existing(object, user, ctx.max_db_bytes)?;
-    if Home::of(&object.metadata) != Home::Moving {
-        // Lifted or switched meanwhile: the move starts over from what is there now.
-        return Err(Error::Conflict { attempts: 1 });
-    }
-    let version = object.metadata.get(DB_VERSION_KEY).cloned();
-    let write_id = object
-        .metadata
-        .get(WRITE_ID_KEY)
-        .cloned()
-        .unwrap_or_default();
+    check(&object.metadata)?;
     let mut image = Image::allocate(object.body.len())?;
     object
         .body
         .read_into(image.bytes_mut())
         .await
         .map_err(Error::StorageUnavailable)?;
-    Ok((image, version, object.etag, write_id))
+    Ok((image, object.metadata, object.etag))
 }
 
 /// The user's R2 object for a Durable Object's import, once `check` (the object's rule,
