@@ -204,6 +204,27 @@ fn single_layout_user_is_upgraded_on_first_write() {
     assert_eq!(storage(&cold)["deltas_applied"], 1);
 }
 
+/// An isolate holding a cached copy of a single-layout user, while another isolate's write
+/// upgrades the user to the incremental layout: its next load finds `database.sqlite`
+/// unchanged (not modified) and a live manifest listing it. That once answered
+/// `corrupt_database` ("database.sqlite is missing but manifest.json lists it"); the base is
+/// read again whole and the load goes on.
+#[test]
+fn a_cached_single_copy_meets_an_upgrade_by_another_isolate() {
+    let store = seeded();
+    let clock = StepClock::stepping(1.0);
+    let cache_a = DbCache::new(1 << 26);
+    let a = incremental(&store, &clock, Some(&cache_a));
+    let _ = read(&a);
+    write(&incremental(&store, &clock, None), 1).unwrap();
+    assert!(
+        manifest(&store).is_some(),
+        "the other isolate upgraded the user"
+    );
+    write(&a, 2).unwrap();
+    assert_eq!(hits(&current(&store)), [1, 2]);
+}
+
 /// A cached copy is brought up to date with only the deltas it lacks; an unchanged manifest
 /// costs one conditional get and no body.
 #[test]

@@ -536,6 +536,13 @@ async fn cold<S: ObjectStore, C: Clock>(
     let Some((m, m_slots, m_metadata)) = live else {
         return single(ctx, user, base, cached_single, retired_manifest, miss);
     };
+    if matches!(base, BaseRead::NotModified { .. }) {
+        // A cached single-layout copy whose file is unchanged, while another writer upgraded
+        // the user to the incremental layout (a live manifest now lists that file): the copy
+        // is not used, and the base is read whole.
+        drop(cached_single);
+        base = read_base(ctx, &base_key, None).await?;
+    }
     let (mut image, base_etag, base_metadata) = match base {
         BaseRead::Image {
             image,
