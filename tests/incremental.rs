@@ -556,6 +556,128 @@ fn compaction_keeps_writes_that_commit_meanwhile() {
     assert_eq!(hits(&current(&store)), [1, 2, 3, 4, 5]);
 }
 
+/// A write whose commit loses to a compaction of the very state it was built on commits its
+/// delta on top of the compaction's manifest: no second run of the work, no second upload of
+/// the delta, and the stored database holds every write.
+#[test]
+fn a_write_that_loses_its_commit_to_a_compaction_commits_on_top_without_running_again() {
+    let store = seeded();
+    let clock = StepClock::stepping(1.0);
+    for id in 1..=3 {
+        write(&incremental(&store, &clock, None), id).unwrap();
+    }
+    // Right after the writer's delta lands, a compaction of seq 3 commits first.
+    let compacted = std::cell::Cell::new(false);
+    let delta_puts = std::cell::Cell::new(0);
+    let interleaved = HookStore::new(store).with(After(
+        |call: &Call<'_>, answer: Answer, inner: &MemoryStore| {
+            let delta = matches!(call, Call::Put { key, .. } if key.starts_with("a/deltas/"));
+            if delta && answer == Answer::Stored {
+                delta_puts.set(delta_puts.get() + 1);
+            }
+            if delta && answer == Answer::Stored && !compacted.replace(true) {
+                let done = block(storage::compact(
+                    &incremental(inner, &clock, None),
+                    &user(),
+                    false,
+                ))
+                .unwrap();
+                assert_eq!(done.outcome, storage::CompactOutcome::Compacted);
+            }
+        },
+    ));
+    let report = write(&incremental(&interleaved, &clock, None), 4).unwrap();
+    assert!(compacted.get(), "the compaction committed in between");
+    assert_eq!(report.db_info.stored.as_ref().unwrap().attempts, 1);
+    assert_eq!(delta_puts.get(), 1, "the delta was uploaded once");
+    let store = interleaved.inner;
+    let m = manifest(&store).unwrap();
+    assert_eq!((m.base.seq, m.seq), (3, 4));
+    assert_eq!(m.deltas.iter().map(|d| d.seq).collect::<Vec<_>>(), [4]);
+    assert_eq!(hits(&current(&store)), [1, 2, 3, 4]);
+}
+
+/// ... but not over a compaction that folded another writer's commit: that state is not the
+/// one the delta was built on, so the write runs again on it, and both writes are kept.
+#[test]
+fn a_write_is_not_committed_over_a_compaction_of_a_newer_state() {
+    let store = seeded();
+    let clock = StepClock::stepping(1.0);
+    for id in 1..=3 {
+        write(&incremental(&store, &clock, None), id).unwrap();
+    }
+    // After the writer's delta lands: a rival commits 5, then a compaction folds it.
+    let rival_done = std::cell::Cell::new(false);
+    let interleaved = HookStore::new(store).with(After(
+        |call: &Call<'_>, answer: Answer, inner: &MemoryStore| {
+            if matches!(call, Call::Put { key, .. } if key.starts_with("a/deltas/"))
+                && answer == Answer::Stored
+                && !rival_done.replace(true)
+            {
+                write(&incremental(inner, &clock, None), 5).unwrap();
+                let done = block(storage::compact(
+                    &incremental(inner, &clock, None),
+                    &user(),
+                    false,
+                ))
+                .unwrap();
+                assert_eq!(done.outcome, storage::CompactOutcome::Compacted);
+            }
+        },
+    ));
+    let report = write(&incremental(&interleaved, &clock, None), 4).unwrap();
+    assert!(
+        rival_done.get(),
+        "the rival and the compaction committed in between"
+    );
+    assert_eq!(report.db_info.stored.as_ref().unwrap().attempts, 2);
+    let store = interleaved.inner;
+    let m = manifest(&store).unwrap();
+    assert_eq!((m.base.seq, m.seq), (4, 5));
+    assert_eq!(hits(&current(&store)), [1, 2, 3, 4, 5]);
+}
+
+/// A commit put refused for the key's rate right after another writer committed there (the
+/// write that took the key's second) has lost its race: one head shows the key moved on, and
+/// the write runs again on the new state at once, instead of repeating a put that can only
+/// fail its condition once the second is over.
+#[test]
+fn a_commit_refused_for_the_rate_of_a_key_another_writer_took_loses_at_once() {
+    let store = seeded();
+    let clock = StepClock::stepping(1.0);
+    write(&incremental(&store, &clock, None), 1).unwrap();
+    // The writer's first manifest put: a rival commits just before it, and the key stays
+    // refused for its next three puts (its second, as R2 keeps it).
+    let refused = std::cell::Cell::new(0);
+    let rival_done = std::cell::Cell::new(false);
+    let interleaved = HookStore::new(store).with(Before(|call: &Call<'_>, inner: &MemoryStore| {
+        if !matches!(call, Call::Put { key, .. } if *key == MANIFEST) {
+            return Action::Proceed;
+        }
+        if !rival_done.replace(true) {
+            write(&incremental(inner, &clock, None), 3).unwrap();
+        }
+        if refused.get() < 3 {
+            refused.set(refused.get() + 1);
+            return Action::Fail(StoreError::new("put", StoreErrorKind::RateLimited, "429"));
+        }
+        Action::Proceed
+    }));
+    let slept_before = clock.slept_ms();
+    let report = write(&incremental(&interleaved, &clock, None), 2).unwrap();
+    assert_eq!(refused.get(), 3, "the key stayed refused for three puts");
+    assert_eq!(report.db_info.stored.as_ref().unwrap().attempts, 2);
+    // The rerun's own jittered wait (at most 100 ms), and then the rerun's put waiting out
+    // the key's second (two refusals, 250 ms each); not three more waits on a lost race.
+    assert!(
+        clock.slept_ms() - slept_before <= 600,
+        "slept {} ms",
+        clock.slept_ms() - slept_before
+    );
+    let store = interleaved.inner;
+    assert_eq!(hits(&current(&store)), [1, 2, 3]);
+}
+
 /// A commit whose manifest put landed but whose answer was lost, and on which another writer
 /// committed before the retry: the retry's condition fails and the object is no longer ours.
 /// That is not a lost race (taking it for one deleted the delta the newer manifest lists, and

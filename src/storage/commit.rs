@@ -3,7 +3,8 @@
 //! put, the commit point.
 
 use super::delta;
-use super::keys::{DB_VERSION_KEY, WRITE_ID_KEY};
+use super::keys::{DB_VERSION_KEY, Home, WRITE_ID_KEY};
+use super::load::fetch_manifest;
 use super::loaded::Loaded;
 use super::manifest::{BaseRef, DeltaRef, Manifest, Slots, Stored};
 use super::retry::{conditional_put, with_retries};
@@ -82,6 +83,29 @@ pub struct Committed {
     pub compact_due: bool,
 }
 
+/// Times a commit is put again over compactions that landed after its load.
+const REBASES: u32 = 3;
+
+/// The newest manifest and its slots, if it is a compaction of `built_on`'s state and nothing
+/// more: the same lineage, still served from R2, the same conflict copies, and its last write
+/// the one `built_on` ends with, so the database it describes is the one the next delta was
+/// built on. A write or an adoption after `built_on` moves `seq`; a move is not served from R2.
+async fn rebase_over_compaction<S: ObjectStore, C: Clock>(
+    ctx: &Context<'_, S, C>,
+    user: &UserId,
+    built_on: &Manifest,
+) -> Result<Option<(Manifest, Slots)>, Error> {
+    let Some((latest, slots, metadata)) = fetch_manifest(ctx, user).await? else {
+        return Ok(None);
+    };
+    let same_state = !latest.retired
+        && Home::of(&metadata) == Home::R2
+        && latest.lineage == built_on.lineage
+        && latest.conflicts == built_on.conflicts
+        && latest.seq == built_on.seq;
+    Ok(same_state.then_some((latest, slots)))
+}
+
 /// Whether a failed store call may have stored its bytes after all.
 fn may_have_landed(e: &Error) -> bool {
     matches!(e, Error::StorageUnavailable(s) if s.write_outcome_unknown)
@@ -153,6 +177,8 @@ pub(crate) async fn commit<S: ObjectStore, C: Clock>(
     let encode_ms = ctx.clock.now_ms() - encode_start;
     // An adoption with nothing changed commits the manifest alone.
     let with_delta = summary.pages > 0 || adoption.is_none();
+    // The state the delta is built on, for a rebase over a compaction.
+    let built_on = manifest.clone();
     let mut next = manifest;
     let mut bytes_uploaded = 0;
     let mut objects_written = 1;
@@ -167,6 +193,14 @@ pub(crate) async fn commit<S: ObjectStore, C: Clock>(
     }
     let seq = next.seq + 1;
     let key = user.delta_key(seq, write_id);
+    let next_delta = DeltaRef {
+        key: key.clone(),
+        seq,
+        size: bytes.len() as u64,
+        checksum: format!("{:016x}", summary.checksum),
+        change_counter: summary.change_counter,
+        len: summary.len,
+    };
     let delete_ours = async |with_delta: bool| {
         // Unreferenced for certain; if a delete fails the sweep removes the delta later (a
         // record is not swept, so it is deleted here or not written at all).
@@ -191,26 +225,43 @@ pub(crate) async fn commit<S: ObjectStore, C: Clock>(
             return Err(e.into());
         }
         next.seq = seq;
-        next.deltas.push(DeltaRef {
-            key: key.clone(),
-            seq,
-            size: bytes.len() as u64,
-            checksum: format!("{:016x}", summary.checksum),
-            change_counter: summary.change_counter,
-            len: summary.len,
-        });
+        next.deltas.push(next_delta.clone());
         bytes_uploaded += bytes.len() as u64;
         objects_written += 1;
     }
-    let outcome = put_commit(
-        ctx,
-        user,
-        &mut next,
-        prev.as_ref(),
-        &manifest_metadata(write_id, version),
-        write_id,
-    )
-    .await;
+    let mut prev = prev;
+    let mut rebased = 0;
+    let outcome = loop {
+        let outcome = put_commit(
+            ctx,
+            user,
+            &mut next,
+            prev.as_ref(),
+            &manifest_metadata(write_id, version),
+            write_id,
+        )
+        .await;
+        if !matches!(outcome, Ok(None)) || !with_delta || record.is_some() || rebased == REBASES {
+            break outcome;
+        }
+        // Another commit followed the one the load read. If it was a compaction of that very
+        // state (the same history, nothing committed after it), the delta extends it as it
+        // extended the state it was built on: commit it on top, without running the work again.
+        match rebase_over_compaction(ctx, user, &built_on).await {
+            Ok(Some((over, slots))) => {
+                rebased += 1;
+                next = over;
+                next.deltas.push(next_delta.clone());
+                next.seq = seq;
+                prev = Some(slots);
+            }
+            Ok(None) => break Ok(None),
+            Err(e) => break Err(e),
+        }
+    };
+    if rebased > 0 && matches!(outcome, Ok(Some(_))) {
+        loaded.base_etag = Some(next.base.etag.clone());
+    }
     match outcome {
         Ok(Some((slots, manifest_bytes))) => {
             let stored = Stored::Incremental {

@@ -100,6 +100,17 @@ pub(crate) async fn conditional_put<S: ObjectStore, C: Clock>(
                 };
             }
             Ok(outcome) => return Ok(outcome),
+            // Refused for the key's rate: nothing was written. When the key already holds
+            // something else than the condition expects, it was written since the load (the
+            // write that took the key's second, as often as not), and every repeat would fail
+            // its condition: the race is lost now, not a second of 429s later.
+            Err(e)
+                if e.kind == StoreErrorKind::RateLimited
+                    && !in_doubt
+                    && condition_broken(ctx, key, expected).await =>
+            {
+                return Ok(PutOutcome::ConditionFailed);
+            }
             Err(e) if e.is_retryable() && ctx.retry.retry_wait_ms(&e.kind, retry).is_some() => {
                 in_doubt |= e.kind == StoreErrorKind::Transient;
                 let wait = ctx.retry.retry_wait_ms(&e.kind, retry).unwrap_or(0);
@@ -131,6 +142,19 @@ async fn resolve<S: ObjectStore, C: Clock>(
     Ok(head.and_then(|h| {
         (h.metadata.get(WRITE_ID_KEY).map(String::as_str) == Some(write_id)).then_some(h.etag)
     }))
+}
+
+/// Whether `key` provably holds something else than `expected` (`None`: nothing), so a put
+/// conditional on it cannot succeed; one head, and an unanswered head proves nothing.
+async fn condition_broken<S: ObjectStore, C: Clock>(
+    ctx: &Context<'_, S, C>,
+    key: &str,
+    expected: Option<&str>,
+) -> bool {
+    match ctx.store.head(key).await {
+        Ok(head) => head.as_ref().map(|h| h.etag.as_str()) != expected,
+        Err(_) => false,
+    }
 }
 
 /// Whether the stored object is provably still the loaded version (so nothing of ours landed).
