@@ -264,8 +264,7 @@ fn cold_loads(args: &Args, md: &mut String, raw: &mut Vec<Value>) {
             assert_eq!(answer.json["storage"]["layout"], "incremental");
             pending += 1;
             let manifest: workers_sqlite_poc::storage::Manifest =
-                serde_json::from_slice(&inc.object(&format!("{user}/manifest.json")).unwrap())
-                    .unwrap();
+                serde_json::from_value(inc.newest_manifest(&user).unwrap()).unwrap();
             let enough = if args.pending == 0 {
                 policy.due(&manifest)
             } else {

@@ -18,7 +18,7 @@ use workers_sqlite_poc::storage::{MemoryStore, ObjectStore};
 use workers_sqlite_poc::storage::{StoreError, StoreErrorKind};
 use workers_sqlite_poc::testing::{
     Action, After, Answer, Before, Call, Fault, FaultPlan, FaultTally, HookStore, Operation, Rng,
-    StepClock, apply_sql, open, snapshot,
+    StepClock, apply_sql, is_manifest_key, newest_manifest, open, snapshot,
 };
 use workers_sqlite_poc::work::Transaction;
 use workers_sqlite_poc::{fixtures, migrate, sqlite};
@@ -125,10 +125,14 @@ fn integrity(image: &[u8]) -> String {
         .unwrap()
 }
 
+/// The newest manifest, whichever commit slot holds it.
 fn manifest(store: &MemoryStore) -> Option<Manifest> {
-    store
-        .bytes(MANIFEST)
-        .map(|b| serde_json::from_slice(&b).unwrap())
+    newest_manifest(store, &user()).map(|(_, m)| m)
+}
+
+/// The newest manifest's bytes.
+fn manifest_bytes(store: &MemoryStore) -> Option<Vec<u8>> {
+    newest_manifest(store, &user()).and_then(|(key, _)| store.bytes(&key))
 }
 
 fn delta_keys(store: &MemoryStore) -> Vec<String> {
@@ -241,15 +245,16 @@ fn cache_hit_fetches_only_missing_deltas() {
     let report = read(&a);
     assert_eq!(report.cache.as_ref().unwrap().status, CacheStatus::Updated);
     assert_eq!(storage(&report)["deltas_applied"], 2);
+    let slots = u64::from(a.compaction.commit_slots);
     assert_eq!(
         store.get_count() - gets,
-        3,
-        "manifest + the two deltas it lacked"
+        slots + 2,
+        "every commit slot (conditionally) + the two deltas it lacked"
     );
     let gets = store.get_count();
     let report = read(&a);
     assert_eq!(report.cache.as_ref().unwrap().status, CacheStatus::Hit);
-    assert_eq!(store.get_count() - gets, 1);
+    assert_eq!(store.get_count() - gets, slots);
     let mut entry = cache_a.take("a/database.sqlite").unwrap();
     assert_eq!(
         hits(&sqlite::export(&mut entry.conn).unwrap()),
@@ -492,11 +497,12 @@ fn write_between_compaction_steps_is_kept() {
     for id in 1..=3 {
         write(&incremental(&store, &clock, None), id).unwrap();
     }
-    // Compaction stops after its base put (a load = 2 gets + 3 deltas, then the put).
+    // Compaction stops after its base put (a load = a get of every commit slot, the base's
+    // get, 3 deltas, then the put).
     let stops = FaultPlan::new();
     let faulty = HookStore::new(store).with(&stops);
     let fctx = incremental(&faulty, &clock, None);
-    stops.stop_after(Some(6));
+    stops.stop_after(Some(fctx.compaction.commit_slots + 5));
     assert!(block(storage::compact(&fctx, &user(), false)).is_err());
     assert!(stops.stops() > 0, "the compaction was stopped");
     stops.stop_after(None);
@@ -651,7 +657,7 @@ fn a_commit_refused_for_the_rate_of_a_key_another_writer_took_loses_at_once() {
     let refused = std::cell::Cell::new(0);
     let rival_done = std::cell::Cell::new(false);
     let interleaved = HookStore::new(store).with(Before(|call: &Call<'_>, inner: &MemoryStore| {
-        if !matches!(call, Call::Put { key, .. } if *key == MANIFEST) {
+        if !matches!(call, Call::Put { key, .. } if is_manifest_key(key)) {
             return Action::Proceed;
         }
         if !rival_done.replace(true) {
@@ -678,22 +684,105 @@ fn a_commit_refused_for_the_rate_of_a_key_another_writer_took_loses_at_once() {
     assert_eq!(hits(&current(&store)), [1, 2, 3]);
 }
 
+/// A compaction folds a copy of its own: the cached copy goes back before the base's upload,
+/// so a request arriving during the compaction is served from the cache (a compaction can
+/// take seconds under R2's one write a second per key, and every request would otherwise load
+/// the base and every delta from R2).
+#[test]
+fn a_request_during_a_compaction_is_served_from_the_cache() {
+    let store = seeded();
+    let clock = StepClock::stepping(1.0);
+    let cache = DbCache::new(1 << 26);
+    for id in 1..=3 {
+        write(&incremental(&store, &clock, Some(&cache)), id).unwrap();
+    }
+    let during = std::cell::Cell::new(None);
+    let interleaved = HookStore::new(store).with(Before(|call: &Call<'_>, inner: &MemoryStore| {
+        if matches!(call, Call::Put { key, .. } if *key == BASE) && during.get().is_none() {
+            let report = read(&incremental(inner, &clock, Some(&cache)));
+            during.set(Some(report.cache.unwrap().status));
+        }
+        Action::Proceed
+    }));
+    let ctx = incremental(&interleaved, &clock, Some(&cache));
+    let done = block(storage::compact(&ctx, &user(), false)).unwrap();
+    assert_eq!(done.outcome, storage::CompactOutcome::Compacted);
+    assert_eq!(
+        during.get(),
+        Some(CacheStatus::Hit),
+        "served from the cache"
+    );
+    assert_eq!(hits(&current(&interleaved.inner)), [1, 2, 3]);
+    // And the copy in the cache still loads as the stored state after the compaction.
+    let report = read(&ctx);
+    assert_ne!(report.cache.as_ref().unwrap().status, CacheStatus::Miss);
+}
+
+/// A compaction whose base put waited out R2's second for the key reads the manifest again
+/// before its own put: writes that committed meanwhile are kept without a put over a stale
+/// read, which fails its condition and still takes the key's second from the next writer.
+#[test]
+fn a_compaction_whose_base_put_waited_reads_the_manifest_again() {
+    let store = seeded();
+    let clock = StepClock::stepping(1.0);
+    for id in 1..=3 {
+        write(&incremental(&store, &clock, None), id).unwrap();
+    }
+    let refused = std::cell::Cell::new(false);
+    let failed_commits = std::cell::Cell::new(0);
+    let interleaved = HookStore::new(store)
+        .with(Before(|call: &Call<'_>, inner: &MemoryStore| {
+            if matches!(call, Call::Put { key, .. } if *key == BASE) && !refused.replace(true) {
+                // A write commits while the base put waits for the key's second.
+                write(&incremental(inner, &clock, None), 4).unwrap();
+                return Action::Fail(StoreError::new("put", StoreErrorKind::RateLimited, "429"));
+            }
+            Action::Proceed
+        }))
+        .with(After(|call: &Call<'_>, answer: Answer, _: &MemoryStore| {
+            if is_manifest_key(call.key()) && answer == Answer::ConditionFailed {
+                failed_commits.set(failed_commits.get() + 1);
+            }
+        }));
+    let done = block(storage::compact(
+        &incremental(&interleaved, &clock, None),
+        &user(),
+        false,
+    ))
+    .unwrap();
+    assert!(refused.get());
+    assert_eq!(done.outcome, storage::CompactOutcome::Compacted);
+    assert_eq!(failed_commits.get(), 0, "no put over a stale read");
+    let store = interleaved.inner;
+    let m = manifest(&store).unwrap();
+    assert_eq!((m.base.seq, m.seq), (3, 4));
+    assert_eq!(hits(&current(&store)), [1, 2, 3, 4]);
+}
+
 /// A commit whose manifest put landed but whose answer was lost, and on which another writer
 /// committed before the retry: the retry's condition fails and the object is no longer ours.
 /// That is not a lost race (taking it for one deleted the delta the newer manifest lists, and
 /// the next load answered `corrupt_database`, or ran the insert twice): the writer answers
 /// that the outcome is unknown, and the database loads with both writes.
+///
+/// With more than one commit slot the rival's commit goes to the next slot, so the retry
+/// finds its own landed commit where it put it, and the write is acknowledged.
 #[test]
 fn a_lost_answer_overtaken_by_another_commit_is_an_unknown_outcome_not_a_lost_race() {
+    for k in [1, 5] {
+        lost_answer_overtaken(k);
+    }
+}
+
+fn lost_answer_overtaken(k: u32) {
     let store = seeded();
     let clock = StepClock::stepping(1.0);
-    write(&incremental(&store, &clock, None), 1).unwrap();
+    write(&slotted(&store, &clock, None, k), 1).unwrap();
     let lost = std::cell::Cell::new(false);
     let rival_done = std::cell::Cell::new(false);
     let interleaved = HookStore::new(store)
         .with(Before(|call: &Call<'_>, _: &MemoryStore| {
-            if matches!(call, Call::Put { key, .. } if key.contains("manifest"))
-                && !lost.replace(true)
+            if matches!(call, Call::Put { key, .. } if is_manifest_key(key)) && !lost.replace(true)
             {
                 Action::LoseAnswer(StoreError::new("put", StoreErrorKind::Transient, "lost"))
             } else {
@@ -702,17 +791,20 @@ fn a_lost_answer_overtaken_by_another_commit_is_an_unknown_outcome_not_a_lost_ra
         }))
         .with(After(
             |call: &Call<'_>, answer: Answer, inner: &MemoryStore| {
-                if call.key().contains("manifest")
+                if is_manifest_key(call.key())
                     && answer == Answer::Stored
                     && !rival_done.replace(true)
                 {
-                    write(&incremental(inner, &clock, None), 3).unwrap();
+                    write(&slotted(inner, &clock, None, k), 3).unwrap();
                 }
             },
         ));
-    let err = write(&incremental(&interleaved, &clock, None), 2).unwrap_err();
+    let written = write(&slotted(&interleaved, &clock, None, k), 2);
     assert!(rival_done.get(), "the rival committed on top");
-    assert!(!err.nothing_written(), "{err:?}");
+    match written {
+        Err(err) => assert!(k == 1 && !err.nothing_written(), "{k} slots: {err:?}"),
+        Ok(_) => assert!(k > 1, "one slot: the outcome cannot be known"),
+    }
     let store = interleaved.inner;
     assert_eq!(hits(&current(&store)), [1, 2, 3]);
 }
@@ -1099,11 +1191,11 @@ fn an_adoption_is_committed_only_over_the_manifest_its_load_read() {
     );
     let loaded = block(load(&ours, &user())).unwrap();
     assert!(loaded.adoption.is_some());
-    let manifest_read = store.bytes(MANIFEST).unwrap();
+    let manifest_read = manifest_bytes(&store).unwrap();
     write(&theirs, 3).unwrap();
     let mut queried = query(&ours, &user(), loaded, &mut insert(4)).unwrap();
     let after_theirs = snapshot(&store);
-    assert_ne!(store.bytes(MANIFEST).unwrap(), manifest_read);
+    assert_ne!(manifest_bytes(&store).unwrap(), manifest_read);
     let saved = block(save(&ours, &user(), &mut queried, SaveMode::Auto)).unwrap();
     assert_eq!(saved, Saved::Conflict);
     assert_eq!(

@@ -804,13 +804,15 @@ fn one_order(second: Second, scheduler: &Scheduler, driver: Driver<'_>) -> Run {
     Run::Finished
 }
 
-/// Every order of the scenario with `second` as the second actor; it must reach more than 100
-/// final states, each checked by [`one_order`].
+/// Every order of the scenario with `second` as the second actor; it must reach more than 90
+/// final states, each checked by [`one_order`] (a check that the exploration went deep: the
+/// move's scenario reaches 96 since a writer that loses to a compaction of its own state
+/// commits on top of it instead of running again; the others more than 100).
 fn explore(second: Second) {
     let (finished, runs) =
         every_order(|s, choices, visited| one_order(second, s, Driver::Explore(choices, visited)));
     eprintln!("{finished} final states, {runs} runs");
-    assert!(finished > 100, "only {finished} final states");
+    assert!(finished > 90, "only {finished} final states");
 }
 
 /// Two compactions, a writer and a loader, in every order of their store calls: no

@@ -36,7 +36,7 @@ fn user() -> UserId {
 /// The commit point of either layout: the manifest, or the one object of the single layout
 /// (compactions and upgrades are not run by these tests).
 fn is_commit_point(call: &Call<'_>) -> bool {
-    matches!(call, Call::Put { key, .. } if key.ends_with("manifest.json") || key.ends_with("database.sqlite"))
+    matches!(call, Call::Put { key, .. } if testing::is_manifest_key(key) || key.ends_with("database.sqlite"))
 }
 
 /// The valve that parks commit-point puts while shut, and counts them.

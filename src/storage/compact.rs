@@ -115,12 +115,33 @@ pub async fn compact<S: ObjectStore, C: Clock>(
             retire,
             home: Home::R2,
         };
-        // The upload streams straight out of the loaded image: no second copy in memory. A
-        // request for this user arriving meanwhile loads its own copy from R2.
-        let folded = match fold(ctx, user, &mut loaded.conn, &plan).await {
+        // The fold works on a copy of its own and the cached copy goes back at once: a
+        // compaction can take seconds (the base's one write a second, writes committing
+        // meanwhile), and the requests arriving during it would each load a copy from R2, all
+        // of the deltas included. Without the memory for a copy, the upload streams straight
+        // out of the cached one, which is away until it is done.
+        let mut own = None;
+        if ctx.cache.is_some() {
+            let len = sqlite::export(&mut loaded.conn)?.len() as u64;
+            if ctx
+                .memory
+                .is_none_or(|m| m.try_grow(crate::admission::image_bytes(len)))
+            {
+                let bytes = sqlite::export(&mut loaded.conn)?.to_vec();
+                own = Some(sqlite::open(sqlite::Image::from_vec(bytes))?.conn);
+            }
+        }
+        let mut folding = match own {
+            Some(conn) => {
+                keep(ctx, user, loaded);
+                Folding::Copy(conn)
+            }
+            None => Folding::Cached(loaded),
+        };
+        let folded = match fold(ctx, user, folding.conn(), &plan).await {
             Ok(f) => f,
             Err(e) => {
-                keep(ctx, user, loaded);
+                folding.give_back(ctx, user);
                 return Err(e);
             }
         };
@@ -132,14 +153,16 @@ pub async fn compact<S: ObjectStore, C: Clock>(
         else {
             // Another compaction or an outside writer changed the base first, or (retiring) a
             // write committed: fold again from what is stored now.
-            keep(ctx, user, loaded);
+            folding.give_back(ctx, user);
             continue;
         };
-        // The copy equals the new state when no write was kept in the manifest.
-        if next.seq == m.seq {
-            loaded.stored = committed_stored(next.clone(), *next_slots, new_base, retire);
+        if let Folding::Cached(mut loaded) = folding {
+            // The copy equals the new state when no write was kept in the manifest.
+            if next.seq == m.seq {
+                loaded.stored = committed_stored(next.clone(), *next_slots, new_base, retire);
+            }
+            keep(ctx, user, loaded);
         }
-        keep(ctx, user, loaded);
         let mut deleted = 0;
         for d in &m.deltas {
             if !next.references(&d.key) && ctx.store.delete(&d.key).await.is_ok() {
@@ -404,8 +427,35 @@ fn keep<S, C>(ctx: &Context<'_, S, C>, user: &UserId, loaded: Loaded) {
     keep_loaded(ctx.cache, user, loaded);
 }
 
+/// What a compaction folds: a copy of its own (the cached copy went back), or the loaded
+/// copy itself, which goes back to the cache when the compaction is done with it.
+enum Folding {
+    Copy(Connection),
+    Cached(Loaded),
+}
+
+impl Folding {
+    fn conn(&mut self) -> &mut Connection {
+        match self {
+            Self::Copy(conn) => conn,
+            Self::Cached(loaded) => &mut loaded.conn,
+        }
+    }
+
+    /// Done with it: a loaded copy goes back to the cache (it still equals what it was
+    /// loaded as), a copy of its own is dropped.
+    fn give_back<S, C>(self, ctx: &Context<'_, S, C>, user: &UserId) {
+        if let Self::Cached(loaded) = self {
+            keep(ctx, user, loaded);
+        }
+    }
+}
+
 /// Times the manifest put is re-tried over writes that commit during a compaction.
 const ADOPT_ATTEMPTS: u32 = 8;
+
+/// A fold whose base put took longer than this reads the manifest again before its own put.
+const STALE_READ_MS: f64 = 250.0;
 
 /// What R2 holds after a fold committed `next` over the base `base_etag`.
 pub(crate) fn committed_stored(
@@ -532,7 +582,29 @@ pub(crate) async fn fold<S: ObjectStore, C: Clock>(
     };
     let (mut current, mut current_slots, mut version) =
         (m.clone(), plan.slots.clone(), plan.version);
-    for _ in 0..ADOPT_ATTEMPTS {
+    for attempt in 0..ADOPT_ATTEMPTS {
+        if !plan.retire && (attempt > 0 || ctx.clock.now_ms() - start > STALE_READ_MS) {
+            // The manifest as it is now: the base put waited (R2's one write a second), or the
+            // last put lost to a write. A put over a stale read of the slots fails its
+            // condition, and in R2 still takes the key's second from the writer whose commit
+            // it is.
+            let Some((latest, slots, latest_metadata)) = fetch_manifest(ctx, user).await? else {
+                return Ok(folded);
+            };
+            // Only the same history, still on the old base, with every write after m kept.
+            // Nor over a manifest a move froze: its writes are refused until the move is done.
+            if latest.retired
+                || Home::of(&latest_metadata) != plan.home
+                || latest.lineage != m.lineage
+                || latest.base.seq > m.seq
+                || latest.deltas_after(m.seq).is_none()
+            {
+                return Ok(folded);
+            }
+            // The manifest's db-version is its newest write's: never lower than a kept one's.
+            version = version.max(version_of(&latest_metadata));
+            (current, current_slots) = (latest, slots);
+        }
         let mut next = Manifest::new(m.lineage.clone(), base.clone());
         next.retired = plan.retire;
         next.conflicts = current.conflicts.clone();
@@ -565,22 +637,6 @@ pub(crate) async fn fold<S: ObjectStore, C: Clock>(
         if plan.retire {
             return Ok(folded);
         }
-        let Some((latest, slots, latest_metadata)) = fetch_manifest(ctx, user).await? else {
-            return Ok(folded);
-        };
-        // Only the same history, still on the old base, with every write after m kept.
-        // Nor over a manifest a move froze: its writes are refused until the move is done.
-        if latest.retired
-            || Home::of(&latest_metadata) != plan.home
-            || latest.lineage != m.lineage
-            || latest.base.seq > m.seq
-            || latest.deltas_after(m.seq).is_none()
-        {
-            return Ok(folded);
-        }
-        // The manifest's db-version is its newest write's: never lower than a kept one's.
-        version = version.max(version_of(&latest_metadata));
-        (current, current_slots) = (latest, slots);
     }
     Ok(folded)
 }

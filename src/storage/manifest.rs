@@ -97,7 +97,7 @@ pub const OUTSIDE_RULE: &str = "the outside file becomes the new base (it is wha
 pub const MIN_SWEEP_GRACE_MS: u64 = 60_000;
 
 /// The default of [`CompactionPolicy::commit_slots`].
-pub const DEFAULT_COMMIT_SLOTS: u32 = 1;
+pub const DEFAULT_COMMIT_SLOTS: u32 = 5;
 
 /// Most commit slots a user may have: a load gets them all at once, with the base's head, and
 /// the Workers limit on simultaneous connections is [`PARALLEL_FETCHES`].
