@@ -76,6 +76,21 @@ pub struct Statement {
 }
 
 impl Statement {
+    /// Whether the statement's first keyword makes it a write (`INSERT`, `UPDATE`, `DELETE`,
+    /// `REPLACE`, `CREATE`, `DROP`, `ALTER`), after any comments; anything else (a read, a
+    /// `WITH`, a `PRAGMA`, a transaction statement) is not known to write.
+    #[must_use]
+    pub fn writes(&self) -> bool {
+        const WRITES: [&str; 7] = [
+            "INSERT", "UPDATE", "DELETE", "REPLACE", "CREATE", "DROP", "ALTER",
+        ];
+        let word: String = skip_comments(&self.sql)
+            .chars()
+            .take_while(char::is_ascii_alphabetic)
+            .collect();
+        WRITES.iter().any(|w| w.eq_ignore_ascii_case(&word))
+    }
+
     /// A statement without parameters.
     #[must_use]
     pub fn new(sql: impl Into<String>) -> Self {
@@ -927,6 +942,20 @@ pub fn run_transaction(
     Ok(results)
 }
 
+/// `sql` after its leading whitespace and comments (`-- ...` lines, `/* ... */` blocks).
+fn skip_comments(mut sql: &str) -> &str {
+    loop {
+        sql = sql.trim_start();
+        if let Some(rest) = sql.strip_prefix("--") {
+            sql = rest.split_once('\n').map_or("", |(_, after)| after);
+        } else if let Some(rest) = sql.strip_prefix("/*") {
+            sql = rest.split_once("*/").map_or("", |(_, after)| after);
+        } else {
+            return sql;
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #[cfg(all(target_family = "wasm", target_os = "unknown"))]
@@ -934,6 +963,36 @@ mod tests {
 
     use super::*;
     use crate::sqlite;
+
+    /// A statement is known to write by its first keyword, comments skipped; anything else
+    /// (reads, `WITH`, `PRAGMA`, transaction control) is not.
+    #[test]
+    fn a_statement_is_known_to_write_by_its_first_keyword() {
+        for sql in [
+            "INSERT INTO t VALUES (1)",
+            "  insert or replace into t values (1)",
+            "-- a note\n/* and a block */ UPDATE t SET n = 1",
+            "delete from t",
+            "REPLACE INTO t VALUES (1)",
+            "CREATE TABLE u(x)",
+            "drop table u",
+            "ALTER TABLE t ADD c",
+        ] {
+            assert!(Statement::new(sql).writes(), "{sql}");
+        }
+        for sql in [
+            "SELECT 1",
+            "WITH x AS (SELECT 1) INSERT INTO t SELECT * FROM x",
+            "PRAGMA user_version = 3",
+            "BEGIN",
+            "-- INSERT\nSELECT 1",
+            "/* unterminated INSERT",
+            "INSERTED",
+            "",
+        ] {
+            assert!(!Statement::new(sql).writes(), "{sql}");
+        }
+    }
 
     fn db() -> Connection {
         let conn = sqlite::create().unwrap();

@@ -37,6 +37,13 @@ pub trait Work {
     type Output;
     /// Runs on the database; any change it commits is saved.
     fn run(&mut self, conn: &mut Connection) -> Result<Self::Output, Error>;
+
+    /// Whether the work is known before it runs to be a write (its statements say so), so
+    /// that behind a commit in flight it queues at once instead of first running on a copy
+    /// of its own that would be thrown away. `false`: unknown, or a read.
+    fn writes(&self) -> bool {
+        false
+    }
 }
 
 /// The spec's query, run by every route for `db_info.tables`: nothing more to do.

@@ -414,6 +414,12 @@ async fn serve_in<S: ObjectStore, C: Clock, W: Work + 'static>(
     mode: SaveMode,
     mut work: W,
 ) -> Result<(Report, W::Output), Error> {
+    let busy = queue.busy.get() || queue.reserved.get() > 0;
+    if busy && mode != SaveMode::Never && (mode == SaveMode::Always || work.writes()) {
+        // A write behind a commit in flight: it queues at once. A run of its own now would be
+        // thrown away, and its load would take the cached copy the next group loads from.
+        return queue_behind(ctx, queue, poll_max_ms, user, mode, work).await;
+    }
     let loaded = pipeline::load(ctx, user).await?;
     let memory = ctx.memory.cloned();
     let mut queried = pipeline::query(ctx, user, loaded, &mut work)?;
@@ -428,28 +434,15 @@ async fn serve_in<S: ObjectStore, C: Clock, W: Work + 'static>(
         let saved = Saved::Skipped { size_bytes };
         return Ok(pipeline::answer(ctx, user, queried, saved, mode, 1));
     }
-    let always = mode == SaveMode::Always;
-    let slot = Rc::new(Slot::new(work, ctx.clock.now_ms(), always, memory));
-    let me: Rc<dyn Member> = Rc::clone(&slot) as Rc<dyn Member>;
-    let mut guard = Guard {
-        queue,
-        group: Vec::new(),
-        waiting: None,
-        leading: false,
-    };
-    let first = if queue.busy.get() || queue.reserved.get() > 0 {
+    if queue.busy.get() || queue.reserved.get() > 0 {
         // Its run is thrown away (the copy is never cached): the group runs it again on the
         // version the commit in flight leaves.
         drop(queried);
-        queue.pending.borrow_mut().push_back(Rc::clone(&me));
-        guard.waiting = Some(Rc::clone(&me));
-        let turn = wait_turn(&slot, ctx.clock, poll_max_ms).await;
-        guard.waiting = None;
-        if turn == Turn::Done {
-            return take_answer(&slot);
-        }
-        None
-    } else {
+        return queue_behind(ctx, queue, poll_max_ms, user, mode, work).await;
+    }
+    let always = mode == SaveMode::Always;
+    let slot = Rc::new(Slot::new(work, ctx.clock.now_ms(), always, memory));
+    let first = {
         queue.busy.set(true);
         let Queried {
             loaded,
@@ -460,14 +453,67 @@ async fn serve_in<S: ObjectStore, C: Clock, W: Work + 'static>(
         } = queried;
         *slot.ran.borrow_mut() = Some(Ok(output));
         slot.query_ms.set(query_ms);
-        Some(Executed {
+        Executed {
             loaded,
             tables,
             changed,
             query_ms,
-        })
+        }
     };
-    guard.leading = true;
+    lead(ctx, queue, user, slot, Some(first)).await
+}
+
+/// Queues a write behind the commit in flight; when its turn comes it leads the next group
+/// (or its group is already over and its answer is in).
+async fn queue_behind<S: ObjectStore, C: Clock, W: Work + 'static>(
+    ctx: &Context<'_, S, C>,
+    queue: &UserQueue,
+    poll_max_ms: Option<u32>,
+    user: &UserId,
+    mode: SaveMode,
+    work: W,
+) -> Result<(Report, W::Output), Error> {
+    let always = mode == SaveMode::Always;
+    let slot = Rc::new(Slot::new(
+        work,
+        ctx.clock.now_ms(),
+        always,
+        ctx.memory.cloned(),
+    ));
+    let me: Rc<dyn Member> = Rc::clone(&slot) as Rc<dyn Member>;
+    let mut guard = Guard {
+        queue,
+        group: Vec::new(),
+        waiting: Some(Rc::clone(&me)),
+        leading: false,
+    };
+    queue.pending.borrow_mut().push_back(me);
+    let turn = wait_turn(&slot, ctx.clock, poll_max_ms).await;
+    guard.waiting = None;
+    drop(guard);
+    if turn == Turn::Done {
+        return take_answer(&slot);
+    }
+    lead(ctx, queue, user, slot, None).await
+}
+
+/// Leads a group holding the user's commit slot: this request (its first run given, or run
+/// with the group), then every request queued by now, committed together; answers every
+/// member, hands the slot on, and returns this request's answer.
+async fn lead<S: ObjectStore, C: Clock, W: Work + 'static>(
+    ctx: &Context<'_, S, C>,
+    queue: &UserQueue,
+    user: &UserId,
+    slot: Rc<Slot<W>>,
+    first: Option<Executed>,
+) -> Result<(Report, W::Output), Error> {
+    let me: Rc<dyn Member> = Rc::clone(&slot) as Rc<dyn Member>;
+    let mut guard = Guard {
+        queue,
+        group: Vec::new(),
+        waiting: None,
+        leading: true,
+    };
     guard.group.push(me);
     {
         let mut pending = queue.pending.borrow_mut();

@@ -993,6 +993,31 @@ pub fn memory_bombs() -> Vec<String> {
     ]
 }
 
+/// Whether `key` is one of a user's commit slots (`manifest.json`, `manifest-<i>.json`).
+#[must_use]
+pub fn is_manifest_key(key: &str) -> bool {
+    key.rsplit('/')
+        .next()
+        .is_some_and(|name| name.starts_with("manifest") && name.ends_with(".json"))
+}
+
+/// `user`'s newest manifest as stored: the key of the commit slot holding the highest commit
+/// number, and its manifest (what a load takes, whatever the slot count).
+///
+/// # Panics
+/// If a slot holds something that is not a manifest.
+#[must_use]
+pub fn newest_manifest(store: &MemoryStore, user: &UserId) -> Option<(String, Manifest)> {
+    (0..crate::storage::MAX_COMMIT_SLOTS as usize)
+        .filter_map(|slot| {
+            let key = user.manifest_key(slot);
+            let bytes = store.bytes(&key)?;
+            let m: Manifest = serde_json::from_slice(&bytes).expect("a manifest");
+            Some((key, m))
+        })
+        .max_by_key(|(_, m)| m.commit)
+}
+
 #[cfg(test)]
 mod tests {
     #[cfg(all(target_family = "wasm", target_os = "unknown"))]
@@ -1080,29 +1105,4 @@ mod tests {
         assert_eq!(a.bytes(32), b.bytes(32));
         assert_ne!(Rng::new(1).next_u64(), Rng::new(2).next_u64());
     }
-}
-
-/// Whether `key` is one of a user's commit slots (`manifest.json`, `manifest-<i>.json`).
-#[must_use]
-pub fn is_manifest_key(key: &str) -> bool {
-    key.rsplit('/')
-        .next()
-        .is_some_and(|name| name.starts_with("manifest") && name.ends_with(".json"))
-}
-
-/// `user`'s newest manifest as stored: the key of the commit slot holding the highest commit
-/// number, and its manifest (what a load takes, whatever the slot count).
-///
-/// # Panics
-/// If a slot holds something that is not a manifest.
-#[must_use]
-pub fn newest_manifest(store: &MemoryStore, user: &UserId) -> Option<(String, Manifest)> {
-    (0..crate::storage::MAX_COMMIT_SLOTS as usize)
-        .filter_map(|slot| {
-            let key = user.manifest_key(slot);
-            let bytes = store.bytes(&key)?;
-            let m: Manifest = serde_json::from_slice(&bytes).expect("a manifest");
-            Some((key, m))
-        })
-        .max_by_key(|(_, m)| m.commit)
 }

@@ -26,6 +26,10 @@ impl Work for Transaction {
         let mut exec = Executor::new(conn, self.limits, Transactions::Executor)?;
         run_transaction(&mut exec, &self.statements)
     }
+
+    fn writes(&self) -> bool {
+        self.statements.iter().any(Statement::writes)
+    }
 }
 
 /// Positional and named parameters of one statement.

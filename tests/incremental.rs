@@ -759,6 +759,39 @@ fn a_compaction_whose_base_put_waited_reads_the_manifest_again() {
     assert_eq!(hits(&current(&store)), [1, 2, 3, 4]);
 }
 
+/// A commit put that landed with its answer lost, whose repeat is refused for the key's rate
+/// (the second its own landed put took): one head finds the object is ours, and the write is
+/// acknowledged at once instead of after waiting out the second.
+#[test]
+fn a_lost_answer_whose_repeat_is_rate_limited_is_found_landed_at_once() {
+    let store = seeded();
+    let clock = StepClock::stepping(1.0);
+    write(&incremental(&store, &clock, None), 1).unwrap();
+    let puts = std::cell::Cell::new(0);
+    let interleaved = HookStore::new(store).with(Before(|call: &Call<'_>, _: &MemoryStore| {
+        if !matches!(call, Call::Put { key, .. } if is_manifest_key(key)) {
+            return Action::Proceed;
+        }
+        puts.set(puts.get() + 1);
+        match puts.get() {
+            1 => Action::LoseAnswer(StoreError::new("put", StoreErrorKind::Transient, "lost")),
+            2..=4 => Action::Fail(StoreError::new("put", StoreErrorKind::RateLimited, "429")),
+            _ => Action::Proceed,
+        }
+    }));
+    let slept_before = clock.slept_ms();
+    let report = write(&incremental(&interleaved, &clock, None), 2).unwrap();
+    assert_eq!(report.db_info.stored.as_ref().unwrap().attempts, 1);
+    assert_eq!(puts.get(), 2, "found landed at the first refusal");
+    // The wait after the lost answer (the first 5xx backoff), and no wait for the rate.
+    assert!(
+        clock.slept_ms() - slept_before <= 300,
+        "slept {} ms",
+        clock.slept_ms() - slept_before
+    );
+    assert_eq!(hits(&current(&interleaved.inner)), [1, 2]);
+}
+
 /// A commit whose manifest put landed but whose answer was lost, and on which another writer
 /// committed before the retry: the retry's condition fails and the object is no longer ours.
 /// That is not a lost race (taking it for one deleted the delta the newer manifest lists, and

@@ -17,7 +17,7 @@ use workers_sqlite_poc::error::Error;
 use workers_sqlite_poc::exec::StatementResult;
 use workers_sqlite_poc::pipeline::{self, Context, Work};
 use workers_sqlite_poc::queue::{self, WriteQueues};
-use workers_sqlite_poc::report::Report;
+use workers_sqlite_poc::report::{CacheStatus, Report};
 use workers_sqlite_poc::request::{SaveMode, UserId};
 use workers_sqlite_poc::storage::Layout;
 use workers_sqlite_poc::storage::cache::DbCache;
@@ -296,6 +296,45 @@ fn queued_writes_commit_together_in_order_and_only_then_are_acknowledged() {
         let expected: Vec<(i64, i64)> = (1..=6).map(|n| (n, n)).collect();
         assert_eq!(stored_rows(&store.inner), expected, "{layout:?}");
         assert!(!queues.committing(&user()) && queues.waiting(&user()) == 0);
+    }
+}
+
+/// A write whose statements say it writes queues behind a commit in flight without loading
+/// anything (a run of its own would be thrown away, and its load would take the cached copy),
+/// so the group it joins loads from the cache; a read still runs at once.
+#[test]
+fn a_write_behind_a_commit_queues_without_a_load_and_its_group_loads_from_the_cache() {
+    for layout in LAYOUTS {
+        let store = store_with_table(layout);
+        let isolate = Isolate::new(&store.inner, layout, 64 << 20);
+        isolate.block_on(insert(0)).unwrap();
+        let mut tasks = Tasks::new();
+        store.park();
+        let first = tasks.spawn(isolate.serve(insert(1)));
+        let gets = store.inner.inner.get_count();
+        let queued: Vec<usize> = (2..=4)
+            .map(|n| tasks.spawn(isolate.serve(insert(n))))
+            .collect();
+        assert_eq!(isolate.queues.waiting(&user()), 3);
+        assert_eq!(
+            store.inner.inner.get_count(),
+            gets,
+            "{layout:?}: a queued write loaded"
+        );
+        let read = tasks.spawn(isolate.serve(transaction(&[("SELECT count(*) FROM t", vec![])])));
+        assert!(tasks.done(read), "{layout:?}: a read waited for the commit");
+        store.release();
+        tasks.settle();
+        assert!(tasks.answer(first).is_ok());
+        for i in queued {
+            let (report, _) = tasks.answer(i).unwrap();
+            assert_ne!(
+                report.cache.unwrap().status,
+                CacheStatus::Miss,
+                "{layout:?}: the group loaded from R2"
+            );
+        }
+        assert_eq!(stored_ns(&store.inner), [0, 1, 2, 3, 4], "{layout:?}");
     }
 }
 

@@ -136,7 +136,7 @@ pub async fn compact<S: ObjectStore, C: Clock>(
                 keep(ctx, user, loaded);
                 Folding::Copy(conn)
             }
-            None => Folding::Cached(loaded),
+            None => Folding::Cached(Box::new(loaded)),
         };
         let folded = match fold(ctx, user, folding.conn(), &plan).await {
             Ok(f) => f,
@@ -161,7 +161,7 @@ pub async fn compact<S: ObjectStore, C: Clock>(
             if next.seq == m.seq {
                 loaded.stored = committed_stored(next.clone(), *next_slots, new_base, retire);
             }
-            keep(ctx, user, loaded);
+            keep(ctx, user, *loaded);
         }
         let mut deleted = 0;
         for d in &m.deltas {
@@ -431,7 +431,7 @@ fn keep<S, C>(ctx: &Context<'_, S, C>, user: &UserId, loaded: Loaded) {
 /// copy itself, which goes back to the cache when the compaction is done with it.
 enum Folding {
     Copy(Connection),
-    Cached(Loaded),
+    Cached(Box<Loaded>),
 }
 
 impl Folding {
@@ -446,7 +446,7 @@ impl Folding {
     /// loaded as), a copy of its own is dropped.
     fn give_back<S, C>(self, ctx: &Context<'_, S, C>, user: &UserId) {
         if let Self::Cached(loaded) = self {
-            keep(ctx, user, loaded);
+            keep(ctx, user, *loaded);
         }
     }
 }

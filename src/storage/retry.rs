@@ -100,16 +100,23 @@ pub(crate) async fn conditional_put<S: ObjectStore, C: Clock>(
                 };
             }
             Ok(outcome) => return Ok(outcome),
-            // Refused for the key's rate: nothing was written. When the key already holds
-            // something else than the condition expects, it was written since the load (the
-            // write that took the key's second, as often as not), and every repeat would fail
-            // its condition: the race is lost now, not a second of 429s later.
-            Err(e)
-                if e.kind == StoreErrorKind::RateLimited
-                    && !in_doubt
-                    && condition_broken(ctx, key, expected).await =>
-            {
-                return Ok(PutOutcome::ConditionFailed);
+            // Refused for the key's rate: this attempt wrote nothing, and one head says whether
+            // waiting for the key's second can still help. An earlier attempt whose answer was
+            // lost may be what took the second: then the object is ours and the put is done.
+            // Otherwise, when the key holds something else than the condition expects, it was
+            // written since the load (the write that took the second, as often as not), and
+            // every repeat would fail its condition: the race is lost now, not a second later.
+            Err(e) if e.kind == StoreErrorKind::RateLimited => {
+                match rate_limited(ctx, key, expected, write_id, in_doubt).await {
+                    Some(outcome) => return Ok(outcome),
+                    None => match ctx.retry.retry_wait_ms(&e.kind, retry) {
+                        Some(wait) => {
+                            clock.sleep(wait).await;
+                            retry += 1;
+                        }
+                        None => return give_up(ctx, key, expected, write_id, e, in_doubt).await,
+                    },
+                }
             }
             Err(e) if e.is_retryable() && ctx.retry.retry_wait_ms(&e.kind, retry).is_some() => {
                 in_doubt |= e.kind == StoreErrorKind::Transient;
@@ -117,18 +124,32 @@ pub(crate) async fn conditional_put<S: ObjectStore, C: Clock>(
                 clock.sleep(wait).await;
                 retry += 1;
             }
-            Err(mut e) => {
+            Err(e) => {
                 in_doubt |= e.kind == StoreErrorKind::Transient;
-                if in_doubt {
-                    if let Ok(Some(etag)) = resolve(ctx, key, write_id).await {
-                        return Ok(PutOutcome::Stored { etag });
-                    }
-                    e.write_outcome_unknown = !unchanged(ctx, key, expected).await;
-                }
-                return Err(Error::StorageUnavailable(e));
+                return give_up(ctx, key, expected, write_id, e, in_doubt).await;
             }
         }
     }
+}
+
+/// A commit-point put that gave up after `e`: when an earlier attempt's answer was lost
+/// (`in_doubt`), the object's `write-id` may still say that attempt landed; if not, and the
+/// object is not provably unchanged, the error says whether anything landed is unknown.
+async fn give_up<S: ObjectStore, C: Clock>(
+    ctx: &Context<'_, S, C>,
+    key: &str,
+    expected: Option<&str>,
+    write_id: &str,
+    mut e: StoreError,
+    in_doubt: bool,
+) -> Result<PutOutcome, Error> {
+    if in_doubt {
+        if let Ok(Some(etag)) = resolve(ctx, key, write_id).await {
+            return Ok(PutOutcome::Stored { etag });
+        }
+        e.write_outcome_unknown = !unchanged(ctx, key, expected).await;
+    }
+    Err(Error::StorageUnavailable(e))
 }
 
 /// The stored object's etag if it carries `write_id`, i.e. if a put of ours landed; an error
@@ -144,16 +165,28 @@ async fn resolve<S: ObjectStore, C: Clock>(
     }))
 }
 
-/// Whether `key` provably holds something else than `expected` (`None`: nothing), so a put
-/// conditional on it cannot succeed; one head, and an unanswered head proves nothing.
-async fn condition_broken<S: ObjectStore, C: Clock>(
+/// After a put of `key` was refused for the key's rate, one head: `Stored` if the object is
+/// an earlier attempt of ours (`in_doubt`: one's answer was lost), `ConditionFailed` if it
+/// provably holds something else than `expected` (`None`: nothing) and no attempt of ours can
+/// have landed, else `None` (wait for the second; an unanswered head proves nothing).
+async fn rate_limited<S: ObjectStore, C: Clock>(
     ctx: &Context<'_, S, C>,
     key: &str,
     expected: Option<&str>,
-) -> bool {
-    match ctx.store.head(key).await {
-        Ok(head) => head.as_ref().map(|h| h.etag.as_str()) != expected,
-        Err(_) => false,
+    write_id: &str,
+    in_doubt: bool,
+) -> Option<PutOutcome> {
+    let head = ctx.store.head(key).await.ok()?;
+    let etag = head.as_ref().map(|h| h.etag.as_str());
+    let ours = head
+        .as_ref()
+        .is_some_and(|h| h.metadata.get(WRITE_ID_KEY).map(String::as_str) == Some(write_id));
+    match (in_doubt, ours) {
+        (true, true) => Some(PutOutcome::Stored {
+            etag: etag.unwrap_or_default().to_owned(),
+        }),
+        (false, _) if etag != expected => Some(PutOutcome::ConditionFailed),
+        _ => None,
     }
 }
 
