@@ -133,16 +133,17 @@ impl WriteQueues {
         let release = Release(&queue);
         let out = step().await;
         drop(release);
+        drop(queue);
         self.tidy(user);
         out
     }
 
-    /// Forgets `user`'s queue once nothing is queued or committing (the map stays small).
+    /// Forgets `user`'s queue once no request holds it (the map stays small). Not before: a
+    /// request still loading would go on with a queue that the next request no longer finds,
+    /// and the two would lead commits of one user in one isolate at once.
     fn tidy(&self, user: &UserId) {
         let mut users = self.users.borrow_mut();
-        if users.get(user.as_str()).is_some_and(|q| {
-            !q.busy.get() && q.reserved.get() == 0 && q.pending.borrow().is_empty()
-        }) {
+        if users.get(user.as_str()).is_some_and(|q| Rc::strong_count(q) == 1) {
             users.remove(user.as_str());
         }
     }
@@ -402,6 +403,7 @@ pub async fn serve<S: ObjectStore, C: Clock, W: Work + 'static>(
 ) -> Result<(Report, W::Output), Error> {
     let queue = queues.queue(user);
     let answer = serve_in(ctx, &queue, queues.poll_max_ms, user, mode, work).await;
+    drop(queue);
     queues.tidy(user);
     answer
 }

@@ -23,7 +23,8 @@ use workers_sqlite_poc::storage::Layout;
 use workers_sqlite_poc::storage::cache::DbCache;
 use workers_sqlite_poc::storage::{MemoryStore, ObjectStore};
 use workers_sqlite_poc::testing::{
-    self, Call, Fault, FaultPlan, HookStore, Operation, StepClock, Valve, row_counts, transaction,
+    self, Action, Before, Call, Fault, FaultPlan, HookStore, Operation, StepClock, Valve,
+    row_counts, transaction,
 };
 use workers_sqlite_poc::work::Transaction;
 
@@ -335,6 +336,58 @@ fn a_write_behind_a_commit_queues_without_a_load_and_its_group_loads_from_the_ca
             );
         }
         assert_eq!(stored_ns(&store.inner), [0, 1, 2, 3, 4], "{layout:?}");
+    }
+}
+
+/// A request still loading when its user's last queued write finishes holds on to the user's
+/// queue: the queue is forgotten only once no request holds it. Forgotten under a loading
+/// request, a write arriving next made a second queue, and the two led commits of one user in
+/// one isolate at once, losing races to each other for seconds.
+#[test]
+fn a_request_that_outlives_the_last_writer_shares_its_queue_with_the_next() {
+    for layout in LAYOUTS {
+        let gate = testing::Gate::new();
+        let parked = Cell::new(false);
+        let commits: Rc<CommitValve> = Rc::new(Valve::new(is_commit_point));
+        let store = HookStore::default().with(Rc::clone(&commits)).with(Before(
+            |call: &Call<'_>, _: &MemoryStore| {
+                if parked.get() || !matches!(call, Call::Get { .. }) {
+                    return Action::Proceed;
+                }
+                parked.set(true);
+                Action::Park(gate.clone())
+            },
+        ));
+        parked.set(true);
+        Isolate::new(&store, layout, 0)
+            .block_on(create_table())
+            .unwrap();
+        let isolate = Isolate::new(&store, layout, 0);
+        let mut tasks = Tasks::new();
+        // A write its statements do not name as one: it loads first, and its load is parked.
+        parked.set(false);
+        let loading = tasks.spawn(isolate.serve(transaction(&[(
+            "WITH x(n) AS (VALUES (1)) INSERT INTO t(n) SELECT n FROM x",
+            vec![],
+        )])));
+        assert_eq!(gate.waiting(), 1, "{layout:?}");
+        // Another write comes and goes meanwhile; then one more, whose commit is parked.
+        tasks.spawn(isolate.serve(insert(2)));
+        commits.shut();
+        let third = tasks.spawn(isolate.serve(insert(3)));
+        assert!(isolate.queues.committing(&user()), "{layout:?}");
+        // The loading write runs: it must queue behind the commit in flight.
+        gate.open();
+        tasks.settle();
+        assert_eq!(
+            isolate.queues.waiting(&user()),
+            1,
+            "{layout:?}: the loading write led a commit of its own beside the queue's"
+        );
+        commits.open();
+        tasks.settle();
+        assert!(tasks.answer(loading).is_ok() && tasks.answer(third).is_ok());
+        assert_eq!(stored_ns(&store), [1, 2, 3], "{layout:?}");
     }
 }
 
