@@ -3,7 +3,9 @@
 //! Every request first runs as it always did: load, run the work. One that changed nothing is
 //! a read and is answered at once: reads never wait for writes. One that wrote becomes the
 //! *leader* if no commit of its user is in flight in this isolate, and saves as before.
-//! Otherwise its run is thrown away and the request queues. When a commit finishes, the
+//! Otherwise its run is thrown away and the request queues; one whose statements say it writes
+//! ([`Work::writes`]) and that finds a commit in flight queues at once, without that run (its
+//! load would take the cached copy the next group loads from). When a commit finishes, the
 //! first queued request leads the next *group*: every request queued by then, in arrival
 //! order, each run on the newest version of the database, one after the other, then saved
 //! together in one commit (one delta and one manifest put, or one put of the file). A request
