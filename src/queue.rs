@@ -145,7 +145,10 @@ impl WriteQueues {
     /// and the two would lead commits of one user in one isolate at once.
     fn tidy(&self, user: &UserId) {
         let mut users = self.users.borrow_mut();
-        if users.get(user.as_str()).is_some_and(|q| Rc::strong_count(q) == 1) {
+        if users
+            .get(user.as_str())
+            .is_some_and(|q| Rc::strong_count(q) == 1)
+        {
             users.remove(user.as_str());
         }
     }
