@@ -94,6 +94,7 @@ async fn rebase_over_compaction<S: ObjectStore, C: Clock>(
     ctx: &Context<'_, S, C>,
     user: &UserId,
     built_on: &Manifest,
+    built_on_version: Option<u64>,
 ) -> Result<Option<(Manifest, Slots)>, Error> {
     let Some((latest, slots, metadata)) = fetch_manifest(ctx, user).await? else {
         return Ok(None);
@@ -102,7 +103,10 @@ async fn rebase_over_compaction<S: ObjectStore, C: Clock>(
         && Home::of(&metadata) == Home::R2
         && latest.lineage == built_on.lineage
         && latest.conflicts == built_on.conflicts
-        && latest.seq == built_on.seq;
+        && latest.seq == built_on.seq
+        // A compaction keeps the db-version; a commit that changed it (a `save=always` fold)
+        // named a new state, which the write must not follow with an older version.
+        && super::keys::version_of(&metadata) == built_on_version;
     Ok(same_state.then_some((latest, slots)))
 }
 
@@ -241,13 +245,13 @@ pub(crate) async fn commit<S: ObjectStore, C: Clock>(
             write_id,
         )
         .await;
-        if !matches!(outcome, Ok(None)) || !with_delta || record.is_some() || rebased == REBASES {
+        if !matches!(outcome, Ok(None)) || !with_delta || adoption.is_some() || rebased == REBASES {
             break outcome;
         }
         // Another commit followed the one the load read. If it was a compaction of that very
         // state (the same history, nothing committed after it), the delta extends it as it
         // extended the state it was built on: commit it on top, without running the work again.
-        match rebase_over_compaction(ctx, user, &built_on).await {
+        match rebase_over_compaction(ctx, user, &built_on, loaded.version).await {
             Ok(Some((over, slots))) => {
                 rebased += 1;
                 next = over;
