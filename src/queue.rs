@@ -167,6 +167,12 @@ struct UserQueue {
 }
 
 impl UserQueue {
+    /// A commit is in flight, or an exclusive step holds or waits for the slot: a write
+    /// arriving now queues.
+    fn taken(&self) -> bool {
+        self.busy.get() || self.reserved.get() > 0
+    }
+
     /// The slot passes to the first waiting request, or is freed.
     fn hand_over(&self) {
         if self.reserved.get() > 0 {
@@ -240,18 +246,20 @@ struct Slot<W: Work> {
 }
 
 impl<W: Work> Slot<W> {
-    fn new(work: W, queued_at_ms: f64, save_always: bool, memory: Option<Rc<Reservation>>) -> Self {
-        Self {
+    /// The slot of a request arriving now with `work`, saved as `mode` says, its results
+    /// charged to the request's memory reservation.
+    fn of_request<S, C: Clock>(ctx: &Context<'_, S, C>, mode: SaveMode, work: W) -> Rc<Self> {
+        Rc::new(Self {
             work: RefCell::new(work),
             ran: RefCell::new(None),
             answer: RefCell::new(None),
             turn: Cell::new(Turn::Waiting),
             waker: RefCell::new(None),
             query_ms: Cell::new(0.0),
-            queued_at_ms,
-            save_always,
-            memory,
-        }
+            queued_at_ms: ctx.clock.now_ms(),
+            save_always: mode == SaveMode::Always,
+            memory: ctx.memory.cloned(),
+        })
     }
 }
 
@@ -421,14 +429,12 @@ async fn serve_in<S: ObjectStore, C: Clock, W: Work + 'static>(
     mode: SaveMode,
     mut work: W,
 ) -> Result<(Report, W::Output), Error> {
-    let busy = queue.busy.get() || queue.reserved.get() > 0;
-    if busy && mode != SaveMode::Never && (mode == SaveMode::Always || work.writes()) {
+    if queue.taken() && mode != SaveMode::Never && (mode == SaveMode::Always || work.writes()) {
         // A write behind a commit in flight: it queues at once. A run of its own now would be
         // thrown away, and its load would take the cached copy the next group loads from.
         return queue_behind(ctx, queue, poll_max_ms, user, mode, work).await;
     }
     let loaded = pipeline::load(ctx, user).await?;
-    let memory = ctx.memory.cloned();
     let mut queried = pipeline::query(ctx, user, loaded, &mut work)?;
     let write = match mode {
         SaveMode::Always => true,
@@ -441,14 +447,13 @@ async fn serve_in<S: ObjectStore, C: Clock, W: Work + 'static>(
         let saved = Saved::Skipped { size_bytes };
         return Ok(pipeline::answer(ctx, user, queried, saved, mode, 1));
     }
-    if queue.busy.get() || queue.reserved.get() > 0 {
+    if queue.taken() {
         // Its run is thrown away (the copy is never cached): the group runs it again on the
         // version the commit in flight leaves.
         drop(queried);
         return queue_behind(ctx, queue, poll_max_ms, user, mode, work).await;
     }
-    let always = mode == SaveMode::Always;
-    let slot = Rc::new(Slot::new(work, ctx.clock.now_ms(), always, memory));
+    let slot = Slot::of_request(ctx, mode, work);
     let first = {
         queue.busy.set(true);
         let Queried {
@@ -480,13 +485,7 @@ async fn queue_behind<S: ObjectStore, C: Clock, W: Work + 'static>(
     mode: SaveMode,
     work: W,
 ) -> Result<(Report, W::Output), Error> {
-    let always = mode == SaveMode::Always;
-    let slot = Rc::new(Slot::new(
-        work,
-        ctx.clock.now_ms(),
-        always,
-        ctx.memory.cloned(),
-    ));
+    let slot = Slot::of_request(ctx, mode, work);
     let me: Rc<dyn Member> = Rc::clone(&slot) as Rc<dyn Member>;
     let mut guard = Guard {
         queue,

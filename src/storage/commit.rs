@@ -245,7 +245,8 @@ pub(crate) async fn commit<S: ObjectStore, C: Clock>(
             write_id,
         )
         .await;
-        if !matches!(outcome, Ok(None)) || !with_delta || adoption.is_some() || rebased == REBASES {
+        // An adoption's own manifest was never committed: nothing to go on top of.
+        if !matches!(outcome, Ok(None)) || adoption.is_some() || rebased == REBASES {
             break outcome;
         }
         // Another commit followed the one the load read. If it was a compaction of that very

@@ -122,12 +122,12 @@ pub async fn compact<S: ObjectStore, C: Clock>(
         // out of the cached one, which is away until it is done.
         let mut own = None;
         if ctx.cache.is_some() {
-            let len = sqlite::export(&mut loaded.conn)?.len() as u64;
+            let image = sqlite::export(&mut loaded.conn)?;
             if ctx
                 .memory
-                .is_none_or(|m| m.try_grow(crate::admission::image_bytes(len)))
+                .is_none_or(|m| m.try_grow(crate::admission::image_bytes(image.len() as u64)))
             {
-                let bytes = sqlite::export(&mut loaded.conn)?.to_vec();
+                let bytes = image.to_vec();
                 own = Some(sqlite::open(sqlite::Image::from_vec(bytes))?.conn);
             }
         }
