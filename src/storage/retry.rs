@@ -182,7 +182,9 @@ async fn rate_limited<S: ObjectStore, C: Clock>(
         .as_ref()
         .is_some_and(|h| h.metadata.get(WRITE_ID_KEY).map(String::as_str) == Some(write_id));
     match (in_doubt, ours) {
-        (true, true) => Some(PutOutcome::Stored {
+        // Ours, and not the object the condition expects: a write-id can repeat (a move's
+        // freeze over its rounds), and the object the load read is provably not our put.
+        (true, true) if etag != expected => Some(PutOutcome::Stored {
             etag: etag.unwrap_or_default().to_owned(),
         }),
         (false, _) if etag != expected => Some(PutOutcome::ConditionFailed),
